@@ -1,0 +1,130 @@
+"""nox sessions: tests (CI), bench, report, lint, perf, gpu.
+
+Installs are pinned here, on the first screen:
+- torch 2.13.0 CPU build (an unpinned torch pulls a multi-GB CUDA build); override with
+  QUANTBENCH_TORCH, e.g. QUANTBENCH_TORCH="torch==2.13.0 --index-url <your CPU wheel index>".
+- llama-cpp-python has no wheel on PyPI: it is compiled once (~12 min on 2 cores) into a
+  wheelhouse in the quantbench cache and installed from there by every later session and CI.
+- GPTQModel declares torch>=2.14.1 but runs on 2.13: installed --no-deps with its requirements.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.default_venv_backend = "venv"
+
+PYTHON = "3.11"
+TORCH = os.environ.get("QUANTBENCH_TORCH", "torch==2.13.0")
+LLAMA_CPP_VERSION = "0.3.36"
+GPTQMODEL_VERSION = "7.7.0"
+GPTQ_REQS = ["accelerate>=1.15.0", "safetensors>=0.8.0", "threadpoolctl>=3.7.0", "packaging",
+             "device-smi>=0.5.7", "protobuf", "pillow", "requests", "pypcre>=0.6.4",
+             "tokenicer>=0.0.14", "logbar>=0.4.15", "jinja2", "ninja", "maturin", "datasets",
+             "pyarrow", "dill", "torchao>=0.18.0", "defuser>=0.0.28", "optimum>=2.3.0",
+             "setuptools", "wheel"]
+CPU_ENV = {"OMP_WAIT_POLICY": "passive", "GPTQMODEL_CPU_WORKERS": "2",
+           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_TELEMETRY": "1"}
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("QUANTBENCH_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "quantbench"
+
+
+def llama_wheel(session: nox.Session, flavour: str = "cpu", cmake_args: str = "") -> str:
+    """Returns the llama-cpp-python wheel from the wheelhouse, compiling it the first time."""
+    house = cache_dir() / "wheelhouse" / flavour
+    found = sorted(house.glob(f"llama_cpp_python-{LLAMA_CPP_VERSION}-*.whl"))
+    if not found:
+        session.log(f"compiling llama-cpp-python {LLAMA_CPP_VERSION} ({flavour}) once into {house}"
+                    " (~12 min on 2 cores)")
+        env = {"CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
+        if cmake_args:
+            env["CMAKE_ARGS"] = cmake_args
+        session.run("pip", "wheel", "--no-deps", f"llama-cpp-python=={LLAMA_CPP_VERSION}",
+                    "-w", str(house), env=env)
+        found = sorted(house.glob(f"llama_cpp_python-{LLAMA_CPP_VERSION}-*.whl"))
+    return str(found[-1])
+
+
+def install(session: nox.Session, flavour: str = "cpu") -> None:
+    """Installs quantbench with every CPU backend into the session venv (no-ops when present)."""
+    if flavour == "cpu":
+        session.install(*shlex.split(TORCH))
+    session.install("-e", ".[bnb,gpu,dev]", "gguf>=0.17", "datasets")
+    session.install(llama_wheel(session, flavour,
+                                "-DGGML_CUDA=on" if flavour == "cuda" else ""))
+    session.install(*GPTQ_REQS)
+    session.install("--no-deps", "--no-build-isolation", f"gptqmodel=={GPTQMODEL_VERSION}",
+                    env={"BUILD_CUDA_EXT": "0" if flavour == "cpu" else "1"})
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The test suite on the tiny model (every backend), then the CI suite against its baseline."""
+    install(session)
+    args = session.posargs or ["-m", "not gpu"]
+    session.run("python", "-m", "pytest", *args, env=CPU_ENV)
+    if session.posargs:
+        return
+    session.run("quantbench", "run", "--suite", "suites/ci.toml", "--out", "results/ci.jsonl",
+                "--report", "reports/ci.html", env=CPU_ENV)
+    session.run("quantbench", "compare", "results/baselines/ci-cpu.jsonl", "results/ci.jsonl",
+                "--markdown-out", "reports/ci-compare.md", env=CPU_ENV)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """The default suite on the embedded model -> results/default.jsonl, reports/latest.html.
+
+    Pass quantbench run flags after --, e.g. `nox -s bench -- --model ID --device cuda`.
+    """
+    install(session)
+    args = list(session.posargs)
+    if "--suite" not in args:
+        args += ["--suite", "suites/default.toml"]
+    session.run("quantbench", "run", *args, "--resume", "--report", "reports/latest.html",
+                env=CPU_ENV)
+
+
+@nox.session(python=PYTHON)
+def report(session: nox.Session) -> None:
+    """Re-renders reports/latest.html from results/, then checks it in headless Chromium."""
+    install(session)
+    files = session.posargs or ["results/default.jsonl"]
+    session.run("quantbench", "report", *files, "-o", "reports/latest.html")
+    session.run("python", "-m", "pytest", "-m", "browser", "tests/test_browser.py",
+                env={**CPU_ENV, "QUANTBENCH_REPORT": "reports/latest.html"})
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "quantbench", "tests", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def perf(session: nox.Session) -> None:
+    """pytest-benchmark on the harness's hot paths, compared with the last saved run."""
+    install(session)
+    session.run("python", "-m", "pytest", "tests/test_perf.py", "--benchmark-enable",
+                "--benchmark-autosave", "--benchmark-save-data",
+                "--benchmark-compare", "--benchmark-compare-fail=median:25%", *session.posargs,
+                env=CPU_ENV, success_codes=[0])
+
+
+@nox.session(python=PYTHON)
+def gpu(session: nox.Session) -> None:
+    """The GPU suite on CUDA: CUDA torch, CUDA llama.cpp, GPU tests, reports/gpu-latest.html."""
+    session.install(*shlex.split(os.environ.get("QUANTBENCH_TORCH_CUDA", "torch")))
+    install(session, "cuda")
+    session.run("python", "-m", "pytest", "-m", "gpu", env=CPU_ENV)
+    args = list(session.posargs) or ["--suite", "suites/gpu-default.toml"]
+    session.run("quantbench", "run", *args, "--device", "cuda", "--out", "results/gpu/latest.jsonl",
+                "--report", "reports/gpu-latest.html")

@@ -1,0 +1,5 @@
+import sys
+
+from quantbench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,92 @@
+"""Backends: a narrow interface and a registry of lazy "module:Class" strings.
+
+A backend's heavy library is imported only when one of its formats is chosen, so a missing
+optional dependency affects only its own variants (they become `skipped` records).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+import numpy as np
+
+BACKENDS = {
+    "hf": "quantbench.backends.hf:HFBackend",
+    "bnb": "quantbench.backends.bnb:BnbBackend",
+    "gptq": "quantbench.backends.gptq:GPTQBackend",
+    "gguf": "quantbench.backends.gguf:GGUFBackend",
+    "dummy": "quantbench.backends.dummy:DummyBackend",
+}
+
+
+@dataclass
+class Context:
+    """Everything a backend needs: the variant and where its inputs live."""
+    model_name: str
+    model_dir: str  # HF directory (safetensors + tokenizer) every format is built from
+    model_digest: str
+    format: quantbench.formats.Format  # noqa: F821
+    device: str
+    threads: int
+    suite: quantbench.suite.Suite  # noqa: F821
+    tokens_path: str = ""  # the corpus token ids (.npy), shared by every variant
+    calib_start: int = 0  # first token after the evaluation windows
+    artifact: str = ""  # pre-made artifact from the suite, if any
+    corpus_key: str = ""  # cache-key part naming the tokens calibration draws from
+
+    def calibration(self, n_samples: int, n_tokens: int) -> list[list[int]]:
+        """Returns calibration samples drawn after the evaluation windows (never overlapping)."""
+        from quantbench.corpus import calibration
+
+        return calibration(np.load(self.tokens_path), self.calib_start, n_samples, n_tokens)
+
+
+class Skip(Exception):
+    """The variant cannot run here (library missing, kernel absent on this device): a skipped record."""
+
+
+class Backend:
+    """One way of running a model. Subclasses fill in the methods below; ids are HF token ids."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.info: dict = {}  # extra record fields: kernel, artifact, build_s, group_size, ...
+
+    def build(self) -> None:
+        """Builds (or finds in the cache) this format's artifact; sets info['artifact'/'build_s']."""
+
+    def load(self) -> None:
+        """Loads the variant onto ctx.device."""
+        raise NotImplementedError
+
+    def weights_bytes(self) -> int:
+        """Returns the bytes the loaded weights occupy."""
+        raise NotImplementedError
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        """Returns float32 logits [len(ids), vocab] of one window from an empty cache."""
+        raise NotImplementedError
+
+    def prefill(self, ids: list[int]) -> int:
+        """Resets the cache, runs the prompt, returns the greedy next token id."""
+        raise NotImplementedError
+
+    def decode(self, token: int) -> int:
+        """Feeds one token after prefill/decode, returns the greedy next token id."""
+        raise NotImplementedError
+
+    def kv_cache_bytes(self) -> int | None:
+        """Returns bytes the KV cache holds now (after prefill), or None if unknown."""
+        return None
+
+    def sync(self) -> None:
+        """Waits for queued device work (CUDA) so a timer reads real time."""
+
+    def close(self) -> None:
+        """Frees what load() took."""
+
+
+def get_backend_class(name: str) -> type[Backend]:
+    """Returns the Backend class registered under `name`, importing its module now."""
+    module, cls = BACKENDS[name].split(":")
+    return getattr(importlib.import_module(module), cls)

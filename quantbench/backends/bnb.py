@@ -1,0 +1,42 @@
+"""bitsandbytes backend: LLM.int8 and NF4, quantized at load time from the FP16 checkpoint."""
+from __future__ import annotations
+
+import logging
+import warnings
+
+from quantbench.backends.hf import HFBackend
+
+
+class BnbBackend(HFBackend):
+    def load_model(self):
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        from quantbench.errors import require
+
+        require("bitsandbytes", "bnb")
+        torch = self._torch()
+        # The CPU int8 path warns on every call (fp32 inputs cast to fp16): keep logs readable.
+        warnings.filterwarnings("ignore", module="bitsandbytes")
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+        if self.ctx.format.param == "int8":
+            cfg = BitsAndBytesConfig(load_in_8bit=True)
+            dtype = torch.float16 if self.ctx.device.startswith("cuda") else torch.float32
+        else:
+            # bnb's CPU 4-bit kernel computes in bf16 whatever is asked; say what runs.
+            cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                     bnb_4bit_compute_dtype=torch.bfloat16)
+            dtype = torch.bfloat16
+        device_map = {"": self.ctx.device if self.ctx.device != "cuda" else 0}
+        model = AutoModelForCausalLM.from_pretrained(
+            self.ctx.model_dir, quantization_config=cfg, dtype=dtype, device_map=device_map)
+        self.info["kernel"] = f"bitsandbytes {self.ctx.format.param} ({self.ctx.device})"
+        return model
+
+    def weights_bytes(self) -> int:
+        """Returns storage bytes plus 4-bit quant-state absmax tensors, which are not parameters."""
+        total = super().weights_bytes()
+        for p in self.model.parameters():
+            qs = getattr(p, "quant_state", None)
+            if qs is not None and qs.absmax is not None:
+                total += qs.absmax.nbytes
+        return total

@@ -1,0 +1,45 @@
+"""Dummy backend: a seeded random low-rank bigram model in numpy, so harness tests need no torch.
+
+Its knob for tests: QUANTBENCH_DUMMY_CRASH=<signal number> makes load() kill its own process,
+which is how the runner's crash handling is tested.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from quantbench.backends import Backend
+
+
+class DummyBackend(Backend):
+    vocab = 1 << 16  # covers every tokenizer the tests use
+    rank = 8
+
+    def load(self) -> None:
+        sig = os.environ.get("QUANTBENCH_DUMMY_CRASH")
+        if sig:
+            os.kill(os.getpid(), int(sig))
+        rng = np.random.default_rng(0)
+        self.emb = rng.standard_normal((self.vocab, self.rank)).astype(np.float32)
+        self.out = rng.standard_normal((self.rank, self.vocab)).astype(np.float32)
+        self.info["kernel"] = "numpy bigram"
+        self.last = 0
+        self.n_cached = 0
+
+    def weights_bytes(self) -> int:
+        return self.emb.nbytes + self.out.nbytes
+
+    def logits(self, ids):
+        return self.emb[np.asarray(ids) % self.vocab] @ self.out
+
+    def prefill(self, ids):
+        self.n_cached = len(ids)
+        return int(self.logits(ids[-1:])[0].argmax())
+
+    def decode(self, token):
+        self.n_cached += 1
+        return int(self.logits([token])[0].argmax())
+
+    def kv_cache_bytes(self):
+        return self.n_cached * 2 * 4

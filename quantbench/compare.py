@@ -1,0 +1,359 @@
+"""Regression gate: `quantbench compare BASE NEW --fail decode_tok_s:-5% ppl:+0.5%`.
+
+Records are joined on (model, format, device, workload); only keys `ok` on both sides are judged,
+and a key ok in base but failed, skipped or missing in new is a regression.
+Deterministic metrics (ppl, KLD, bytes) cross a gate when their change passes the threshold.
+Timing metrics are judged on raw samples, asv-style: a regression needs BOTH a one-sided
+Mann-Whitney U test at p < alpha (Mann & Whitney 1947; normal approximation with tie correction,
+as scipy.stats.mannwhitneyu(method="asymptotic")) AND a median change past the threshold, so a
+significant-but-small drift between two runs on a shared machine does not fail, while a large,
+consistent slowdown does. A seeded bootstrap CI of the median ratio is reported beside it.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from quantbench import records
+from quantbench.errors import UserError
+
+ALPHA = 0.01         # one-sided significance a timing regression needs
+BOOTSTRAP = 2000     # resamples for the CI of the median ratio
+SEED = 0             # bootstrap seed: the same inputs always print the same CI
+
+
+@dataclass(frozen=True)
+class Metric:
+    higher_is_better: bool
+    default: str                # default gate ('' = reported, not gated); see tests/test_compare.py
+    samples: str = ""           # raw-sample field judged instead of the scalar
+    per_sample: str = "s"       # what one sample becomes in metric units (SAMPLE_TO_METRIC)
+    quantile: float = 0.5       # statistic of the samples the metric is
+    floor: float = 0.0          # absolute change below which nothing is called (noise floor)
+
+
+METRICS = {
+    "prefill_tok_s": Metric(True, "-25%", "prefill_samples_s", "n_prompt/s"),
+    "decode_tok_s": Metric(True, "-25%", "decode_samples_s", "1/s"),
+    # Same samples as the two above, so reported only; p90 also moves with one contended rep.
+    "ttft_s": Metric(False, "", "prefill_samples_s"),
+    "decode_p50_s": Metric(False, "", "decode_samples_s"),
+    "decode_p90_s": Metric(False, "", "decode_samples_s", quantile=0.9),
+    "perf_s": Metric(False, "+25%", "perf_samples_s"),  # pytest-benchmark files
+    "ppl": Metric(False, "+0.5%"),
+    "ppl_full": Metric(False, "+0.5%"),
+    "kld_mean": Metric(False, "+10%", floor=1e-4),
+    "kld_p99": Metric(False, "+10%", floor=1e-3),
+    "top1_agree": Metric(True, "-0.5pp"),
+    "weights_bytes": Metric(False, "+1%"),
+    "kv_cache_bytes": Metric(False, "+1%"),
+    "peak_rss_bytes": Metric(False, "+15%"),
+}
+SAMPLE_TO_METRIC = {"s": lambda s, rec: s, "1/s": lambda s, rec: 1.0 / s,
+                    "n_prompt/s": lambda s, rec: rec["n_prompt"] / s}
+VERDICT_ORDER = {"REGRESSION": 0, "noisy": 1, "improved": 2, "ok": 3, "-": 4}
+COLUMNS = ["key", "metric", "base", "new", "change", "ci_low", "ci_high", "p", "verdict"]
+_SPEC = re.compile(r"^([a-z0-9_]+):([+-])(\d+(?:\.\d*)?|\.\d+)(%|pp)?$")
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A threshold on one metric: signed (-0.05 = a 5% drop fails), relative or absolute."""
+    metric: str
+    threshold: float
+    relative: bool = True
+    floor: float = 0.0
+
+    def __post_init__(self):
+        if self.metric not in METRICS:
+            close = difflib.get_close_matches(self.metric, list(METRICS), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise UserError(f"unknown metric '{self.metric}' in --fail: {hint}"
+                            f"the metrics are {', '.join(METRICS)}")
+        if self.threshold * self._worse < 0:
+            way, sign = ("higher", "-") if self._worse < 0 else ("lower", "+")
+            raise UserError(f"--fail {self}: {self.metric} is {way}-is-better; a regression "
+                            f"threshold has sign '{sign}', e.g. {self.metric}:{sign}5%")
+
+    @property
+    def _worse(self) -> int:
+        return -1 if METRICS[self.metric].higher_is_better else 1
+
+    def __str__(self) -> str:
+        return f"{self.metric}:{self.threshold * 100:+g}%" if self.relative else \
+            f"{self.metric}:{self.threshold:+g}"
+
+    def change(self, base: float, new: float) -> float:
+        """Returns the change the threshold is compared with: (new - base)/|base| or new - base."""
+        if not self.relative:
+            return new - base
+        if base == 0:
+            return 0.0 if new == 0 else math.copysign(math.inf, new)
+        return (new - base) / abs(base)
+
+    def _past(self, base: float, new: float, way: int) -> bool:
+        beyond = self.change(base, new) * self._worse * way > abs(self.threshold)
+        return beyond and abs(new - base) > self.floor
+
+    def check(self, base: float, new: float) -> str | None:
+        """Returns a one-line message when new is worse than base past the threshold, else None."""
+        if not self._past(base, new, 1):
+            return None
+        c = self.change(base, new)
+        shown = f"{c:+.2%}" if self.relative else f"{c:+.4g}"
+        return f"{self.metric} {base:.5g} -> {new:.5g} ({shown}) crosses {self}"
+
+    def improved(self, base: float, new: float) -> bool:
+        """Returns True when new is better than base by more than the threshold."""
+        return self._past(base, new, -1)
+
+
+def parse_gate(spec: str) -> Gate:
+    """Returns the Gate for 'METRIC:THRESHOLD': -5% / +0.5% relative, +0.002 or -0.5pp absolute."""
+    m = _SPEC.match(spec.strip())
+    if not m:
+        name = spec.split(":")[0]
+        if ":" in spec and name not in METRICS:
+            Gate(name, 0.0)  # raises the unknown-metric error with its did-you-mean
+        raise UserError(f"--fail '{spec}': write METRIC:THRESHOLD with a sign, e.g. "
+                        f"decode_tok_s:-5%, ppl:+0.5%, kld_mean:+0.002, top1_agree:-0.5pp")
+    name, sign, number, unit = m.groups()
+    value = float(sign + number) / (100 if unit else 1)
+    return Gate(name, value, relative=unit == "%", floor=METRICS[name].floor if name in METRICS else 0)
+
+
+def default_gates() -> dict[str, Gate]:
+    """Returns metric -> default Gate from the METRICS table."""
+    return {name: parse_gate(f"{name}:{m.default}") for name, m in METRICS.items() if m.default}
+
+
+def _ranks(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Returns 1-based average ranks of a (ties share their mean rank) and the tie-group sizes."""
+    order = np.argsort(a, kind="mergesort")
+    s = a[order]
+    first = np.r_[True, s[1:] != s[:-1]]
+    starts = np.r_[np.flatnonzero(first), len(a)]
+    ranks = np.empty(len(a))
+    ranks[order] = ((starts[:-1] + starts[1:] + 1) / 2)[np.cumsum(first) - 1]
+    return ranks, np.diff(starts)
+
+
+def mann_whitney_greater(x, y) -> float:
+    """Returns the one-sided p-value that x tends to be larger than y (Mann-Whitney U).
+
+    U = R_x - n1(n1+1)/2; z = (U - n1 n2/2 - 0.5) / sqrt(n1 n2/12 ((n+1) - sum(t^3-t)/(n(n-1)))),
+    p = 1 - Phi(z): the normal approximation with tie and continuity correction (scipy's
+    'asymptotic' method). With 3 vs 3 samples the smallest p it can give is 0.04.
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    n1, n2 = len(x), len(y)
+    n = n1 + n2
+    ranks, ties = _ranks(np.concatenate([x, y]))
+    u = ranks[:n1].sum() - n1 * (n1 + 1) / 2
+    var = n1 * n2 / 12 * ((n + 1) - (ties ** 3 - ties).sum() / (n * (n - 1)))
+    if var <= 0:
+        return 1.0
+    return 0.5 * math.erfc((u - n1 * n2 / 2 - 0.5) / math.sqrt(var) / math.sqrt(2))
+
+
+def bootstrap_ratio_ci(x, y, q: float = 0.5, n: int = BOOTSTRAP, seed: int = SEED,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Returns the percentile-bootstrap CI of quantile_q(y) / quantile_q(x), seeded."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for lo in range(0, n, 250):  # chunks keep memory flat for long sample lists
+        k = min(250, n - lo)
+        bx = np.quantile(x[rng.integers(0, len(x), (k, len(x)))], q, axis=1)
+        by = np.quantile(y[rng.integers(0, len(y), (k, len(y)))], q, axis=1)
+        ratios.append(by / bx)
+    lo_hi = np.quantile(np.concatenate(ratios), [(1 - level) / 2, (1 + level) / 2])
+    return float(lo_hi[0]), float(lo_hi[1])
+
+
+def _samples(metric: Metric, rec: dict) -> np.ndarray | None:
+    raw = rec.get(metric.samples) if metric.samples else None
+    if not raw or (metric.per_sample == "n_prompt/s" and not rec.get("n_prompt")):
+        return None
+    s = np.asarray(raw, float)
+    return SAMPLE_TO_METRIC[metric.per_sample](s[s > 0], rec)
+
+
+def _judge(name: str, gate: Gate | None, b: dict, n: dict, alpha: float) -> dict | None:
+    """Returns the table row of one metric of a key ok on both sides, or None when unmeasured."""
+    metric = METRICS[name]
+    xs, ys = _samples(metric, b), _samples(metric, n)
+    p = p_better = ci = None
+    if xs is not None and ys is not None and len(xs) and len(ys):
+        bv, nv = float(np.quantile(xs, metric.quantile)), float(np.quantile(ys, metric.quantile))
+        worse, better = (xs, ys) if metric.higher_is_better else (ys, xs)
+        p, p_better = mann_whitney_greater(worse, better), mann_whitney_greater(better, worse)
+        ci = bootstrap_ratio_ci(xs, ys, metric.quantile)
+    else:
+        bv, nv = b.get(name), n.get(name)
+        if not isinstance(bv, (int, float)) or not isinstance(nv, (int, float)):
+            return None
+    msg = gate.check(bv, nv) if gate else None
+    if msg and p is not None:
+        msg += f", p={p:.2g} ({len(xs)} vs {len(ys)} samples)"
+    if not gate:
+        verdict = "-"
+    elif msg:
+        verdict = "REGRESSION" if p is None or p < alpha else "noisy"
+    elif gate.improved(bv, nv) and (p_better is None or p_better < alpha):
+        verdict = "improved"
+    else:
+        verdict = "ok"
+    return {"metric": name, "base": bv, "new": nv, "change": (nv - bv) / abs(bv) if bv else 0.0,
+            "ci_low": ci[0] - 1 if ci else None, "ci_high": ci[1] - 1 if ci else None,
+            "p": p, "verdict": verdict, "message": msg}
+
+
+@dataclass
+class CompareResult:
+    table: pandas.DataFrame  # noqa: F821  COLUMNS, one row per (key, metric) judged
+    regressions: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.regressions
+
+    def markdown(self) -> str:
+        """Returns a markdown table of every judged (key, metric), regressions first."""
+        def num(v, fmt="{:.5g}"):
+            if v is None or v != v:
+                return ""
+            return v if isinstance(v, str) else f"{v:,}" if isinstance(v, int) else fmt.format(v)
+
+        lines = ["| key | metric | base | new | change | p | verdict |",
+                 "|---|---|---|---|---|---|---|"]
+        for r in self.table.itertuples():
+            change = num(r.change, "{:+.2%}")
+            if r.ci_low is not None and r.ci_low == r.ci_low:
+                change += f" [{r.ci_low:+.1%}, {r.ci_high:+.1%}]"
+            lines.append(f"| {r.key} | {r.metric} | {num(r.base)} | {num(r.new)} | {change} | "
+                         f"{num(r.p, '{:.2g}')} | {r.verdict} |")
+        return "\n".join(lines) + "\n"
+
+
+def _frame(recs: list[dict]):
+    import pandas as pd
+
+    rows = [{**{k: r[k] for k in records.IDENTITY}, "status": r["status"],
+             "reason": r.get("reason", ""), "schema_version": r.get("schema_version"), "rec": r}
+            for r in recs]
+    df = pd.DataFrame(rows, columns=[*records.IDENTITY, "status", "reason", "schema_version", "rec"])
+    return df.drop_duplicates(list(records.IDENTITY), keep="last")  # a re-run replaces its key
+
+
+def compare(base_records: list[dict], new_records: list[dict], fail: list[str] | None = None,
+            alpha: float = ALPHA, labels: tuple[str, str] = ("base", "new")) -> CompareResult:
+    """Returns the CompareResult of new against base under the default gates overridden by `fail`."""
+    import pandas as pd
+
+    gates = default_gates() | {g.metric: g for g in map(parse_gate, fail or [])}
+    base, new = _frame(base_records), _frame(new_records)
+    vb = sorted(map(str, set(base.schema_version)))
+    vn = sorted(map(str, set(new.schema_version)))
+    if vb and vn and vb != vn:
+        raise UserError(f"schema mismatch: {labels[0]} has schema_version {', '.join(vb)} but "
+                        f"{labels[1]} has {', '.join(vn)}; re-run the older one with this quantbench")
+    joined = base.merge(new, on=list(records.IDENTITY), how="outer", suffixes=("_b", "_n"),
+                        indicator="side")
+    if not (joined["side"] == "both").any():
+        raise UserError(f"nothing to join: {labels[0]} ({len(base)} records) and {labels[1]} "
+                        f"({len(new)} records) share no (model, format, device, workload)")
+    rows, regressions, notes = [], [], []
+    for j in joined.itertuples(index=False):
+        if j.status_b != "ok":  # nothing to hold new to (also keys only in new)
+            continue
+        k = f"{j.model}/{j.format}/{j.device}/{j.workload}"
+        where = f"format {j.format} workload {j.workload} ({j.model}, {j.device})"
+        status = j.status_n if j.side == "both" else "missing"
+        if status != "ok":  # failed, skipped (a lost dependency is lost coverage) or missing
+            why = "" if status == "missing" else f": {j.reason_n or 'no reason given'}"
+            regressions.append(f"{where}: ok in base, {status} in new{why}")
+            rows.append({"key": k, "metric": "status", "base": "ok", "new": status,
+                         "verdict": "REGRESSION"})
+            continue
+        for name in METRICS:
+            row = _judge(name, gates.get(name), j.rec_b, j.rec_n, alpha)
+            if row is not None:
+                rows.append({"key": k, **row})
+                if row["verdict"] == "REGRESSION":
+                    regressions.append(f"{where}: {row['message']}")
+                elif row["verdict"] == "noisy":
+                    notes.append(f"{where}: {row['message']}: not significant at alpha "
+                                 f"{alpha:g}, not called")
+    table = pd.DataFrame(rows, columns=COLUMNS + ["message"]).drop(columns="message")
+    table = table.sort_values("verdict", key=lambda v: v.map(VERDICT_ORDER), kind="stable")
+    return CompareResult(table.reset_index(drop=True), regressions, notes)
+
+
+def from_pytest_benchmark(doc: dict) -> list[dict]:
+    """Returns one record per benchmark of a pytest-benchmark JSON (raw rounds from --benchmark-save-data)."""
+    names = [b["name"] for b in doc["benchmarks"]]
+    commit = (doc.get("commit_info") or {}).get("id", "")
+    return [{"schema_version": "pytest-benchmark", "model": "harness", "device": "cpu",
+             "format": b["name"] if names.count(b["name"]) == 1 else b["fullname"],  # unique
+             "workload": "perf", "status": "ok", "reason": "", "env": {"git_commit": commit},
+             "perf_s": b.get("stats", {}).get("median"),
+             "perf_samples_s": b.get("stats", {}).get("data") or b.get("data") or []}
+            for b in doc["benchmarks"]]
+
+
+def load(path: str) -> list[dict]:
+    """Returns the records of a quantbench JSONL file or a pytest-benchmark JSON file."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"compare: '{path}' not found (or not a file); pass two results files")
+    try:
+        doc = json.loads(p.read_text())
+    except json.JSONDecodeError:
+        doc = None  # JSONL: several objects
+    if isinstance(doc, dict) and isinstance(doc.get("benchmarks"), list):
+        return from_pytest_benchmark(doc)
+    return records.read(p)
+
+
+def add_compare_parser(subparsers) -> None:
+    """Adds `compare BASE NEW [--fail METRIC:THRESHOLD ...] [--markdown-out FILE]`."""
+    p = subparsers.add_parser("compare", help="regression gate: compare two results files",
+                              description=__doc__.split("\n")[0])
+    p.add_argument("base", help="baseline results (.jsonl, or pytest-benchmark .json)")
+    p.add_argument("new", help="results to judge")
+    p.add_argument("--fail", nargs="+", action="extend", metavar="METRIC:THRESHOLD",
+                   help="override a default gate, e.g. decode_tok_s:-5%% ppl:+0.5%% top1_agree:-0.5pp; "
+                        "defaults: " + " ".join(map(str, default_gates().values())).replace("%", "%%"))
+    p.add_argument("--alpha", type=float, default=ALPHA, help="significance for timing (default %(default)s)")
+    p.add_argument("--markdown-out", metavar="FILE", help="also write the markdown table here")
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args) -> int:
+    """Prints the comparison; returns 0 clean, 1 regression, 2 bad input."""
+    try:
+        result = compare(load(args.base), load(args.new), getattr(args, "fail", None),
+                         getattr(args, "alpha", ALPHA), labels=(args.base, args.new))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    md = result.markdown()
+    print(md, end="")
+    if getattr(args, "markdown_out", None):
+        Path(args.markdown_out).write_text(md)
+    for line in result.notes:
+        print(f"note: {line}", file=sys.stderr)
+    for line in result.regressions:
+        print(f"REGRESSION: {line}", file=sys.stderr)
+    print(f"{len(result.regressions)} regression(s)" if result.regressions else "no regressions",
+          file=sys.stderr)
+    return 1 if result.regressions else 0

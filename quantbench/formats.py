@@ -1,0 +1,83 @@
+"""The formats table: every weight format quantbench builds, what stores it, and how dense it is.
+
+Names here are what suites and records use. `backend` is a key of `backends.BACKENDS`;
+nothing outside that backend's file branches on the format.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from quantbench.errors import UserError
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    backend: str  # key of backends.BACKENDS
+    library: str
+    stores: str
+    # Effective bits per quantized weight including scales/zeros (group size 64 for GPTQ/AWQ,
+    # block layouts for GGUF). Embeddings, norms and lm_head keep `bits_unquantized`.
+    bits_per_weight: float
+    bits_unquantized: float
+    devices: tuple[str, ...]
+    caveat: str = ""
+    # Backend-specific knob: torch dtype, llama.cpp type name, bnb mode, quant method.
+    param: str = ""
+    # Which peak FLOP/s bounds its matmuls (a key of hardware peaks: fp32, bf16, fp16, int8).
+    compute_dtype: str = "fp32"
+
+
+def _gguf(name: str, ftype: str, bpw: float, caveat: str = "") -> Format:
+    # llama.cpp keeps token embeddings in the file's type but norms in F32; the unquantized
+    # share is tiny and counted by the arithmetic from the real tensor list once built.
+    return Format(name, "gguf", "llama-cpp-python", f"GGUF {ftype}", bpw, 16.0,
+                  ("cpu", "cuda"), caveat, ftype, "int8")
+
+
+FORMATS: dict[str, Format] = {f.name: f for f in [
+    Format("fp32", "hf", "transformers", "float32 weights", 32, 32, ("cpu", "cuda"), param="float32"),
+    Format("bf16", "hf", "transformers", "bfloat16 weights", 16, 16, ("cpu", "cuda"),
+           param="bfloat16", compute_dtype="bf16"),
+    Format("fp16", "hf", "transformers", "float16 weights", 16, 16, ("cpu", "cuda"),
+           "CPUs without fp16 GEMM kernels prefill ~50x slower than bf16; decode (GEMV) is fine",
+           param="float16", compute_dtype="fp16"),
+    # LLM.int8: int8 weights + one fp32 scale per output row (absmax), outliers in fp16 at run time.
+    Format("bnb-int8", "bnb", "bitsandbytes", "int8 rows + row scales (LLM.int8)", 8.0, 16,
+           ("cpu", "cuda"), "CPU path casts activations to fp16", param="int8",
+           compute_dtype="int8"),
+    # NF4: 4-bit codes + one absmax per 64 weights, absmax itself 8-bit (double quant off: fp32/64).
+    Format("bnb-nf4", "bnb", "bitsandbytes", "NF4 codes, blocksize 64", 4.5, 16,
+           ("cpu", "cuda"), "CPU kernel computes in bf16 whatever compute dtype is asked",
+           param="nf4", compute_dtype="bf16"),
+    # 4-bit + fp16 scale + 4-bit zero per group of 64: 4 + (16 + 4) / 64 = 4.3125.
+    Format("gptq-4b", "gptq", "gptqmodel", "int4 packed, g64 scales/zeros (GPTQ)", 4.3125, 16,
+           ("cpu", "cuda"), "group size falls back to the largest of 128/64/32 dividing in_features",
+           param="gptq", compute_dtype="bf16"),
+    Format("awq-4b", "gptq", "gptqmodel", "int4 packed, g64 scales/zeros (AWQ)", 4.3125, 16,
+           ("cpu", "cuda"), "calibration is slow on CPU; CPU default uses few short samples",
+           param="awq", compute_dtype="bf16"),
+    _gguf("gguf-f16", "F16", 16.0),
+    _gguf("gguf-q8_0", "Q8_0", 8.5),
+    # Q4_K_M mixes Q4_K and Q6_K; rows not divisible by 256 fall back to Q5_0/Q8_0.
+    _gguf("gguf-q4_k_m", "Q4_K_M", 4.85, "mixed types; rows not divisible by 256 fall back"),
+    _gguf("gguf-q4_0", "Q4_0", 4.5),
+    Format("dummy", "dummy", "numpy", "random bigram model (tests)", 32, 32, ("cpu",), param="float32"),
+]}
+
+# llama.cpp type names a user may ask for as `gguf-<type>` beyond the table (bits per weight).
+GGUF_EXTRA_BPW = {"Q4_1": 5.0, "Q5_0": 5.5, "Q5_1": 6.0, "Q5_K_M": 5.69, "Q6_K": 6.5625,
+                  "Q3_K_M": 3.91, "Q2_K": 2.625, "IQ4_NL": 4.5, "BF16": 16.0}
+
+
+def get_format(name: str) -> Format:
+    """Returns the Format for `name`, including any `gguf-<llama.cpp type>`; unknown names raise."""
+    if name in FORMATS:
+        return FORMATS[name]
+    if name.startswith("gguf-") and name[5:].upper() in GGUF_EXTRA_BPW:
+        ftype = name[5:].upper()
+        return _gguf(name, ftype, GGUF_EXTRA_BPW[ftype])
+    close = difflib.get_close_matches(name, list(FORMATS), n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise UserError(f"unknown format '{name}': {hint}see `quantbench formats` for the list")

@@ -1,0 +1,137 @@
+"""Measurements on a loaded backend: prefill, per-step decode, and quality on fixed windows.
+
+Timing (after gpt-fast and llama-bench): an untimed warm-up, device sync around every timed
+region, each decode step timed on its own, raw samples kept, and a time budget so a slow kernel
+stops early once it has its minimum samples (the record says how many it timed).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from quantbench.backends import Backend
+
+
+def _percentiles(samples_s: list[float]) -> dict:
+    a = np.asarray(samples_s)
+    return {f"decode_p{q}_s": float(np.percentile(a, q)) for q in (50, 90, 99)}
+
+
+def time_prefill(b: Backend, ids: list[int], min_samples: int, budget_s: float) -> dict:
+    """Returns prefill_tok_s (median), ttft_s and the raw prefill_samples_s for a prompt."""
+    b.prefill(ids[: min(len(ids), 32)])  # warm-up on a short prompt: slow kernels stay affordable
+    b.sync()
+    samples, start = [], time.perf_counter()
+    while len(samples) < min_samples:
+        t0 = time.perf_counter()
+        b.prefill(ids)
+        b.sync()
+        samples.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget_s:
+            break
+    med = float(np.median(samples))
+    return {"n_prompt": len(ids), "prefill_tok_s": len(ids) / med, "ttft_s": med,
+            "prefill_samples_s": samples}
+
+
+def time_decode(b: Backend, prompt: list[int], n_gen: int, min_samples: int,
+                budget_s: float) -> dict:
+    """Returns decode_tok_s = 1 / median step time, latency percentiles and raw step samples.
+
+    `min_samples` repetitions of prompt + n_gen steps; the budget cuts a repetition short once
+    at least `min_samples` steps are timed.
+    """
+    tok = b.prefill(prompt)
+    for _ in range(2):
+        tok = b.decode(tok)
+    b.sync()
+    steps, ttfts, start = [], [], time.perf_counter()
+    for _rep in range(min_samples):
+        t0 = time.perf_counter()
+        tok = b.prefill(prompt)
+        b.sync()
+        ttfts.append(time.perf_counter() - t0)
+        for _ in range(n_gen - 1):
+            t0 = time.perf_counter()
+            tok = b.decode(tok)
+            b.sync()
+            steps.append(time.perf_counter() - t0)
+            if time.perf_counter() - start > budget_s and len(steps) >= min_samples:
+                break
+        if time.perf_counter() - start > budget_s:
+            break
+    return {"n_prompt": len(prompt), "n_gen": n_gen, "ttft_s": float(np.median(ttfts)),
+            "decode_tok_s": 1.0 / float(np.median(steps)), "decode_samples_s": steps,
+            "decode_tokens_timed": len(steps), **_percentiles(steps)}
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Returns log-probabilities of float32 logits [T, V], computed stably in float32."""
+    m = logits.max(axis=-1, keepdims=True)
+    z = logits - m
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def scored_positions(n_ctx: int) -> range:
+    """Returns the logit positions llama.cpp's perplexity scores: n_ctx/2 .. n_ctx-2."""
+    return range(n_ctx // 2, n_ctx - 1)
+
+
+def _ppl(nll_sum: float, nll: np.ndarray) -> tuple[float, float]:
+    """Returns (ppl, stderr): exp(mean NLL) and ppl x std(NLL)/sqrt(N), as llama.cpp prints."""
+    mean = nll_sum / len(nll)
+    return float(np.exp(mean)), float(np.exp(mean) * nll.std(ddof=1) / np.sqrt(len(nll)))
+
+
+def score_windows(b: Backend, windows: list[list[int]], budget_s: float,
+                  reference: np.ndarray | None = None, kld_tokens: int = 0,
+                  write_reference: np.ndarray | None = None) -> dict:
+    """Returns ppl (second-half), ppl_full, per-window NLL sums and KLD stats against `reference`.
+
+    `reference`: float16 log-probs [kld_tokens, V] of the reference format at the first scored
+    positions; `write_reference`: an array of that shape this call fills (the reference run).
+    Windows are scored in order until the time budget is spent (at least one).
+    """
+    n_ctx = len(windows[0])
+    pos = np.asarray(scored_positions(n_ctx))
+    half_nll, full_nll, w_half, w_full = [], [], [], []
+    kld, same_top, dp = [], [], []
+    limit = kld_tokens if reference is None else min(kld_tokens, len(reference))
+    filled, start = 0, time.perf_counter()
+    for w in windows:
+        lp = log_softmax(b.logits(w).astype(np.float32))
+        target = np.asarray(w[1:])
+        nll = -lp[np.arange(n_ctx - 1), target]
+        full_nll.append(nll)
+        half_nll.append(nll[pos])
+        w_half.append(float(nll[pos].sum()))
+        w_full.append(float(nll.sum()))
+        take = min(len(pos), limit - filled)
+        if take > 0:
+            rows = lp[pos[:take]]
+            if write_reference is not None:
+                write_reference[filled:filled + take] = rows
+            if reference is not None:
+                ref = reference[filled:filled + take].astype(np.float32)
+                p_ref = np.exp(ref)
+                kld.append((p_ref * (ref - rows)).sum(axis=-1))
+                same_top.append(ref.argmax(-1) == rows.argmax(-1))
+                tgt = target[pos[:take]]
+                idx = np.arange(take)
+                dp.append(np.exp(rows[idx, tgt]) - p_ref[idx, tgt])
+            filled += take
+        if time.perf_counter() - start > budget_s:
+            break
+    half, full = np.concatenate(half_nll), np.concatenate(full_nll)
+    ppl, ppl_err = _ppl(float(half.sum()), half)
+    ppl_full, ppl_full_err = _ppl(float(full.sum()), full)
+    out = {"n_ctx": n_ctx, "ppl": ppl, "ppl_stderr": ppl_err, "ppl_full": ppl_full,
+           "ppl_full_stderr": ppl_full_err, "ppl_windows": len(w_half), "window_nll": w_half,
+           "window_nll_full": w_full, "ppl_tokens": int(len(half)), "reference_rows": filled}
+    if kld:
+        k = np.concatenate(kld)
+        out.update(kld_mean=float(k.mean()), kld_p99=float(np.percentile(k, 99)),
+                   top1_agree=float(np.concatenate(same_top).mean()),
+                   rms_dp=float(np.sqrt(np.mean(np.concatenate(dp) ** 2))), kld_tokens=int(len(k)))
+    return out

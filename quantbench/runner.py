@@ -1,0 +1,183 @@
+"""The run: suite x model x device x format, each variant in its own process, records appended.
+
+The KLD reference format runs first on each device so every later variant can be compared
+with its log-probs; everything else keeps suite order.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from quantbench import cache, corpus, records
+from quantbench.errors import UserError
+from quantbench.formats import get_format
+from quantbench.models import resolve
+from quantbench.suite import Suite
+
+# Most precise first: the KLD reference is the first of these the suite runs on a device.
+REFERENCE_ORDER = ("fp32", "fp16", "gguf-f16", "bf16", "dummy")
+VARIANT_TIMEOUT_S = int(os.environ.get("QUANTBENCH_VARIANT_TIMEOUT_S", 3 * 3600))
+
+
+def workloads(suite: Suite) -> list[str]:
+    """Returns the workload names of a suite: load, pp<N>..., tg<N>, ppl<N_CTX>."""
+    return (["load"] + [f"pp{n}" for n in suite.prompt_lengths] + [f"tg{suite.gen_tokens}",
+            f"ppl{suite.n_ctx}"])
+
+
+def check_devices(devices) -> None:
+    """Raises UserError when a CUDA device is asked for and torch sees none."""
+    if not any(d.startswith("cuda") for d in devices):
+        return
+    try:
+        import torch
+    except ImportError:
+        raise UserError("device 'cuda' needs torch; run `nox -s gpu` or install a CUDA torch") from None
+    if not torch.cuda.is_available():
+        raise UserError("device 'cuda' asked for but torch sees no GPU (torch "
+                        f"{torch.__version__}); drop --device cuda or install a CUDA build of torch")
+
+
+def plan(suite: Suite) -> list[tuple[str, str]]:
+    """Returns (device, format) pairs in run order: each device's reference format first."""
+    out = []
+    for device in suite.devices:
+        fmts = list(suite.formats)
+        ref = next((f for f in REFERENCE_ORDER if f in fmts), None)
+        if ref:
+            fmts.remove(ref)
+            fmts.insert(0, ref)
+        out += [(device, f) for f in fmts]
+    return out
+
+
+def _done(path: Path) -> set[tuple]:
+    if not path.exists():
+        return set()
+    return {records.key(r) for r in records.read(path) if r["status"] == "ok"}
+
+
+def _rotate(path: Path) -> None:
+    """Moves an earlier results file to results/history/ so a new run never overwrites it."""
+    if path.exists() and path.stat().st_size:
+        hist = path.parent / "history"
+        hist.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(path.stat().st_mtime))
+        path.rename(hist / f"{path.stem}-{stamp}{path.suffix}")
+
+
+def _peaks(device: str) -> dict | None:
+    try:
+        from quantbench import hardware
+    except ImportError:
+        return None
+    return dataclasses.asdict(hardware.local_peaks(device))
+
+
+def _crash_reason(rc: int, timed_out: bool) -> str:
+    if timed_out:
+        return f"variant exceeded {VARIANT_TIMEOUT_S} s and was killed"
+    if rc < 0:
+        name = signal.Signals(-rc).name
+        hint = " (likely out of memory)" if -rc == signal.SIGKILL else ""
+        return f"worker killed by {name}{hint}"
+    return f"worker exited with code {rc}"
+
+
+def run(suite: Suite, out_path: str | os.PathLike, resume: bool = False) -> Path:
+    """Runs every variant of the suite, appending records to out_path; returns the path."""
+    out_path = Path(out_path)
+    check_devices(suite.devices)
+    model = resolve(suite.model)
+    ids = corpus.token_ids(model.dir, model.digest, suite.corpus)
+    bos = corpus.bos_id(model.dir)
+    windows = corpus.windows(ids, suite.n_ctx, suite.ppl_windows, bos)
+    prompt = corpus.windows(ids, max(suite.prompt_lengths + (suite.n_ctx,)), 1, bos)[0]
+    tok_key = cache.content_key("tokens", model.digest, suite.corpus)
+    tokens_path = cache.entry("tokens", f"ids-{tok_key}.npy")
+    if not tokens_path.exists():
+        tokens_path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(tokens_path, ids)
+    if not resume:
+        _rotate(out_path)
+    done = _done(out_path) if resume else set()
+    env = records.environment()
+    base = {"schema_version": records.SCHEMA_VERSION, "model": model.name,
+            "run_id": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}",
+            "suite": suite.name, "suite_hash": suite.suite_hash, "corpus": suite.corpus,
+            "model_note": model.note, "env": env}
+    names = workloads(suite)
+    tmp = Path(tempfile.mkdtemp(prefix="quantbench-"))
+    data_path = tmp / "data.npz"
+    np.savez(data_path, windows=np.asarray(windows, dtype=np.int32),
+             prompt=np.asarray(prompt, dtype=np.int32))
+    peaks_by_device = {d: _peaks(d) for d in suite.devices}
+    references: dict[str, str] = {}
+    for device, fmt_name in plan(suite):
+        fmt = get_format(fmt_name)
+        todo = [w for w in names if (model.name, fmt_name, device, w) not in done]
+        if not todo:
+            print(f"[{fmt_name}/{device}] already in {out_path}, skipped (--resume)", flush=True)
+            if fmt_name in REFERENCE_ORDER and device not in references:
+                references[device] = fmt_name
+            continue
+        rec_base = {**base, "format": fmt_name, "device": device}
+        if device.split(":")[0] not in fmt.devices:
+            records.append(out_path, [{**rec_base, "workload": w, "status": "skipped",
+                                       "reason": f"{fmt_name} does not run on {device}"} for w in todo])
+            continue
+        ref_fmt = references.setdefault(device, fmt_name) if fmt_name in REFERENCE_ORDER else \
+            references.get(device)
+        ref_key = cache.content_key("ref", model.digest, tok_key, suite.n_ctx, suite.ppl_windows,
+                                    suite.kld_tokens, ref_fmt, device)
+        ref = {"format": ref_fmt or "", "path": str(cache.entry("reference", f"{ref_key}.npy")),
+               "role": "write" if ref_fmt == fmt_name else "read",
+               "why": "no reference format (fp32, fp16, gguf-f16 or bf16) in the suite"}
+        if ref_fmt is None:
+            ref = {"why": ref["why"]}
+        job = {"model_name": model.name, "model_dir": model.dir, "model_digest": model.digest,
+               "format": fmt_name, "device": device, "threads": suite.thread_count(),
+               "suite": dataclasses.asdict(suite), "data": str(data_path),
+               "tokens_path": str(tokens_path), "calib_start": suite.n_ctx * suite.ppl_windows,
+               "corpus_key": tok_key, "workloads": todo, "reference": ref,
+               "partial": str(tmp / f"{fmt_name}-{device}.jsonl"), "base": base,
+               "peaks": peaks_by_device[device]}
+        job_path = tmp / f"{fmt_name}-{device}.json"
+        job_path.write_text(json.dumps(job))
+        _run_child(job_path, job, out_path, rec_base)
+    return out_path
+
+
+def _run_child(job_path: Path, job: dict, out_path: Path, rec_base: dict) -> None:
+    env = {**os.environ, "OMP_WAIT_POLICY": "passive", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": str(job["threads"])}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "quantbench.worker", str(job_path)], env=env)
+    timed_out = False
+    try:
+        rc = proc.wait(timeout=VARIANT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rc, timed_out = proc.wait(), True
+    except KeyboardInterrupt:
+        proc.kill()
+        proc.wait()
+        raise
+    partial = Path(job["partial"])
+    got = records.read(partial) if partial.exists() else []
+    have = {r["workload"] for r in got}
+    reason = _crash_reason(rc, timed_out)
+    missing = [{**rec_base, "workload": w, "status": "failed", "reason": reason}
+               for w in job["workloads"] if w not in have]
+    records.append(out_path, got + missing)
+    print(f"[{job['format']}/{job['device']}] done in {time.perf_counter() - t0:.0f} s"
+          + (f"; {reason}" if missing else ""), flush=True)

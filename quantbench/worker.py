@@ -1,0 +1,179 @@
+"""One variant in its own process: build, load, measure each workload, append its records.
+
+Run as `python -m quantbench.worker JOB.json` by the runner; a crash, OOM kill or hang here
+loses only this variant (the runner writes `failed` records for what is missing).
+"""
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from quantbench import records
+from quantbench.backends import Context, Skip, get_backend_class
+from quantbench.errors import UserError
+from quantbench.formats import get_format
+from quantbench.measure import score_windows, time_decode, time_prefill
+from quantbench.suite import Suite
+
+
+def peak_rss_bytes() -> int:
+    """Returns this process's peak resident set size (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _device_peak(device: str) -> dict:
+    if not device.startswith("cuda"):
+        return {}
+    import torch
+
+    return {"peak_device_bytes": int(torch.cuda.max_memory_allocated()),
+            "reserved_device_bytes": int(torch.cuda.max_memory_reserved())}
+
+
+def _predict(job: dict, shape, kind: str, **kw) -> dict:
+    """Returns the predicted twins for a workload (empty when no shape/peaks are known)."""
+    if shape is None or not job.get("peaks"):
+        return {}
+    from quantbench import arith, hardware
+
+    peaks = hardware.Peaks(**job["peaks"])
+    return arith.predicted_fields(shape, get_format(job["format"]), peaks, kind, **kw)
+
+
+def _sol(rec: dict) -> None:
+    """Adds measured / predicted ratios (speed-of-light fractions) where both are present."""
+    for m in ("prefill_tok_s", "decode_tok_s"):
+        if rec.get(m) and rec.get(f"{m}_predicted"):
+            rec[m.replace("_tok_s", "_sol_frac")] = rec[m] / rec[f"{m}_predicted"]
+
+
+def _reference(job: dict):
+    ref = job.get("reference") or {}
+    path = Path(ref["path"]) if ref.get("path") else None
+    if ref.get("role") == "read" and path and path.exists():
+        return np.load(path, mmap_mode="r"), None
+    return None, None
+
+
+def run_workload(job, backend, workload: str, data, shape) -> dict:
+    """Returns the measured fields of one workload."""
+    s = Suite(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["suite"].items()})
+    prompt_src = [int(t) for t in data["prompt"]]
+    if workload == "load":
+        backend.prefill(prompt_src[: s.n_ctx])
+        return {"kv_cache_bytes": backend.kv_cache_bytes(),
+                **_predict(job, shape, "load", n_ctx=s.n_ctx)}
+    if workload.startswith("tg"):
+        n = int(workload[2:])
+        out = time_decode(backend, prompt_src[: s.gen_prompt_tokens], n, s.min_samples,
+                          s.time_budget_s)
+        return {**out, **_predict(job, shape, "tg", n_prompt=s.gen_prompt_tokens, n_gen=n)}
+    if workload.startswith("ppl"):
+        ref = job.get("reference") or {}
+        windows = [[int(t) for t in w] for w in data["windows"]]
+        reference, write = _reference(job)
+        if ref.get("role") == "write":
+            write = np.zeros((s.kld_tokens, _vocab(backend, windows)), dtype=np.float16)
+        out = score_windows(backend, windows, s.quality_budget_s, reference, s.kld_tokens, write)
+        rows = out.pop("reference_rows")
+        if write is not None:
+            path = Path(ref["path"])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp.npy")
+            np.save(tmp, write[:rows])
+            tmp.rename(path)
+            out.update(kld_reference=job["format"], kld_mean=0.0, kld_p99=0.0, top1_agree=1.0,
+                       rms_dp=0.0, kld_tokens=rows)
+        elif "kld_mean" in out:
+            out["kld_reference"] = ref.get("format", "")
+        else:
+            out["kld_reason"] = ref.get("why", "no reference log-probs for this model and corpus")
+        return {**out, **_predict(job, shape, "ppl", n_ctx=s.n_ctx)}
+    if workload.startswith("pp"):
+        n = int(workload[2:])
+        out = time_prefill(backend, prompt_src[:n], s.min_samples, s.time_budget_s)
+        out["kv_cache_bytes"] = backend.kv_cache_bytes()
+        return {**out, **_predict(job, shape, "pp", n_prompt=n)}
+    raise ValueError(f"unknown workload {workload}")
+
+
+def _vocab(backend, windows) -> int:
+    return int(backend.logits(windows[0][:2]).shape[-1])
+
+
+def main(job_path: str) -> int:
+    job = json.loads(Path(job_path).read_text())
+    fmt = get_format(job["format"])
+    suite = Suite(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["suite"].items()})
+    data = np.load(job["data"])
+    base = {**job["base"], "format": fmt.name, "device": job["device"], "backend": fmt.backend,
+            "threads": job["threads"], "bits_per_weight": fmt.bits_per_weight}
+    out = job["partial"]
+    tag = f"[{fmt.name}/{job['device']}]"
+
+    def emit(workload: str, fields: dict, status="ok", reason=""):
+        rec = {**base, **backend_info(), "workload": workload, "status": status, "reason": reason,
+               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
+        if status == "ok":
+            rec.update(peak_rss_bytes=peak_rss_bytes(), **_device_peak(job["device"]))
+            _sol(rec)
+        records.append(out, [rec])
+
+    ctx = Context(job["model_name"], job["model_dir"], job["model_digest"], fmt, job["device"],
+                  job["threads"], suite, job["tokens_path"], job["calib_start"],
+                  suite.artifacts.get(fmt.name, ""), job["corpus_key"])
+    backend = None
+
+    def backend_info():
+        return dict(backend.info) if backend is not None else {}
+
+    try:
+        backend = get_backend_class(fmt.backend)(ctx)
+        print(f"{tag} building", flush=True)
+        backend.build()
+        t0 = time.perf_counter()
+        backend.load()
+        load_s = time.perf_counter() - t0
+    except (Skip, UserError, ImportError) as e:
+        for w in job["workloads"]:
+            emit(w, {}, "skipped", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        print(f"{tag} skipped: {e}", flush=True)
+        return 0
+    shape = _shape(job)
+    common = {"load_s": load_s, "weights_bytes": backend.weights_bytes()}
+    base.update(common)
+    for w in job["workloads"]:
+        try:
+            fields = run_workload(job, backend, w, data, shape)
+        except Exception as e:  # one workload failing must not cost the others
+            traceback.print_exc()
+            emit(w, {}, "failed", f"{type(e).__name__}: {e}".splitlines()[0])
+            continue
+        emit(w, fields)
+        print(f"{tag} {w}: " + _summary(fields), flush=True)
+    backend.close()
+    return 0
+
+
+def _shape(job):
+    try:
+        from quantbench.shapes import shape_from_config
+
+        return shape_from_config(job["model_dir"])
+    except (ImportError, UserError, OSError, ValueError):
+        return None
+
+
+def _summary(f: dict) -> str:
+    keys = ("prefill_tok_s", "decode_tok_s", "ppl", "kld_mean", "kv_cache_bytes")
+    return " ".join(f"{k}={f[k]:.4g}" for k in keys if isinstance(f.get(k), (int, float)))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,115 @@
+"""`quantbench estimate` / `devices` through cmd_* with a Namespace, on a tiny local config."""
+import argparse
+import json
+
+import pytest
+
+from quantbench import cli_arith, hardware
+from quantbench.errors import UserError
+from quantbench.hardware import GiB, Peaks
+
+# 2 layers, d 64, 4 heads / 2 KV heads of 16, FFN 128, vocab 256, untied: 106,816 params
+TINY = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, vocab_size=256,
+            max_position_embeddings=64, tie_word_embeddings=False,
+            bos_token_id=1, eos_token_id=2, pad_token_id=0)
+KEYS = {"params", "weights_bytes", "kv_cache_bytes_per_token", "kv_cache_bytes", "flops_per_token",
+        "device_ops_per_byte", "prefill_s", "decode_s_per_token", "decode_tok_s", "bound",
+        "max_kv_tokens"}
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(TINY))
+    return str(path)
+
+
+def _run(capsys, **kw):
+    args = argparse.Namespace(**{"seq_len": 512, "batch": 1, "devices": 1, "json": True, **kw})
+    assert cli_arith.cmd_estimate(args) == 0
+    out = capsys.readouterr().out
+    return json.loads(out) if args.json else out
+
+
+def test_estimate_json_h100(capsys, config):
+    r = _run(capsys, model=config, format="bf16", device="h100-sxm", seq_len=8, batch=2)
+    assert KEYS <= set(r)
+    assert r["params"] == 106_816
+    assert r["weights_bytes"] == 213_632                 # 2 bytes × 106,816
+    assert r["kv_cache_bytes_per_token"] == 256          # 2 × 2 layers × 2 kv × 16 × 2 bytes
+    assert r["kv_cache_bytes"] == 4_096                  # × 8 tokens × 2 sequences
+    assert r["flops_per_token"] == 184_320               # 2 × 90,112 + 4·2·8·4·16
+    assert r["device_ops_per_byte"] == pytest.approx(989.5e12 / 3.35e12)
+    assert r["bound"] == "memory" and r["prefill_bound"] == "memory"
+    assert r["decode_s_per_token"] == pytest.approx((213_632 + 4_096) / 3.35e12)
+    assert r["decode_tok_s"] == pytest.approx(2 / r["decode_s_per_token"])
+    assert r["prefill_s"] == pytest.approx((213_632 + 4_096) / 3.35e12)
+    assert r["max_kv_tokens"] == 335_543_485            # (80 GiB − 213,632) // 256
+
+
+def test_estimate_tensor_parallel_and_fp32_kv(capsys, config):
+    r = _run(capsys, model=config, format="fp32", device="a100-40gb-sxm", devices=2)
+    assert r["kv_bytes_per_elem"] == 4 and r["kv_cache_bytes_per_token"] == 512
+    assert r["weights_bytes"] == 427_264
+    assert r["max_kv_tokens"] == (2 * 40 * GiB - 427_264) // 512 == 167_771_325
+    assert r["bandwidth_bytes_s"] == 2 * 1555e9
+    assert r["peak_flop_s"] == 2 * 19.5e12  # fp32 format: fp32 peak, not tensor cores
+
+
+def test_estimate_table(capsys, config):
+    out = _run(capsys, model=config, format="gptq-4b", device="l4", json=False)
+    assert "106,816 params" in out and "256 B" in out and "memory-bound" in out
+
+
+def test_estimate_local_uses_cached_calibration(capsys, config, monkeypatch, tmp_path):
+    monkeypatch.setenv("QUANTBENCH_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def fake(device="cpu", seconds=6.0):
+        calls.append(device)
+        return Peaks("local-cpu-test", {"fp32": 90e9, "bf16": 200e9}, 25e9, 16 * GiB, "measured")
+
+    monkeypatch.setattr(hardware, "calibrate", fake)
+    for _ in range(2):
+        r = _run(capsys, model=config, format="fp16", device="local-cpu")
+    assert calls == ["cpu"]  # measured once, then read from the cache
+    assert list((tmp_path / "cache" / "calibration").glob("*-cpu-*.json"))
+    assert r["peaks_source"] == "measured"
+    assert r["peak_flop_s"] == 90e9  # no fp16 measured: falls back to fp32
+    assert r["decode_s_per_token"] == pytest.approx((213_632 + 512 * 256) / 25e9)
+
+
+def test_unknown_names_are_user_errors(capsys, config):
+    hint = "unknown device 'h100': did you mean 'h100-sxm' or 'h100-pcie'.*quantbench devices"
+    with pytest.raises(UserError, match=hint):
+        _run(capsys, model=config, format="bf16", device="h100")
+    with pytest.raises(UserError, match="unknown format"):
+        _run(capsys, model=config, format="bf61", device="h100-sxm")
+    with pytest.raises(UserError, match="--batch must be"):
+        _run(capsys, model=config, format="bf16", device="h100-sxm", batch=0)
+
+
+def test_devices_table(capsys):
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    cli_arith.add_estimate_parser(sub)
+    cli_arith.add_devices_parser(sub)
+    args = parser.parse_args(["devices"])
+    assert args.func(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = next(line.split() for line in lines if line.startswith("h100-sxm"))
+    assert row == ["h100-sxm", "989.5", "3350", "80", "295"]
+    assert next(line.split() for line in lines if line.startswith("t4"))[1] == "-"
+    args = parser.parse_args(["estimate", "--model", "shape:smollm2-135m", "--format", "bf16",
+                              "--device", "h100-sxm", "--json"])
+    assert args.func is cli_arith.cmd_estimate and args.seq_len == 512
+
+
+def test_calibrate_cpu_is_short_and_sane():
+    import time
+
+    t0 = time.perf_counter()
+    p = hardware.calibrate("cpu", seconds=1.0)
+    assert time.perf_counter() - t0 < 10
+    assert p.source == "measured" and p.bandwidth_bytes_s > 1e8 and p.flop_s["fp32"] > 1e8

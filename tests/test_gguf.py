@@ -1,0 +1,112 @@
+"""llama.cpp backend on the tiny model: real conversion, quantization, type mixes and ppl vs transformers.
+
+The first run downloads the llama-cpp-python sdist (~75 MB, for convert_hf_to_gguf.py) once.
+"""
+import numpy as np
+import pytest
+
+pytest.importorskip("llama_cpp", reason="llama_cpp not installed; install quantbench[gguf]")
+pytest.importorskip("gguf", reason="gguf not installed; install quantbench[gguf]")
+
+from quantbench.backends import Context  # noqa: E402
+from quantbench.backends.gguf import GGUFBackend  # noqa: E402
+from quantbench.backends.hf import HFBackend  # noqa: E402
+from quantbench.formats import get_format  # noqa: E402
+from quantbench.measure import score_windows  # noqa: E402
+from quantbench.suite import Suite  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+SUITE = Suite(name="gguf-test", n_ctx=128, ppl_windows=3, prompt_lengths=(64,), gen_tokens=8)
+# Tiny = SmolLM2-135M cut to 2 layers: hidden 576, FFN 1536, 3 KV heads x 64, vocab 49152.
+N_VOCAB = 49152
+# Bits per weight of each block layout (ggml-common.h): Q8_0 = 32 int8 + one f16 scale per 32
+# -> (32 + 2) * 8 / 32 = 8.5; Q4_0 = 16 bytes of nibbles + f16 scale -> 18 * 8 / 32 = 4.5;
+# Q4_K = 144 bytes per 256 -> 4.5; Q5_0 = 22 bytes / 32 -> 5.5; Q6_K = 210 bytes / 256 -> 6.5625.
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from quantbench.models import resolve
+
+    return resolve("tiny")
+
+
+@pytest.fixture(scope="module")
+def windows(tiny):
+    from quantbench import corpus
+
+    ids = corpus.token_ids(tiny.dir, tiny.digest, SUITE.corpus)
+    return corpus.windows(ids, SUITE.n_ctx, SUITE.ppl_windows, corpus.bos_id(tiny.dir))
+
+
+def ctx(tiny, fmt: str) -> Context:
+    return Context(tiny.name, tiny.dir, tiny.digest, get_format(fmt), "cpu", 2, SUITE)
+
+
+@pytest.fixture(scope="module")
+def built(tiny):
+    out = {}
+    for fmt in ("gguf-f16", "gguf-q8_0", "gguf-q4_0", "gguf-q4_k_m"):
+        b = GGUFBackend(ctx(tiny, fmt))
+        b.build()
+        out[fmt] = b
+    return out
+
+
+def test_type_mix_and_bits(built):
+    f16, q8, q4, q4km = (built[f].info for f in ("gguf-f16", "gguf-q8_0", "gguf-q4_0", "gguf-q4_k_m"))
+    # 2 layers x 2 norms + the final norm stay F32; tied embeddings: no output.weight.
+    assert f16["gguf_type_mix"] == {"F16": 15, "F32": 5}
+    assert not f16["gguf_mixed"]
+    assert f16["bits_per_weight"] == pytest.approx(16.0, abs=0.01)  # F32 norms: 2881 of 35M
+    assert set(q8["gguf_type_mix"]) == {"Q8_0", "F32"} and not q8["gguf_mixed"]
+    assert q8["bits_per_weight"] == pytest.approx(8.5, abs=0.01)
+    # Q4_0 keeps token_embd (also the output head) at a higher type: between 4.5 and 8.5.
+    assert "Q4_0" in q4["gguf_type_mix"]
+    assert 4.5 < q4["bits_per_weight"] < 8.5
+    # Q4_K_M on 576-wide rows (not a multiple of 256) falls back to Q5_0/Q8_0.
+    mix = q4km["gguf_type_mix"]
+    assert q4km["gguf_mixed"] and {"Q5_0", "Q6_K"} <= set(mix), mix
+    assert 4.5 < q4km["bits_per_weight"] < 8.5
+    for b in built.values():
+        assert b.info["tokenizer_agree"] == 1.0
+
+
+def test_second_build_is_a_cache_hit(tiny, built):
+    b = GGUFBackend(ctx(tiny, "gguf-q4_k_m"))
+    b.build()
+    assert b.info["build_s"] == 0.0
+    assert b.info["artifact"] == built["gguf-q4_k_m"].info["artifact"]
+
+
+def test_logits_prefill_decode_and_kv(built, windows):
+    b = built["gguf-q8_0"]
+    b.load()
+    try:
+        w = windows[0]
+        logits = b.logits(w)
+        assert logits.shape == (len(w), N_VOCAB) and logits.dtype == np.float32
+        assert np.isfinite(logits).all()
+        # prefill's last-token path gives the same greedy token as the all-positions path
+        tok = b.prefill(w[:64])
+        assert tok == int(b.logits(w[:64])[-1].argmax())
+        b.prefill(w[:64])
+        assert b.decode(tok) == int(b.logits(w[:64] + [tok])[-1].argmax())
+        # n_ctx = 128 + 8 slack, padded by llama.cpp to 256 cells: 2 x 2 layers x 3 x 64 x 256 x 2
+        assert b.kv_cache_bytes() == 2 * 2 * 3 * 64 * 256 * 2 == 393_216
+        assert b.weights_bytes() < 0.6 * built["gguf-f16"].weights_bytes()
+        assert b.info["kernel"] == "llama.cpp Q8_0 (CPU)"
+    finally:
+        b.close()
+
+
+def test_f16_ppl_matches_transformers(tiny, built, windows):
+    ppl = {}
+    for name, b in (("gguf", built["gguf-f16"]), ("hf", HFBackend(ctx(tiny, "fp32")))):
+        b.load()
+        try:
+            ppl[name] = score_windows(b, windows, budget_s=600)["ppl_full"]
+        finally:
+            b.close()
+    assert ppl["gguf"] == pytest.approx(ppl["hf"], rel=0.005), ppl

@@ -1,0 +1,92 @@
+"""The spine end to end on the tiny model: transformers + bitsandbytes formats, crash, resume."""
+import math
+
+import pytest
+
+from quantbench import records, runner
+from quantbench.suite import Suite
+
+TINY = Suite(name="t", model="tiny", formats=("bf16", "fp32", "fp16", "bnb-int8", "bnb-nf4"),
+             prompt_lengths=(32,), gen_tokens=8, min_samples=3, time_budget_s=2.0, n_ctx=64,
+             ppl_windows=3, quality_budget_s=60.0, kld_tokens=64)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny):
+    out = tmp_path_factory.mktemp("run") / "r.jsonl"
+    runner.run(TINY, out)
+    return {(r["format"], r["workload"]): r for r in records.read(out)}
+
+
+def test_plan_puts_the_reference_first():
+    assert [f for _, f in runner.plan(TINY)] == ["fp32", "bf16", "fp16", "bnb-int8", "bnb-nf4"]
+    assert runner.workloads(TINY) == ["load", "pp32", "tg8", "ppl64"]
+
+
+def test_every_variant_and_workload_ok(tiny_run):
+    assert len(tiny_run) == 5 * 4
+    bad = {k: r["reason"] for k, r in tiny_run.items() if r["status"] != "ok"}
+    assert not bad
+
+
+def test_records_carry_schema_and_env(tiny_run):
+    r = tiny_run[("bf16", "tg8")]
+    assert set(records.IDENTITY) <= set(r) and r["suite_hash"] == TINY.suite_hash
+    assert r["env"]["torch"] and r["threads"] >= 1
+    assert r["n_gen"] == 8 and len(r["decode_samples_s"]) == r["decode_tokens_timed"] >= 3
+    assert r["decode_p50_s"] <= r["decode_p90_s"] <= r["decode_p99_s"]
+    assert math.isclose(r["decode_tok_s"], 1 / r["decode_p50_s"], rel_tol=1e-9)
+    pp = tiny_run[("bf16", "pp32")]
+    assert pp["n_prompt"] == 32 and len(pp["prefill_samples_s"]) >= 1 and pp["prefill_tok_s"] > 0
+
+
+def test_kv_cache_bytes_are_exact(tiny_run):
+    # tiny: 2 layers x 3 KV heads x head_dim 64; K and V; 64-token context.
+    per_token = 2 * 2 * 3 * 64
+    assert tiny_run[("fp32", "load")]["kv_cache_bytes"] == per_token * 4 * 64
+    assert tiny_run[("bf16", "load")]["kv_cache_bytes"] == per_token * 2 * 64
+    assert tiny_run[("fp16", "pp32")]["kv_cache_bytes"] == per_token * 2 * 32
+
+
+def test_weights_bytes_follow_the_dtype(tiny_run):
+    fp32 = tiny_run[("fp32", "load")]["weights_bytes"]
+    # parameters halve; the two fp32 rotary buffers (inv_freq, original_inv_freq: 256 B) stay.
+    assert fp32 - 2 * tiny_run[("bf16", "load")]["weights_bytes"] == -256
+    # int8/nf4 quantize only the decoder linears; the 28M-parameter embedding stays 16/32-bit.
+    assert tiny_run[("bnb-nf4", "load")]["weights_bytes"] < tiny_run[("bf16", "load")]["weights_bytes"]
+
+
+def test_quality_same_windows_and_kld(tiny_run):
+    ref = tiny_run[("fp32", "ppl64")]
+    assert ref["kld_reference"] == "fp32" and ref["kld_mean"] == 0.0 and ref["ppl_windows"] == 3
+    assert ref["ppl_tokens"] == 3 * 31  # positions 32..62 of each 64-token window
+    for fmt in ("bf16", "fp16", "bnb-int8", "bnb-nf4"):
+        r = tiny_run[(fmt, "ppl64")]
+        assert r["kld_reference"] == "fp32" and r["kld_tokens"] == 64
+        assert math.isclose(r["ppl"], ref["ppl"], rel_tol=0.2), fmt
+    # fp16 holds the checkpoint's own values: nearly no divergence; nf4 diverges most.
+    assert abs(tiny_run[("fp16", "ppl64")]["kld_mean"]) < 1e-3
+    assert tiny_run[("bnb-nf4", "ppl64")]["kld_mean"] > tiny_run[("bf16", "ppl64")]["kld_mean"]
+    assert tiny_run[("bnb-nf4", "ppl64")]["top1_agree"] < 1.0
+
+
+def test_crash_leaves_failed_record_and_keeps_others(tmp_path, tiny, monkeypatch):
+    out = tmp_path / "r.jsonl"
+    monkeypatch.setenv("QUANTBENCH_DUMMY_CRASH", "9")
+    suite = TINY.with_overrides(formats=["fp32", "dummy"], ppl_windows=1)
+    runner.run(suite, out)
+    got = {(r["format"], r["workload"]): r for r in records.read(out)}
+    assert all(got[("fp32", w)]["status"] == "ok" for w in runner.workloads(suite))
+    dummy = [got[("dummy", w)] for w in runner.workloads(suite)]
+    assert all(r["status"] == "failed" and "SIGKILL" in r["reason"] for r in dummy)
+
+
+def test_resume_skips_finished_and_new_run_rotates(tmp_path, tiny, capsys):
+    out = tmp_path / "r.jsonl"
+    suite = TINY.with_overrides(formats=["dummy"], ppl_windows=1)
+    runner.run(suite, out)
+    n = len(records.read(out))
+    runner.run(suite, out, resume=True)
+    assert len(records.read(out)) == n and "skipped (--resume)" in capsys.readouterr().out
+    runner.run(suite, out)  # without --resume: the old file moves to history/
+    assert len(records.read(out)) == n and len(list((tmp_path / "history").iterdir())) == 1

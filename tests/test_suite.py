@@ -1,0 +1,54 @@
+import pytest
+
+from quantbench.errors import UserError
+from quantbench.formats import FORMATS, get_format
+from quantbench.suite import Suite, load_suite
+
+
+def test_shipped_suites_parse():
+    s = load_suite("suites/default.toml")
+    assert s.name == "default" and s.model == "embedded:smollm2-135m"
+    assert len(s.formats) == 11 and s.prompt_lengths == (128, 512) and s.n_ctx == 512
+    ci = load_suite("suites/ci.toml")
+    assert ci.model == "tiny" and set(ci.formats) == set(s.formats)
+
+
+def test_unknown_key_names_the_fix(tmp_path):
+    p = tmp_path / "s.toml"
+    p.write_text('formats = ["fp32"]\nn_ctxx = 256\n')
+    with pytest.raises(UserError, match="unknown key 'n_ctxx' \\(did you mean 'n_ctx'\\?\\)"):
+        load_suite(p)
+
+
+@pytest.mark.parametrize("body,msg", [
+    ('n_ctx = "512"', "key 'n_ctx' must be a int"),
+    ('formats = "fp32"', "key 'formats' must be a list"),
+    ('time_budget_s = true', "key 'time_budget_s' must be a float"),
+    ('formats = ["fp23"]', "unknown format 'fp23': did you mean 'fp32'"),
+    ('devices = ["tpu"]', "unknown device 'tpu'"),
+    ('n_ctx = 511', "n_ctx must be even"),
+    ('n_ctx = [', "not valid TOML"),
+])
+def test_malformed_suites(tmp_path, body, msg):
+    p = tmp_path / "bad.toml"
+    p.write_text(body + "\n")
+    with pytest.raises(UserError, match=msg.replace("(", "\\(").replace("?", "\\?")):
+        load_suite(p)
+
+
+def test_missing_suite_file():
+    with pytest.raises(UserError, match="not found"):
+        load_suite("suites/nope.toml")
+
+
+def test_hash_tracks_every_setting():
+    a = Suite()
+    assert a.suite_hash == Suite().suite_hash
+    assert a.suite_hash != a.with_overrides(n_ctx=256).suite_hash
+    assert a.with_overrides(formats=["fp32"]).formats == ("fp32",)
+
+
+def test_formats_table():
+    assert get_format("gguf-q4_k_m").param == "Q4_K_M"
+    assert get_format("gguf-q6_k").bits_per_weight == 6.5625  # a type outside the table
+    assert FORMATS["gptq-4b"].bits_per_weight == 4 + 20 / 64
