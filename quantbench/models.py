@@ -7,6 +7,9 @@
   for tests and CI.
 - a local HF directory, a local .gguf file, or a Hugging Face hub id (downloaded with
   huggingface_hub; needs internet).
+- `shape:NAME` (a real config from shapes.KNOWN_SHAPES, or shape:path/to/config.json) with
+  seeded random weights and the embedded tokenizer: speed and memory are real, quality is not
+  (quality workloads are skipped), so a GPU machine without internet can time realistic sizes.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ class ModelSource:
     dir: str  # local HF directory
     digest: str  # content fingerprint of the weights, part of every artifact's cache key
     note: str = ""  # caveat shown in the report (e.g. Q4_1 rounding)
+    random_weights: bool = False  # shape:NAME: quality metrics are meaningless
 
 
 def _fingerprint(path: Path) -> str:
@@ -103,6 +107,30 @@ def _tiny() -> ModelSource:
     return ModelSource("tiny", "tiny", str(final), key, base.note)
 
 
+def _shape(spec: str) -> ModelSource:
+    """Returns a source with seeded random FP16 weights for a known config (cached)."""
+    from quantbench.shapes import load_config
+
+    config = load_config(spec)
+    name = spec.split(":", 1)[1]
+    name = Path(name).parent.name if name.endswith(".json") else name
+    key = cache.content_key("shape", config.to_dict(), _transformers_version())
+    final = cache.entry("models", f"shape-{name}-{key}")
+    if not (final / "config.json").exists():
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        print(f"[quantbench] {spec}: seeded random FP16 weights (once) ...", flush=True)
+        torch.manual_seed(0)
+        with cache.atomic_dir(final) as tmp:
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float16)
+            model.save_pretrained(tmp)
+            # Any tokenizer whose ids fit the vocab will do: the weights are random anyway.
+            AutoTokenizer.from_pretrained(_embedded("smollm2-135m").dir).save_pretrained(tmp)
+    note = f"{spec}: random weights — speed and memory are real, quality metrics are skipped"
+    return ModelSource(spec, f"shape:{name}", str(final), key, note, random_weights=True)
+
+
 def _hub(repo_id: str) -> ModelSource:
     hub = require("huggingface_hub", "all")
     try:
@@ -120,6 +148,8 @@ def resolve(spec: str) -> ModelSource:
         return _embedded(spec.split(":", 1)[1])
     if spec == "tiny":
         return _tiny()
+    if spec.startswith("shape:"):
+        return _shape(spec)
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return _from_gguf(path.resolve(), path.stem, f"{path.name}: dequantized from GGUF")

@@ -150,6 +150,7 @@ def run(suite: Suite, out_path: str | os.PathLike, resume: bool = False) -> Path
                "tokens_path": str(tokens_path), "calib_start": suite.n_ctx * suite.ppl_windows,
                "corpus_key": tok_key, "workloads": todo, "reference": ref,
                "partial": str(tmp / f"{fmt_name}-{device}.jsonl"), "base": base,
+               "random_weights": model.random_weights,
                "peaks": peaks_by_device[device]}
         job_path = tmp / f"{fmt_name}-{device}.json"
         job_path.write_text(json.dumps(job))

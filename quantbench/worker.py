@@ -5,6 +5,7 @@ loses only this variant (the runner writes `failed` records for what is missing)
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import resource
 import sys
@@ -30,20 +31,40 @@ def peak_rss_bytes() -> int:
 def _device_peak(device: str) -> dict:
     if not device.startswith("cuda"):
         return {}
+    import os
+
     import torch
 
-    return {"peak_device_bytes": int(torch.cuda.max_memory_allocated()),
-            "reserved_device_bytes": int(torch.cuda.max_memory_reserved())}
+    out = {"peak_device_bytes": int(torch.cuda.max_memory_allocated()),
+           "reserved_device_bytes": int(torch.cuda.max_memory_reserved())}
+    try:  # NVML sees what torch's allocator does not (llama.cpp, CUDA context, cuBLAS workspaces)
+        import pynvml
+
+        pynvml.nvmlInit()
+        index = int(device.split(":")[1]) if ":" in device else 0
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            if p.pid == os.getpid() and p.usedGpuMemory:
+                out["nvml_process_bytes"] = int(p.usedGpuMemory)
+    except Exception:  # NVML absent or unsupported in a container: torch's figures remain
+        pass
+    return out
 
 
-def _predict(job: dict, shape, kind: str, **kw) -> dict:
+def _predict(job: dict, shape, info: dict, kind: str, **kw) -> dict:
     """Returns the predicted twins for a workload (empty when no shape/peaks are known)."""
     if shape is None or not job.get("peaks"):
         return {}
     from quantbench import arith, hardware
 
     peaks = hardware.Peaks(**job["peaks"])
-    return arith.predicted_fields(shape, get_format(job["format"]), peaks, kind, **kw)
+    # The backend knows what it really stored (bnb keeps fp32 embeddings on CPU, a GGUF file
+    # has its own type mix): predict from that layout.
+    fmt = get_format(job["format"])
+    fmt = dataclasses.replace(fmt, **{k: info[k] for k in ("bits_per_weight", "bits_unquantized")
+                                      if k in info})
+    return arith.predicted_fields(shape, fmt, peaks, kind,
+                                  kv_bytes_per_elem=info.get("kv_bytes_per_elem", 2), **kw)
 
 
 def _sol(rec: dict) -> None:
@@ -68,12 +89,12 @@ def run_workload(job, backend, workload: str, data, shape) -> dict:
     if workload == "load":
         backend.prefill(prompt_src[: s.n_ctx])
         return {"kv_cache_bytes": backend.kv_cache_bytes(),
-                **_predict(job, shape, "load", n_ctx=s.n_ctx)}
+                **_predict(job, shape, backend.info, "load", n_ctx=s.n_ctx)}
     if workload.startswith("tg"):
         n = int(workload[2:])
         out = time_decode(backend, prompt_src[: s.gen_prompt_tokens], n, s.min_samples,
                           s.time_budget_s)
-        return {**out, **_predict(job, shape, "tg", n_prompt=s.gen_prompt_tokens, n_gen=n)}
+        return {**out, **_predict(job, shape, backend.info, "tg", n_prompt=s.gen_prompt_tokens, n_gen=n)}
     if workload.startswith("ppl"):
         ref = job.get("reference") or {}
         windows = [[int(t) for t in w] for w in data["windows"]]
@@ -94,12 +115,12 @@ def run_workload(job, backend, workload: str, data, shape) -> dict:
             out["kld_reference"] = ref.get("format", "")
         else:
             out["kld_reason"] = ref.get("why", "no reference log-probs for this model and corpus")
-        return {**out, **_predict(job, shape, "ppl", n_ctx=s.n_ctx)}
+        return {**out, **_predict(job, shape, backend.info, "ppl", n_ctx=s.n_ctx)}
     if workload.startswith("pp"):
         n = int(workload[2:])
         out = time_prefill(backend, prompt_src[:n], s.min_samples, s.time_budget_s)
         out["kv_cache_bytes"] = backend.kv_cache_bytes()
-        return {**out, **_predict(job, shape, "pp", n_prompt=n)}
+        return {**out, **_predict(job, shape, backend.info, "pp", n_prompt=n)}
     raise ValueError(f"unknown workload {workload}")
 
 
@@ -149,6 +170,9 @@ def main(job_path: str) -> int:
     common = {"load_s": load_s, "weights_bytes": backend.weights_bytes()}
     base.update(common)
     for w in job["workloads"]:
+        if w.startswith("ppl") and job.get("random_weights"):
+            emit(w, {}, "skipped", f"{job['model_name']} has random weights: quality is meaningless")
+            continue
         try:
             fields = run_workload(job, backend, w, data, shape)
         except Exception as e:  # one workload failing must not cost the others

@@ -90,3 +90,13 @@ def test_resume_skips_finished_and_new_run_rotates(tmp_path, tiny, capsys):
     assert len(records.read(out)) == n and "skipped (--resume)" in capsys.readouterr().out
     runner.run(suite, out)  # without --resume: the old file moves to history/
     assert len(records.read(out)) == n and len(list((tmp_path / "history").iterdir())) == 1
+
+
+def test_predicted_beside_measured(tiny_run):
+    for fmt in ("fp32", "bf16", "fp16", "bnb-int8", "bnb-nf4"):
+        load = tiny_run[(fmt, "load")]
+        assert load["kv_cache_bytes"] == load["kv_cache_bytes_predicted"], fmt
+        assert math.isclose(load["weights_bytes"], load["weights_bytes_predicted"], rel_tol=0.02), fmt
+        tg = tiny_run[(fmt, "tg8")]
+        assert tg["decode_sol_frac"] == tg["decode_tok_s"] / tg["decode_tok_s_predicted"]
+        assert tg["bound"] in ("memory", "compute")

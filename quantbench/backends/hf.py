@@ -41,7 +41,14 @@ class HFBackend(Backend):
         # transformers renamed past_key_values to cache (5.24); accept both.
         params = inspect.signature(self.model.forward).parameters
         self.cache_kw = "cache" if "cache" in params else "past_key_values"
+        if self.ctx.suite.compile_decode:
+            self._setup_compiled()
         self.info.setdefault("kernel", f"torch {self.ctx.format.param} eager")
+        # What the loaded model really stores outside the quantized linears, and its KV dtype:
+        # the arithmetic predicts from these (bnb-int8 on CPU keeps fp32 embeddings, say).
+        emb = self.model.get_input_embeddings().weight
+        self.info["bits_unquantized"] = emb.element_size() * 8
+        self.info["kv_bytes_per_elem"] = torch.empty((), dtype=self.model.dtype).element_size()
 
     def weights_bytes(self) -> int:
         """Returns bytes of unique parameter and buffer storages (tied weights counted once)."""
@@ -62,9 +69,41 @@ class HFBackend(Backend):
             out = self.model(input_ids=self._ids(ids), use_cache=False)
         return out.logits[0].float().cpu().numpy()
 
+    def _setup_compiled(self) -> None:
+        """Static KV cache + torch.compile'd decode step, as gpt-fast does (CUDA graphs on GPU)."""
+        from transformers import StaticCache
+
+        torch, s = self._torch(), self.ctx.suite
+        max_len = max(*s.prompt_lengths, s.n_ctx, s.gen_prompt_tokens + s.gen_tokens) + 8
+        self.static = StaticCache(config=self.model.config, max_cache_len=max_len)
+        mode = "reduce-overhead" if self.ctx.device.startswith("cuda") else "default"
+        self.step = torch.compile(self.model.forward, mode=mode, fullgraph=True)
+        self.info["kernel"] = f"torch.compile({mode}) static cache, {self.ctx.format.param}"
+
+    def _prefill_static(self, ids: list[int]) -> int:
+        torch = self._torch()
+        self.cache, self.pos = self.static, len(ids)
+        pos = torch.arange(len(ids), device=self.ctx.device)
+        with torch.inference_mode():
+            self.static.reset()
+            out = self.model(input_ids=self._ids(ids), cache_position=pos, use_cache=True,
+                             logits_to_keep=1, **{self.cache_kw: self.static})
+        return int(out.logits[0, -1].argmax())
+
+    def _decode_static(self, token: int) -> int:
+        torch = self._torch()
+        pos = torch.tensor([self.pos], device=self.ctx.device)
+        self.pos += 1
+        with torch.inference_mode():
+            out = self.step(input_ids=self._ids([token]), cache_position=pos, use_cache=True,
+                            **{self.cache_kw: self.static})
+        return int(out.logits[0, -1].argmax())
+
     def prefill(self, ids: list[int]) -> int:
         from transformers import DynamicCache
 
+        if self.ctx.suite.compile_decode:
+            return self._prefill_static(ids)
         torch = self._torch()
         self.cache = DynamicCache(config=self.model.config)
         with torch.inference_mode():
@@ -73,6 +112,8 @@ class HFBackend(Backend):
         return int(out.logits[0, -1].argmax())
 
     def decode(self, token: int) -> int:
+        if self.ctx.suite.compile_decode:
+            return self._decode_static(token)
         torch = self._torch()
         with torch.inference_mode():
             out = self.model(input_ids=self._ids([token]), use_cache=True,

@@ -1,0 +1,147 @@
+"""GPTQModel backend on the tiny model: real GPTQ and AWQ quantization (cold cache), load, size, ppl.
+
+Quantization runs into a fresh cache each time (GPTQ ~5 s, AWQ ~30 s on 2 cores); the first run
+on a machine also JIT-compiles GPTQModel's CPU pack/int4 kernels (~2 min, cached in ~/.cache).
+"""
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gptqmodel", reason="gptqmodel not installed; install quantbench[gptq]")
+
+from quantbench import corpus  # noqa: E402
+from quantbench.backends import Context  # noqa: E402
+from quantbench.backends.gptq import GPTQBackend, pick_group_size  # noqa: E402
+from quantbench.backends.hf import HFBackend  # noqa: E402
+from quantbench.formats import get_format  # noqa: E402
+from quantbench.measure import score_windows  # noqa: E402
+from quantbench.suite import Suite  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+# group_size 128 on purpose: 576 = 4.5 x 128, so the backend must fall back to 64.
+SUITE = Suite(name="gptq-test", n_ctx=128, ppl_windows=3, group_size=128, calib_samples=8,
+              calib_tokens=128, awq_calib_samples=4, awq_calib_tokens=128)
+N_VOCAB = 49152
+# Tiny = SmolLM2-135M cut to 2 layers. Quantized Linear weights per layer:
+# q, o 576x576; k, v 576x192; gate, up 576x1536; down 1536x576.
+LINEAR_PARAMS = 2 * (2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536)  # 7,077,888
+FP16_LINEAR_BYTES = 2 * LINEAR_PARAMS  # 14,155,776
+
+
+@pytest.fixture(scope="module")
+def tokens_path(tiny, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tokens") / "ids.npy"
+    np.save(path, corpus.token_ids(tiny.dir, tiny.digest, SUITE.corpus))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def windows(tiny, tokens_path):
+    return corpus.windows(np.load(tokens_path), SUITE.n_ctx, SUITE.ppl_windows, corpus.bos_id(tiny.dir))
+
+
+@pytest.fixture(scope="module")
+def fresh_cache(tiny, tokens_path, tmp_path_factory):
+    """Points QUANTBENCH_CACHE at an empty dir (after the tiny model and tokens are resolved)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QUANTBENCH_CACHE", str(tmp_path_factory.mktemp("qb-cache")))
+        yield
+
+
+def ctx(tiny, tokens_path, fmt: str) -> Context:
+    return Context(tiny.name, tiny.dir, tiny.digest, get_format(fmt), "cpu", SUITE.thread_count(),
+                   SUITE, tokens_path, SUITE.n_ctx * SUITE.ppl_windows, corpus_key=SUITE.corpus)
+
+
+@pytest.fixture(scope="module")
+def built(tiny, tokens_path, fresh_cache):
+    out = {}
+    for fmt in ("gptq-4b", "awq-4b"):
+        b = GPTQBackend(ctx(tiny, tokens_path, fmt))
+        b.build()
+        b.load()
+        out[fmt] = b
+    yield out
+    for b in out.values():
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def fp32_ppl(tiny, tokens_path, windows):
+    # fp32 holds the fp16 checkpoint exactly; fp16 itself prefills ~50x slower on CPUs without
+    # fp16 GEMM, so it is the reference here.
+    b = HFBackend(ctx(tiny, tokens_path, "fp32"))
+    b.load()
+    out = score_windows(b, windows, budget_s=1e9)
+    b.close()
+    return out["ppl"]
+
+
+def test_group_size_falls_back():
+    smol = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9, "head_dim": 64}
+    assert pick_group_size(smol, 128) == 64
+    assert pick_group_size(smol, 32) == 32  # never larger than asked
+    llama7b = {"hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32}
+    assert pick_group_size(llama7b, 128) == 128
+    assert pick_group_size({"hidden_size": 100, "intermediate_size": 300}, 128) is None
+
+
+@pytest.mark.parametrize("fmt", ["gptq-4b", "awq-4b"])
+def test_build_records_what_it_used(built, fmt):
+    info = built[fmt].info
+    assert info["group_size"] == 64
+    calib = (8, 128) if fmt == "gptq-4b" else (4, 128)
+    assert (info["calib_samples"], info["calib_tokens"]) == calib
+    assert info["build_s"] > 0
+    # The kernel is a QuantLinear class found in the loaded model (TorchCpuAvx512* on AVX512-BF16).
+    assert info["kernel"].endswith("Linear") and "eager" not in info["kernel"]
+
+
+@pytest.mark.parametrize("fmt", ["gptq-4b", "awq-4b"])
+def test_second_build_is_a_cache_hit(tiny, tokens_path, built, fmt):
+    b = GPTQBackend(ctx(tiny, tokens_path, fmt))
+    b.build()
+    assert b.info["build_s"] == 0.0
+    assert b.info["artifact"] == built[fmt].info["artifact"]
+
+
+@pytest.mark.parametrize("fmt", ["gptq-4b", "awq-4b"])
+def test_logits_and_greedy_decode(built, windows, fmt):
+    b = built[fmt]
+    logits = b.logits(windows[0])
+    assert logits.shape == (SUITE.n_ctx, N_VOCAB) and logits.dtype == np.float32
+    assert np.isfinite(logits).all()
+    tok = b.prefill(windows[0][:16])
+    assert 0 <= b.decode(tok) < N_VOCAB
+
+
+@pytest.mark.parametrize("fmt", ["gptq-4b", "awq-4b"])
+def test_weights_bytes(built, fmt):
+    b = built[fmt]
+    quant = {id(t) for m in b.model.modules() if hasattr(m, "qweight")
+             for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]}
+    linear_bytes = sum(t.untyped_storage().nbytes() for m in b.model.modules() if hasattr(m, "qweight")
+                       for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)])
+    rest = sum(t.untyped_storage().nbytes() for t in [*b.model.parameters(), *b.model.buffers()]
+               if id(t) not in quant)
+    # Unquantized: tied embedding 49152 x 576 in bf16 + 5 RMSNorm weights of 576, bf16
+    # + rotary inv_freq and original_inv_freq, 32 fp32 each.
+    assert rest == 2 * N_VOCAB * 576 + 5 * 2 * 576 + 2 * 32 * 4
+    assert b.weights_bytes() == rest + linear_bytes
+    # 4-bit codes alone: 7,077,888 / 2 = 3,538,944 bytes. Per group of 64 the CPU kernel keeps a
+    # fp32 scale and a zero (int32/bf16 after repacking), + g_idx int32 per input channel (GPTQ):
+    # 110,592 groups x 4 = 442,368 each -> about 4.4-4.5 MB, 0.31-0.32 of fp16's 14,155,776.
+    assert LINEAR_PARAMS // 2 < linear_bytes < FP16_LINEAR_BYTES / 2
+    print(f"{fmt}: quantized linears {linear_bytes:,} B = {linear_bytes / FP16_LINEAR_BYTES:.3f} "
+          f"of fp16, {8 * linear_bytes / LINEAR_PARAMS:.3f} bits/weight")
+
+
+@pytest.mark.parametrize("fmt", ["gptq-4b", "awq-4b"])
+def test_ppl_close_to_fp32(built, windows, fp32_ppl, fmt):
+    ppl = score_windows(built[fmt], windows, budget_s=1e9)["ppl"]
+    print(f"{fmt}: ppl {ppl:.1f} vs fp32 {fp32_ppl:.1f}")
+    assert math.isfinite(ppl)
+    # The 2-layer cut has a huge ppl; 4-bit g64 moves it by a few percent, never by 1.5x.
+    assert fp32_ppl / 1.5 < ppl < fp32_ppl * 1.5
