@@ -57,7 +57,7 @@ def install(session: nox.Session, flavour: str = "cpu") -> None:
     """Installs quantbench with every CPU backend into the session venv (no-ops when present)."""
     if flavour == "cpu":
         session.install(*shlex.split(TORCH))
-    session.install("-e", ".[bnb,gpu,dev]", "gguf>=0.17", "datasets")
+    session.install("-e", ".[bnb,gpu,dev]", "gguf>=0.17", "sentencepiece", "datasets")
     session.install(llama_wheel(session, flavour,
                                 "-DGGML_CUDA=on" if flavour == "cuda" else ""))
     session.install(*GPTQ_REQS)

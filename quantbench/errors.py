@@ -5,6 +5,10 @@ class UserError(Exception):
     """Bad input (model, format, device, suite, missing dependency); the CLI prints it and exits 2."""
 
 
+class MissingDependency(UserError, ImportError):
+    """An optional library is absent: a UserError for the CLI, a skipped variant in a worker."""
+
+
 def require(module: str, extra: str):
     """Returns the imported module, or raises UserError naming the pip extra that provides it."""
     import importlib
@@ -12,5 +16,5 @@ def require(module: str, extra: str):
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise UserError(f"{module} is not installed ({e}); install it with "
+        raise MissingDependency(f"{module} is not installed ({e}); install it with "
                         f"`pip install 'quantbench[{extra}]'`") from None

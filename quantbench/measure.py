@@ -113,7 +113,8 @@ def score_windows(b: Backend, windows: list[list[int]], budget_s: float,
             if write_reference is not None:
                 write_reference[filled:filled + take] = rows
             if reference is not None:
-                ref = reference[filled:filled + take].astype(np.float32)
+                # renormalize: fp16 rounding leaves sum(p) != 1, which can push KL below 0
+                ref = log_softmax(reference[filled:filled + take].astype(np.float32))
                 p_ref = np.exp(ref)
                 kld.append((p_ref * (ref - rows)).sum(axis=-1))
                 same_top.append(ref.argmax(-1) == rows.argmax(-1))

@@ -161,10 +161,17 @@ def main(job_path: str) -> int:
         t0 = time.perf_counter()
         backend.load()
         load_s = time.perf_counter() - t0
-    except (Skip, UserError, ImportError) as e:
+    except (Skip, ImportError) as e:
         for w in job["workloads"]:
             emit(w, {}, "skipped", str(e).splitlines()[0] if str(e) else type(e).__name__)
         print(f"{tag} skipped: {e}", flush=True)
+        return 0
+    except Exception as e:  # a build or load that breaks fails this variant only
+        traceback.print_exc()
+        reason = str(e).splitlines()[0] if isinstance(e, UserError) else \
+            f"{type(e).__name__}: {e}".splitlines()[0]
+        for w in job["workloads"]:
+            emit(w, {}, "failed", reason)
         return 0
     shape = _shape(job)
     common = {"load_s": load_s, "weights_bytes": backend.weights_bytes()}

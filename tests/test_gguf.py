@@ -93,7 +93,7 @@ def test_logits_prefill_decode_and_kv(built, windows):
         assert tok == int(b.logits(w[:64])[-1].argmax())
         b.prefill(w[:64])
         assert b.decode(tok) == int(b.logits(w[:64] + [tok])[-1].argmax())
-        # n_ctx = 128 + 8 slack, padded by llama.cpp to 256 cells: 2 x 2 layers x 3 x 64 x 256 x 2
+        # n_ctx = 128, padded by llama.cpp to 256 cells: 2 x 2 layers x 3 x 64 x 256 x 2
         assert b.kv_cache_bytes() == 2 * 2 * 3 * 64 * 256 * 2 == 393_216
         assert b.weights_bytes() < 0.6 * built["gguf-f16"].weights_bytes()
         assert b.info["kernel"] == "llama.cpp Q8_0 (CPU)"
@@ -110,3 +110,18 @@ def test_f16_ppl_matches_transformers(tiny, built, windows):
         finally:
             b.close()
     assert ppl["gguf"] == pytest.approx(ppl["hf"], rel=0.005), ppl
+
+
+def test_missing_runtime_and_gpu_are_skips(tiny, built, monkeypatch):
+    import llama_cpp
+
+    from quantbench.backends import Skip
+
+    if not llama_cpp.llama_supports_gpu_offload():
+        b = GGUFBackend(ctx(tiny, "gguf-q8_0"))
+        b.ctx.device, b.path = "cuda", built["gguf-q8_0"].path
+        with pytest.raises(Skip, match="without GPU offload"):
+            b.load()
+    monkeypatch.setitem(__import__("sys").modules, "llama_cpp", None)  # import now fails
+    with pytest.raises(Skip, match=r"install quantbench\[gguf\]"):
+        GGUFBackend(ctx(tiny, "gguf-q8_0")).load()

@@ -1,0 +1,284 @@
+"""llama.cpp backend (llama-cpp-python): GGUF files converted and quantized by llama.cpp itself.
+
+F16 comes from llama.cpp's own `convert_hf_to_gguf.py`, taken from the source distribution of the
+installed llama-cpp-python so converter and runtime agree; other types are quantized from that F16
+file with `llama_model_quantize`. Every file is cached by content key, written atomically.
+"""
+from __future__ import annotations
+
+import ctypes
+import difflib
+import importlib.metadata
+import logging
+import os
+import re
+import subprocess
+import sys
+import tarfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from quantbench import cache
+from quantbench.backends import Backend, Skip
+from quantbench.errors import UserError
+
+FLOAT_TYPES = {"F32", "F16", "BF16", "F64"}
+# Decode steps past prompt + gen_tokens (warm-up). Only the decode term gets it: llama.cpp pads
+# n_ctx up to a multiple of 256 cells, so 512 + 8 would allocate (and report) a 768-cell cache.
+CTX_SLACK = 8
+
+
+def _llama_cpp():
+    """Returns the llama_cpp module, imported quietly; Skip when it is not installed."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # idle OpenMP threads must not spin
+    try:
+        import llama_cpp
+    except ImportError:
+        raise Skip("llama_cpp not installed; install quantbench[gguf] "
+                   "(nox installs it from the wheelhouse)") from None
+    # llama.cpp logs every tensor it loads or quantizes; keep errors only.
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    return llama_cpp
+
+
+def _version() -> str:
+    """Returns the installed llama-cpp-python version without a local suffix (+cu124)."""
+    return importlib.metadata.version("llama-cpp-python").split("+")[0]
+
+
+def llama_src(version: str) -> Path:
+    """Returns llama.cpp's python tree (converter, conversion/, gguf-py/) from the sdist, cached."""
+    final = cache.entry("llama-src", version)
+    if (final / "llama.cpp" / "convert_hf_to_gguf.py").exists():
+        return final / "llama.cpp"
+    print(f"[gguf] downloading the llama-cpp-python {version} sdist for convert_hf_to_gguf.py "
+          "(once) ...", flush=True)
+    with cache.atomic_dir(final) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
+               "--quiet", f"llama-cpp-python=={version}", "-d", str(tmp)]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        sdists = list(tmp.glob("*.tar.gz"))
+        if r.returncode or not sdists:
+            raise UserError(f"could not download the llama-cpp-python {version} sdist (needs "
+                            f"internet once): {(r.stderr or r.stdout).strip()[-300:]}; or give a "
+                            "ready .gguf in the suite's [artifacts]")
+        with tarfile.open(sdists[0]) as tf:
+            keep = []
+            for m in tf.getmembers():
+                parts = m.name.split("/", 3)  # root/vendor/llama.cpp/rest
+                if len(parts) == 4 and parts[1:3] == ["vendor", "llama.cpp"] and (
+                        parts[3].startswith(("gguf-py/", "conversion/"))
+                        or ("/" not in parts[3] and parts[3].endswith(".py"))):
+                    m.name = "llama.cpp/" + parts[3]
+                    keep.append(m)
+            tf.extractall(tmp, members=keep, filter="data")
+        sdists[0].unlink()  # 75 MB of C++ sources we do not need
+    return final / "llama.cpp"
+
+
+def convert_f16(model_dir: str, out: Path, version: str) -> None:
+    """Writes `out`: the HF directory converted to an F16 GGUF by llama.cpp's converter."""
+    src = llama_src(version)
+    print(f"[gguf] converting {model_dir} to F16 with convert_hf_to_gguf.py ...", flush=True)
+    env = {**os.environ, "PYTHONPATH": str(src / "gguf-py"), "OMP_WAIT_POLICY": "passive"}
+    cmd = [sys.executable, str(src / "convert_hf_to_gguf.py"), model_dir,
+           "--outtype", "f16", "--outfile", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode:
+        missing = re.search(r"No module named '([\w.]+)'", r.stderr)
+        if missing:  # e.g. sentencepiece, which the converter imports for every llama model
+            raise Skip(f"llama.cpp's convert_hf_to_gguf.py needs the module '{missing[1]}'; "
+                       f"pip install {missing[1].split('.')[0]}")
+        raise RuntimeError(f"convert_hf_to_gguf.py failed: {r.stderr.strip()[-600:]}")
+
+
+def quantize(src: Path, dst: Path, ftype: str, threads: int) -> None:
+    """Writes `dst`: `src` quantized to llama.cpp file type `ftype` (Q4_K_M, Q8_0, ...)."""
+    llama_cpp = _llama_cpp()
+    const = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}", None)
+    if const is None:
+        raise UserError(f"llama-cpp-python {_version()} has no file type {ftype}")
+    print(f"[gguf] quantizing {src.name} -> {ftype} ({threads} threads) ...", flush=True)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype, params.nthread = const, threads
+    if llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)):
+        raise RuntimeError(f"llama_model_quantize {src.name} -> {ftype} failed")
+
+
+def _cached(key: str, name: str, make) -> tuple[Path, bool]:
+    """Returns (path of cache entry gguf/key/name, whether `make(tmp_path)` had to write it)."""
+    final = cache.entry("gguf", key)
+    if (final / name).exists():
+        return final / name, False
+    with cache.atomic_dir(final) as tmp:
+        make(tmp / name)
+    return final / name, True
+
+
+def type_mix(path: str) -> dict:
+    """Returns {type_mix, bits_per_weight, mixed, weights_bytes, kernel_types} of a GGUF's tensors.
+
+    bits_per_weight = 8 x tensor data bytes / elements over every tensor (norms included), the
+    effective density of the real file; `mixed` is True when 2-D weights use >1 quantized type.
+    """
+    from gguf import GGUFReader
+
+    try:
+        tensors = GGUFReader(path).tensors
+    except Exception as e:  # truncated or foreign file: name it, say the fix
+        raise UserError(f"'{path}' is not a readable GGUF file ({type(e).__name__}: {e}); "
+                        "delete it to rebuild, or point the suite at another file") from None
+    mix = Counter(t.tensor_type.name for t in tensors)
+    n_bytes = sum(int(t.n_bytes) for t in tensors)
+    n_elem = sum(int(t.n_elements) for t in tensors)
+    by_bytes = Counter()
+    for t in tensors:
+        if len(t.shape) == 2:
+            by_bytes[t.tensor_type.name] += int(t.n_bytes)
+    quant = [k for k in by_bytes if k not in FLOAT_TYPES]
+    return {"type_mix": dict(mix), "bits_per_weight": 8 * n_bytes / n_elem,
+            "mixed": len(quant) > 1, "weights_bytes": n_bytes,
+            "kernel_types": "/".join(k for k, _ in by_bytes.most_common())}
+
+
+def tokenizer_agreement(gguf_path: str, hf_dir: str, text: str) -> float:
+    """Returns how alike llama.cpp's and the HF tokenizer's ids for `text` are (1.0: identical).
+
+    The score is difflib's ratio 2·M / (len_a + len_b), M = tokens in matching runs. llama.cpp
+    tokenizes as Llama.tokenize(add_bos=False, special=False) does, from a vocab-only load
+    (Llama(vocab_only=True) would still make a context and warn about it).
+    """
+    from transformers import AutoTokenizer
+
+    lc = _llama_cpp()
+    params = lc.llama_model_default_params()
+    params.vocab_only = True
+    model = lc.llama_model_load_from_file(str(gguf_path).encode(), params)
+    if not model:
+        raise RuntimeError(f"llama.cpp could not read the vocabulary of {gguf_path}")
+    try:
+        data = text.encode()
+        buf = (lc.llama_token * (len(data) + 1))()
+        n = lc.llama_tokenize(lc.llama_model_get_vocab(model), data, len(data), buf, len(buf),
+                              False, False)
+        a = list(buf[:n])
+    finally:
+        lc.llama_model_free(model)
+    b = AutoTokenizer.from_pretrained(hf_dir)(text, add_special_tokens=False).input_ids
+    return 1.0 if a == b else difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
+class GGUFBackend(Backend):
+    """Runs a GGUF with llama.cpp: logits() through Llama.eval, prefill/decode via llama_decode."""
+
+    def _artifact(self) -> tuple[Path, bool]:
+        """Returns the GGUF path and whether this call made it (False: cached or user-given)."""
+        if self.ctx.artifact:
+            path = Path(self.ctx.artifact).expanduser()
+            if not path.is_file():
+                raise UserError(f"{self.ctx.format.name}: artifact '{path}' is not a file; "
+                                "give a local .gguf path")
+            return path, False
+        _llama_cpp()  # Skip before a long download when the runtime is missing anyway
+        version, ftype = _version(), self.ctx.format.param
+        f16_key = cache.content_key(self.ctx.model_digest, "F16", version)
+        f16, fresh = _cached(f16_key, "model-F16.gguf",
+                             lambda out: convert_f16(self.ctx.model_dir, out, version))
+        if ftype == "F16":
+            return f16, fresh
+        return _cached(cache.content_key(f16_key, ftype, version), f"model-{ftype}.gguf",
+                       lambda out: quantize(f16, out, ftype, self.ctx.threads))
+
+    def build(self) -> None:
+        from quantbench.corpus import load_text
+
+        t0 = time.perf_counter()
+        path, fresh = self._artifact()
+        self.path, mix = str(path), type_mix(str(path))
+        self.weights, self.kernel_types = mix["weights_bytes"], mix["kernel_types"]
+        self.info.update(artifact=self.path, build_s=time.perf_counter() - t0 if fresh else 0.0,
+                         gguf_type_mix=mix["type_mix"], bits_per_weight=mix["bits_per_weight"],
+                         gguf_mixed=mix["mixed"], llama_cpp_version=_version(),
+                         # the arithmetic predicts from the file's real density, since llama.cpp
+                         # picks per-tensor fallbacks (Q4_K_M on 576-wide rows is mostly Q5_0)
+                         bits_unquantized=mix["bits_per_weight"], kv_bytes_per_elem=2)
+        print(f"[gguf] {path.name}: {mix['type_mix']}, {mix['bits_per_weight']:.3f} bits/weight"
+              + (f", built in {self.info['build_s']:.1f} s" if fresh else " (cached)"), flush=True)
+        self.info["tokenizer_agree"] = tokenizer_agreement(
+            self.path, self.ctx.model_dir, load_text(self.ctx.suite.corpus)[:2000])
+
+    def load(self) -> None:
+        llama_cpp = self.llama_cpp = _llama_cpp()
+        cuda = self.ctx.device.startswith("cuda")
+        if cuda and not llama_cpp.llama_supports_gpu_offload():
+            raise Skip("CUDA asked for but this llama-cpp-python was built without GPU offload "
+                       "(reinstall it with CMAKE_ARGS=-DGGML_CUDA=on)")
+        s = self.ctx.suite
+        n_ctx = max(s.n_ctx, *s.prompt_lengths, s.gen_prompt_tokens + s.gen_tokens + CTX_SLACK)
+        n_gpu_layers = -1 if cuda else 0
+        self.llm = llama_cpp.Llama(
+            self.path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=self.ctx.threads,
+            n_threads_batch=self.ctx.threads, n_gpu_layers=n_gpu_layers,
+            # One GPU, the one named: llama.cpp would otherwise split layers over all it sees.
+            split_mode=llama_cpp.LLAMA_SPLIT_MODE_NONE, main_gpu=int(self.ctx.device[5:] or 0),
+            # Flash attention matches llama-perplexity's default; without it ppl moves in the 3rd digit.
+            flash_attn=True, logits_all=True, seed=0, verbose=False)
+        self.n_vocab = self.llm.n_vocab()
+        self.info.update(n_gpu_layers=n_gpu_layers,
+                         kernel=f"llama.cpp {self.kernel_types} ({'CUDA' if cuda else 'CPU'})",
+                         kv_cache_source="computed from model metadata: 2 x n_layer x n_head_kv x "
+                                         "head_dim x n_ctx cells x 2 bytes (F16), allocated at load")
+
+    def weights_bytes(self) -> int:
+        """Returns the GGUF's tensor data bytes (not the file size, which adds vocab and metadata)."""
+        return self.weights
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        if len(ids) > self.llm.n_ctx():
+            raise ValueError(f"window of {len(ids)} tokens exceeds n_ctx {self.llm.n_ctx()}")
+        self.llm.reset()  # eval then drops every cached position from 0 on
+        self.llm.eval(ids)  # the ids as given: no BOS added, no retokenizing
+        return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
+
+    def _decode(self, ids: list[int]) -> int:
+        # llama_batch_get_one asks logits for the last token only: Llama.eval with logits_all
+        # would also run lm_head on every prompt position, which llama-bench does not time.
+        arr = (self.llama_cpp.llama_token * len(ids))(*ids)
+        if rc := self.llama_cpp.llama_decode(self.llm.ctx,
+                                             self.llama_cpp.llama_batch_get_one(arr, len(ids))):
+            raise RuntimeError(f"llama_decode returned {rc}")
+        row = self.llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        return int(np.ctypeslib.as_array(row, shape=(self.n_vocab,)).argmax())
+
+    def prefill(self, ids: list[int]) -> int:
+        lc = self.llama_cpp
+        lc.llama_memory_clear(lc.llama_get_memory(self.llm.ctx), True)
+        return self._decode(ids)
+
+    def decode(self, token: int) -> int:
+        return self._decode([token])
+
+    def kv_cache_bytes(self) -> int | None:
+        """Returns the KV cache llama.cpp allocated for all n_ctx cells at load.
+
+        No public llama.cpp call gives it, so: 2 (K,V) x n_layer x n_head_kv x head_dim x n_ctx
+        cells x 2 bytes (F16 cache); on SmolLM2 this equals llama.cpp's "llama_kv_cache: size"
+        log line to the byte. Sliding-window and recurrent caches are not modelled.
+        """
+        lc, m, meta = self.llama_cpp, self.llm.model, self.llm.metadata
+        arch, head = meta.get("general.architecture"), lc.llama_model_n_embd(m) // lc.llama_model_n_head(m)
+        k_plus_v = sum(int(meta.get(f"{arch}.attention.{x}_length", head)) for x in ("key", "value"))
+        return lc.llama_model_n_layer(m) * lc.llama_model_n_head_kv(m) * k_plus_v \
+            * lc.llama_n_ctx(self.llm.ctx) * 2
+
+    def sync(self) -> None:
+        if self.ctx.device.startswith("cuda"):
+            self.llama_cpp.llama_synchronize(self.llm.ctx)
+
+    def close(self) -> None:
+        if getattr(self, "llm", None) is not None:
+            self.llm.close()
+            self.llm = None
