@@ -88,11 +88,11 @@ def ticks(lo: float, hi: float, log: bool) -> list[float]:
     """Returns tick positions inside [lo, hi]: 1-2-5 steps (linear) or decades (log)."""
     if log:
         d0, d1 = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
-        mults = (1,) if d1 - d0 > 2 else (1, 2, 5)
+        mults = (1,) if math.log10(hi / lo) >= 2 else (1, 2, 5)
         return [m * 10.0 ** d for d in range(d0, d1 + 1) for m in mults if lo <= m * 10.0 ** d <= hi]
     raw = (hi - lo) / 5
     mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    step = min((m * mag for m in (1, 2, 5, 10)), key=lambda s: abs(math.log(s / raw)))  # 4 to 8 ticks
     first = math.ceil(lo / step) * step
     return [round(first + i * step, 12) for i in range(int((hi - first) / step) + 1)]
 
@@ -159,18 +159,28 @@ def _dot(ax: Axes, x, y, color, tip, shape="circle", hollow=False) -> str:
             f'stroke-width="1.5">{t}</circle>')
 
 
-def _labels(ax: Axes, items: list[tuple[float, float, str]]) -> list[str]:
-    """Returns point labels, each moved to the first of a few spots that overlaps no earlier label."""
-    placed, out = [], []
+def _labels(ax: Axes, items: list[tuple[float, float, str]],
+            avoid: list[tuple[float, float]] | None = None) -> list[str]:
+    """Returns point labels, each at the first of a few spots inside the frame that covers no earlier
+    label and no point (the labelled ones and `avoid`, in data units); else the first spot inside."""
+    frame = (MARGIN_PX["left"], MARGIN_PX["top"], WIDTH_PX - MARGIN_PX["right"],
+             HEIGHT_PX - MARGIN_PX["bottom"])
+    dots = [(x, y) for x, y, _ in items] + (avoid or [])
+    taken = [(ax.px(x) - 5, ax.py(y) - 5, ax.px(x) + 5, ax.py(y) + 5) for x, y in dots]
+    hit = lambda a, b: a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+    out = []
     for x, y, text in items:
         cx, cy, w = ax.px(x), ax.py(y), 6.3 * len(text)
+        spots = []
         for dx, dy, anchor in ((7, -6, "start"), (7, 14, "start"), (-7, -6, "end"), (-7, 14, "end"),
-                               (7, -19, "start"), (7, 27, "start")):
+                               (7, -19, "start"), (7, 27, "start"), (-7, -19, "end"), (-7, 27, "end")):
             x0 = cx + dx if anchor == "start" else cx + dx - w
             box = (x0, cy + dy - 10, x0 + w, cy + dy + 2)
-            if not any(b[0] < box[2] and box[0] < b[2] and b[1] < box[3] and box[1] < b[3] for b in placed):
-                break
-        placed.append(box)
+            if frame[0] <= box[0] and box[2] <= frame[2] and frame[1] <= box[1] and box[3] <= frame[3]:
+                spots.append((dx, dy, anchor, box))
+        free = [sp for sp in spots if not any(hit(sp[3], b) for b in taken)]
+        dx, dy, anchor, box = (free or spots or [(7, -6, "start", (0, 0, 0, 0))])[0]
+        taken.append(box)
         out.append(f'<text x="{cx + dx:.1f}" y="{cy + dy:.1f}" text-anchor="{anchor}" fill="#333">'
                    f"{escape(text)}</text>")
     return out
@@ -238,7 +248,8 @@ def decode_size_svg(plot_id: str, points: list[tuple[str, float, float, float | 
         if pred and _finite([pred]) and pred > 0:
             parts.append(_dot(ax, x, pred, color, f"{name} predicted: {pred:.3g} tok/s", hollow=True))
         parts.append(_dot(ax, x, y, color, f"{name}: {y:.3g} tok/s at {x / 1e6:.1f} MB"))
-    parts += _labels(ax, [(p[1], p[2], p[0]) for p in pts])
+    parts += _labels(ax, [(p[1], p[2], p[0]) for p in pts],
+                     [(p[1], p[3]) for p in pts if p[3] and _finite([p[3]]) and p[3] > 0])
     if any(p[3] for p in pts):
         legend.append(("predicted: hollow", "#bbb", "circle"))
     parts.append(_legend(legend))

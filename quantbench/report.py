@@ -8,6 +8,7 @@ headless browser can tell (tests/test_browser.py).
 """
 from __future__ import annotations
 
+import math
 import re
 from html import escape
 from pathlib import Path
@@ -62,9 +63,9 @@ def table(p):
              "decode_sol_frac": num(r.get("decode_sol_frac")),
              "reference": r.get("reference"), "status": r["status"], "reason": r.get("reason") or "",
              "overhead_bound": bool(r.get("overhead_bound")), "pareto": bool(r.get("pareto")),
-             "kernel": first([r], "kernel") or "", "prefill_bound": r.get("prefill_bound") or "",
-             "prefill_sol_workload": r.get("prefill_sol_workload") or "",
-             "decode_bound": r.get("decode_bound") or "", "load_s": num(r.get("load_s")),
+             **{c: first([r], c) or "" for c in ("kernel", "decode_bound", "prefill_bound",
+                                                  "prefill_sol_workload")},
+             "load_s": num(r.get("load_s")),
              "build_s": num(r.get("build_s")), "gguf_type_mix": r.get("type_mix") or ""}
         out.append(t)
     t = pd.DataFrame(out)
@@ -76,7 +77,7 @@ def table(p):
 # Display: column -> (header, number format). Columns not listed are CSV-only or in the details line.
 # "rate" prints one decimal below 100 and none above: 80.9 tok/s, 25200 tok/s.
 HEADERS = {"format": ("format", ""), "device": ("device", ""), "host": ("host", ""), "model": ("model", ""),
-           "bits_per_weight": ("bits/weight", ".2f"), "weights_mb": ("weights MB", ".1f"),
+           "bits_per_weight": ("bits per weight", ".2f"), "weights_mb": ("weights MB", ".1f"),
            "peak_rss_mb": ("peak RSS MB", ".0f"), "peak_device_mb": ("peak GPU MB", ".0f"),
            "decode_tok_s": ("decode tok/s", "rate"), "decode_p50_ms": ("p50 ms", ".1f"),
            "decode_p90_ms": ("p90 ms", ".1f"), "ttft_ms": ("TTFT ms", ".0f"), "ppl": ("ppl ± stderr", ".3f"),
@@ -99,9 +100,8 @@ def display_columns(t) -> list[tuple[str, str, str]]:
 def cell_text(row: dict, col: str, fmt: str) -> str:
     """Returns the shown text of one table cell ('—' when missing)."""
     v = row.get(col)
-    if col == "status":
-        extra = " · overhead-bound" if row.get("overhead_bound") else ""
-        return f"{v}{extra}" + (f": {row['reason']}" if v != "ok" and row.get("reason") else "")
+    if col == "status":  # the reason and the overhead-bound flag go in the details line
+        return str(v)
     if col == "format":
         return f"{v} ★" if row.get("pareto") else str(v)
     if not fmt:
@@ -121,15 +121,26 @@ def cell_text(row: dict, col: str, fmt: str) -> str:
 
 
 def details_text(row: dict) -> str:
-    """Returns a variant's details line: kernel, decode/prefill bound, load (and build) seconds and
-    the GGUF tensor-type mix; '' when none is known (a variant that never loaded)."""
-    bounds = [f"{k} {row[c]}" for k, c in (("decode", "decode_bound"), ("prefill", "prefill_bound"))
-              if row.get(c)]
+    """Returns a variant's details line: why it failed or was skipped, the overhead-bound flag,
+    kernel, decode/prefill bound, load (and build) seconds and the GGUF tensor-type mix; '' when
+    none is known."""
+    parts = []
+    if row["status"] != "ok" and row.get("reason"):
+        parts.append(f"{row['status']}: {row['reason']}")
+    if row.get("overhead_bound"):  # rounded down: a flagged 0.2997 reads 29.9 %, not 30.0 %
+        pct = math.floor(row["decode_sol_frac"] * 1000) / 10
+        parts.append(f"overhead-bound: decode at {pct:.1f}% of its roofline, below {OVERHEAD_BOUND_SOL:.0%}")
+    if row.get("kernel"):
+        parts.append(f"kernel: {row['kernel']}")
+    bounds = [f"{k} {row[f'{k}_bound']}" for k in ("decode", "prefill") if row.get(f"{k}_bound")]
+    if bounds:
+        parts.append(f"bound: {', '.join(bounds)}")
     load = [f"load {row['load_s']:.2f} s"] if num(row.get("load_s")) is not None else []
     load += [f"build {row['build_s']:.1f} s"] if num(row.get("build_s")) else []
-    parts = ([f"kernel: {row['kernel']}"] if row.get("kernel") else []) + (
-        [f"bound: {', '.join(bounds)}"] if bounds else []) + ([", ".join(load)] if load else []) + (
-        [f"GGUF tensor types: {row['gguf_type_mix']}"] if row.get("gguf_type_mix") else [])
+    if load:
+        parts.append(", ".join(load))
+    if row.get("gguf_type_mix"):
+        parts.append(f"GGUF tensor types: {row['gguf_type_mix']}")
     return " · ".join(parts)
 
 
@@ -146,10 +157,11 @@ def footnotes(p) -> list[str]:
         f"Reference: {', '.join(refs) or 'none'}."
         + (f" Fewer windows than scored: {'; '.join(short)}." if short else ""),
         "² SoL (speed of light) = measured ÷ predicted tok/s, the prediction being the roofline time "
-        "max(FLOPs / peak FLOP/s, bytes / bandwidth); prefill SoL is taken at the longest prompt. Decode "
-        f"reads every weight per token, so below {OVERHEAD_BOUND_SOL:.2f} decode SoL a row is flagged "
-        "overhead-bound. The line under a row names its kernel, which roof bounds decode and prefill "
-        "(memory or compute), and its load time. ★ marks the Pareto set (quality vs size)."]
+        "max(FLOPs / peak FLOP/s, bytes / bandwidth); prefill SoL is taken at the longest prompt. "
+        f"Decode reads every weight per token, so below {OVERHEAD_BOUND_SOL:.2f} decode SoL (orange in "
+        "HTML) a row is flagged overhead-bound. The details line of a row says why it failed, names its "
+        "kernel, which roof bounds decode and prefill (memory or compute), and its load time. "
+        "★ marks the Pareto set (quality vs size)."]
 
 
 def header_facts(df) -> list[tuple[str, str]]:
@@ -239,13 +251,13 @@ dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:
 dt{font-weight:600;color:#555}dd{margin:0}.note{background:#fff7e0;border:1px solid #e8c860;padding:8px 12px;
 border-radius:4px;margin:12px 0}
 .scroll{overflow-x:auto}table{border-collapse:collapse;background:#fff;font-size:12.5px}
-th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;white-space:nowrap}
-th{background:#f0f0f0;cursor:pointer;position:sticky;top:0;white-space:normal;vertical-align:bottom;
-min-width:3.5em}
+th,td{border:1px solid #ddd;padding:3px 5px;text-align:right;white-space:nowrap}
+th{background:#f0f0f0;cursor:pointer;position:sticky;top:0;white-space:normal;vertical-align:bottom}
 td:first-child,th:first-child,td.s,th.s{text-align:left}
 th[data-dir=asc]::after{content:" ▲"}th[data-dir=desc]::after{content:" ▼"}
-tr.failed td,tr.skipped td{background:#fdecec;color:#844}tr.overhead td.status{color:#a60}
-td.status{white-space:normal;min-width:14em;text-align:left}
+tr.failed td,tr.skipped td{background:#fdecec;color:#844}
+tr.overhead td.decode_sol_frac{color:#a60;font-weight:600}
+td.status{white-space:normal;min-width:5em;text-align:left}
 tr:has(+ tr.details) td{border-bottom:0}
 tr.details td{border-top:0;padding:0 7px 3px 18px;font-size:11.5px;color:#666;white-space:normal;
 text-align:left}
@@ -335,8 +347,9 @@ def render_html(df, title: str = "", *, p=None) -> str:
     rows = "".join("<tr>" + "".join(f'<td class="s">{escape(str(x))}</td>' for x in pr) + "</tr>"
                    for pr in _problems(p))
     h.append("<h2>Skipped and failed</h2>" + (
-        '<table id="problems"><thead><tr><th>format</th><th>device</th><th class=s>workloads</th>'
-        f"<th>status</th><th class=s>reason</th></tr></thead><tbody>{rows}</tbody></table>"
+        '<table id="problems"><thead><tr>' + "".join(f"<th class=s>{h}</th>" for h in
+                                                      ("format", "device", "workloads", "status", "reason"))
+        + f"</tr></thead><tbody>{rows}</tbody></table>"
         if rows else "<p>none</p>"))
     h.append("<h2>Plots</h2>")
     for heading, svgs in plot_svgs(df, p):

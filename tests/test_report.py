@@ -98,7 +98,7 @@ def test_verdict_note_and_cross_backend(written):
 
 def test_markdown_and_csv(written):
     _, (_, md, csv) = written
-    assert re.search(r"^\| format \| device \| host \| bits/weight \| weights MB \|", md, re.M)
+    assert re.search(r"^\| format \| device \| host \| bits per weight \| weights MB \|", md, re.M)
     assert md.count("\n| ") == 1 + len(CPU_FORMATS) + 2 + len(GPU_FORMATS)
     t = pd.read_csv(io.StringIO(csv))
     assert len(t) == len(CPU_FORMATS) + 2 + len(GPU_FORMATS)
@@ -158,16 +158,23 @@ def test_partial_variant_and_kld_only_quality(tmp_path):
 def test_details_line_kernel_bound_load(written):
     _, (html, md, csv) = written
     body = re.search(r'<table class="sortable" id="variants">.*?</table>', html, re.S).group(0)
-    details = re.findall(r'<tr class="details (\w+)"><td colspan="(\d+)">(.*?)</td></tr>', body)
-    assert len(details) == len(CPU_FORMATS) + len(GPU_FORMATS)  # the dead variants never loaded
-    n_cols = body.split("</thead>")[0].count("<th")
-    fmt_cpu = next(t for s_, n, t in details if kernel_of("gguf-q4_k_m", "cpu") in t)
-    assert {int(n) for _, n, _ in details} == {n_cols}
-    assert "bound: decode memory, prefill compute" in fmt_cpu  # CPU prefill hits the bf16 roof
-    assert "load 0.66 s, build 2.6 s" in fmt_cpu and "GGUF tensor types: F32×61, Q4_K×150, Q6_K×31" in fmt_cpu
-    gpu = next(t for _, _, t in details if kernel_of("fp32", "cuda") in t)
-    assert "bound: decode memory, prefill memory" in gpu and "build" not in gpu
-    assert f"- gguf-q4_k_m on cpu (bench-cpu): kernel: {kernel_of('gguf-q4_k_m', 'cpu')}" in md
+    pairs = re.findall(r'<tr class="(?!details)[^"]*">(.*?)</tr>'
+                       r'<tr class="details \w+"><td colspan="(\d+)">(.*?)</td></tr>', body)
+    assert len(pairs) == len(CPU_FORMATS) + 2 + len(GPU_FORMATS)
+    assert {int(n) for _, n, _ in pairs} == {len(re.findall(r"<th[ >]", body))}  # one cell spans the row
+    details = {tuple(re.findall(r'data-v="([^"]*)"', row)[:2]): text for row, _, text in pairs}
+    q4 = details["gguf-q4_k_m", "cpu"]
+    assert f" · kernel: {kernel_of('gguf-q4_k_m', 'cpu')} · " in q4
+    assert "bound: decode memory, prefill compute" in q4  # the CPU's prefill hits the bf16 roof
+    assert "load 0.66 s, build 2.6 s" in q4 and "GGUF tensor types: F32×61, Q4_K×150, Q6_K×31" in q4
+    assert details["bnb-nf4", "cpu"] == "failed: RuntimeError: bnb 4-bit CPU kernel needs AVX512-BF16"
+    # 12 tok/s measured ÷ (25 GB/s ÷ 170 MB) predicted = 8.16 % (from the sampled median: 8.19 %)
+    overhead = "overhead-bound: decode at 8.1% of its roofline, below 30% · kernel: bitsandbytes int8"
+    assert details["bnb-int8", "cpu"].startswith(overhead)
+    assert "decode at 29.9% of its roofline" in q4  # 0.2997: rounded down, never "30.0 %"
+    gpu = details["fp32", "cuda"]
+    assert "bound: decode memory, prefill compute" in gpu and "build" not in gpu  # 67 TFLOP/s fp32 roof
+    assert f"- gguf-q4_k_m on cpu (bench-cpu): {q4}" in md
     t = pd.read_csv(io.StringIO(csv))
     assert {"kernel", "decode_bound", "prefill_bound", "load_s", "prefill_sol_frac"} <= set(t.columns)
 
