@@ -89,7 +89,7 @@ def bench(session: nox.Session) -> None:
     args = list(session.posargs)
     if "--suite" not in args:
         args += ["--suite", "suites/default.toml"]
-    session.run("quantbench", "run", *args, "--resume", "--report", "reports/latest.html",
+    session.run("quantbench", "run", *args, "--report", "reports/latest.html",
                 env=CPU_ENV)
 
 

@@ -200,6 +200,11 @@ def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prom
     if kind not in KINDS:
         raise ValueError(f"{s.name}/{fmt.name}: kind must be one of {KINDS}, got {kind!r}")
     peak, bw = peak_for(peaks, fmt.compute_dtype), peaks.bandwidth_bytes_s
+    if kind == "tg":
+        # Decode at small batch is matrix-vector work, which frameworks upcast where a CPU has no
+        # half-precision GEMM (fp16 decode ran at 33 tok/s here while fp16 GEMM managed 2.5
+        # GFLOP/s): the dtype's GEMM peak bounds prefill, never below fp32's for decode.
+        peak = max(peak, peaks.flop_s["fp32"])
     w = weights_bytes(s, fmt.bits_per_weight, fmt.bits_unquantized)
     held = {"pp": n_prompt, "tg": n_prompt + n_gen}.get(kind, n_ctx)
 

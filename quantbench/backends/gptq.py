@@ -1,0 +1,190 @@
+"""GPTQModel backend: GPTQ and AWQ int4 checkpoints, quantized once from the FP16 model and cached.
+
+Quantization runs on ctx.device (CPU: bf16, ~5x faster than fp16 on CPUs without fp16 GEMM;
+CUDA: fp16). Loading goes through `GPTQModel.load`, which picks the fastest kernel it has for the
+device (on AVX512-BF16 CPUs `TorchCpuAvx512Linear` / `TorchCpuAvx512AwqLinear`, which need bf16
+activations); the HF model inside the wrapper then runs through HFBackend unchanged.
+Pre-made checkpoints (ctx.artifact: local path or hub id, GPTQModel/auto-gptq/autoawq) load the
+same way.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import time
+from pathlib import Path
+
+from quantbench import cache
+from quantbench.backends import Skip
+from quantbench.backends.hf import HFBackend
+from quantbench.errors import UserError
+
+BITS = 4
+GROUP_FALLBACKS = (64, 32)  # tried after suite.group_size, largest first
+# GPTQ: symmetric, no act-order (desc_act reorders columns and slows every CPU kernel).
+# AWQ: asymmetric with zero points, the layout autoawq and vLLM use.
+SYM = {"gptq": True, "awq": False}
+
+
+def linear_in_features(config: dict) -> list[int]:
+    """Returns the in_features of the decoder's Linear layers (q/k/v/gate/up, o_proj, down_proj)."""
+    hidden = config["hidden_size"]
+    heads = config.get("num_attention_heads")
+    head_dim = config.get("head_dim") or (hidden // heads if heads else hidden)
+    out = {hidden, config.get("intermediate_size", hidden)}
+    if heads:
+        out.add(heads * head_dim)
+    return sorted(out)
+
+
+def pick_group_size(config: dict, wanted: int) -> int | None:
+    """Returns the largest of (wanted, 64, 32) dividing every quantized Linear's in_features.
+
+    A group must not straddle rows: SmolLM2's 576 = 4.5 x 128, so g128 fails there and g64 is used.
+    """
+    sizes = linear_in_features(config)
+    for g in sorted({wanted, *GROUP_FALLBACKS}, reverse=True):
+        if g <= wanted and all(n % g == 0 for n in sizes):
+            return g
+    return None
+
+
+def gptqmodel_version() -> str:
+    """Returns the installed gptqmodel version, or raises Skip naming the install command."""
+    # GPTQModel defaults to (cores + 1) // 2 CPU workers but its loader pool asks for 2, so a
+    # 2-core machine crashes ("requests 2 workers but parent 'cpu' only has 1") without this.
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(2, ((os.cpu_count() or 1) + 1) // 2)))
+    if importlib.util.find_spec("gptqmodel") is None:
+        raise Skip("gptqmodel not installed; `pip install quantbench[gptq]` (see noxfile)")
+    return importlib.metadata.version("gptqmodel")
+
+
+def premade(artifact: str) -> str:
+    """Returns a pre-made checkpoint's local path (resolved) or hub id; a missing path raises."""
+    path = Path(artifact).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    if artifact.startswith((".", "/", "~")) or artifact.count("/") != 1:
+        raise UserError(f"GPTQ/AWQ artifact '{artifact}' is neither a local checkpoint directory nor "
+                        "a hub id (org/name); fix `artifacts` in the suite")
+    return artifact
+
+
+def runtime_bits_per_weight(model) -> float:
+    """Returns 8 x bytes held by the quantized layers / their weight count, as loaded.
+
+    CPU kernels repack 4-bit codes and widen scales to fp32 (4.625 bits at g64 against the
+    file's 4.3125), so the arithmetic predicts memory from the layout that actually runs.
+    """
+    n_bytes = n_weights = 0
+    for m in model.modules():
+        if hasattr(m, "qweight"):
+            n_weights += m.in_features * m.out_features
+            n_bytes += sum(t.nbytes for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)])
+    return 8 * n_bytes / n_weights if n_weights else 0.0
+
+
+def _no_kernel(e: Exception) -> bool:
+    msg = str(e)
+    return msg.startswith(("No auto-select kernels", "No valid quant linear"))
+
+
+class GPTQBackend(HFBackend):
+    """GPTQ / AWQ int4 through GPTQModel; ctx.format.param is the method ("gptq" or "awq")."""
+
+    @property
+    def method(self) -> str:
+        return self.ctx.format.param
+
+    def _dtype(self):
+        torch = self._torch()
+        return torch.float16 if self.ctx.device.startswith("cuda") else torch.bfloat16
+
+    def build(self) -> None:
+        version = gptqmodel_version()
+        if self.ctx.artifact:
+            self.info.update(artifact=premade(self.ctx.artifact), build_s=0.0)
+            return
+        ctx, s = self.ctx, self.ctx.suite
+        config = json.loads(Path(ctx.model_dir, "config.json").read_text())
+        group = pick_group_size(config, s.group_size)
+        if group is None:
+            raise Skip(f"no group size of {s.group_size}/64/32 divides in_features "
+                       f"{linear_in_features(config)}; pass a pre-made checkpoint in `artifacts`")
+        n, t = ((s.awq_calib_samples, s.awq_calib_tokens) if self.method == "awq"
+                else (s.calib_samples, s.calib_tokens))
+        calib = ctx.calibration(n, t)
+        self.info.update(group_size=group, calib_samples=n, calib_tokens=t, sym=SYM[self.method])
+        key = cache.content_key(ctx.model_digest, self.method, BITS, group, SYM[self.method],
+                                cache.content_key(calib), f"gptqmodel {version}")
+        final = cache.entry("quant", key)
+        self.info["artifact"] = str(final)
+        if (final / "config.json").exists():
+            self.info["build_s"] = 0.0
+            return
+        print(f"[quantbench] {self.method} {BITS}-bit g{group} quantizing {ctx.model_name} on "
+              f"{ctx.device}, calibration {n} x {t} tokens (gptqmodel {version}) ...", flush=True)
+        t0 = time.perf_counter()
+        with cache.atomic_dir(final) as tmp:
+            self._quantize(group, calib, tmp)
+        self.info["build_s"] = time.perf_counter() - t0
+        print(f"[quantbench] {self.method} built in {self.info['build_s']:.1f} s -> {final}", flush=True)
+
+    def _quantize(self, group: int, calib: list[list[int]], out: Path) -> None:
+        """Quantizes ctx.model_dir with GPTQModel and saves checkpoint + tokenizer into `out`."""
+        from gptqmodel import AWQConfig, GPTQConfig, GPTQModel
+        from transformers import AutoTokenizer
+
+        torch = self._torch()
+        torch.set_num_threads(self.ctx.threads)
+        if self.method == "awq":
+            qcfg = AWQConfig(bits=BITS, group_size=group, sym=SYM["awq"])
+        else:
+            qcfg = GPTQConfig(bits=BITS, group_size=group, desc_act=False, sym=SYM["gptq"])
+        model = GPTQModel.load(self.ctx.model_dir, qcfg, device=self.ctx.device, dtype=self._dtype())
+        model.quantize([{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in calib],
+                       batch_size=1)
+        model.save(str(out))
+        AutoTokenizer.from_pretrained(self.ctx.model_dir).save_pretrained(str(out))
+        del model
+
+    def load_model(self):
+        """Returns the HF model inside GPTQModel's wrapper, its quantized layers already repacked."""
+        gptqmodel_version()
+        from gptqmodel import GPTQModel
+
+        torch = self._torch()
+        path = self.info["artifact"]  # set by build()
+        try:
+            self.wrapper = GPTQModel.load(path, device=self.ctx.device, dtype=self._dtype())
+        except ValueError as e:
+            if _no_kernel(e):
+                raise Skip(f"gptqmodel has no {self.method} kernel for {self.ctx.device}: {e}") from e
+            raise
+        model = self.wrapper.model
+        torch.set_num_threads(self.ctx.threads)  # loading may change the thread count
+        qcfg = getattr(self.wrapper, "quantize_config", None)
+        if qcfg is not None:
+            self.info.setdefault("group_size", int(qcfg.group_size))
+            self.info.setdefault("sym", bool(qcfg.sym))
+        # CPU kernels repack qweight/qzeros and widen scales to fp32 on their first forward; do it
+        # now so weights_bytes and the first timed sample see the layout that actually runs.
+        with torch.inference_mode():
+            model(input_ids=torch.tensor([[0, 1]], device=self.ctx.device), use_cache=False)
+        kernels = sorted({type(m).__name__ for m in model.modules() if hasattr(m, "qweight")})
+        if not kernels:
+            raise RuntimeError(f"{path}: loaded model has no quantized layers (not a GPTQ/AWQ checkpoint?)")
+        self.info["kernel"] = self.qlinear = "+".join(kernels)
+        self.info["bits_per_weight"] = runtime_bits_per_weight(model)
+        return model
+
+    def load(self) -> None:
+        super().load()
+        if self.ctx.suite.compile_decode:  # HFBackend names the compile mode; keep the kernel too
+            self.info["kernel"] = f"{self.qlinear} in {self.info['kernel']}"
+
+    def close(self) -> None:
+        super().close()
+        self.wrapper = None
