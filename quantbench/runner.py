@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from quantbench import cache, corpus, records
+from quantbench.backends import get_backend_class
 from quantbench.errors import UserError
 from quantbench.formats import get_format
 from quantbench.models import resolve
@@ -154,15 +155,19 @@ def run(suite: Suite, out_path: str | os.PathLike, resume: bool = False) -> Path
                "peaks": peaks_by_device[device]}
         job_path = tmp / f"{fmt_name}-{device}.json"
         job_path.write_text(json.dumps(job))
-        _run_child(job_path, job, out_path, rec_base)
+        if get_backend_class(fmt.backend).builds_artifact and not _build(job_path, job):
+            _collect(job, out_path, rec_base, "build")
+            continue
+        _collect(job, out_path, rec_base, _spawn(job_path, job))
     return out_path
 
 
-def _run_child(job_path: Path, job: dict, out_path: Path, rec_base: dict) -> None:
+def _spawn(job_path: Path, job: dict, *flags: str) -> str:
+    """Runs the worker on a job; returns '' on a clean exit, else why it died."""
     env = {**os.environ, "OMP_WAIT_POLICY": "passive", "TOKENIZERS_PARALLELISM": "false",
            "OMP_NUM_THREADS": str(job["threads"])}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "quantbench.worker", str(job_path)], env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "quantbench.worker", *flags, str(job_path)],
+                            env=env)
     timed_out = False
     try:
         rc = proc.wait(timeout=VARIANT_TIMEOUT_S)
@@ -173,12 +178,26 @@ def _run_child(job_path: Path, job: dict, out_path: Path, rec_base: dict) -> Non
         proc.kill()
         proc.wait()
         raise
+    return "" if rc == 0 and not timed_out else _crash_reason(rc, timed_out)
+
+
+def _build(job_path: Path, job: dict) -> bool:
+    """Builds the variant's artifact in its own process; returns True when measuring may go on."""
+    print(f"[{job['format']}/{job['device']}] building (or finding it in the cache)", flush=True)
+    why = _spawn(job_path, job, "--build-only")
+    if why:
+        job["crash"] = f"build: {why}"
+        return False
+    return not Path(job["partial"]).exists()  # a skip or failure was already recorded
+
+
+def _collect(job: dict, out_path: Path, rec_base: dict, crash: str) -> None:
+    """Appends the worker's records, plus `failed` ones for workloads it never reported."""
     partial = Path(job["partial"])
     got = records.read(partial) if partial.exists() else []
     have = {r["workload"] for r in got}
-    reason = _crash_reason(rc, timed_out)
+    reason = job.get("crash") or crash or "worker ended without a record"
     missing = [{**rec_base, "workload": w, "status": "failed", "reason": reason}
                for w in job["workloads"] if w not in have]
     records.append(out_path, got + missing)
-    print(f"[{job['format']}/{job['device']}] done in {time.perf_counter() - t0:.0f} s"
-          + (f"; {reason}" if missing else ""), flush=True)
+    print(f"[{job['format']}/{job['device']}] done" + (f"; {reason}" if missing else ""), flush=True)

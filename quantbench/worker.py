@@ -128,7 +128,7 @@ def _vocab(backend, windows) -> int:
     return int(backend.logits(windows[0][:2]).shape[-1])
 
 
-def main(job_path: str) -> int:
+def main(job_path: str, build_only: bool = False) -> int:
     job = json.loads(Path(job_path).read_text())
     fmt = get_format(job["format"])
     suite = Suite(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["suite"].items()})
@@ -156,8 +156,9 @@ def main(job_path: str) -> int:
 
     try:
         backend = get_backend_class(fmt.backend)(ctx)
-        print(f"{tag} building", flush=True)
         backend.build()
+        if build_only:
+            return 0
         t0 = time.perf_counter()
         backend.load()
         load_s = time.perf_counter() - t0
@@ -207,4 +208,4 @@ def _summary(f: dict) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[-1], build_only="--build-only" in sys.argv))
