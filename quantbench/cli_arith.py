@@ -114,12 +114,21 @@ def add_devices_parser(subparsers) -> argparse.ArgumentParser:
     """Returns the `devices` subparser, added to `subparsers` with func=cmd_devices."""
     p = subparsers.add_parser("devices", help="list the spec-sheet device table")
     p.add_argument("--json", action="store_true", help="print one JSON object per device")
+    p.add_argument("--calibrate", metavar="DEVICE", nargs="?", const="cpu",
+                   help="re-measure this machine (cpu or cuda) and replace the cached calibration")
     p.set_defaults(func=cmd_devices)
     return p
 
 
 def cmd_devices(args) -> int:
     """Prints DEVICES: bf16 TFLOP/s (dense), bandwidth GB/s, memory GiB, bf16 FLOPs per byte."""
+    if getattr(args, "calibrate", None):
+        from quantbench.hardware import local_peaks
+
+        p = local_peaks(args.calibrate, refresh=True)
+        flops = ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in p.flop_s.items())
+        print(f"{p.name}: {p.bandwidth_bytes_s / 1e9:.1f} GB/s, {flops} (cached for later runs)")
+        return 0
     if getattr(args, "json", False):
         for p in DEVICES.values():
             print(json.dumps({"name": p.name, "flop_s": p.flop_s, "bandwidth_bytes_s":

@@ -76,6 +76,7 @@ FIELDS = {
     "rms_dp": "RMS of the change in probability of the correct token",
     "kld_tokens": "tokens the KLD statistics cover",
     "env": "machine, libraries, git commit",
+    "peaks": "calibrated peaks of this machine: flop_s per dtype, bandwidth_bytes_s, memory_bytes",
 }
 PREDICTED = ("weights_bytes", "kv_cache_bytes", "prefill_tok_s", "decode_tok_s", "ttft_s")
 

@@ -150,7 +150,8 @@ def run(suite: Suite, out_path: str | os.PathLike, resume: bool = False) -> Path
                "suite": dataclasses.asdict(suite), "data": str(data_path),
                "tokens_path": str(tokens_path), "calib_start": suite.n_ctx * suite.ppl_windows,
                "corpus_key": tok_key, "workloads": todo, "reference": ref,
-               "partial": str(tmp / f"{fmt_name}-{device}.jsonl"), "base": base,
+               "partial": str(tmp / f"{fmt_name}-{device}.jsonl"),
+               "base": {**base, "peaks": peaks_by_device[device]},
                "random_weights": model.random_weights,
                "peaks": peaks_by_device[device]}
         job_path = tmp / f"{fmt_name}-{device}.json"

@@ -52,3 +52,13 @@ def test_arithmetic(benchmark):
     out = benchmark(arith.predicted_fields, SMOL, get_format("bf16"), peaks, "tg", n_prompt=16,
                     n_gen=64)
     assert out["bound"] == "memory" and out["decode_tok_s_predicted"] > 1000
+
+
+def test_report_rendering(benchmark, tmp_path):
+    from synthetic import synthetic
+
+    from quantbench import read_results, report
+
+    df = read_results(*synthetic(tmp_path))
+    html = benchmark(report.render_html, df)
+    assert html.count('class="plot"') >= 10
