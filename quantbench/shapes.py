@@ -26,6 +26,10 @@ FAMILIES: dict[str, tuple[str, bool, int, bool]] = {
     "gemma2": ("intermediate_size", True, 4, False),  # pre/post norms around attn and MLP
 }
 
+# Families whose parameter formula matches the meta-device count exactly (tests/test_shapes.py
+# checks it), so `estimate` answers without importing torch's model classes.
+FORMULA_EXACT = ("llama", "mistral", "qwen2", "gemma", "gemma2")
+
 # Real configs (the fields that set the shape), from each model's config.json on the Hub.
 KNOWN_SHAPES: dict[str, dict] = {
     "smollm2-135m": dict(  # HuggingFaceTB/SmolLM2-135M-Instruct: 134,515,008 params
@@ -136,7 +140,7 @@ def shape_from_config(model, exact: bool = True) -> ModelShape:
         qkv_bias=qkv_bias,
         norms_per_layer=norms,
     )
-    if not exact:
+    if not exact or family in FORMULA_EXACT:
         return shape
     from dataclasses import replace
 

@@ -27,7 +27,9 @@ def test_llama_tiny_formula_is_exact(tmp_path):
     # attention 2 × (2·64·64 + 2·64·32); mlp 2 × 3·64·128; norms 5 × 64
     assert c == {"embeddings": 16_384, "attention": 24_576, "mlp": 49_152, "norms": 320,
                  "lm_head": 16_384}
-    assert s.params_total == sum(c.values()) == 106_816
+    # the formula is what estimate uses for llama: it must equal the meta-device count
+    assert shapes.count_params(shapes.load_config(str(tmp_path / "config.json"))) \
+        == sum(c.values()) == arith.params_total(s) == 106_816
 
 
 def test_qwen2_tiny_counts_qkv_bias_and_ties(tmp_path):
@@ -36,7 +38,8 @@ def test_qwen2_tiny_counts_qkv_bias_and_ties(tmp_path):
     s = shapes.shape_from_config(str(tmp_path))  # a model directory
     assert s.qkv_bias and s.tied_embeddings
     # llama tiny − lm_head 16,384 + q/k/v biases 2 × (4 + 2·2) × 16 = 256
-    assert s.params_total == sum(arith.params_by_component(s).values()) == 90_688
+    assert shapes.count_params(shapes.load_config(str(tmp_path))) \
+        == sum(arith.params_by_component(s).values()) == arith.params_total(s) == 90_688
 
 
 def test_gpt2_tiny_meta_count(tmp_path):
@@ -64,12 +67,16 @@ def test_opt_tiny_meta_count(tmp_path):
 
 
 def test_known_shapes_are_exact():
-    assert shapes.shape_from_config("shape:smollm2-135m").params_total == 134_515_008
+    def both(name):  # the formula estimate uses, and the meta-device count
+        s = shapes.shape_from_config(f"shape:{name}")
+        return arith.params_total(s), shapes.count_params(shapes.load_config(f"shape:{name}"))
+
+    assert both("smollm2-135m") == (134_515_008,) * 2
     s = shapes.shape_from_config("shape:llama-3-8b")
-    assert s.params_total == 8_030_261_248 and (s.n_kv_heads, s.head_dim) == (8, 128)
+    assert both("llama-3-8b") == (8_030_261_248,) * 2 and (s.n_kv_heads, s.head_dim) == (8, 128)
     assert arith.kv_cache_bytes(s.n_layers, s.n_kv_heads, s.head_dim) == 131_072
-    assert shapes.shape_from_config("shape:llama-3.2-1b").params_total == 1_235_814_400
-    assert shapes.shape_from_config("shape:qwen2.5-7b").params_total == 7_615_616_512
+    assert both("llama-3.2-1b") == (1_235_814_400,) * 2
+    assert both("qwen2.5-7b") == (7_615_616_512,) * 2
 
 
 def test_dict_input_without_torch_count():
