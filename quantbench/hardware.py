@@ -179,6 +179,21 @@ def local_peaks(device: str = "cpu", refresh: bool = False) -> Peaks:
     return peaks
 
 
+# (words in the name NVML reports, DEVICES row), most specific first.
+GPU_NAMES = [(("H100", "PCIe"), "h100-pcie"), (("H100",), "h100-sxm"), (("H200",), "h200"),
+             (("A100", "PCIe"), "a100-80gb-pcie"), (("A100", "80GB"), "a100-80gb-sxm"),
+             (("A100",), "a100-40gb-sxm"), (("L40S",), "l40s"), (("L4",), "l4"),
+             (("A10G",), "a10g"), (("T4",), "t4"), (("3090",), "rtx-3090"), (("4090",), "rtx-4090")]
+
+
+def spec_for_gpu(gpu_name: str) -> Peaks | None:
+    """Returns the spec-sheet row for a GPU name as NVML reports it, or None when unknown."""
+    for words, row in GPU_NAMES:
+        if all(w in gpu_name for w in words):
+            return DEVICES[row]
+    return None
+
+
 def get_peaks(name: str) -> Peaks:
     """Returns DEVICES[name], or calibrated peaks for 'local' / 'local-cpu' / 'local-cuda'."""
     if name in DEVICES:

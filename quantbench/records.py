@@ -77,6 +77,7 @@ FIELDS = {
     "kld_tokens": "tokens the KLD statistics cover",
     "env": "machine, libraries, git commit",
     "peaks": "calibrated peaks of this machine: flop_s per dtype, bandwidth_bytes_s, memory_bytes",
+    "peaks_spec": "spec-sheet peaks of the GPU (CUDA devices whose name is in the devices table)",
 }
 PREDICTED = ("weights_bytes", "kv_cache_bytes", "prefill_tok_s", "decode_tok_s", "ttft_s")
 

@@ -84,6 +84,16 @@ def _peaks(device: str) -> dict | None:
     return dataclasses.asdict(hardware.local_peaks(device))
 
 
+def _spec(device: str, env: dict) -> dict | None:
+    """Returns the spec-sheet peaks of the GPU a CUDA device names (None on CPU or unknown)."""
+    if not device.startswith("cuda") or not env.get("gpu"):
+        return None
+    from quantbench import hardware
+
+    spec = hardware.spec_for_gpu(env["gpu"])
+    return dataclasses.asdict(spec) if spec else None
+
+
 def _crash_reason(rc: int, timed_out: bool) -> str:
     if timed_out:
         return f"variant exceeded {VARIANT_TIMEOUT_S} s and was killed"
@@ -151,7 +161,8 @@ def run(suite: Suite, out_path: str | os.PathLike, resume: bool = False) -> Path
                "tokens_path": str(tokens_path), "calib_start": suite.n_ctx * suite.ppl_windows,
                "corpus_key": tok_key, "workloads": todo, "reference": ref,
                "partial": str(tmp / f"{fmt_name}-{device}.jsonl"),
-               "base": {**base, "peaks": peaks_by_device[device]},
+               "base": {**base, "peaks": peaks_by_device[device],
+                        "peaks_spec": _spec(device, env)},
                "random_weights": model.random_weights,
                "peaks": peaks_by_device[device]}
         job_path = tmp / f"{fmt_name}-{device}.json"

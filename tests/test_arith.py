@@ -173,3 +173,13 @@ def test_device_table_ratios():
     assert math.isclose(arith.ops_per_byte(a100.flop_s["bf16"], 1.5e12), 208)
     assert "bf16" not in DEVICES["t4"].flop_s  # Turing: falls back to fp32 in predictions
     assert arith.peak_for(DEVICES["t4"], "bf16") == 8.1e12
+
+
+def test_gpu_names_map_to_spec_rows():
+    from quantbench.hardware import spec_for_gpu
+
+    assert spec_for_gpu("NVIDIA H100 80GB HBM3").name == "h100-sxm"
+    assert spec_for_gpu("NVIDIA H100 PCIe").name == "h100-pcie"
+    assert spec_for_gpu("NVIDIA A100-SXM4-80GB").name == "a100-80gb-sxm"
+    assert spec_for_gpu("NVIDIA L4").name == "l4" and spec_for_gpu("NVIDIA L40S").name == "l40s"
+    assert spec_for_gpu("Some Other Card") is None
