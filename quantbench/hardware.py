@@ -93,7 +93,7 @@ def _copy_bytes_s(torch, device: str, n_bytes: int, budget_s: float, sync) -> fl
 def _gemm_flop_s(torch, dtype, device: str, n_max: int, budget_s: float, sync) -> float:
     """Returns 2·n³ / time of an n×n GEMM; n doubles from 256 while one call stays short.
 
-    The size adapts so a dtype without fast kernels (fp16 on most CPUs, ~0.4 GFLOP/s) still
+    The size adapts so a dtype without fast kernels (fp16 on some CPUs) still
     finishes inside the budget instead of taking minutes.
     """
     def run(n, k=1):
@@ -102,7 +102,9 @@ def _gemm_flop_s(torch, dtype, device: str, n_max: int, budget_s: float, sync) -
             mm = torch._int_mm
         else:
             a = torch.randn(n, n, device=device).to(dtype)
-            mm = torch.matmul
+            # F.linear is what nn.Linear runs; on CPUs without fp16 GEMM, torch.matmul takes a
+            # ~1 GFLOP/s path for fp16 while F.linear reaches ~55 (oneDNN), 50x apart.
+            mm = torch.nn.functional.linear
         return lambda: [mm(a, a) for _ in range(k)]
 
     n = 256
@@ -160,7 +162,8 @@ def _calibration_path(device: str):
     from quantbench.cache import cache_dir
 
     host = socket.gethostname()
-    return cache_dir() / "calibration" / f"{host}-{device}-{torch.get_num_threads()}.json"
+    # v2: GEMMs through F.linear; bump when the method changes so stale figures are not reused
+    return cache_dir() / "calibration" / f"v2-{host}-{device}-{torch.get_num_threads()}.json"
 
 
 def local_peaks(device: str = "cpu", refresh: bool = False) -> Peaks:

@@ -24,8 +24,18 @@ from quantbench.suite import Suite
 
 
 def peak_rss_bytes() -> int:
-    """Returns this process's peak resident set size (ru_maxrss is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """Returns this process's peak resident set size: VmHWM from /proc, in bytes.
+
+    Not ru_maxrss: Linux carries the parent's high-water mark across fork+exec into it, so
+    every worker would report at least the runner's own peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def _device_peak(device: str) -> dict:

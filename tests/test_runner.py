@@ -56,6 +56,14 @@ def test_weights_bytes_follow_the_dtype(tiny_run):
     assert tiny_run[("bnb-nf4", "load")]["weights_bytes"] < tiny_run[("bf16", "load")]["weights_bytes"]
 
 
+def test_peak_rss_is_each_variants_own(tiny_run):
+    rss = {f: tiny_run[(f, "load")]["peak_rss_bytes"] for f in ("fp32", "bf16", "bnb-nf4")}
+    for f, v in rss.items():
+        assert v > tiny_run[(f, "load")]["weights_bytes"], f
+    # fp32 holds 70 MB more weights than bf16; an inherited high-water mark would make them equal
+    assert rss["fp32"] - rss["bf16"] > 50e6
+
+
 def test_quality_same_windows_and_kld(tiny_run):
     ref = tiny_run[("fp32", "ppl64")]
     assert ref["kld_reference"] == "fp32" and ref["kld_mean"] == 0.0 and ref["ppl_windows"] == 3
