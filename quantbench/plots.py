@@ -31,7 +31,7 @@ def fmt_num(v: float) -> str:
     a = abs(v)
     for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if a >= div:
-            return f"{v / div:g}{suffix}"
+            return f"{v / div:.3g}{suffix}"
     return f"{v:.3g}" if a >= 1e-3 else f"{v:.0e}"
 
 
