@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import resource
 import sys
 import time
@@ -138,7 +139,14 @@ def _vocab(backend, windows) -> int:
     return int(backend.logits(windows[0][:2]).shape[-1])
 
 
+# Import-time chatter from optional libraries (torchao's missing CUDA kernels on a CPU build,
+# torch's pytree deprecation notes) repeats in every worker; real errors still get through.
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
 def main(job_path: str, build_only: bool = False) -> int:
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     job = json.loads(Path(job_path).read_text())
     fmt = get_format(job["format"])
     suite = Suite(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["suite"].items()})
