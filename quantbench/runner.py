@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,7 +114,7 @@ def run(suite: Suite, out_path: str | os.PathLike, resume: bool = False) -> Path
     bos = corpus.bos_id(model.dir)
     windows = corpus.windows(ids, suite.n_ctx, suite.ppl_windows, bos)
     prompt = corpus.windows(ids, max(suite.prompt_lengths + (suite.n_ctx,)), 1, bos)[0]
-    tok_key = cache.content_key("tokens", model.digest, suite.corpus)
+    tok_key = cache.content_key("tokens", model.digest, ids.tobytes())  # a file: corpus may change
     tokens_path = cache.entry("tokens", f"ids-{tok_key}.npy")
     if not tokens_path.exists():
         tokens_path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,6 +133,16 @@ def run(suite: Suite, out_path: str | os.PathLike, resume: bool = False) -> Path
     np.savez(data_path, windows=np.asarray(windows, dtype=np.int32),
              prompt=np.asarray(prompt, dtype=np.int32))
     peaks_by_device = {d: _peaks(d) for d in suite.devices}
+    try:
+        _run_variants(suite, model, out_path, done, base, env, names, tmp, data_path,
+                      tokens_path, tok_key, peaks_by_device)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_path
+
+
+def _run_variants(suite, model, out_path, done, base, env, names, tmp, data_path, tokens_path,
+                  tok_key, peaks_by_device) -> None:
     references: dict[str, str] = {}
     for device, fmt_name in plan(suite):
         fmt = get_format(fmt_name)
@@ -171,7 +182,6 @@ def run(suite: Suite, out_path: str | os.PathLike, resume: bool = False) -> Path
             _collect(job, out_path, rec_base, "build")
             continue
         _collect(job, out_path, rec_base, _spawn(job_path, job))
-    return out_path
 
 
 def _spawn(job_path: Path, job: dict, *flags: str) -> str:
