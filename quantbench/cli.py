@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from quantbench.worker import quiet_import_chatter
+
+    quiet_import_chatter()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

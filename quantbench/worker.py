@@ -144,9 +144,14 @@ def _vocab(backend, windows) -> int:
 QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
 
 
-def main(job_path: str, build_only: bool = False) -> int:
+def quiet_import_chatter() -> None:
+    """Raises the optional libraries' import-time loggers to ERROR."""
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def main(job_path: str, build_only: bool = False) -> int:
+    quiet_import_chatter()
     job = json.loads(Path(job_path).read_text())
     fmt = get_format(job["format"])
     suite = Suite(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["suite"].items()})
