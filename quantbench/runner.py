@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from quantbench import cache, corpus, records
-from quantbench.backends import get_backend_class
 from quantbench.errors import UserError
 from quantbench.formats import get_format
 from quantbench.models import resolve
 from quantbench.suite import Suite
+from quantbench.worker import RESPAWN
 
 # Most precise first: the KLD reference is the first of these the suite runs on a device.
 REFERENCE_ORDER = ("fp32", "fp16", "gguf-f16", "bf16", "dummy")
@@ -178,18 +178,17 @@ def _run_variants(suite, model, out_path, done, base, env, names, tmp, data_path
                "peaks": peaks_by_device[device]}
         job_path = tmp / f"{fmt_name}-{device}.json"
         job_path.write_text(json.dumps(job))
-        if get_backend_class(fmt.backend).builds_artifact and not _build(job_path, job):
-            _collect(job, out_path, rec_base, "build")
-            continue
-        _collect(job, out_path, rec_base, _spawn(job_path, job))
+        why = _spawn(job_path, job)
+        if why == RESPAWN:  # it built the artifact; measure in a fresh process
+            why = _spawn(job_path, job)
+        _collect(job, out_path, rec_base, why)
 
 
-def _spawn(job_path: Path, job: dict, *flags: str) -> str:
-    """Runs the worker on a job; returns '' on a clean exit, else why it died."""
+def _spawn(job_path: Path, job: dict) -> str | int:
+    """Runs the worker on a job; returns '' on a clean exit, RESPAWN, or why it died."""
     env = {**os.environ, "OMP_WAIT_POLICY": "passive", "TOKENIZERS_PARALLELISM": "false",
            "OMP_NUM_THREADS": str(job["threads"])}
-    proc = subprocess.Popen([sys.executable, "-m", "quantbench.worker", *flags, str(job_path)],
-                            env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "quantbench.worker", str(job_path)], env=env)
     timed_out = False
     try:
         rc = proc.wait(timeout=VARIANT_TIMEOUT_S)
@@ -200,17 +199,9 @@ def _spawn(job_path: Path, job: dict, *flags: str) -> str:
         proc.kill()
         proc.wait()
         raise
+    if rc == RESPAWN and not timed_out:
+        return RESPAWN
     return "" if rc == 0 and not timed_out else _crash_reason(rc, timed_out)
-
-
-def _build(job_path: Path, job: dict) -> bool:
-    """Builds the variant's artifact in its own process; returns True when measuring may go on."""
-    print(f"[{job['format']}/{job['device']}] building (or finding it in the cache)", flush=True)
-    why = _spawn(job_path, job, "--build-only")
-    if why:
-        job["crash"] = f"build: {why}"
-        return False
-    return not Path(job["partial"]).exists()  # a skip or failure was already recorded
 
 
 def _collect(job: dict, out_path: Path, rec_base: dict, crash: str) -> None:
@@ -218,7 +209,7 @@ def _collect(job: dict, out_path: Path, rec_base: dict, crash: str) -> None:
     partial = Path(job["partial"])
     got = records.read(partial) if partial.exists() else []
     have = {r["workload"] for r in got}
-    reason = job.get("crash") or crash or "worker ended without a record"
+    reason = crash or "worker ended without a record"
     missing = [{**rec_base, "workload": w, "status": "failed", "reason": reason}
                for w in job["workloads"] if w not in have]
     records.append(out_path, got + missing)

@@ -48,10 +48,6 @@ class Skip(Exception):
 class Backend:
     """One way of running a model. Subclasses fill in the methods below; ids are HF token ids."""
 
-    # True when build() may quantize: the runner then builds in a process of its own, so the
-    # measuring process's peak RSS is the serving footprint, not the quantizer's.
-    builds_artifact = False
-
     def __init__(self, ctx: Context):
         self.ctx = ctx
         self.info: dict = {}  # extra record fields: kernel, artifact, build_s, group_size, ...

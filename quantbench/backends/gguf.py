@@ -174,8 +174,6 @@ def tokenizer_agreement(gguf_path: str, hf_dir: str, text: str) -> float:
 class GGUFBackend(Backend):
     """Runs a GGUF with llama.cpp: logits() through Llama.eval, prefill/decode via llama_decode."""
 
-    builds_artifact = True
-
     def _artifact(self) -> tuple[Path, bool]:
         """Returns the GGUF path and whether this call made it (False: cached or user-given)."""
         if self.ctx.artifact:

@@ -94,8 +94,6 @@ def _no_kernel(e: Exception) -> bool:
 class GPTQBackend(HFBackend):
     """GPTQ / AWQ int4 through GPTQModel; ctx.format.param is the method ("gptq" or "awq")."""
 
-    builds_artifact = True
-
     @property
     def method(self) -> str:
         return self.ctx.format.param
