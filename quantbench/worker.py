@@ -86,11 +86,12 @@ def _sol(rec: dict) -> None:
 
 
 def _reference(job: dict):
+    """Returns the reference log-probs to compare against (memory-mapped), or None."""
     ref = job.get("reference") or {}
     path = Path(ref["path"]) if ref.get("path") else None
     if ref.get("role") == "read" and path and path.exists():
-        return np.load(path, mmap_mode="r"), None
-    return None, None
+        return np.load(path, mmap_mode="r")
+    return None
 
 
 def run_workload(job, backend, workload: str, data, shape) -> dict:
@@ -109,7 +110,7 @@ def run_workload(job, backend, workload: str, data, shape) -> dict:
     if workload.startswith("ppl"):
         ref = job.get("reference") or {}
         windows = [[int(t) for t in w] for w in data["windows"]]
-        reference, write = _reference(job)
+        reference, write = _reference(job), None
         if ref.get("role") == "write":
             write = np.zeros((s.kld_tokens, _vocab(backend, windows)), dtype=np.float16)
         out = score_windows(backend, windows, s.quality_budget_s, reference, s.kld_tokens, write)
