@@ -14,11 +14,11 @@ DEFAULT_SUITE = "suites/default.toml"
 
 
 def _suite(args):
-    from quantbench.suite import Suite, load_suite
+    from quantbench.suite import Suite, load_suite, parse_sets
 
     suite = load_suite(args.suite) if args.suite else Suite()
     return suite.with_overrides(model=args.model, devices=args.device, formats=args.formats,
-                                threads=args.threads)
+                                threads=args.threads, **parse_sets(args.set or []))
 
 
 def cmd_run(args) -> int:
@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", action="append", help="cpu, cuda or cuda:N (repeatable)")
     r.add_argument("--formats", type=lambda s: s.split(","), help="comma-separated format names")
     r.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any suite key, e.g. --set n_ctx=256 --set gptq_kernel=gptq_triton")
     r.add_argument("--out", help="results JSONL (default results/SUITE.jsonl)")
     r.add_argument("--resume", action="store_true", help="skip variants already ok in --out")
     r.add_argument("--report", help="also write an HTML report here")

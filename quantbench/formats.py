@@ -5,6 +5,7 @@ nothing outside that backend's file branches on the format.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from dataclasses import dataclass
 
@@ -27,6 +28,13 @@ class Format:
     param: str = ""
     # Which peak FLOP/s bounds its matmuls (a key of hardware peaks: fp32, bf16, fp16, int8).
     compute_dtype: str = "fp32"
+    # `<name>+compiled`: the same weights, decoded with a static KV cache + torch.compile.
+    compiled: bool = False
+
+    @property
+    def base(self) -> str:
+        """Returns the name without the +compiled suffix (the artifact and weights it shares)."""
+        return self.name.removesuffix(COMPILED)
 
 
 def _gguf(name: str, ftype: str, bpw: float, caveat: str = "") -> Format:
@@ -66,13 +74,25 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
     Format("dummy", "dummy", "numpy", "random bigram model (tests)", 32, 32, ("cpu",), param="float32"),
 ]}
 
+# A suffix, not a suite switch, so eager and compiled decode of one format sit side by side in a
+# run, a report and a compare. llama.cpp has no torch.compile path (it captures CUDA graphs itself).
+COMPILED = "+compiled"
+COMPILABLE_BACKENDS = ("hf", "bnb", "gptq")
+
 # llama.cpp type names a user may ask for as `gguf-<type>` beyond the table (bits per weight).
 GGUF_EXTRA_BPW = {"Q4_1": 5.0, "Q5_0": 5.5, "Q5_1": 6.0, "Q5_K_M": 5.69, "Q6_K": 6.5625,
                   "Q3_K_M": 3.91, "Q2_K": 2.625, "IQ4_NL": 4.5, "BF16": 16.0}
 
 
 def get_format(name: str) -> Format:
-    """Returns the Format for `name`, including any `gguf-<llama.cpp type>`; unknown names raise."""
+    """Returns the Format for `name`, including any `gguf-<llama.cpp type>` and `<name>+compiled`;
+    unknown names raise."""
+    if name.endswith(COMPILED):
+        base = get_format(name.removesuffix(COMPILED))
+        if base.backend not in COMPILABLE_BACKENDS:
+            raise UserError(f"format '{name}': {base.library} has no torch.compile decode path; "
+                            f"use '{base.name}' (compiled runs: hf, bitsandbytes and GPTQModel formats)")
+        return dataclasses.replace(base, name=name, compiled=True)
     if name in FORMATS:
         return FORMATS[name]
     if name.startswith("gguf-") and name[5:].upper() in GGUF_EXTRA_BPW:

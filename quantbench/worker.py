@@ -175,7 +175,7 @@ def main(job_path: str) -> int:
 
     ctx = Context(job["model_name"], job["model_dir"], job["model_digest"], fmt, job["device"],
                   job["threads"], suite, job["tokens_path"], job["calib_start"],
-                  suite.artifacts.get(fmt.name, ""), job["corpus_key"])
+                  suite.artifacts.get(fmt.base, ""), job["corpus_key"])
     backend = None
 
     def backend_info():

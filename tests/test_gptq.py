@@ -13,7 +13,7 @@ pytest.importorskip("gptqmodel", reason="gptqmodel not installed; install quantb
 
 from quantbench import corpus  # noqa: E402
 from quantbench.backends import Context  # noqa: E402
-from quantbench.backends.gptq import GPTQBackend, pick_group_size  # noqa: E402
+from quantbench.backends.gptq import GPTQBackend, kernel_backend, pick_group_size  # noqa: E402
 from quantbench.backends.hf import HFBackend  # noqa: E402
 from quantbench.errors import UserError  # noqa: E402
 from quantbench.formats import get_format  # noqa: E402
@@ -122,6 +122,22 @@ def test_premade_artifact(tiny, tokens_path, built):
     missing = dataclasses.replace(ctx(tiny, tokens_path, "gptq-4b"), artifact="./no/such/checkpoint")
     with pytest.raises(UserError, match="no/such/checkpoint"):
         GPTQBackend(missing).build()
+
+
+@pytest.mark.parametrize("fmt,kernel,qlinear", [("gptq-4b", "gptq_torch", "TorchLinear"),
+                                                 ("awq-4b", "awq_torch", "AwqTorchLinear")])
+def test_suite_picks_the_kernel(tiny, tokens_path, built, fmt, kernel, qlinear):
+    # gptq_kernel / awq_kernel pass GPTQModel a BACKEND instead of auto (which on an offline H100
+    # picks Machete and fails); the record names the QuantLinear class that really ran.
+    key = "awq_kernel" if fmt == "awq-4b" else "gptq_kernel"
+    c = ctx(tiny, tokens_path, fmt)
+    b = GPTQBackend(dataclasses.replace(c, suite=SUITE.with_overrides(**{key: kernel})))
+    b.build()
+    b.load()
+    assert b.info["kernel"] == qlinear and b.info["kernel"] != built[fmt].info["kernel"]
+    b.close()
+    with pytest.raises(UserError, match="unknown GPTQModel kernel 'gptq_tritn'; use auto or one of"):
+        kernel_backend("gptq_tritn")
 
 
 @pytest.mark.parametrize("fmt", ["gptq-4b", "awq-4b"])

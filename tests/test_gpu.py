@@ -8,10 +8,10 @@ from quantbench.formats import get_format
 from quantbench.suite import Suite
 
 
-def _greedy(model, device, compile_decode, n=12):
-    s = Suite(model="tiny", prompt_lengths=(32,), n_ctx=64, gen_tokens=16,
-              compile_decode=compile_decode)
-    b = HFBackend(Context("tiny", model.dir, model.digest, get_format("fp32"), device, 2, s))
+def _greedy(model, device, compiled, n=12):
+    s = Suite(model="tiny", prompt_lengths=(32,), n_ctx=64, gen_tokens=16)
+    fmt = get_format("fp32+compiled" if compiled else "fp32")
+    b = HFBackend(Context("tiny", model.dir, model.digest, fmt, device, 2, s))
     b.load()
     out = [b.prefill(list(range(1, 17)))]
     for _ in range(n):
@@ -38,6 +38,19 @@ def test_shape_model_times_without_quality(tmp_path):
     assert got["ppl32"]["status"] == "skipped" and "random weights" in got["ppl32"]["reason"]
     # the real config's weights: 134,515,008 params in bf16 (+ 256 B of rotary buffers)
     assert got["load"]["weights_bytes"] == 134_515_008 * 2 + 256
+
+
+def test_eager_and_compiled_side_by_side_in_one_run(tmp_path):
+    out = tmp_path / "r.jsonl"
+    suite = Suite(name="s", model="tiny", formats=("fp32", "fp32+compiled"), prompt_lengths=(16,),
+                  gen_tokens=4, min_samples=1, time_budget_s=5.0, n_ctx=32, ppl_windows=1)
+    runner.run(suite, out)
+    tg = {r["format"]: r for r in records.read(out) if r["workload"] == "tg4"}
+    assert tg["fp32"]["status"] == tg["fp32+compiled"]["status"] == "ok"
+    assert tg["fp32"]["kernel"] == "torch float32 eager"
+    assert tg["fp32+compiled"]["kernel"].startswith("torch.compile(default) static cache")
+    # same weights, same predicted roofline: only the measured speed may differ
+    assert tg["fp32"]["decode_tok_s_predicted"] == tg["fp32+compiled"]["decode_tok_s_predicted"]
 
 
 @pytest.mark.gpu

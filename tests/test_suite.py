@@ -52,3 +52,29 @@ def test_formats_table():
     assert get_format("gguf-q4_k_m").param == "Q4_K_M"
     assert get_format("gguf-q6_k").bits_per_weight == 6.5625  # a type outside the table
     assert FORMATS["gptq-4b"].bits_per_weight == 4 + 20 / 64
+
+
+def test_compiled_twin_of_a_format():
+    f = get_format("bnb-nf4+compiled")
+    assert f.compiled and f.base == "bnb-nf4" and not get_format("bnb-nf4").compiled
+    assert (f.bits_per_weight, f.backend, f.compute_dtype) == (4.5, "bnb", "bf16")
+    with pytest.raises(UserError, match="llama-cpp-python has no torch.compile decode path; use 'gguf-q4_0'"):
+        get_format("gguf-q4_0+compiled")
+    with pytest.raises(UserError, match="unknown format 'fp61'"):
+        get_format("fp61+compiled")
+
+
+def test_set_overrides_any_key():
+    from quantbench.suite import parse_sets
+
+    got = parse_sets(["n_ctx=256", "gptq_kernel=gptq_triton", "prompt_lengths=[64, 128]",
+                      "time_budget_s=2.5", 'corpus="file:x.txt"'])
+    assert got == {"n_ctx": 256, "gptq_kernel": "gptq_triton", "prompt_lengths": (64, 128),
+                   "time_budget_s": 2.5, "corpus": "file:x.txt"}
+    assert Suite().with_overrides(**got).n_ctx == 256
+    with pytest.raises(UserError, match="--set: unknown key 'n_ctxx' \\(did you mean 'n_ctx'\\?\\)"):
+        parse_sets(["n_ctxx=256"])
+    with pytest.raises(UserError, match="--set: key 'n_ctx' must be a int"):
+        parse_sets(["n_ctx=big"])
+    with pytest.raises(UserError, match="expected KEY=VALUE"):
+        parse_sets(["n_ctx"])

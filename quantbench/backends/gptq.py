@@ -86,6 +86,19 @@ def runtime_bits_per_weight(model) -> float:
     return 8 * n_bytes / n_weights if n_weights else 0.0
 
 
+def kernel_backend(name: str):
+    """Returns {"backend": BACKEND(name)} for GPTQModel, {} for "auto"; unknown names raise."""
+    if name == "auto":
+        return {}
+    from gptqmodel import BACKEND
+
+    try:
+        return {"backend": BACKEND(name)}
+    except ValueError:
+        names = ", ".join(b.value for b in BACKEND if b.value.startswith(("gptq", "awq")))
+        raise UserError(f"unknown GPTQModel kernel '{name}'; use auto or one of {names}") from None
+
+
 def _no_kernel(e: Exception) -> bool:
     msg = str(e)
     return msg.startswith(("No auto-select kernels", "No valid quant linear"))
@@ -144,8 +157,12 @@ class GPTQBackend(HFBackend):
         else:
             qcfg = GPTQConfig(bits=BITS, group_size=group, desc_act=False, sym=SYM["gptq"])
         model = GPTQModel.load(self.ctx.model_dir, qcfg, device=self.ctx.device, dtype=self._dtype())
+        # On CUDA, AWQ packs through its GEMM extension, a ~1 min JIT build; the torch packer writes
+        # the same layout (it is what CPUs use), so the build is not needed to quantize.
+        pack = (kernel_backend("awq_torch") if self.method == "awq" and self.ctx.device.startswith("cuda")
+                else {})
         model.quantize([{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in calib],
-                       batch_size=1)
+                       batch_size=1, **pack)
         model.save(str(out))
         AutoTokenizer.from_pretrained(self.ctx.model_dir).save_pretrained(str(out))
         del model
@@ -157,8 +174,10 @@ class GPTQBackend(HFBackend):
 
         torch = self._torch()
         path = self.info["artifact"]  # set by build()
+        s = self.ctx.suite
+        kernel = kernel_backend(s.awq_kernel if self.method == "awq" else s.gptq_kernel)
         try:
-            self.wrapper = GPTQModel.load(path, device=self.ctx.device, dtype=self._dtype())
+            self.wrapper = GPTQModel.load(path, device=self.ctx.device, dtype=self._dtype(), **kernel)
         except ValueError as e:
             if _no_kernel(e):
                 raise Skip(f"gptqmodel has no {self.method} kernel for {self.ctx.device}: {e}") from e
@@ -182,7 +201,7 @@ class GPTQBackend(HFBackend):
 
     def load(self) -> None:
         super().load()
-        if self.ctx.suite.compile_decode:  # HFBackend names the compile mode; keep the kernel too
+        if self.ctx.format.compiled:  # HFBackend names the compile mode; keep the kernel too
             self.info["kernel"] = f"{self.qlinear} in {self.info['kernel']}"
 
     def close(self) -> None:

@@ -41,7 +41,7 @@ class HFBackend(Backend):
         # transformers renamed past_key_values to cache (5.24); accept both.
         params = inspect.signature(self.model.forward).parameters
         self.cache_kw = "cache" if "cache" in params else "past_key_values"
-        if self.ctx.suite.compile_decode:
+        if self.ctx.format.compiled:
             self._setup_compiled()
         self.info.setdefault("kernel", f"torch {self.ctx.format.param} eager")
         # What the loaded model really stores outside the quantized linears, and its KV dtype:
@@ -102,7 +102,7 @@ class HFBackend(Backend):
     def prefill(self, ids: list[int]) -> int:
         from transformers import DynamicCache
 
-        if self.ctx.suite.compile_decode:
+        if self.ctx.format.compiled:
             return self._prefill_static(ids)
         torch = self._torch()
         self.cache = DynamicCache(config=self.model.config)
@@ -112,7 +112,7 @@ class HFBackend(Backend):
         return int(out.logits[0, -1].argmax())
 
     def decode(self, token: int) -> int:
-        if self.ctx.suite.compile_decode:
+        if self.ctx.format.compiled:
             return self._decode_static(token)
         torch = self._torch()
         with torch.inference_mode():
