@@ -108,7 +108,7 @@ def report(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "quantbench", "tests", "noxfile.py")
+    session.run("ruff", "check", "quantbench", "tests", "tools", "noxfile.py")
 
 
 @nox.session(python=PYTHON)

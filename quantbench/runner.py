@@ -105,6 +105,22 @@ def _crash_reason(rc: int, timed_out: bool) -> str:
     return f"worker exited with code {rc}"
 
 
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What every variant of one run shares: the suite, model, inputs on disk, and record base."""
+    suite: Suite
+    model: object  # models.ModelSource
+    out_path: Path
+    done: set  # (model, format, device, workload) already ok (--resume)
+    base: dict  # fields every record of the run carries
+    workloads: list[str]
+    tmp: Path  # job files and partial records, removed at the end
+    data_path: Path  # windows + prompt token ids
+    tokens_path: Path  # the whole tokenized corpus (calibration reads after the windows)
+    tok_key: str
+    peaks_by_device: dict
+
+
 def run(suite: Suite, out_path: str | os.PathLike, resume: bool = False) -> Path:
     """Runs every variant of the suite, appending records to out_path; returns the path."""
     out_path = Path(out_path)
@@ -121,67 +137,69 @@ def run(suite: Suite, out_path: str | os.PathLike, resume: bool = False) -> Path
         np.save(tokens_path, ids)
     if not resume:
         _rotate(out_path)
-    done = _done(out_path) if resume else set()
     env = records.environment()
     base = {"schema_version": records.SCHEMA_VERSION, "model": model.name,
             "run_id": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}",
             "suite": suite.name, "suite_hash": suite.suite_hash, "corpus": suite.corpus,
             "model_note": model.note, "env": env}
-    names = workloads(suite)
     tmp = Path(tempfile.mkdtemp(prefix="quantbench-"))
-    data_path = tmp / "data.npz"
-    np.savez(data_path, windows=np.asarray(windows, dtype=np.int32),
-             prompt=np.asarray(prompt, dtype=np.int32))
-    peaks_by_device = {d: _peaks(d) for d in suite.devices}
     try:
-        _run_variants(suite, model, out_path, done, base, env, names, tmp, data_path,
-                      tokens_path, tok_key, peaks_by_device)
+        data_path = tmp / "data.npz"
+        np.savez(data_path, windows=np.asarray(windows, dtype=np.int32),
+                 prompt=np.asarray(prompt, dtype=np.int32))
+        _run_variants(_Run(suite, model, out_path, _done(out_path) if resume else set(), base,
+                           workloads(suite), tmp, data_path, tokens_path, tok_key,
+                           {d: _peaks(d) for d in suite.devices}))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_path
 
 
-def _run_variants(suite, model, out_path, done, base, env, names, tmp, data_path, tokens_path,
-                  tok_key, peaks_by_device) -> None:
+def _run_variants(r: _Run) -> None:
     references: dict[str, str] = {}
-    for device, fmt_name in plan(suite):
+    for device, fmt_name in plan(r.suite):
         fmt = get_format(fmt_name)
-        todo = [w for w in names if (model.name, fmt_name, device, w) not in done]
+        todo = [w for w in r.workloads if (r.model.name, fmt_name, device, w) not in r.done]
         if not todo:
-            print(f"[{fmt_name}/{device}] already in {out_path}, skipped (--resume)", flush=True)
+            print(f"[{fmt_name}/{device}] already in {r.out_path}, skipped (--resume)", flush=True)
             if fmt_name in REFERENCE_ORDER and device not in references:
                 references[device] = fmt_name
             continue
-        rec_base = {**base, "format": fmt_name, "device": device}
+        rec_base = {**r.base, "format": fmt_name, "device": device}
         if device.split(":")[0] not in fmt.devices:
-            records.append(out_path, [{**rec_base, "workload": w, "status": "skipped",
-                                       "reason": f"{fmt_name} does not run on {device}"} for w in todo])
+            records.append(r.out_path, [{**rec_base, "workload": w, "status": "skipped",
+                                         "reason": f"{fmt_name} does not run on {device}"} for w in todo])
             continue
         ref_fmt = references.setdefault(device, fmt_name) if fmt_name in REFERENCE_ORDER else \
             references.get(device)
-        ref_key = cache.content_key("ref", model.digest, tok_key, suite.n_ctx, suite.ppl_windows,
-                                    suite.kld_tokens, ref_fmt, device)
-        ref = {"format": ref_fmt or "", "path": str(cache.entry("reference", f"{ref_key}.npy")),
-               "role": "write" if ref_fmt == fmt_name else "read",
-               "why": "no reference format (fp32, fp16, gguf-f16 or bf16) in the suite"}
-        if ref_fmt is None:
-            ref = {"why": ref["why"]}
-        job = {"model_name": model.name, "model_dir": model.dir, "model_digest": model.digest,
-               "format": fmt_name, "device": device, "threads": suite.thread_count(),
-               "suite": dataclasses.asdict(suite), "data": str(data_path),
-               "tokens_path": str(tokens_path), "calib_start": suite.n_ctx * suite.ppl_windows,
-               "corpus_key": tok_key, "workloads": todo, "reference": ref,
-               "partial": str(tmp / f"{fmt_name}-{device}.jsonl"),
-               "base": {**base, "peaks": peaks_by_device[device],
-                        "peaks_spec": _spec(device, env)},
-               "random_weights": model.random_weights,
-               "peaks": peaks_by_device[device]}
-        job_path = tmp / f"{fmt_name}-{device}.json"
+        job = _job(r, device, fmt_name, todo, ref_fmt)
+        job_path = r.tmp / f"{fmt_name}-{device}.json"
         job_path.write_text(json.dumps(job))
         why = _spawn(job_path, job)
         if why == RESPAWN:  # it built the artifact; measure in a fresh process
             why = _spawn(job_path, job)
-        _collect(job, out_path, rec_base, why)
+        _collect(job, r.out_path, rec_base, why)
+
+
+def _job(r: _Run, device: str, fmt_name: str, todo: list[str], ref_fmt: str | None) -> dict:
+    """Returns the worker's job: one variant, its workloads, and where its reference log-probs are."""
+    s = r.suite
+    ref_key = cache.content_key("ref", r.model.digest, r.tok_key, s.n_ctx, s.ppl_windows,
+                                s.kld_tokens, ref_fmt, device)
+    ref = {"format": ref_fmt or "", "path": str(cache.entry("reference", f"{ref_key}.npy")),
+           "role": "write" if ref_fmt == fmt_name else "read"}
+    if ref_fmt is None:
+        ref = {"why": "no reference format (fp32, fp16, gguf-f16 or bf16) in the suite"}
+    return {"model_name": r.model.name, "model_dir": r.model.dir, "model_digest": r.model.digest,
+            "format": fmt_name, "device": device, "threads": s.thread_count(),
+            "suite": dataclasses.asdict(s), "data": str(r.data_path),
+            "tokens_path": str(r.tokens_path), "calib_start": s.n_ctx * s.ppl_windows,
+            "corpus_key": r.tok_key, "workloads": todo, "reference": ref,
+            "partial": str(r.tmp / f"{fmt_name}-{device}.jsonl"),
+            "base": {**r.base, "peaks": r.peaks_by_device[device],
+                     "peaks_spec": _spec(device, r.base["env"])},
+            "random_weights": r.model.random_weights,
+            "peaks": r.peaks_by_device[device]}
 
 
 def _spawn(job_path: Path, job: dict) -> str | int:

@@ -51,7 +51,8 @@ step() {
   if [ "$t" -lt 30 ]; then log "$name: skipped, ${t}s left"; return; fi
   log "$name: up to ${t}s"
   timeout -s INT -k 20 "$t" python3 -m quantbench run --resume --device "$DEVICE" \
-    ${MODEL:+--model "$MODEL"} --out "$out" "$@" 2>&1 | tee -a "$OUT/run.log" | grep -E "^\[|error" || true
+    ${MODEL:+--model "$MODEL"} --out "$out" "$@" 2>&1 | grep -v -E '░|█' | tee -a "$OUT/run.log" \
+    | grep -E '^\[[^] ]+/[^] ]+\]|^\[quantbench\]|error' || true
   log "$name: $(grep -c '"status": "ok"' "$out" 2>/dev/null || echo 0) ok records in $out"
 }
 
@@ -70,9 +71,8 @@ fi
 python3 -m quantbench report results/gpu/*.jsonl -o reports/gpu-latest.html 2>&1 | tail -3
 cp results/gpu/*.jsonl reports/gpu-latest.html "$OUT"/ 2>/dev/null
 python3 - <<'EOF' | tee "$OUT/summary.txt"
-import glob
 import quantbench
-df = quantbench.read_results(sorted(glob.glob("results/gpu/*.jsonl")))
+df = quantbench.read_results("results/gpu/")
 cols = [c for c in ("model", "format", "workload", "status", "kernel", "decode_tok_s",
                     "decode_sol_frac", "prefill_tok_s", "ppl", "kld_mean", "reason") if c in df]
 print(df[cols].to_string(max_colwidth=48))

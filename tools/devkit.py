@@ -66,9 +66,12 @@ def pip_download(dest: Path, *reqs: str, binary: bool = True) -> None:
 
 def device_python() -> str:
     """Returns a Python 3.12 interpreter here (PyPcre compiles against its headers)."""
+    want = tuple(int(x) for x in DEVICE_PYTHON.split("."))
     for cand in [shutil.which(f"python{DEVICE_PYTHON}"),
                  *sorted(Path.home().glob(f".pyenv/versions/{DEVICE_PYTHON}.*/bin/python"))]:
-        if cand:
+        # a pyenv shim exists whether or not that version is active: ask the interpreter itself
+        if cand and subprocess.run([str(cand), "-c", f"import sys; assert sys.version_info[:2] == {want}"],
+                                   capture_output=True).returncode == 0:
             return str(cand)
     sys.exit(f"error: no python{DEVICE_PYTHON} here; install one (e.g. pyenv install "
              f"{DEVICE_PYTHON}) so PyPcre builds for the device")
@@ -141,14 +144,14 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def build(out: Path, chunk_mib: int, house: Path) -> None:
+def build(out: Path, chunk_mib: int, house: Path, llama_wheel: Path | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="devkit-"))
     wheels = work / "wheels"
     pip_download(wheels, *WHEELS)
     run(device_python(), "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), *SDISTS,
         env={"BUILD_CUDA_EXT": "0"})
     trim_bitsandbytes(next(wheels.glob("bitsandbytes-*.whl")))
-    shutil.copy2(llama_cuda_wheel(house, Path(tempfile.gettempdir()) / "devkit-cuda"), wheels)
+    shutil.copy2(llama_wheel or llama_cuda_wheel(house, Path(tempfile.gettempdir()) / "devkit-cuda"), wheels)
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("kit.tar*"):
         old.unlink()
@@ -211,9 +214,11 @@ def main() -> None:
     ap.add_argument("--target", type=Path, default=Path("/tmp/qb-site"))
     ap.add_argument("--wheelhouse", type=Path, default=Path(os.environ.get(
         "QUANTBENCH_CACHE", Path.home() / ".cache" / "quantbench")) / "wheelhouse" / f"cuda-sm{CUDA_ARCH}")
+    ap.add_argument("--llama-wheel", type=Path, help="use this llama-cpp-python wheel instead of "
+                    "compiling the CUDA one (a CPU wheel makes a kit for a dry run on the CPU)")
     a = ap.parse_args()
     if a.command == "build":
-        build(a.kit, a.chunk_mib, a.wheelhouse)
+        build(a.kit, a.chunk_mib, a.wheelhouse, a.llama_wheel)
     elif a.command == "have":
         manifest, bad = present(a.kit)
         print(f"kit: {len(manifest['chunks']) - len(bad)}/{len(manifest['chunks'])} chunks present"
