@@ -27,6 +27,10 @@ def cmd_run(args) -> int:
     suite = _suite(args)
     out = Path(args.out or f"results/{suite.name}.jsonl")
     runner.run(suite, out, resume=args.resume)
+    from quantbench.records import read_results
+    from quantbench.report import render_summary
+
+    print("\n" + render_summary(read_results(out)))
     print(f"records: {out}")
     if args.report:
         from quantbench.report import write_report

@@ -370,12 +370,7 @@ def render_markdown(df, *, p=None) -> str:
     out += [f"- **{k}**: {v}" for k, v in header_facts(df)] + [""]
     if any("smollm2-135m" in str(m).lower() for m in p["model"]):
         out += [f"> **Note:** {SMOLLM_NOTE}.", ""]
-    out += ["## Verdict", ""] + [f"- {v}" for v in verdicts(p)]
-    out += [f"- cross-backend: {c}" for c in cross_backend(p)]
-    out += ["", "## Variants", "", "| " + " | ".join(h for _, h, _ in cols) + " |",
-            "|" + "|".join("---:" if f else "---" for _, _, f in cols) + "|"]
-    out += ["| " + " | ".join(cell_text(r, c, f).replace("|", "\\|") for c, _, f in cols) + " |"
-            for r in t.to_dict("records")]
+    out += _summary_lines(p, t, cols)
     details = [(r, details_text(r)) for r in t.to_dict("records")]
     out += [""] + [f"- {r['format']} on {r['device']}" + (f" ({r['host']})" if "host" in r else "")
                    + f": {text}" for r, text in details if text]
@@ -384,6 +379,23 @@ def render_markdown(df, *, p=None) -> str:
     out += ["## Skipped and failed", ""] + ([f"- {f} on {d}, {w}: {s} — {why}" for f, d, w, s, why in probs]
                                            or ["none"])
     return "\n".join(out) + "\n"
+
+
+def _summary_lines(p, t, cols) -> list[str]:
+    out = ["## Verdict", ""] + [f"- {v}" for v in verdicts(p)]
+    out += [f"- cross-backend: {c}" for c in cross_backend(p)]
+    out += ["", "## Variants", "", "| " + " | ".join(h for _, h, _ in cols) + " |",
+            "|" + "|".join("---:" if f else "---" for _, _, f in cols) + "|"]
+    out += ["| " + " | ".join(cell_text(r, c, f).replace("|", "\\|") for c, _, f in cols) + " |"
+            for r in t.to_dict("records")]
+    return out
+
+
+def render_summary(df) -> str:
+    """Returns the verdict and the variants table as markdown (what `quantbench run` prints)."""
+    p = pivot(df)
+    t = table(p)
+    return "\n".join(_summary_lines(p, t, display_columns(t))) + "\n"
 
 
 def render_csv(df, *, p=None) -> str:

@@ -27,6 +27,8 @@ def results(tmp_path):
     (["run", "--device", "tpu"], "unknown device 'tpu'"),
     (["run", "--device", "cuda", "--model", "tiny"], "device 'cuda' asked for but torch sees no GPU"),
     (["run", "--suite", "suites/missing.toml"], "suite file 'suites/missing.toml' not found"),
+    (["run", "--set", "n_ctxx=256"], "--set: unknown key 'n_ctxx' (did you mean 'n_ctx'?)"),
+    (["run", "--formats", "gguf-q4_0+compiled"], "llama-cpp-python has no torch.compile decode path"),
     (["report", "nope.jsonl", "-o", "/tmp/x.html"], "results file 'nope.jsonl' not found"),
 ])
 def test_bad_input_one_line_exit_2(args, msg, results, tmp_path):
@@ -64,3 +66,5 @@ def test_corrupt_gguf_artifact(tmp_path, tiny):
     recs = records.read(out)
     assert r.returncode == 0 and recs and all(x["status"] != "ok" for x in recs)
     assert "broken.gguf" in recs[0]["reason"]
+    # the run ends with the verdict and variants table, and the failure names its reason
+    assert "## Variants" in r.stdout and "## Verdict" in r.stdout and f"records: {out}" in r.stdout
