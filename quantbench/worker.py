@@ -5,9 +5,11 @@ loses only this variant (the runner writes `failed` records for what is missing)
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import os
 import resource
 import sys
 import time
@@ -16,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from quantbench import records
-from quantbench.backends import Context, Skip, get_backend_class
+from quantbench import cache, records
+from quantbench.backends import CONSOLE_FD_ENV, Context, Skip, get_backend_class
 from quantbench.errors import UserError
 from quantbench.formats import get_format
 from quantbench.measure import score_windows, time_decode, time_prefill
@@ -154,6 +156,49 @@ def quiet_import_chatter() -> None:
 RESPAWN = 75  # exit code: "artifact built, run me again to measure"
 
 
+@contextlib.contextmanager
+def output_to(path: Path):
+    """Sends this process's fds 1 and 2 to `path` for the block: quantizers' progress bars and C
+    libraries' chatter (llama.cpp, GPTQModel's kernels) land in a log, not in the run's output."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    os.environ[CONSOLE_FD_ENV] = str(saved[0])  # backends.say() still reaches the console
+    try:
+        # fds for C libraries and subprocesses; sys.stdout/err too, wherever they point (pytest, IDEs)
+        with path.open("ab") as f, path.open("a", buffering=1) as text, \
+                contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+            os.dup2(f.fileno(), 1)
+            os.dup2(f.fileno(), 2)
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.environ.pop(CONSOLE_FD_ENV, None)
+        for fd, copy in zip((1, 2), saved, strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
+def build_log(tag: str) -> Path:
+    """Returns a fresh log path under the cache for a variant's build and load output."""
+    name = tag.strip("[]").replace("/", "-").replace(":", "")
+    return cache.entry("logs", f"{name}-{time.strftime('%Y%m%dT%H%M%S')}.log")
+
+
+def logged(fn, log: Path, tag: str):
+    """Returns fn() run with its output in `log`; on an exception prints the log's tail, re-raises."""
+    try:
+        with output_to(log):
+            return fn()
+    except Exception:
+        tail = log.read_text(errors="replace").splitlines()[-25:] if log.exists() else []
+        if tail:
+            print(f"{tag} last lines of {log}:", *tail, sep="\n", file=sys.stderr, flush=True)
+        raise
+
+
 def main(job_path: str) -> int:
     quiet_import_chatter()
     job = json.loads(Path(job_path).read_text())
@@ -183,7 +228,10 @@ def main(job_path: str) -> int:
 
     try:
         backend = get_backend_class(fmt.backend)(ctx)
-        backend.build()
+        log = build_log(tag)  # quantizers' progress bars and library banners go here
+        logged(backend.build, log, tag)
+        if backend.info.get("build_s"):
+            print(f"{tag} built in {backend.info['build_s']:.1f} s (log: {log})", flush=True)
         built = Path(job["partial"] + ".build.json")
         if built.exists():  # built by this variant's previous process
             backend.info.update(json.loads(built.read_text()))
@@ -193,15 +241,20 @@ def main(job_path: str) -> int:
             built.write_text(json.dumps({"build_s": backend.info["build_s"]}))
             return RESPAWN
         t0 = time.perf_counter()
-        backend.load()
+        logged(backend.load, log, tag)
         load_s = time.perf_counter() - t0
+        if log.exists() and log.stat().st_size == 0:
+            log.unlink()
     except (Skip, ImportError) as e:
         for w in job["workloads"]:
             emit(w, {}, "skipped", str(e).splitlines()[0] if str(e) else type(e).__name__)
         print(f"{tag} skipped: {e}", flush=True)
         return 0
     except Exception as e:  # a build or load that breaks fails this variant only
-        traceback.print_exc()
+        if isinstance(e, UserError):
+            print(f"{tag} failed: {e}", file=sys.stderr, flush=True)
+        else:
+            traceback.print_exc()
         reason = str(e).splitlines()[0] if isinstance(e, UserError) else \
             f"{type(e).__name__}: {e}".splitlines()[0]
         for w in job["workloads"]:

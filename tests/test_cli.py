@@ -66,5 +66,6 @@ def test_corrupt_gguf_artifact(tmp_path, tiny):
     recs = records.read(out)
     assert r.returncode == 0 and recs and all(x["status"] != "ok" for x in recs)
     assert "broken.gguf" in recs[0]["reason"]
+    assert "[gguf-q4_0/cpu] failed: " in r.stderr and "Traceback" not in r.stderr  # bad input: one line
     # the run ends with the verdict and variants table, and the failure names its reason
     assert "## Variants" in r.stdout and "## Verdict" in r.stdout and f"records: {out}" in r.stdout

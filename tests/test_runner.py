@@ -1,5 +1,6 @@
 """The spine end to end on the tiny model: transformers + bitsandbytes formats, crash, resume."""
 import math
+import os
 
 import pytest
 
@@ -108,3 +109,37 @@ def test_predicted_beside_measured(tiny_run):
         tg = tiny_run[(fmt, "tg8")]
         assert tg["decode_sol_frac"] == tg["decode_tok_s"] / tg["decode_tok_s_predicted"]
         assert tg["bound"] in ("memory", "compute")
+
+
+def test_build_output_goes_to_a_log(tmp_path, monkeypatch, capfd):
+    from quantbench import worker
+    from quantbench.backends import say
+
+    monkeypatch.setenv("QUANTBENCH_CACHE", str(tmp_path))
+
+    class Noisy:
+        info = {}
+
+        def build(self):
+            print("progress bar 10%")  # Python-level
+            os.write(2, b"llama.cpp chatter\n")  # C-level, straight to fd 2
+            say("[quantbench] quantizing ...")  # meant for the console
+            self.info["build_s"] = 1.5
+
+    log = worker.build_log("[gptq-4b/cpu]")
+    noisy = Noisy()
+    worker.logged(noisy.build, log, "[gptq-4b/cpu]")
+    out, err = capfd.readouterr()
+    assert log.name.startswith("gptq-4b-cpu-") and log.parent == tmp_path / "logs"
+    assert log.read_text() == "progress bar 10%\nllama.cpp chatter\n"
+    assert "progress" not in out + err and "chatter" not in out + err
+    assert out == "[quantbench] quantizing ...\n"
+
+    def broken():
+        print("step 1 of 2")
+        raise RuntimeError("kernel exploded")
+
+    with pytest.raises(RuntimeError):
+        worker.logged(broken, log, "[awq-4b/cpu]")
+    err = capfd.readouterr().err
+    assert f"[awq-4b/cpu] last lines of {log}:" in err and "step 1 of 2" in err

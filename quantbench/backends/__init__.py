@@ -6,9 +6,18 @@ optional dependency affects only its own variants (they become `skipped` records
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 
 import numpy as np
+
+CONSOLE_FD_ENV = "QUANTBENCH_CONSOLE_FD"  # set by the worker while a build's output goes to a log
+
+
+def say(msg: str) -> None:
+    """Prints one progress line to the console, also while a build's output goes to its log."""
+    os.write(int(os.environ.get(CONSOLE_FD_ENV, "1")), (msg + "\n").encode())
+
 
 BACKENDS = {
     "hf": "quantbench.backends.hf:HFBackend",

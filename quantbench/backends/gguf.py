@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from quantbench import cache
-from quantbench.backends import Backend, Skip
+from quantbench.backends import Backend, Skip, say
 from quantbench.errors import UserError
 
 FLOAT_TYPES = {"F32", "F16", "BF16", "F64"}
@@ -54,8 +54,8 @@ def llama_src(version: str) -> Path:
     final = cache.entry("llama-src", version)
     if (final / "llama.cpp" / "convert_hf_to_gguf.py").exists():
         return final / "llama.cpp"
-    print(f"[gguf] downloading the llama-cpp-python {version} sdist for convert_hf_to_gguf.py "
-          "(once) ...", flush=True)
+    say(f"[gguf] downloading the llama-cpp-python {version} sdist for convert_hf_to_gguf.py "
+        "(once) ...")
     with cache.atomic_dir(final) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
                "--quiet", f"llama-cpp-python=={version}", "-d", str(tmp)]
@@ -82,7 +82,7 @@ def llama_src(version: str) -> Path:
 def convert_f16(model_dir: str, out: Path, version: str) -> None:
     """Writes `out`: the HF directory converted to an F16 GGUF by llama.cpp's converter."""
     src = llama_src(version)
-    print(f"[gguf] converting {model_dir} to F16 with convert_hf_to_gguf.py ...", flush=True)
+    say(f"[gguf] converting {model_dir} to F16 with convert_hf_to_gguf.py ...")
     env = {**os.environ, "PYTHONPATH": str(src / "gguf-py"), "OMP_WAIT_POLICY": "passive"}
     cmd = [sys.executable, str(src / "convert_hf_to_gguf.py"), model_dir,
            "--outtype", "f16", "--outfile", str(out)]
@@ -101,7 +101,7 @@ def quantize(src: Path, dst: Path, ftype: str, threads: int) -> None:
     const = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}", None)
     if const is None:
         raise UserError(f"llama-cpp-python {_version()} has no file type {ftype}")
-    print(f"[gguf] quantizing {src.name} -> {ftype} ({threads} threads) ...", flush=True)
+    say(f"[gguf] quantizing {src.name} -> {ftype} ({threads} threads) ...")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype, params.nthread = const, threads
     if llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)):
@@ -205,8 +205,8 @@ class GGUFBackend(Backend):
                          # the arithmetic predicts from the file's real density, since llama.cpp
                          # picks per-tensor fallbacks (Q4_K_M on 576-wide rows is mostly Q5_0)
                          bits_unquantized=mix["bits_per_weight"], kv_bytes_per_elem=2)
-        print(f"[gguf] {path.name}: {mix['type_mix']}, {mix['bits_per_weight']:.3f} bits/weight"
-              + (f", built in {self.info['build_s']:.1f} s" if fresh else " (cached)"), flush=True)
+        say(f"[gguf] {path.name}: {mix['type_mix']}, {mix['bits_per_weight']:.3f} bits/weight"
+              + (f", built in {self.info['build_s']:.1f} s" if fresh else " (cached)"))
         self.info["tokenizer_agree"] = tokenizer_agreement(
             self.path, self.ctx.model_dir, load_text(self.ctx.suite.corpus)[:2000])
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from quantbench import cache
-from quantbench.backends import Skip
+from quantbench.backends import Skip, say
 from quantbench.backends.hf import HFBackend
 from quantbench.errors import UserError
 
@@ -137,13 +137,13 @@ class GPTQBackend(HFBackend):
         if (final / "config.json").exists():
             self.info["build_s"] = 0.0
             return
-        print(f"[quantbench] {self.method} {BITS}-bit g{group} quantizing {ctx.model_name} on "
-              f"{ctx.device}, calibration {n} x {t} tokens (gptqmodel {version}) ...", flush=True)
+        say(f"[quantbench] {self.method} {BITS}-bit g{group} quantizing {ctx.model_name} on "
+            f"{ctx.device}, calibration {n} x {t} tokens (gptqmodel {version}) ...")
         t0 = time.perf_counter()
         with cache.atomic_dir(final) as tmp:
             self._quantize(group, calib, tmp)
         self.info["build_s"] = time.perf_counter() - t0
-        print(f"[quantbench] {self.method} built in {self.info['build_s']:.1f} s -> {final}", flush=True)
+        say(f"[quantbench] {self.method} built in {self.info['build_s']:.1f} s -> {final}")
 
     def _quantize(self, group: int, calib: list[list[int]], out: Path) -> None:
         """Quantizes ctx.model_dir with GPTQModel and saves checkpoint + tokenizer into `out`."""
