@@ -128,6 +128,7 @@ def _variant_row(key: tuple, recs: list[dict]) -> dict:
                 "decode_p90_s", "decode_p99_s", "decode_samples_s"):
         row[col] = tg.get(col)
     row["decode_sol_frac"] = sol_frac(tg, "decode_tok_s")
+    row["decode_sol_frac_spec"] = num(tg.get("decode_sol_frac_spec"))
     row["decode_bound"] = _text(tg.get("bound"))
     row["ttft_s"] = tg.get("ttft_s") if num(tg.get("ttft_s")) else first(recs, "ttft_s")
     pt = _roof_point(tg, 1, tg.get("decode_tok_s")) if tg else None

@@ -78,6 +78,8 @@ FIELDS = {
     "env": "machine, libraries, git commit",
     "peaks": "calibrated peaks of this machine: flop_s per dtype, bandwidth_bytes_s, memory_bytes",
     "peaks_spec": "spec-sheet peaks of the GPU (CUDA devices whose name is in the devices table)",
+    "decode_tok_s_predicted_spec": "decode roofline from the spec-sheet peaks (peaks_spec)",
+    "decode_sol_frac_spec": "decode_tok_s / decode_tok_s_predicted_spec: speed of light vs the datasheet",
 }
 PREDICTED = ("weights_bytes", "kv_cache_bytes", "prefill_tok_s", "decode_tok_s", "ttft_s")
 

@@ -61,6 +61,7 @@ def table(p):
              "top1_agree_pct": num(r.get("top1_agree")) and r["top1_agree"] * 100,
              "prefill_sol_frac": num(r.get("prefill_sol_frac")),
              "decode_sol_frac": num(r.get("decode_sol_frac")),
+             "decode_sol_frac_spec": num(r.get("decode_sol_frac_spec")),
              "reference": r.get("reference"), "status": r["status"], "reason": r.get("reason") or "",
              "overhead_bound": bool(r.get("overhead_bound")), "pareto": bool(r.get("pareto")),
              **{c: first([r], c) or "" for c in ("kernel", "decode_bound", "prefill_bound",
@@ -70,7 +71,8 @@ def table(p):
         out.append(t)
     t = pd.DataFrame(out)
     drop = [c for c, keep in (("host", p["host"].nunique() > 1), ("model", p["model"].nunique() > 1),
-                              ("peak_device_mb", t["peak_device_mb"].notna().any())) if not keep]
+                              ("peak_device_mb", t["peak_device_mb"].notna().any()),
+                              ("decode_sol_frac_spec", t["decode_sol_frac_spec"].notna().any())) if not keep]
     return t.drop(columns=drop)
 
 
@@ -83,7 +85,7 @@ HEADERS = {"format": ("format", ""), "device": ("device", ""), "host": ("host", 
            "decode_p90_ms": ("p90 ms", ".1f"), "ttft_ms": ("TTFT ms", ".0f"), "ppl": ("ppl ± stderr", ".3f"),
            "dppl_pct": ("Δppl %¹", "+.2f"), "kld_mean": ("KLD", ".4f"), "top1_agree_pct": ("top-1 %", ".1f"),
            "prefill_sol_frac": ("prefill SoL²", ".2f"), "decode_sol_frac": ("decode SoL²", ".2f"),
-           "status": ("status", "")}
+           "decode_sol_frac_spec": ("decode SoL (spec)", ".2f"), "status": ("status", "")}
 
 
 def display_columns(t) -> list[tuple[str, str, str]]:

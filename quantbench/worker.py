@@ -64,13 +64,15 @@ def _device_peak(device: str) -> dict:
     return out
 
 
-def _predict(job: dict, shape, info: dict, kind: str, **kw) -> dict:
-    """Returns the predicted twins for a workload (empty when no shape/peaks are known)."""
-    if shape is None or not job.get("peaks"):
+def _predict(job: dict, shape, info: dict, kind: str, peaks: dict | None = None, **kw) -> dict:
+    """Returns the predicted twins for a workload from the calibrated peaks, or from `peaks`
+    (empty when no shape/peaks are known)."""
+    peaks = peaks or job.get("peaks")
+    if shape is None or not peaks:
         return {}
     from quantbench import arith, hardware
 
-    peaks = hardware.Peaks(**job["peaks"])
+    peaks = hardware.Peaks(**peaks)
     # The backend knows what it really stored (bnb keeps fp32 embeddings on CPU, a GGUF file
     # has its own type mix): predict from that layout.
     fmt = get_format(job["format"])
@@ -108,7 +110,13 @@ def run_workload(job, backend, workload: str, data, shape) -> dict:
         n = int(workload[2:])
         out = time_decode(backend, prompt_src[: s.gen_prompt_tokens], n, s.min_samples,
                           s.time_budget_s)
-        return {**out, **_predict(job, shape, backend.info, "tg", n_prompt=s.gen_prompt_tokens, n_gen=n)}
+        kw = {"n_prompt": s.gen_prompt_tokens, "n_gen": n}
+        out.update(_predict(job, shape, backend.info, "tg", **kw))
+        spec = job["base"].get("peaks_spec")  # the datasheet's bandwidth too (GPUs in the table)
+        if spec and (twin := _predict(job, shape, backend.info, "tg", spec, **kw)):
+            out["decode_tok_s_predicted_spec"] = twin["decode_tok_s_predicted"]
+            out["decode_sol_frac_spec"] = out["decode_tok_s"] / twin["decode_tok_s_predicted"]
+        return out
     if workload.startswith("ppl"):
         ref = job.get("reference") or {}
         windows = [[int(t) for t in w] for w in data["windows"]]

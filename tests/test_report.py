@@ -5,6 +5,7 @@ import argparse
 import io
 import math
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -195,6 +196,29 @@ def test_sol_fractions_prefill_beside_decode(tmp_path):
     assert heads.index("prefill SoL²") + 1 == heads.index("decode SoL²")
     assert report.cell_text({"t": 25200.4}, "t", "rate") == "25200"
     assert report.cell_text({"t": 80.94}, "t", "rate") == "80.9"
+    assert "decode SoL (spec)" not in heads  # no record carries the datasheet twin
+
+
+def test_spec_sheet_sol_beside_calibrated(tmp_path):
+    # GPU records carry decode SoL against the calibrated copy bandwidth and against the datasheet's
+    files = synthetic(tmp_path)
+    gpu = next(Path(files[1]).glob("*.jsonl"))
+    recs = records.read(gpu)
+    for r in recs:
+        if r["workload"] == "tg64":
+            r["decode_tok_s_predicted_spec"] = 4.0e12 / r["weights_bytes"]  # a faster datasheet
+            r["decode_sol_frac_spec"] = r["decode_tok_s"] / r["decode_tok_s_predicted_spec"]
+    gpu.unlink()
+    records.append(gpu, recs)
+    t = report.table(pivot.pivot(records.read_results(*files)))
+    heads = [h for _, h, _ in report.display_columns(t)]
+    assert heads.index("decode SoL²") + 1 == heads.index("decode SoL (spec)")
+    cuda = t[t["device"] == "cuda"]
+    assert cuda["decode_sol_frac_spec"].notna().all()
+    assert t[t["device"] == "cpu"]["decode_sol_frac_spec"].isna().all()
+    # calibrated 3.35 TB/s vs datasheet 4.0 TB/s: the spec fraction is 3.35 / 4.0 of the other
+    want = cuda["decode_sol_frac"] * 3.35 / 4.0
+    assert cuda["decode_sol_frac_spec"].tolist() == pytest.approx(want.tolist())
 
 
 def test_write_report_pivots_once(tmp_path, monkeypatch):
