@@ -143,3 +143,35 @@ def test_build_output_goes_to_a_log(tmp_path, monkeypatch, capfd):
         worker.logged(broken, log, "[awq-4b/cpu]")
     err = capfd.readouterr().err
     assert f"[awq-4b/cpu] last lines of {log}:" in err and "step 1 of 2" in err
+
+
+def test_decode_twin_against_the_datasheet(tmp_path):
+    # A CUDA device whose GPU is in the devices table carries peaks_spec: tg records then hold
+    # a second roofline from the datasheet bandwidth, and the fraction of it they reached.
+    import dataclasses
+
+    import numpy as np
+
+    from quantbench import hardware, worker
+    from quantbench.backends import Context
+    from quantbench.backends.dummy import DummyBackend
+    from quantbench.formats import get_format
+    from quantbench.shapes import shape_from_config
+
+    suite = Suite(model="dummy", formats=("dummy",), gen_tokens=8, gen_prompt_tokens=4,
+                  min_samples=2, time_budget_s=1.0)
+    calibrated = hardware.Peaks("local", {"fp32": 1e15}, 1e12, 8e10, "measured")
+    spec = dataclasses.replace(calibrated, name="datasheet", bandwidth_bytes_s=4e12, source="spec")
+    job = {"format": "dummy", "suite": dataclasses.asdict(suite), "peaks": dataclasses.asdict(calibrated),
+           "base": {"peaks_spec": dataclasses.asdict(spec)}}
+    data = {"prompt": np.arange(1, 40)}
+    b = DummyBackend(Context("m", "", "", get_format("dummy"), "cpu", 1, suite))
+    b.load()
+    shape = shape_from_config("shape:smollm2-135m")
+    out = worker.run_workload(job, b, "tg8", data, shape)
+    # memory-bound decode: the datasheet's 4x bandwidth predicts 4x the tok/s
+    assert out["decode_tok_s_predicted_spec"] == pytest.approx(4 * out["decode_tok_s_predicted"], rel=0.02)
+    frac = out["decode_tok_s"] / out["decode_tok_s_predicted_spec"]
+    assert out["decode_sol_frac_spec"] == pytest.approx(frac)
+    job["base"] = {}
+    assert "decode_sol_frac_spec" not in worker.run_workload(job, b, "tg8", data, shape)
