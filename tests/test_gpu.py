@@ -60,11 +60,16 @@ def test_every_format_on_cuda(tmp_path, tiny):
                   formats=("fp16", "bf16", "bnb-int8", "bnb-nf4", "gptq-4b", "awq-4b",
                            "gguf-f16", "gguf-q4_0"), prompt_lengths=(64,), gen_tokens=16,
                   n_ctx=128, ppl_windows=2, calib_samples=8, calib_tokens=128,
-                  awq_calib_samples=8, awq_calib_tokens=128)
+                  awq_calib_samples=8, awq_calib_tokens=128,
+                  # Triton kernels build nothing; auto (Machete on Hopper) JIT-builds for minutes
+                  gptq_kernel="gptq_triton", awq_kernel="awq_gemm_triton")
     runner.run(suite, out)
     recs = records.read(out)
     bad = {(r["format"], r["workload"]): r["reason"] for r in recs if r["status"] != "ok"}
     assert not bad
+    kernels = {r["format"]: r["kernel"] for r in recs if r["workload"] == "load"}
+    assert kernels["gptq-4b"] == "TritonV2Linear" and kernels["awq-4b"] == "AwqGEMMTritonLinear"
+    assert kernels["gguf-q4_0"].endswith("(CUDA)")
     for r in recs:
         assert r["device"] == "cuda" and r["env"].get("gpu")
         if r["workload"] == "load" and r["backend"] != "gguf":
