@@ -13,7 +13,7 @@ import math
 import numbers
 import re
 
-from quantbench.formats import FORMATS
+from quantbench.formats import COMPILED, FORMATS
 
 OVERHEAD_BOUND_SOL = 0.30  # decode below 30 % of its bandwidth roofline: Python/launch overhead rules
 CROSS_BACKEND_TOL_PCT = 0.5  # fp16 (transformers) vs gguf-f16 (llama.cpp) should agree this closely
@@ -214,9 +214,15 @@ def pivot(df):
             r["windows_max"] = max(len(x["window_nll"]) if isinstance(x.get("window_nll"), list) else 0
                                    for x in (r, ref_row or {}))
         front = pareto_set(grp, quality_metric(grp))
+        by_format = {r["format"]: r for r in grp}
         for r in grp:
             r["pareto"] = r["format"] in front
             r["overhead_bound"] = (num(r.get("decode_sol_frac")) or 1.0) < OVERHEAD_BOUND_SOL
+            # a +compiled twin beside its eager format: how much the static cache + compile bought
+            eager = by_format.get(r["format"].removesuffix(COMPILED), {})
+            twin = r["format"].endswith(COMPILED) and num(eager.get("decode_tok_s"))
+            r["decode_vs_eager"] = r["decode_tok_s"] / eager["decode_tok_s"] \
+                if twin and num(r.get("decode_tok_s")) else None
     rows.sort(key=lambda r: (str(r["model"]), str(r["host"]), str(r["device"]), format_order(r["format"])))
     return pd.DataFrame(rows)
 

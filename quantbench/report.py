@@ -64,6 +64,7 @@ def table(p):
              "decode_sol_frac_spec": num(r.get("decode_sol_frac_spec")),
              "reference": r.get("reference"), "status": r["status"], "reason": r.get("reason") or "",
              "overhead_bound": bool(r.get("overhead_bound")), "pareto": bool(r.get("pareto")),
+             "decode_vs_eager": num(r.get("decode_vs_eager")),
              **{c: first([r], c) or "" for c in ("kernel", "decode_bound", "prefill_bound",
                                                   "prefill_sol_workload")},
              "load_s": num(r.get("load_s")),
@@ -134,6 +135,8 @@ def details_text(row: dict) -> str:
         parts.append(f"overhead-bound: decode at {pct:.1f}% of its roofline, below {OVERHEAD_BOUND_SOL:.0%}")
     if row.get("kernel"):
         parts.append(f"kernel: {row['kernel']}")
+    if num(row.get("decode_vs_eager")):
+        parts.append(f"decode {row['decode_vs_eager']:.2f}× the eager {row['format'].split('+')[0]}")
     bounds = [f"{k} {row[f'{k}_bound']}" for k in ("decode", "prefill") if row.get(f"{k}_bound")]
     if bounds:
         parts.append(f"bound: {', '.join(bounds)}")

@@ -235,3 +235,18 @@ def test_script_marks_ready_and_errors(written):
     assert "window.onerror" in head  # installed before any other script runs
     assert body.rstrip().endswith("</script></main></body></html>")
     assert 'document.body.dataset.ready = "1"' in body and "details" in report.SORT_JS
+
+
+def test_compiled_twin_beside_eager(tmp_path):
+    # fp16+compiled decoding 2.5x its eager fp16 says so in its details line
+    files = synthetic(tmp_path)
+    gpu = next(Path(files[1]).glob("*.jsonl"))
+    twin = [dict(r, format="fp16+compiled", kernel="torch.compile(reduce-overhead) static cache, float16",
+                 **({"decode_tok_s": 2.5 * r["decode_tok_s"]} if r["workload"] == "tg64" else {}))
+            for r in records.read(gpu) if r["format"] == "fp16"]
+    records.append(gpu, twin)
+    t = report.table(pivot.pivot(records.read_results(*files)))
+    rows = {r["format"]: r for r in t.to_dict("records") if r["device"] == "cuda"}
+    assert rows["fp16+compiled"]["decode_vs_eager"] == pytest.approx(2.5)
+    assert "decode 2.50× the eager fp16" in report.details_text(rows["fp16+compiled"])
+    assert "× the eager" not in report.details_text(rows["fp16"])
