@@ -90,6 +90,35 @@ def trim_bitsandbytes(wheel: Path) -> None:
     tmp.replace(wheel)
 
 
+def slim_llama_wheel(wheel: Path) -> None:
+    """Rewrites a llama-cpp-python wheel with one copy of each shared library.
+
+    Wheels cannot hold symlinks, so libggml-cuda.so, .so.0 and .so.0.25.3 are three 60 MB
+    copies, and the build's own lib/ (cmake files, more copies) rides along. Kept: the names
+    Python opens (libllama.so, libggml.so, libmtmd.so, libllava.so) and the SONAMEs the libraries
+    link to (lib*.so.<major>).
+    """
+    def keep(name: str) -> bool:
+        if not name.startswith("llama_cpp/lib/"):
+            return not name.startswith("lib/")
+        base = Path(name).name
+        if base in ("libllama.so", "libggml.so", "libmtmd.so", "libllava.so"):
+            return True
+        return re.fullmatch(r"lib[\w-]+\.so\.\d+", base) is not None
+
+    tmp = wheel.with_suffix(".tmp")
+    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            if not keep(item.filename):
+                continue
+            data = src.read(item.filename)
+            if item.filename.endswith(".dist-info/RECORD"):
+                data = "".join(line + "\n" for line in data.decode().splitlines()
+                               if keep(line.split(",", 1)[0])).encode()
+            dst.writestr(item, data)
+    tmp.replace(wheel)
+
+
 def cuda_toolkit(work: Path) -> Path:
     """Returns a CUDA toolkit dir: /usr/local/cuda + cuBLAS from its wheel + a libcuda stub."""
     root = work / "cuda"
@@ -151,7 +180,15 @@ def build(out: Path, chunk_mib: int, house: Path, llama_wheel: Path | None = Non
     run(device_python(), "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), *SDISTS,
         env={"BUILD_CUDA_EXT": "0"})
     trim_bitsandbytes(next(wheels.glob("bitsandbytes-*.whl")))
-    shutil.copy2(llama_wheel or llama_cuda_wheel(house, Path(tempfile.gettempdir()) / "devkit-cuda"), wheels)
+    llama = llama_wheel or llama_cuda_wheel(house, Path(tempfile.gettempdir()) / "devkit-cuda")
+    shutil.copy2(llama, wheels)
+    slim_llama_wheel(wheels / llama.name)
+    pack(wheels, out, chunk_mib << 20)
+    shutil.rmtree(work)
+
+
+def pack(wheels: Path, out: Path, chunk_bytes: int) -> dict:
+    """Tars the wheels, splits the tar into chunks of at most chunk_bytes, writes the manifest."""
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("kit.tar*"):
         old.unlink()
@@ -159,7 +196,7 @@ def build(out: Path, chunk_mib: int, house: Path, llama_wheel: Path | None = Non
     with tarfile.open(tar, "w") as t:  # wheels are zips already: compressing again saves ~1 %
         for whl in sorted(wheels.glob("*.whl")):
             t.add(whl, arcname=whl.name)
-    size, chunk = tar.stat().st_size, chunk_mib << 20
+    size, chunk = tar.stat().st_size, chunk_bytes
     chunks = []
     with tar.open("rb") as f:
         for i in range(0, size, chunk):
@@ -170,9 +207,9 @@ def build(out: Path, chunk_mib: int, house: Path, llama_wheel: Path | None = Non
                 "wheels": sorted(p.name for p in wheels.glob("*.whl"))}
     tar.unlink()
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    shutil.rmtree(work)
-    print(f"{len(chunks)} chunks of <= {chunk_mib} MiB in {out}: carry one per device call "
+    print(f"{len(chunks)} chunks of <= {chunk_bytes / 2**20:.0f} MiB in {out}: carry one per device call "
           f"({', '.join(c['name'] for c in chunks)}); {len(manifest['wheels'])} wheels")
+    return manifest
 
 
 def present(kit: Path) -> tuple[dict, list[str]]:

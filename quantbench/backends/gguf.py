@@ -214,8 +214,9 @@ class GGUFBackend(Backend):
         llama_cpp = self.llama_cpp = _llama_cpp()
         cuda = self.ctx.device.startswith("cuda")
         if cuda and not llama_cpp.llama_supports_gpu_offload():
-            raise Skip("CUDA asked for but this llama-cpp-python was built without GPU offload "
-                       "(reinstall it with CMAKE_ARGS=-DGGML_CUDA=on)")
+            raise Skip("CUDA asked for but this llama-cpp-python has no usable GPU offload: built "
+                       "without CUDA (reinstall it with CMAKE_ARGS=-DGGML_CUDA=on), or its CUDA "
+                       "runtime/cuBLAS not found or newer than the driver (see LD_LIBRARY_PATH)")
         s = self.ctx.suite
         n_ctx = max(s.n_ctx, *s.prompt_lengths, s.gen_prompt_tokens + s.gen_tokens + CTX_SLACK)
         n_gpu_layers = -1 if cuda else 0
