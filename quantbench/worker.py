@@ -174,9 +174,9 @@ def output_to(path: Path):
     saved = os.dup(1), os.dup(2)
     os.environ[CONSOLE_FD_ENV] = str(saved[0])  # backends.say() still reaches the console
     try:
-        # fds for C libraries and subprocesses; sys.stdout/err too, wherever they point (pytest, IDEs)
-        with path.open("ab") as f, path.open("a", buffering=1) as text, \
-                contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+        # The fds, not sys.stdout/err: a logging handler made during the block keeps the stream it
+        # saw, which must stay usable afterwards (sys.stdout still writes to fd 1, now the log).
+        with path.open("ab") as f:
             os.dup2(f.fileno(), 1)
             os.dup2(f.fileno(), 2)
             yield
