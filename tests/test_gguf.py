@@ -120,7 +120,7 @@ def test_missing_runtime_and_gpu_are_skips(tiny, built, monkeypatch):
     if not llama_cpp.llama_supports_gpu_offload():
         b = GGUFBackend(ctx(tiny, "gguf-q8_0"))
         b.ctx.device, b.path = "cuda", built["gguf-q8_0"].path
-        with pytest.raises(Skip, match="without GPU offload"):
+        with pytest.raises(Skip, match="no usable GPU offload: built without CUDA"):
             b.load()
     monkeypatch.setitem(__import__("sys").modules, "llama_cpp", None)  # import now fails
     with pytest.raises(Skip, match=r"install quantbench\[gguf\]"):
