@@ -200,6 +200,8 @@ def logged(fn, log: Path, tag: str):
     try:
         with output_to(log):
             return fn()
+    except Skip:  # expected (library absent, kernel missing): its reason says it all
+        raise
     except Exception:
         tail = log.read_text(errors="replace").splitlines()[-25:] if log.exists() else []
         if tail:
