@@ -41,7 +41,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_formats(args) -> int:
-    from quantbench.formats import FORMATS
+    from quantbench.formats import COMPILABLE_BACKENDS, COMPILED, FORMATS, GGUF_EXTRA_BPW
 
     print(f"{'format':<13} {'library':<17} {'bits/w':>6}  {'devices':<9} stores / caveat")
     for f in FORMATS.values():
@@ -50,6 +50,9 @@ def cmd_formats(args) -> int:
         extra = f" ({f.caveat})" if f.caveat else ""
         print(f"{f.name:<13} {f.library:<17} {f.bits_per_weight:>6.3g}  {'/'.join(f.devices):<9} "
               f"{f.stores}{extra}")
+    print(f"\nalso: gguf-<type> for any of {', '.join(t.lower() for t in GGUF_EXTRA_BPW)}; "
+          f"<format>{COMPILED} (static KV cache + torch.compile decode) for the "
+          f"{'/'.join(COMPILABLE_BACKENDS)} formats")
     return 0
 
 

@@ -53,6 +53,7 @@ def test_formats_lists_the_table():
     assert r.returncode == 0
     for name in ("fp32", "bnb-nf4", "gptq-4b", "awq-4b", "gguf-q4_k_m"):
         assert f"\n{name} " in r.stdout
+    assert "gguf-<type> for any of q4_1" in r.stdout and "<format>+compiled" in r.stdout
 
 
 def test_corrupt_gguf_artifact(tmp_path, tiny):
