@@ -36,34 +36,38 @@ def time_prefill(b: Backend, ids: list[int], min_samples: int, budget_s: float) 
 
 
 def time_decode(b: Backend, prompt: list[int], n_gen: int, min_samples: int,
-                budget_s: float) -> dict:
-    """Returns decode_tok_s = 1 / median step time, latency percentiles and raw step samples.
+                budget_s: float, batch: int = 1) -> dict:
+    """Returns decode_tok_s = batch / median step time, latency percentiles and raw step samples.
 
     `min_samples` repetitions of prompt + n_gen steps; the budget cuts a repetition short once
-    at least `min_samples` steps are timed.
+    at least `min_samples` steps are timed. With batch > 1, `batch` copies of the prompt are
+    decoded together: a step's latency is every sequence's per-token latency.
     """
-    tok = b.prefill(prompt)
+    prefill = b.prefill if batch == 1 else (lambda ids: b.prefill_batch(ids, batch))
+    decode = b.decode if batch == 1 else b.decode_batch
+    tok = prefill(prompt)
     for _ in range(2):
-        tok = b.decode(tok)
+        tok = decode(tok)
     b.sync()
     steps, ttfts, start = [], [], time.perf_counter()
     for _rep in range(min_samples):
         t0 = time.perf_counter()
-        tok = b.prefill(prompt)
+        tok = prefill(prompt)
         b.sync()
         ttfts.append(time.perf_counter() - t0)
         for _ in range(n_gen - 1):
             t0 = time.perf_counter()
-            tok = b.decode(tok)
+            tok = decode(tok)
             b.sync()
             steps.append(time.perf_counter() - t0)
             if time.perf_counter() - start > budget_s and len(steps) >= min_samples:
                 break
         if time.perf_counter() - start > budget_s:
             break
-    return {"n_prompt": len(prompt), "n_gen": n_gen, "ttft_s": float(np.median(ttfts)),
-            "decode_tok_s": 1.0 / float(np.median(steps)), "decode_samples_s": steps,
-            "decode_tokens_timed": len(steps), **_percentiles(steps)}
+    return {"n_prompt": len(prompt), "n_gen": n_gen, "batch": batch,
+            "ttft_s": float(np.median(ttfts)), "decode_tok_s": batch / float(np.median(steps)),
+            "decode_samples_s": steps, "decode_tokens_timed": len(steps) * batch,
+            **_percentiles(steps)}
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

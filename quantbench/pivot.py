@@ -20,6 +20,7 @@ CROSS_BACKEND_TOL_PCT = 0.5  # fp16 (transformers) vs gguf-f16 (llama.cpp) shoul
 REFERENCE_ORDER = ("fp32", "bf16", "fp16", "gguf-f16")
 VARIANT = ("model", "host", "device", "format")
 _WORKLOAD = re.compile(r"^(pp|tg|ppl)(\d+)$")
+_BATCHED = re.compile(r"^tg\d+x(\d+)$")  # decode of B sequences together
 MB = 1e6
 
 
@@ -123,6 +124,9 @@ def _variant_row(key: tuple, recs: list[dict]) -> dict:
         if frac is not None:
             row["prefill_sol_frac"], row["prefill_sol_workload"] = frac, f"pp{n}"
         row["prefill_bound"] = _text(r.get("bound")) or row["prefill_bound"]
+    for r in recs:
+        if m := _BATCHED.match(str(r["workload"])):
+            row[f"decode_tok_s@b{m[1]}"] = num(r.get("decode_tok_s"))
     tg = dict(max(by_kind["tg"], key=lambda t: t[0])[1]) if by_kind["tg"] else {}
     for col in ("decode_tok_s", "decode_tok_s_predicted", "decode_p50_s",
                 "decode_p90_s", "decode_p99_s", "decode_samples_s"):

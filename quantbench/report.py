@@ -44,6 +44,7 @@ def table(p):
 
     rows = p.to_dict("records")
     pp_cols = sorted({c for c in p.columns if c.startswith("prefill_tok_s@pp")}, key=lambda c: int(c[16:]))
+    b_cols = sorted({c for c in p.columns if c.startswith("decode_tok_s@b")}, key=lambda c: int(c[14:]))
     out = []
     for r in rows:
         t = {"format": r["format"], "device": r["device"], "host": r["host"], "model": r["model"],
@@ -51,6 +52,7 @@ def table(p):
              "peak_rss_mb": _mb(r.get("peak_rss_bytes")), "peak_device_mb": _mb(r.get("peak_device_bytes")),
              **{c: num(r.get(c)) for c in pp_cols},
              "decode_tok_s": num(r.get("decode_tok_s")),
+             **{c: num(r.get(c)) for c in b_cols},
              "decode_p50_ms": num(r.get("decode_p50_s")) and r["decode_p50_s"] * 1e3,
              "decode_p90_ms": num(r.get("decode_p90_s")) and r["decode_p90_s"] * 1e3,
              "ttft_ms": num(r.get("ttft_s")) and r["ttft_s"] * 1e3,
@@ -95,6 +97,8 @@ def display_columns(t) -> list[tuple[str, str, str]]:
     for c in t.columns:
         if c.startswith("prefill_tok_s@"):
             out.append((c, f"prefill tok/s @{c.split('@')[1]}", "rate"))
+        elif c.startswith("decode_tok_s@b"):
+            out.append((c, f"decode tok/s ×{c[14:]} seqs", "rate"))
         elif c in HEADERS:
             out.append((c, *HEADERS[c]))
     return out

@@ -31,9 +31,10 @@ VARIANT_TIMEOUT_S = int(os.environ.get("QUANTBENCH_VARIANT_TIMEOUT_S", 3 * 3600)
 
 
 def workloads(suite: Suite) -> list[str]:
-    """Returns the workload names of a suite: load, pp<N>..., tg<N>, ppl<N_CTX>."""
-    return (["load"] + [f"pp{n}" for n in suite.prompt_lengths] + [f"tg{suite.gen_tokens}",
-            f"ppl{suite.n_ctx}"])
+    """Returns the workload names of a suite: load, pp<N>..., tg<N>, tg<N>x<B>..., ppl<N_CTX>."""
+    tg = f"tg{suite.gen_tokens}"
+    return (["load"] + [f"pp{n}" for n in suite.prompt_lengths] + [tg]
+            + [f"{tg}x{b}" for b in suite.decode_batches] + [f"ppl{suite.n_ctx}"])
 
 
 def check_devices(devices) -> None:

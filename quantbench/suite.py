@@ -47,6 +47,8 @@ class Suite:
     # Throughput (llama-bench's pp/tg): prefill lengths, decode length after a short prompt.
     prompt_lengths: tuple[int, ...] = (128, 512)
     gen_tokens: int = 64
+    # More decode batch sizes: B sequences decoded together, workload tg<N>x<B>, tok/s over all B.
+    decode_batches: tuple[int, ...] = ()
     gen_prompt_tokens: int = 16
     min_samples: int = 3
     time_budget_s: float = 20.0
@@ -79,6 +81,9 @@ class Suite:
                     "calib_tokens", "group_size", "gen_prompt_tokens"):
             if getattr(self, key) < 1:
                 raise UserError(f"{where}: {key} must be >= 1, got {getattr(self, key)}")
+        if any(b < 2 for b in self.decode_batches):
+            raise UserError(f"{where}: decode_batches must be >= 2 (batch 1 is always measured), "
+                            f"got {list(self.decode_batches)}")
         if self.n_ctx % 2:
             raise UserError(f"{where}: n_ctx must be even (its second half is scored), got {self.n_ctx}")
         for f in self.artifacts:
@@ -111,7 +116,8 @@ def _check_type(path: str, key: str, value, default):
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, tuple):
-        ok = isinstance(value, list) and all(isinstance(v, type(default[0])) for v in value)
+        elem = type(default[0]) if default else int  # an empty default: a list of ints
+        ok = isinstance(value, list) and all(isinstance(v, elem) and not isinstance(v, bool) for v in value)
     elif isinstance(default, dict):
         ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
     else:

@@ -125,3 +125,22 @@ def test_missing_runtime_and_gpu_are_skips(tiny, built, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "llama_cpp", None)  # import now fails
     with pytest.raises(Skip, match=r"install quantbench\[gguf\]"):
         GGUFBackend(ctx(tiny, "gguf-q8_0")).load()
+
+
+def test_batched_decode_matches_one_sequence(built):
+    # 3 copies of one prompt in one llama_batch (own context, n_seq_max 3) give each sequence
+    # the tokens the single-sequence path gives, step after step.
+    b = built["gguf-q8_0"]
+    b.load()
+    prompt = list(range(1, 17))
+    one = [b.prefill(prompt)]
+    for _ in range(5):
+        one.append(b.decode(one[-1]))
+    many = [b.prefill_batch(prompt, 3)]
+    for _ in range(5):
+        many.append(b.decode_batch(many[-1]))
+    assert many == [[t] * 3 for t in one]
+    assert b.kv_cache_bytes() > 0 and b.batched
+    b.prefill(prompt)
+    assert not b.batched  # kv_cache_bytes describes the context used last
+    b.close()

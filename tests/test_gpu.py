@@ -28,6 +28,16 @@ def test_compiled_static_cache_decode_matches_eager(tiny):
     assert b.kv_cache_bytes() == 2 * 2 * 3 * 64 * 4 * 72
 
 
+def test_batched_decode_matches_one_sequence(tiny):
+    one, b = _greedy(tiny, "cpu", False, n=5)
+    many = [b.prefill_batch(list(range(1, 17)), 3)]
+    for _ in range(5):
+        many.append(b.decode_batch(many[-1]))
+    assert many == [[t] * 3 for t in one]
+    # 3 sequences of 16 + 5 tokens, fp32 K and V of 2 layers x 3 heads x 64
+    assert b.kv_cache_bytes() == 3 * 21 * 2 * 2 * 3 * 64 * 4
+
+
 def test_shape_model_times_without_quality(tmp_path):
     out = tmp_path / "r.jsonl"
     suite = Suite(name="s", model="shape:smollm2-135m", formats=("bf16",), prompt_lengths=(16,),

@@ -250,3 +250,17 @@ def test_compiled_twin_beside_eager(tmp_path):
     assert rows["fp16+compiled"]["decode_vs_eager"] == pytest.approx(2.5)
     assert "decode 2.50× the eager fp16" in report.details_text(rows["fp16+compiled"])
     assert "× the eager" not in report.details_text(rows["fp16"])
+
+
+def test_batched_decode_column(tmp_path):
+    files = synthetic(tmp_path)
+    gpu = next(Path(files[1]).glob("*.jsonl"))
+    batched = [dict(r, workload="tg64x8", batch=8, decode_tok_s=6.5 * r["decode_tok_s"])
+               for r in records.read(gpu) if r["workload"] == "tg64"]
+    records.append(gpu, batched)
+    t = report.table(pivot.pivot(records.read_results(*files)))
+    heads = [h for _, h, _ in report.display_columns(t)]
+    assert heads.index("decode tok/s") + 1 == heads.index("decode tok/s ×8 seqs")
+    cuda = t[t["device"] == "cuda"]
+    assert (cuda["decode_tok_s@b8"] / cuda["decode_tok_s"]).tolist() == pytest.approx([6.5] * len(cuda))
+    assert t[t["device"] == "cpu"]["decode_tok_s@b8"].isna().all()

@@ -185,3 +185,27 @@ def test_decode_twin_against_the_datasheet(tmp_path):
     assert out["decode_sol_frac_spec"] == pytest.approx(frac)
     job["base"] = {}
     assert "decode_sol_frac_spec" not in worker.run_workload(job, b, "tg8", data, shape)
+
+
+def test_batched_decode_beside_batch_one(tmp_path, tiny):
+    out = tmp_path / "r.jsonl"
+    suite = TINY.with_overrides(formats=["fp32", "fp32+compiled", "gguf-f16"], decode_batches=[4],
+                                ppl_windows=1)
+    assert runner.workloads(suite) == ["load", "pp32", "tg8", "tg8x4", "ppl64"]
+    runner.run(suite, out)
+    got = {(r["format"], r["workload"]): r for r in records.read(out)}
+    for fmt in ("fp32", "gguf-f16"):
+        one, four = got[(fmt, "tg8")], got[(fmt, "tg8x4")]
+        assert one["status"] == four["status"] == "ok", four.get("reason")
+        assert (one["batch"], four["batch"]) == (1, 4)
+        # tok/s counts every sequence: 4 per step; each sample is one step's latency
+        assert math.isclose(four["decode_tok_s"], 4 / four["decode_p50_s"], rel_tol=1e-9)
+        assert four["decode_tokens_timed"] == 4 * len(four["decode_samples_s"])
+        # the arithmetic holds 4 sequences' KV and, memory-bound, predicts ~4x the tokens per second
+        assert four["kv_cache_bytes_predicted"] == 4 * one["kv_cache_bytes_predicted"]
+        assert four["decode_tok_s_predicted"] > 2 * one["decode_tok_s_predicted"]
+    # transformers holds exactly 4 sequences of 2 x 2 x 3 x 64 fp32 values per token
+    assert got[("fp32", "tg8x4")]["kv_cache_bytes"] % (4 * 2 * 2 * 3 * 64 * 4) == 0
+    compiled = got[("fp32+compiled", "tg8x4")]
+    assert compiled["status"] == "skipped" and "eager only" in compiled["reason"]
+    assert got[("fp32+compiled", "tg8")]["status"] == "ok"

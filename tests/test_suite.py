@@ -27,6 +27,7 @@ def test_unknown_key_names_the_fix(tmp_path):
     ('formats = ["fp23"]', "unknown format 'fp23': did you mean 'fp32'"),
     ('devices = ["tpu"]', "unknown device 'tpu'"),
     ('n_ctx = 511', "n_ctx must be even"),
+    ('decode_batches = [1, 8]', "decode_batches must be >= 2"),
     ('n_ctx = [', "not valid TOML"),
 ])
 def test_malformed_suites(tmp_path, body, msg):

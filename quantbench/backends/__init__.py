@@ -84,6 +84,14 @@ class Backend:
         """Feeds one token after prefill/decode, returns the greedy next token id."""
         raise NotImplementedError
 
+    def prefill_batch(self, ids: list[int], batch: int) -> list[int]:
+        """Returns each sequence's next token after prefilling `batch` copies of ids together."""
+        raise Skip(f"{type(self).__name__} has no batched decode")
+
+    def decode_batch(self, tokens: list[int]) -> list[int]:
+        """Returns the next token of every sequence after one step that feeds them `tokens`."""
+        raise Skip(f"{type(self).__name__} has no batched decode")
+
     def kv_cache_bytes(self) -> int | None:
         """Returns bytes the KV cache holds now (after prefill), or None if unknown."""
         return None

@@ -41,5 +41,12 @@ class DummyBackend(Backend):
         self.n_cached += 1
         return int(self.logits([token])[0].argmax())
 
+    def prefill_batch(self, ids, batch):
+        return [self.prefill(ids)] * batch
+
+    def decode_batch(self, tokens):
+        self.n_cached += len(tokens) - 1
+        return [int(r.argmax()) for r in self.logits(tokens)]
+
     def kv_cache_bytes(self):
         return self.n_cached * 2 * 4

@@ -255,12 +255,58 @@ class GGUFBackend(Backend):
         return int(np.ctypeslib.as_array(row, shape=(self.n_vocab,)).argmax())
 
     def prefill(self, ids: list[int]) -> int:
-        lc = self.llama_cpp
+        lc, self.batched = self.llama_cpp, False
         lc.llama_memory_clear(lc.llama_get_memory(self.llm.ctx), True)
         return self._decode(ids)
 
     def decode(self, token: int) -> int:
         return self._decode([token])
+
+    def prefill_batch(self, ids: list[int], batch: int) -> list[int]:
+        """Prefills `batch` sequences in a context of their own (n_seq_max = batch), as
+        llama-batched-bench does: one llama_batch with every prompt token, each tagged with its
+        sequence, logits kept for each sequence's last position."""
+        lc = self.llama_cpp
+        if getattr(self, "bctx", None) is None or self.bctx_batch != batch:
+            self._free_batch_ctx()
+            s = self.ctx.suite
+            p = lc.llama_context_default_params()
+            p.n_ctx = batch * (s.gen_prompt_tokens + s.gen_tokens + CTX_SLACK)
+            p.n_batch = p.n_ubatch = max(batch * len(ids), batch)
+            p.n_seq_max = batch
+            p.n_threads = p.n_threads_batch = self.ctx.threads
+            p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            self.bctx = lc.llama_init_from_model(self.llm.model, p)
+            if not self.bctx:
+                raise RuntimeError(f"llama.cpp could not make a context for {batch} sequences")
+            self.bctx_batch = batch
+            self.batch_buf = lc.llama_batch_init(p.n_batch, 0, batch)
+        lc.llama_memory_clear(lc.llama_get_memory(self.bctx), True)
+        self.bpos, self.batched = len(ids), True
+        return self._decode_seqs([(seq, pos, t) for seq in range(batch) for pos, t in enumerate(ids)])
+
+    def decode_batch(self, tokens: list[int]) -> list[int]:
+        self.bpos += 1
+        return self._decode_seqs([(seq, self.bpos - 1, t) for seq, t in enumerate(tokens)])
+
+    def _decode_seqs(self, items: list[tuple[int, int, int]]) -> list[int]:
+        """Decodes (sequence, position, token) items; returns each sequence's argmax at its last item."""
+        lc, b = self.llama_cpp, self.batch_buf
+        last = {seq: i for i, (seq, _, _) in enumerate(items)}
+        for i, (seq, pos, tok) in enumerate(items):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0] = tok, pos, 1, seq
+            b.logits[i] = last[seq] == i
+        b.n_tokens = len(items)
+        if rc := lc.llama_decode(self.bctx, b):
+            raise RuntimeError(f"llama_decode returned {rc} for a batch of {len(last)} sequences")
+        return [int(np.ctypeslib.as_array(lc.llama_get_logits_ith(self.bctx, last[seq]),
+                                          shape=(self.n_vocab,)).argmax()) for seq in sorted(last)]
+
+    def _free_batch_ctx(self) -> None:
+        if getattr(self, "bctx", None) is not None:
+            self.llama_cpp.llama_batch_free(self.batch_buf)
+            self.llama_cpp.llama_free(self.bctx)
+            self.bctx = None
 
     def kv_cache_bytes(self) -> int | None:
         """Returns the KV cache llama.cpp allocated for all n_ctx cells at load.
@@ -272,14 +318,18 @@ class GGUFBackend(Backend):
         lc, m, meta = self.llama_cpp, self.llm.model, self.llm.metadata
         arch, head = meta.get("general.architecture"), lc.llama_model_n_embd(m) // lc.llama_model_n_head(m)
         k_plus_v = sum(int(meta.get(f"{arch}.attention.{x}_length", head)) for x in ("key", "value"))
+        ctx = self.bctx if getattr(self, "batched", False) else self.llm.ctx  # the one last used
         return lc.llama_model_n_layer(m) * lc.llama_model_n_head_kv(m) * k_plus_v \
-            * lc.llama_n_ctx(self.llm.ctx) * 2
+            * lc.llama_n_ctx(ctx) * 2
 
     def sync(self) -> None:
         if self.ctx.device.startswith("cuda"):
             self.llama_cpp.llama_synchronize(self.llm.ctx)
+            if getattr(self, "bctx", None) is not None:
+                self.llama_cpp.llama_synchronize(self.bctx)
 
     def close(self) -> None:
+        self._free_batch_ctx()
         if getattr(self, "llm", None) is not None:
             self.llm.close()
             self.llm = None

@@ -120,6 +120,25 @@ class HFBackend(Backend):
                              **{self.cache_kw: self.cache})
         return int(out.logits[0, -1].argmax())
 
+    def prefill_batch(self, ids: list[int], batch: int) -> list[int]:
+        from transformers import DynamicCache
+
+        if self.ctx.format.compiled:
+            raise Skip("batched decode runs eager only: the static cache is sized for one sequence")
+        torch = self._torch()
+        self.cache = DynamicCache(config=self.model.config)
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([ids] * batch, device=self.ctx.device),
+                             use_cache=True, logits_to_keep=1, **{self.cache_kw: self.cache})
+        return out.logits[:, -1].argmax(-1).tolist()
+
+    def decode_batch(self, tokens: list[int]) -> list[int]:
+        torch = self._torch()
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([[t] for t in tokens], device=self.ctx.device),
+                             use_cache=True, **{self.cache_kw: self.cache})
+        return out.logits[:, -1].argmax(-1).tolist()
+
     def kv_cache_bytes(self) -> int | None:
         if self.cache is None:
             return None
