@@ -206,7 +206,7 @@ class GGUFBackend(Backend):
                          # picks per-tensor fallbacks (Q4_K_M on 576-wide rows is mostly Q5_0)
                          bits_unquantized=mix["bits_per_weight"], kv_bytes_per_elem=2)
         say(f"[gguf] {path.name}: {mix['type_mix']}, {mix['bits_per_weight']:.3f} bits/weight"
-              + (f", built in {self.info['build_s']:.1f} s" if fresh else " (cached)"))
+            + (f", built in {self.info['build_s']:.1f} s" if fresh else " (cached)"))
         self.info["tokenizer_agree"] = tokenizer_agreement(
             self.path, self.ctx.model_dir, load_text(self.ctx.suite.corpus)[:2000])
 
@@ -228,6 +228,7 @@ class GGUFBackend(Backend):
             # Flash attention matches llama-perplexity's default; without it ppl moves in the 3rd digit.
             flash_attn=True, logits_all=True, seed=0, verbose=False)
         self.n_vocab = self.llm.n_vocab()
+        self.bctx, self.batched = None, False  # the batched-decode context, made on first use
         self.info.update(n_gpu_layers=n_gpu_layers,
                          kernel=f"llama.cpp {self.kernel_types} ({'CUDA' if cuda else 'CPU'})",
                          kv_cache_source="computed from model metadata: 2 x n_layer x n_head_kv x "
@@ -267,7 +268,7 @@ class GGUFBackend(Backend):
         llama-batched-bench does: one llama_batch with every prompt token, each tagged with its
         sequence, logits kept for each sequence's last position."""
         lc = self.llama_cpp
-        if getattr(self, "bctx", None) is None or self.bctx_batch != batch:
+        if self.bctx is None or self.bctx_batch != batch:
             self._free_batch_ctx()
             s = self.ctx.suite
             p = lc.llama_context_default_params()
@@ -318,14 +319,14 @@ class GGUFBackend(Backend):
         lc, m, meta = self.llama_cpp, self.llm.model, self.llm.metadata
         arch, head = meta.get("general.architecture"), lc.llama_model_n_embd(m) // lc.llama_model_n_head(m)
         k_plus_v = sum(int(meta.get(f"{arch}.attention.{x}_length", head)) for x in ("key", "value"))
-        ctx = self.bctx if getattr(self, "batched", False) else self.llm.ctx  # the one last used
+        ctx = self.bctx if self.batched else self.llm.ctx  # the one last used
         return lc.llama_model_n_layer(m) * lc.llama_model_n_head_kv(m) * k_plus_v \
             * lc.llama_n_ctx(ctx) * 2
 
     def sync(self) -> None:
         if self.ctx.device.startswith("cuda"):
             self.llama_cpp.llama_synchronize(self.llm.ctx)
-            if getattr(self, "bctx", None) is not None:
+            if self.bctx is not None:
                 self.llama_cpp.llama_synchronize(self.bctx)
 
     def close(self) -> None:

@@ -100,27 +100,17 @@ class HFBackend(Backend):
         return int(out.logits[0, -1].argmax())
 
     def prefill(self, ids: list[int]) -> int:
-        from transformers import DynamicCache
-
         if self.ctx.format.compiled:
             return self._prefill_static(ids)
-        torch = self._torch()
-        self.cache = DynamicCache(config=self.model.config)
-        with torch.inference_mode():
-            out = self.model(input_ids=self._ids(ids), use_cache=True, logits_to_keep=1,
-                             **{self.cache_kw: self.cache})
-        return int(out.logits[0, -1].argmax())
+        return self.prefill_batch(ids, 1)[0]
 
     def decode(self, token: int) -> int:
         if self.ctx.format.compiled:
             return self._decode_static(token)
-        torch = self._torch()
-        with torch.inference_mode():
-            out = self.model(input_ids=self._ids([token]), use_cache=True,
-                             **{self.cache_kw: self.cache})
-        return int(out.logits[0, -1].argmax())
+        return self.decode_batch([token])[0]
 
     def prefill_batch(self, ids: list[int], batch: int) -> list[int]:
+        """Returns each sequence's next token; the eager path, batch 1 included."""
         from transformers import DynamicCache
 
         if self.ctx.format.compiled:
