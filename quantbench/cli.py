@@ -21,13 +21,14 @@ def _suite(args):
 
     suite = load_suite(args.suite) if args.suite else Suite()
     sets = parse_sets(args.set or [])
-    flags = {k: v for k, v in (("model", args.model), ("devices", args.device),
-                               ("formats", args.formats), ("threads", args.threads)) if v is not None}
-    for k, v in flags.items():
+    flags = {("model", "--model"): args.model, ("devices", "--device"): args.device,
+             ("formats", "--formats"): args.formats, ("threads", "--threads"): args.threads}
+    for (k, flag), v in flags.items():
+        if v is None:
+            continue
         v = tuple(v) if isinstance(v, list) else v
         if k in sets and sets[k] != v:
-            print(f"note: --{k.rstrip('s') if k != 'threads' else k} overrides --set {k}={sets[k]!r}",
-                  file=sys.stderr)
+            print(f"note: {flag} overrides --set {k}={sets[k]!r}", file=sys.stderr)
         sets[k] = v
     return suite.with_overrides(**sets)
 

@@ -347,9 +347,9 @@ def load(path: str) -> list[dict]:
     if not p.is_file():
         raise UserError(f"compare: '{path}' not found (or not a file); pass two results files")
     try:
-        doc = json.loads(p.read_text())
-    except json.JSONDecodeError:
-        doc = None  # JSONL: several objects
+        doc = json.loads(p.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        doc = None  # JSONL (several objects), or not text: records.read names the problem
     if isinstance(doc, dict) and isinstance(doc.get("benchmarks"), list):
         return from_pytest_benchmark(doc)
     return records.read(p)

@@ -299,16 +299,17 @@ def append(path: str | os.PathLike, records: list[dict]) -> None:
     data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+b") as f:
+        with open(path, "a+b", buffering=0) as f:  # unbuffered: a failed write is seen at once
             fcntl.flock(f, fcntl.LOCK_EX)
             _set_aside_torn_tail(f, path)
             size = f.seek(0, os.SEEK_END)
             try:
-                f.write(data)
-                f.flush()
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(f.fileno(), view):]
                 os.fsync(f.fileno())
             except OSError:
-                f.truncate(size)
+                os.ftruncate(f.fileno(), size)
                 raise
     except OSError as e:
         raise UserError(f"cannot write records to '{path}': {e.strerror or e}; free space or pick "

@@ -167,9 +167,12 @@ def run_workload(job: Job, backend, w: Workload, data, shape) -> dict:
     if w.kind == "ppl":
         ref = job.reference
         windows = [[int(t) for t in x] for x in data["windows"]]
-        reference, write = _reference(job), None
+        reference, write, why = _reference(job), None, ref.why
         if ref.role == "write":
             write = np.zeros((s.kld_tokens, _vocab(backend, windows)), dtype=np.float16)
+        elif reference is not None and reference.shape[1] != (vocab := _vocab(backend, windows)):
+            why = f"vocab {vocab} differs from the {ref.format} reference's {reference.shape[1]}: no KLD"
+            reference = None
         out = score_windows(backend, windows, s.quality_budget_s, reference, s.kld_tokens, write)
         rows = out.pop("reference_rows")
         if write is not None:
@@ -183,7 +186,7 @@ def run_workload(job: Job, backend, w: Workload, data, shape) -> dict:
         elif "kld_mean" in out:
             out["kld_reference"] = ref.format
         else:
-            out["kld_reason"] = ref.why or "no reference log-probs for this model and corpus"
+            out["kld_reason"] = why or "no reference log-probs for this model and corpus"
         return {**out, **_predict(job, shape, backend.info, "ppl", n_ctx=s.n_ctx)}
     # prefill
     out = time_prefill(backend, prompt_src[: w.tokens], s.min_samples, s.time_budget_s)
