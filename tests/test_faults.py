@@ -318,3 +318,31 @@ def test_random_kills_then_resume_end_with_every_record_once(tmp_path, tiny):
 def test_runner_suite_validation_unit():
     with pytest.raises(UserError, match="formats is empty"):
         Suite(formats=())
+
+
+# 15: Ctrl-C reaches the whole process group: one message, no worker traceback, records kept
+def test_ctrl_c_prints_one_message_not_a_traceback(tmp_path, tiny):
+    proc = subprocess.Popen([sys.executable, "-m", "quantbench", "run", *S, "--out", str(tmp_path / "r.jsonl")],
+                            env={**os.environ, "QUANTBENCH_DUMMY_STEP_S": "0.05"}, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers = _wait_for_worker(proc)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "records written so far are kept" in err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert _gone(workers)
+
+
+# 18: an unknown format under [artifacts] names the file and the key; hf formats take no artifact
+@pytest.mark.parametrize("body,msg", [
+    ('[artifacts]\n"gptq-8b" = "x"\n', "bad.toml: [artifacts] key 'gptq-8b': unknown format"),
+    ('[artifacts]\n"bf16" = "x"\n', "artifacts apply to gptq-*, awq-* and gguf-* formats only"),
+])
+def test_artifacts_keys_are_checked(tmp_path, body, msg):
+    from quantbench.suite import load_suite
+
+    p = tmp_path / "bad.toml"
+    p.write_text(body)
+    with pytest.raises(UserError, match=msg.replace("[", "\\[").replace("]", "\\]").replace("*", "\\*")):
+        load_suite(p)

@@ -183,8 +183,8 @@ def test_decode_twin_against_the_datasheet(tmp_path):
     assert out["decode_tok_s_predicted_spec"] == pytest.approx(4 * out["decode_tok_s_predicted"], rel=0.02)
     frac = out["decode_tok_s"] / out["decode_tok_s_predicted_spec"]
     assert out["decode_sol_frac_spec"] == pytest.approx(frac)
-    job["base"] = {}
-    assert "decode_sol_frac_spec" not in worker.run_workload(job, b, "tg8", data, shape)
+    job = dataclasses.replace(job, base={})
+    assert "decode_sol_frac_spec" not in worker.run_workload(job, b, Workload.parse("tg8"), data, shape)
 
 
 def test_batched_decode_beside_batch_one(tmp_path, tiny):
