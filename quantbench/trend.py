@@ -36,6 +36,7 @@ METRICS = {  # metric -> (label, workloads it is read from: a prefix, or "load" 
 PENALTY = 3.0          # x ln(n), in noise variances: BIC's 2 ln(n) and a margin for heavy tails
 SIGMA_FLOOR = 1e-6     # noise floor (log units) when values repeat exactly (deterministic metrics)
 MAX_X_LABELS = 24      # commit labels under a panel; every k-th beyond that
+LEGEND_CHARS = 22      # what the 180 px legend margin holds at 11 px
 
 
 @dataclass(frozen=True)
@@ -186,9 +187,14 @@ def _panel(plot_id: str, title: str, metric: str, trend: Trend, keys: list[tuple
                          f'fill="{color}"><title>{escape(tip)}</title></circle>')
         labels.append((line[-1].run, line[-1].value, k[2]))
     parts += plots._labels(ax, labels)
-    parts.append(plots._legend([(m, c, "line") for m, c in colors.items()
+    parts.append(plots._legend([(_short(m, i), c, "line") for i, (m, c) in enumerate(colors.items())
                                 if any(k[0] == m for k in keys)]))
     return "\n".join(parts) + "</svg>"
+
+
+def _short(machine: str, i: int) -> str:
+    """Returns the legend label of machine number i: 'M1 amd-epyc-7763-2c-24g' (no hash, cut)."""
+    return f"M{i + 1} {machine.rsplit('-', 1)[0]}"[:LEGEND_CHARS]
 
 
 def _ident(rec: dict) -> tuple:
@@ -235,8 +241,8 @@ def render_html(trend: Trend, source: str) -> str:
                                 metric, trend, keys, colors))
     h.append("</div>")
     h.append("<h2>Machines</h2><ul>" + "".join(
-        f'<li><span style="color:{colors[m]}">&#9632;</span> <code>{escape(m)}</code></li>'
-        for m in machines) + "</ul></body></html>")
+        f'<li><span style="color:{colors[m]}">&#9632;</span> {escape(_short(m, i).split()[0])} '
+        f'<code>{escape(m)}</code></li>' for i, m in enumerate(machines)) + "</ul></body></html>")
     return "\n".join(h) + "\n"
 
 
