@@ -60,7 +60,8 @@ def test_ppl_half_percent_step_found(tmp_path):
     assert len(found) == 2 and {s.after.run for s in found} == {8}
     assert all(s.change == pytest.approx(11.70 / 11.64 - 1) and s.p is None for s in found)
     line = found[0].line()
-    assert line.startswith("smollm2/") and f"ppl512 perplexity +0.5% between {commit(7)} and {commit(8)}" in line
+    assert line.startswith("smollm2/")
+    assert f"ppl512 perplexity +0.5% between {commit(7)} and {commit(8)} (REGRESSION; deterministic" in line
 
 
 def test_small_ppl_step_follows_the_gate(tmp_path):
@@ -124,3 +125,30 @@ def test_empty_history_is_user_error(tmp_path, capsys):
     (tmp_path / "h").mkdir()
     assert main(["trend", str(tmp_path / "h")]) == 2
     assert "has no runs; add some with `quantbench track" in capsys.readouterr().err
+
+
+def _commands(text: str) -> list[list[str]]:
+    """Returns the argv of each `quantbench track|trend|compare|run` line (continuations joined)."""
+    import shlex
+
+    out = []
+    for line in text.replace("\\\n", " ").splitlines():
+        m = re.search(r"(?:^|\s)(?:\.nox/tests/bin/)?quantbench ((?:track|trend|compare|run) .*)", line)
+        if m:
+            out.append(shlex.split(re.sub(r"\[.*?\]|#.*", "", m.group(1))))
+    return out
+
+
+def test_documented_commands_parse():
+    from pathlib import Path
+
+    from quantbench.cli import build_parser
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("## Tracking regressions"):readme.index("## Caching")]
+    cmds = _commands(section) + _commands((root / "docs" / "ci-example.yml").read_text())
+    assert [c[0] for c in cmds] == ["run", "track", "compare", "trend", "compare", "trend"]
+    for argv in cmds:
+        args = build_parser().parse_args(argv)  # argparse exits on anything it does not know
+        assert args.func.__name__ == f"cmd_{argv[0]}"
