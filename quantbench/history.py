@@ -69,7 +69,7 @@ def fingerprint(fields: dict) -> str:
 
 def hardware_id(fields: dict) -> str:
     """Returns the fingerprint of the hardware fields alone (the software versions left out)."""
-    return f"{_readable(fields)}-{_hash(fields, HARDWARE)}"
+    return f"{_readable(fields)}-hw{_hash(fields, HARDWARE)[:6]}"  # never mistaken for a directory
 
 
 def differences(a: dict, b: dict) -> list[str]:

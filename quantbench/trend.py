@@ -36,7 +36,7 @@ METRICS = {  # metric -> (label, workloads it is read from: a prefix, or "load" 
 PENALTY = 3.0          # x ln(n), in noise variances: BIC's 2 ln(n) and a margin for heavy tails
 SIGMA_FLOOR = 1e-6     # noise floor (log units) when values repeat exactly (deterministic metrics)
 MAX_X_LABELS = 24      # commit labels under a panel; every k-th beyond that
-LEGEND_CHARS = 22      # what the 180 px legend margin holds at 11 px
+LEGEND_CHARS = 23      # what the 180 px legend margin holds at 11 px
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,10 @@ def analyse(history_dir, fail: list[str] | None = None, alpha: float = compare.A
 # --- HTML -------------------------------------------------------------------------------------
 
 def _panel(plot_id: str, title: str, metric: str, trend: Trend, keys: list[tuple],
-           colors: dict[str, str]) -> str:
+           colors: dict[str, str], names: dict[tuple, str]) -> str:
+    """Returns one metric's SVG: a line per series in keys, coloured per machine, or per variant
+    when the whole history has one machine (eleven lines of one colour say nothing)."""
+    per_machine = len(colors) > 1
     pts = [p for k in keys for p in trend.series[k]]
     vals = [p.value for p in pts]
     y_log = min(vals) > 0 and max(vals) / min(vals) > 20
@@ -173,28 +176,29 @@ def _panel(plot_id: str, title: str, metric: str, trend: Trend, keys: list[tuple
             parts.append(f'<line class="step" x1="{x:.1f}" y1="{plots.MARGIN_PX["top"]}" x2="{x:.1f}" '
                          f'y2="{plots.HEIGHT_PX - plots.MARGIN_PX["bottom"]}" stroke="{color}" '
                          f'stroke-width="2" stroke-dasharray="5,3"><title>{escape(s.line())}</title></line>')
-    labels = []
-    for k in keys:
+    labels, legend = [], {}
+    for i, k in enumerate(keys):
         line = trend.series[k]
-        color = colors[k[0]]
+        color = colors[k[0]] if per_machine else plots.color_for(i)
+        legend[_short(k[0], list(colors).index(k[0])) if per_machine else names[k]] = color
         d = "".join(f"{'M' if j == 0 else 'L'}{ax.px(p.run):.1f},{ax.py(p.value):.1f}"
                     for j, p in enumerate(line))
         parts.append(f'<path d="{d}" fill="none" stroke="{color}" stroke-width="1.5"/>')
         for p in line:
-            tip = (f"{k[2]} {k[4]} on {k[0]}: {p.value:.5g} at {p.where.commit} "
+            tip = (f"{names[k]} {k[4]} on {k[0]}: {p.value:.5g} at {p.where.commit} "
                    f"({p.where.date}, run {p.run})")
             parts.append(f'<circle cx="{ax.px(p.run):.1f}" cy="{ax.py(p.value):.1f}" r="3" '
                          f'fill="{color}"><title>{escape(tip)}</title></circle>')
-        labels.append((line[-1].run, line[-1].value, k[2]))
-    parts += plots._labels(ax, labels)
-    parts.append(plots._legend([(_short(m, i), c, "line") for i, (m, c) in enumerate(colors.items())
-                                if any(k[0] == m for k in keys)]))
+        labels.append((line[-1].run, line[-1].value, names[k]))
+    if per_machine:  # else the legend names the variants
+        parts += plots._labels(ax, labels)
+    parts.append(plots._legend([(name, c, "line") for name, c in legend.items()]))
     return "\n".join(parts) + "</svg>"
 
 
 def _short(machine: str, i: int) -> str:
     """Returns the legend label of machine number i: 'M1 amd-epyc-7763-2c-24g' (no hash, cut)."""
-    return f"M{i + 1} {machine.rsplit('-', 1)[0]}"[:LEGEND_CHARS]
+    return f"M{i + 1} {machine.rsplit('-', 1)[0]}"[:LEGEND_CHARS].rstrip("-")
 
 
 def _ident(rec: dict) -> tuple:
@@ -213,6 +217,8 @@ def render_html(trend: Trend, source: str) -> str:
     """Returns the self-contained trend page: steps list, then one SVG panel per metric and workload."""
     machines = sorted({k[0] for k in trend.series})
     colors = {m: plots.color_for(i) for i, m in enumerate(machines)}
+    vary = [j for j in (1, 2, 3) if len({k[j] for k in trend.series}) > 1] or [2]  # model, format, device
+    names = {k: "/".join(k[j] for j in vary) for k in trend.series}
     groups: dict[tuple[str, str], list[tuple]] = {}
     for k in sorted(trend.series):
         groups.setdefault((k[5], k[4]), []).append(k)
@@ -238,7 +244,7 @@ def render_html(trend: Trend, source: str) -> str:
         for (m, workload), keys in groups.items():
             if m == metric:
                 h.append(_panel(f"trend-{metric}-{workload}", f"{METRICS[metric][0]} · {workload}",
-                                metric, trend, keys, colors))
+                                metric, trend, keys, colors, names))
     h.append("</div>")
     h.append("<h2>Machines</h2><ul>" + "".join(
         f'<li><span style="color:{colors[m]}">&#9632;</span> {escape(_short(m, i).split()[0])} '

@@ -5,7 +5,7 @@ from html.parser import HTMLParser
 import pytest
 from synthetic_history import ENV, commit, write_history
 
-from quantbench import compare, history, trend
+from quantbench import compare, history, plots, trend
 from quantbench.cli import main
 
 STEP_AT = 15
@@ -119,6 +119,20 @@ def test_trend_page_has_panels_steps_and_hover(tmp_path, capsys):
     decode = html[html.index('id="trend-decode_tok_s-tg64"'):]
     decode = decode[:decode.index("</svg>")]
     assert decode.count('class="step"') == 2 and decode.count("<circle") == 2 * 20
+    legend = re.findall(r"<text [^>]*>([^<]*)</text>", decode[decode.index('<g class="legend">'):])
+    assert legend == ["bnb-nf4", "fp32"]  # one machine: a colour per variant
+
+
+def test_two_machines_colour_per_machine(tmp_path):
+    hist = write_history(tmp_path, 6)
+    write_history(tmp_path, 6, lambda i: {"env": {"cpu": "Intel Xeon Platinum 8480+"}}, hist=hist)
+    html = trend.render_html(trend.analyse(hist), str(hist))
+    decode = html[html.index('id="trend-decode_tok_s-tg64"'):]
+    decode = decode[:decode.index("</svg>")]
+    legend = re.findall(r"<text [^>]*>([^<]*)</text>", decode[decode.index('<g class="legend">'):])
+    assert legend == ["M1 amd-epyc-7763-2c-24g", "M2 intel-xeon-platinum"]
+    colors = set(re.findall(r'<path d="[^"]*" fill="none" stroke="(#[0-9a-f]+)"', decode))
+    assert colors == {plots.color_for(0), plots.color_for(1)}  # 4 lines, 2 colours
 
 
 def test_empty_history_is_user_error(tmp_path, capsys):
