@@ -186,7 +186,7 @@ def _panel(plot_id: str, title: str, metric: str, trend: Trend, keys: list[tuple
         parts.append(f'<path d="{d}" fill="none" stroke="{color}" stroke-width="1.5"/>')
         for p in line:
             tip = (f"{names[k]} {k[4]} on {k[0]}: {p.value:.5g} at {p.where.commit} "
-                   f"({p.where.date}, run {p.run})")
+                   f"({_iso(p.where.date)}, run {p.run})")
             parts.append(f'<circle cx="{ax.px(p.run):.1f}" cy="{ax.py(p.value):.1f}" r="3" '
                          f'fill="{color}"><title>{escape(tip)}</title></circle>')
         labels.append((line[-1].run, line[-1].value, names[k]))
@@ -199,6 +199,13 @@ def _panel(plot_id: str, title: str, metric: str, trend: Trend, keys: list[tuple
 def _short(machine: str, i: int) -> str:
     """Returns the legend label of machine number i: 'M1 amd-epyc-7763-2c-24g' (no hash, cut)."""
     return f"M{i + 1} {machine.rsplit('-', 1)[0]}"[:LEGEND_CHARS].rstrip("-")
+
+
+def _iso(date: str) -> str:
+    """Returns '2026-11-27 13:30Z' for a history date '20261127T133019Z' (else the text, escaped)."""
+    if len(date) == 16 and date[8] == "T":
+        return f"{date[:4]}-{date[4:6]}-{date[6:8]} {date[9:11]}:{date[11:13]}Z"
+    return escape(date)
 
 
 def _ident(rec: dict) -> tuple:
@@ -226,7 +233,7 @@ def render_html(trend: Trend, source: str) -> str:
          f"<style>{PAGE_CSS}</style><script>{PAGE_JS}</script></head><body>",
          "<h1>quantbench trend</h1>",
          f"<p>{len(trend.runs)} runs from <code>{escape(source)}</code>, "
-         f"{escape(trend.runs[0].date)} to {escape(trend.runs[-1].date)}, on {len(machines)} machine(s). "
+         f"{_iso(trend.runs[0].date)} to {_iso(trend.runs[-1].date)}, on {len(machines)} machine(s). "
          "Steps: candidates from ruptures PELT that <code>quantbench compare</code> also calls on the "
          "two runs around them. Hover a point for commit, date and value.</p>",
          f"<h2>Steps ({len(trend.steps)})</h2>"]
@@ -236,7 +243,8 @@ def render_html(trend: Trend, source: str) -> str:
     else:
         h.append("<p>No step: every change point candidate is within compare's gates or its noise.</p>")
     if trend.unconfirmed:
-        h.append(f"<details><summary>{len(trend.unconfirmed)} candidate(s) compare does not call"
+        h.append(f"<details><summary>{len(trend.unconfirmed)} candidate(s) that compare does not "
+                 "call (noise, or under the gate)"
                  "</summary><ul>" + "".join(f"<li>{escape(u)}</li>" for u in trend.unconfirmed)
                  + "</ul></details>")
     h.append('<div class="panels">')

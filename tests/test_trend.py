@@ -113,7 +113,7 @@ def test_trend_page_has_panels_steps_and_hover(tmp_path, capsys):
                    "trend-kld_mean-ppl512", "trend-peak_rss_bytes-load", "trend-weights_bytes-load"]
     assert "http" not in re.sub(r'xmlns="http://www.w3.org/2000/svg"', "", html)  # offline
     hover = f"fp32 tg64 on {history.hardware_id(history.machine(ENV))}"
-    assert any(t.startswith(hover) and f"at {commit(3)} (20261101T030000Z, run 3)" in t for t in page.titles)
+    assert any(t.startswith(hover) and f"at {commit(3)} (2026-11-01 03:00Z, run 3)" in t for t in page.titles)
     top = html[:html.index("<svg")]
     assert top.count('<li class="REGRESSION">') == 2 and f"between {commit(9)} and {commit(10)}" in top
     decode = html[html.index('id="trend-decode_tok_s-tg64"'):]
@@ -166,3 +166,25 @@ def test_documented_commands_parse():
     for argv in cmds:
         args = build_parser().parse_args(argv)  # argparse exits on anything it does not know
         assert args.func.__name__ == f"cmd_{argv[0]}"
+
+
+@pytest.mark.browser
+def test_trend_page_in_chromium(tmp_path):
+    """Headless Chromium runs the page's script without error and draws every panel and point."""
+    from test_browser import CHROMIUM, _chromium
+
+    if CHROMIUM is None:
+        pytest.skip("chromium not on PATH (apt-get install chromium)")
+    hist = write_history(tmp_path, 12, lambda i: {"slow": 1.10} if i >= 6 else {})
+    page = tmp_path / "trend.html"
+    page.write_text(trend.render_html(trend.analyse(hist, FIVE), str(hist)), encoding="utf-8")
+    dom = _chromium(tmp_path, "--virtual-time-budget=2000", "--dump-dom", page.resolve().as_uri())
+    body = re.search(r"<body[^>]*>", dom).group(0)
+    assert "data-jserror" not in body and 'data-ready="1"' in body, body
+    panels = re.findall(r'<svg id="(trend-[^"]+)" class="plot".*?</svg>', dom, re.S)
+    assert len(panels) == 6
+    decode = re.search(r'<svg id="trend-decode_tok_s-tg64".*?</svg>', dom, re.S).group(0)
+    assert decode.count("<circle") == 2 * 12 and decode.count('class="step"') == 2
+    shot = tmp_path / "shot.png"
+    _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1400,1600", page.resolve().as_uri())
+    assert shot.stat().st_size > 20_000  # a blank page compresses to a few kB
