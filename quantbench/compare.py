@@ -414,8 +414,8 @@ def _paths(args) -> tuple[str | None, str]:
             raise UserError("compare needs BASE and NEW results files, or --baseline auto "
                             "--history DIR NEW")
         return args.base, args.new
-    if args.new is not None:
-        raise UserError("with --baseline auto give only NEW (the baseline comes from --history)")
+    if args.base is None or args.new is not None:
+        raise UserError("with --baseline auto give NEW alone (the baseline comes from --history)")
     from quantbench.history import baseline_for
 
     run = baseline_for(args.history, load(args.base))

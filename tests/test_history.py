@@ -107,7 +107,13 @@ def test_baseline_auto_without_a_match_compares_nothing(mixed_history, tmp_path,
     records.append(new, one_run(7, env={"gpu": "NVIDIA H200"}))
     assert cli("--baseline", "auto", "--history", mixed_history, new) == 0
     assert "note: no baseline: " in capsys.readouterr().err
+    capsys.readouterr()
     assert cli("--baseline", "auto", "--history", mixed_history, new, new) == 2  # NEW alone
+    assert cli("--baseline", "auto", "--history", mixed_history) == 2
+    assert cli(new) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["error: with --baseline auto give NEW alone (the baseline comes from --history)"] * 2 + [
+        "error: compare needs BASE and NEW results files, or --baseline auto --history DIR NEW"]
 
 
 def test_run_with_history(tmp_path):
@@ -120,3 +126,16 @@ def test_run_with_history(tmp_path):
     assert f"history: {f}" in run.stdout
     assert records.read(f) == records.read(out)
     assert f.parent.name == history.fingerprint(history.machine(records.environment()))
+
+
+def test_track_cli(tmp_path, capsys):
+    from quantbench.cli import main
+
+    res = tmp_path / "r.jsonl"
+    records.append(res, one_run(0) + one_run(1, env={"gpu": "NVIDIA H200", "gpu_driver": "570.1"}))
+    assert main(["track", str(res), "--history", str(tmp_path / "h")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sorted(lines) == sorted(f"history: {p}" for p in (tmp_path / "h").glob("*/*.jsonl"))
+    assert len(lines) == 2
+    assert main(["track", str(tmp_path / "missing.jsonl"), "--history", str(tmp_path / "h")]) == 2
+    assert "results file" in capsys.readouterr().err
