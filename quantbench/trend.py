@@ -55,11 +55,25 @@ class Step:
     metric: str
     before: Point
     after: Point
-    change: float      # level after / level before - 1, levels = median of each segment
+    level_before: float  # median of the segment before the step
+    level_after: float   # median of the segment after it
     verdict: str       # REGRESSION or improved (compare's words)
     p: float | None    # Mann-Whitney p of the pair (timings), None for deterministic metrics
     ci: tuple[float, float] | None = None  # bootstrap CI of the pair's median ratio - 1
     changed: tuple[str, ...] = ()          # software or suite that changed between the two runs
+
+    @property
+    def change(self) -> float:
+        """Returns level_after / level_before - 1 (inf from a level of 0)."""
+        if self.level_before == 0:
+            return 0.0 if self.level_after == 0 else math.copysign(math.inf, self.level_after)
+        return self.level_after / self.level_before - 1
+
+    def size(self) -> str:
+        """Returns '-9.1%', or '0 -> 0.002' from a level of 0."""
+        if self.level_before == 0:
+            return f"0 -> {self.level_after:.3g}"
+        return f"{self.change:+.1%}"
 
     def line(self) -> str:
         """Returns 'gguf-q4_0 tg64 decode tok/s -9.1% between a1b2 and c3d4 (p=...; ...)'."""
@@ -67,7 +81,7 @@ class Step:
         if self.ci:
             extra.append(f"pair CI [{self.ci[0]:+.1%}, {self.ci[1]:+.1%}]")
         extra += [f"runs {self.before.run}->{self.after.run} on {self.machine}", *self.changed]
-        return (f"{self.variant} {METRICS[self.metric][0]} {self.change:+.1%} between "
+        return (f"{self.variant} {METRICS[self.metric][0]} {self.size()} between "
                 f"{self.before.where.commit} and {self.after.where.commit} "
                 f"({self.verdict}; {'; '.join(extra)})")
 
@@ -143,7 +157,7 @@ def analyse(history_dir, fail: list[str] | None = None, alpha: float = compare.A
             lo = np.median([p.value for p in pts[bounds[j]:i]])
             hi = np.median([p.value for p in pts[i:bounds[j + 2]]])
             ci = (row["ci_low"], row["ci_high"]) if row["ci_low"] is not None else None
-            trend.steps.append(Step(hw, variant, metric, pts[i - 1], pts[i], float(hi / lo - 1),
+            trend.steps.append(Step(hw, variant, metric, pts[i - 1], pts[i], float(lo), float(hi),
                                     row["verdict"], row["p"], ci, _changed(pts[i - 1].rec, pts[i].rec)))
     trend.steps.sort(key=lambda s: (s.verdict != "REGRESSION", s.after.run, s.variant, s.metric))
     return trend

@@ -1,9 +1,10 @@
 """Trend: ruptures proposes change points, compare.judge confirms them; the page is plain SVG."""
+import math
 import re
 from html.parser import HTMLParser
 
 import pytest
-from synthetic_history import ENV, commit, write_history
+from synthetic_history import ENV, commit, one_run, write_history
 
 from quantbench import compare, history, plots, trend
 from quantbench.cli import main
@@ -188,3 +189,18 @@ def test_trend_page_in_chromium(tmp_path):
     shot = tmp_path / "shot.png"
     _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1400,1600", page.resolve().as_uri())
     assert shot.stat().st_size > 20_000  # a blank page compresses to a few kB
+
+
+def test_step_from_zero_kld(tmp_path):
+    # a reference format's KLD is 0; 0.002 crosses the +10% gate and its 1e-4 floor
+    hist = tmp_path / "h"
+    for i in range(8):
+        recs = one_run(i)
+        for r in recs:
+            if "kld_mean" in r:
+                r["kld_mean"] = 0.002 if i >= 4 else 0.0
+        history.records.append(tmp_path / f"r{i}.jsonl", recs)
+        history.track([tmp_path / f"r{i}.jsonl"], hist)
+    (s, _) = steps(trend.analyse(hist), "kld_mean")
+    assert s.after.run == 4 and s.verdict == "REGRESSION" and s.change == math.inf
+    assert f"ppl512 KLD mean 0 -> 0.002 between {commit(3)} and {commit(4)}" in s.line()
