@@ -10,8 +10,9 @@ Change points come in two stages:
    raw samples and the threshold, ppl / KLD / bytes by the gate's tolerance alone. So a listed
    step is exactly a pair that `quantbench compare BEFORE AFTER` calls, and compare never calls a
    pair around a candidate that the trend leaves out.
-A machine here is the hardware part of the fingerprint (history.hardware_id): a library upgrade
-stays on its machine's line and is marked where it happened, so a step it caused is found.
+A series (and a colour) is one variant on the hardware part of the fingerprint
+(history.hardware_id), so a step a library upgrade caused is found and names the upgrade; the
+drawn line still breaks where the fingerprint changes, so no line joins two fingerprints.
 """
 from __future__ import annotations
 
@@ -168,7 +169,10 @@ def analyse(history_dir, fail: list[str] | None = None, alpha: float = compare.A
 def _panel(plot_id: str, title: str, metric: str, trend: Trend, keys: list[tuple],
            colors: dict[str, str], names: dict[tuple, str]) -> str:
     """Returns one metric's SVG: a line per series in keys, coloured per machine, or per variant
-    when the whole history has one machine (eleven lines of one colour say nothing)."""
+    when the whole history has one machine (eleven lines of one colour say nothing).
+
+    A line never joins two fingerprints: where a library version changes under a series, its
+    line breaks and a dotted grey rule names what changed (a step across it is still judged)."""
     per_machine = len(colors) > 1
     pts = [p for k in keys for p in trend.series[k]]
     vals = [p.value for p in pts]
@@ -190,16 +194,32 @@ def _panel(plot_id: str, title: str, metric: str, trend: Trend, keys: list[tuple
             parts.append(f'<line class="step" x1="{x:.1f}" y1="{plots.MARGIN_PX["top"]}" x2="{x:.1f}" '
                          f'y2="{plots.HEIGHT_PX - plots.MARGIN_PX["bottom"]}" stroke="{color}" '
                          f'stroke-width="2" stroke-dasharray="5,3"><title>{escape(s.line())}</title></line>')
+    upgrades = {}
+    for k in keys:
+        line = trend.series[k]
+        for a, b in zip(line, line[1:], strict=False):
+            if a.where.machine != b.where.machine:
+                upgrades[b.run] = ", ".join(_changed(a.rec, b.rec)) or "machine fingerprint"
+    for run, what in sorted(upgrades.items()):
+        x = ax.px(run - 0.5)
+        parts.append(f'<line class="upgrade" x1="{x:.1f}" y1="{plots.MARGIN_PX["top"]}" x2="{x:.1f}" '
+                     f'y2="{plots.HEIGHT_PX - plots.MARGIN_PX["bottom"]}" stroke="#999" '
+                     f'stroke-dasharray="1,3"><title>{escape(what)}</title></line>')
     labels, legend = [], {}
     for i, k in enumerate(keys):
         line = trend.series[k]
         color = colors[k[0]] if per_machine else plots.color_for(i)
         legend[_short(k[0], list(colors).index(k[0])) if per_machine else names[k]] = color
-        d = "".join(f"{'M' if j == 0 else 'L'}{ax.px(p.run):.1f},{ax.py(p.value):.1f}"
-                    for j, p in enumerate(line))
-        parts.append(f'<path d="{d}" fill="none" stroke="{color}" stroke-width="1.5"/>')
+        start = 0
+        for j in range(1, len(line) + 1):  # one path per stretch of one fingerprint
+            if j == len(line) or line[j].where.machine != line[start].where.machine:
+                d = "".join(f"{'M' if n == start else 'L'}{ax.px(p.run):.1f},{ax.py(p.value):.1f}"
+                            for n, p in enumerate(line[start:j], start))
+                parts.append(f'<path class="series" data-machine="{escape(line[start].where.machine)}" '
+                             f'd="{d}" fill="none" stroke="{color}" stroke-width="1.5"/>')
+                start = j
         for p in line:
-            tip = (f"{names[k]} {k[4]} on {k[0]}: {p.value:.5g} at {p.where.commit} "
+            tip = (f"{names[k]} {k[4]} on {p.where.machine}: {p.value:.5g} at {p.where.commit} "
                    f"({_iso(p.where.date)}, run {p.run})")
             parts.append(f'<circle cx="{ax.px(p.run):.1f}" cy="{ax.py(p.value):.1f}" r="3" '
                          f'fill="{color}"><title>{escape(tip)}</title></circle>')

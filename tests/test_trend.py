@@ -71,7 +71,7 @@ def test_small_ppl_step_follows_the_gate(tmp_path):
     assert len(steps(trend.analyse(hist, ["ppl:+0.2%"]), "ppl")) == 2
 
 
-def test_library_upgrade_stays_on_the_line_and_is_named(tmp_path):
+def test_library_upgrade_is_judged_named_and_breaks_the_line(tmp_path):
     newer = {"torch": "2.14.0"}
     hist = write_history(tmp_path, 12, lambda i: {"env": newer, "ppl": 11.76} if i >= 6 else {})
     assert len(list(hist.iterdir())) == 2  # two fingerprints in the history ...
@@ -79,6 +79,15 @@ def test_library_upgrade_stays_on_the_line_and_is_named(tmp_path):
     assert len({k[0] for k in t.series}) == 1  # ... one machine in the trend
     (s, _) = steps(t, "ppl")
     assert "torch 2.13.0+cpu->2.14.0" in s.line() and s.after.run == 6
+    # ... but no line joins two fingerprints: each variant's line breaks at the upgrade
+    html = trend.render_html(t, str(hist))
+    ppl = html[html.index('id="trend-ppl-ppl512"'):]
+    ppl = ppl[:ppl.index("</svg>")]
+    paths = re.findall(r'<path class="series" data-machine="([^"]+)" d="([^"]+)"', ppl)
+    assert sorted(m for m, _ in paths) == sorted(2 * [p.name for p in hist.iterdir()])  # 2 variants
+    assert all(d.count("M") == 1 and d.count("L") == 5 for _, d in paths)  # 6 runs each side
+    upgrade = re.findall(r'<line class="upgrade"[^>]*><title>([^<]*)</title>', ppl)
+    assert upgrade == ["torch 2.13.0+cpu-&gt;2.14.0"]
 
 
 class _Page(HTMLParser):
@@ -113,7 +122,7 @@ def test_trend_page_has_panels_steps_and_hover(tmp_path, capsys):
     assert ids == ["trend-decode_tok_s-tg64", "trend-prefill_tok_s-pp512", "trend-ppl-ppl512",
                    "trend-kld_mean-ppl512", "trend-peak_rss_bytes-load", "trend-weights_bytes-load"]
     assert "http" not in re.sub(r'xmlns="http://www.w3.org/2000/svg"', "", html)  # offline
-    hover = f"fp32 tg64 on {history.hardware_id(history.machine(ENV))}"
+    hover = f"fp32 tg64 on {history.fingerprint(history.machine(ENV))}"
     assert any(t.startswith(hover) and f"at {commit(3)} (2026-11-01 03:00Z, run 3)" in t for t in page.titles)
     top = html[:html.index("<svg")]
     assert top.count('<li class="REGRESSION">') == 2 and f"between {commit(9)} and {commit(10)}" in top
@@ -132,7 +141,7 @@ def test_two_machines_colour_per_machine(tmp_path):
     decode = decode[:decode.index("</svg>")]
     legend = re.findall(r"<text [^>]*>([^<]*)</text>", decode[decode.index('<g class="legend">'):])
     assert legend == ["M1 amd-epyc-7763-2c-24g", "M2 intel-xeon-platinum"]
-    colors = set(re.findall(r'<path d="[^"]*" fill="none" stroke="(#[0-9a-f]+)"', decode))
+    colors = set(re.findall(r'<path class="series" [^>]*stroke="(#[0-9a-f]+)"', decode))
     assert colors == {plots.color_for(0), plots.color_for(1)}  # 4 lines, 2 colours
 
 
