@@ -127,8 +127,8 @@ def track(paths, history_dir: str | os.PathLike) -> list[Run]:
         for r in records.read(p):
             fields = machine(r.get("env"))
             groups.setdefault((fingerprint(fields), str(r.get("suite_hash", ""))), []).append(r)
-    out = []
-    for (fp, _), recs in groups.items():
+    out: list[Run] = []
+    for (fp, suite_hash), recs in groups.items():
         last = {records.key(r): r for r in recs}  # a re-run replaces its key
         recs = list(last.values())
         d = history_dir / fp
@@ -136,7 +136,10 @@ def track(paths, history_dir: str | os.PathLike) -> list[Run]:
         info = {"fingerprint": fp, "hardware": hardware_id(machine(recs[0].get("env"))),
                 **machine(recs[0].get("env"))}
         (d / MACHINE_FILE).write_text(json.dumps(info, indent=1, sort_keys=False) + "\n")
-        run = Run(d / f"{_run_date(recs)}-{_commit(recs)}.jsonl", fp, _run_date(recs), _commit(recs))
+        date, commit = _run_date(recs), _commit(recs)
+        if any(r.machine == fp and (r.date, r.commit) == (date, commit) for r in out):
+            commit = f"{commit}-{suite_hash}"  # two suites started in the same second: keep both
+        run = Run(d / f"{date}-{commit}.jsonl", fp, date, commit)
         tmp = run.path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in recs))
         tmp.replace(run.path)  # atomic: a reader never sees half a run

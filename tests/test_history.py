@@ -139,3 +139,13 @@ def test_track_cli(tmp_path, capsys):
     assert len(lines) == 2
     assert main(["track", str(tmp_path / "missing.jsonl"), "--history", str(tmp_path / "h")]) == 2
     assert "results file" in capsys.readouterr().err
+
+
+def test_two_suites_in_the_same_second_keep_two_files(tmp_path):
+    res = tmp_path / "r.jsonl"
+    records.append(res, one_run(0) + one_run(0, suite_hash="s2"))
+    tracked = history.track([res], tmp_path / "h")
+    assert [r.path.name for r in tracked] == [f"20261101T000000Z-{commit(0)}.jsonl",
+                                              f"20261101T000000Z-{commit(0)}-s2.jsonl"]
+    assert [len(r.records()) for r in tracked] == [8, 8]
+    assert [r.commit for r in history.runs(tmp_path / "h")] == [commit(0), f"{commit(0)}-s2"]
