@@ -2,9 +2,9 @@
 
 Change points come in two stages:
 1. ruptures (Truong, Oudre & Vayatis 2020, "Selective review of offline change point detection
-   methods") PELT with an L2 cost proposes candidates on each series (one variant on one machine):
-   log values (a step is relative), scaled by a robust noise estimate (MAD of successive
-   differences / sqrt 2), penalty PENALTY x ln(n) (BIC-like) per change.
+   methods") PELT (Killick, Fearnhead & Eckley 2012) with an L2 cost proposes candidates on each
+   series (one variant on one machine): log values (a step is relative), scaled by a robust
+   noise estimate (MAD of successive differences / sqrt 2), penalty PENALTY x ln(n) per change.
 2. Each candidate is judged by `compare.judge` on the two runs either side of it, under the same
    gates as `quantbench compare` (defaults, or --fail): timings by Mann-Whitney + bootstrap on the
    raw samples and the threshold, ppl / KLD / bytes by the gate's tolerance alone. So a listed
@@ -34,7 +34,7 @@ METRICS = {  # metric -> (label, workloads it is read from: a prefix, or "load" 
     "peak_rss_bytes": ("peak RSS bytes", "load"),
     "weights_bytes": ("weights bytes", "load"),
 }
-PENALTY = 3.0          # x ln(n), in noise variances: BIC's 2 ln(n) and a margin for heavy tails
+PENALTY = 3.0          # x ln(n), in noise variances: BIC's 2 ln(n) plus a margin (fewer noise candidates)
 SIGMA_FLOOR = 1e-6     # noise floor (log units) when values repeat exactly (deterministic metrics)
 MAX_X_LABELS = 24      # commit labels under a panel; every k-th beyond that
 LEGEND_CHARS = 23      # what the 180 px legend margin holds at 11 px
