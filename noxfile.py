@@ -28,6 +28,7 @@ GPTQ_REQS = ["accelerate>=1.15.0", "safetensors>=0.8.0", "threadpoolctl>=3.7.0",
              "tokenicer>=0.0.14", "logbar>=0.4.15", "jinja2", "ninja", "maturin", "datasets",
              "pyarrow", "dill", "torchao>=0.18.0", "defuser>=0.0.28", "optimum>=2.3.0",
              "setuptools", "wheel"]
+HISTORY = "results/history"  # every bench and CI run, per machine (`quantbench trend results/history`)
 CPU_ENV = {"OMP_WAIT_POLICY": "passive", "GPTQMODEL_CPU_WORKERS": "2",
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_TELEMETRY": "1"}
 
@@ -76,7 +77,7 @@ def tests(session: nox.Session) -> None:
     if session.posargs:
         return
     session.run("quantbench", "run", "--suite", "suites/ci.toml", "--out", "results/ci.jsonl",
-                "--report", "reports/ci.html", env=CPU_ENV)
+                "--report", "reports/ci.html", "--history", HISTORY, env=CPU_ENV)
     # Quality and bytes strictly (the defaults); timings loosely: CI machines are shared.
     session.run("quantbench", "compare", "results/baselines/ci-cpu.jsonl", "results/ci.jsonl",
                 "--markdown-out", "reports/ci-compare.md", "--fail", "decode_tok_s:-60%",
@@ -93,7 +94,7 @@ def bench(session: nox.Session) -> None:
     args = list(session.posargs)
     if "--suite" not in args:
         args += ["--suite", "suites/default.toml"]
-    session.run("quantbench", "run", *args, "--report", "reports/latest.html",
+    session.run("quantbench", "run", *args, "--report", "reports/latest.html", "--history", HISTORY,
                 env=CPU_ENV)
 
 

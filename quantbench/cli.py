@@ -55,6 +55,10 @@ def cmd_run(args) -> int:
 
         for p in write_report([str(out)], args.report):
             print(f"report: {p}")
+    if args.history:
+        from quantbench import history
+
+        history.print_tracked(history.track([out], args.history))
     return 0
 
 
@@ -88,13 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="results JSONL (default results/SUITE.jsonl)")
     r.add_argument("--resume", action="store_true", help="skip variants already ok in --out")
     r.add_argument("--report", help="also write an HTML report here")
+    r.add_argument("--history", metavar="DIR", help="also add the run to this history (quantbench track)")
     r.set_defaults(func=cmd_run)
     f = sub.add_parser("formats", help="list the formats table")
     f.set_defaults(func=cmd_formats)
-    from quantbench import cli_arith, compare, report
+    from quantbench import cli_arith, compare, history, report, trend
 
     report.add_report_parser(sub)
     compare.add_compare_parser(sub)
+    history.add_track_parser(sub)
+    trend.add_trend_parser(sub)
     cli_arith.add_estimate_parser(sub)
     cli_arith.add_devices_parser(sub)
     return p

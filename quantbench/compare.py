@@ -8,6 +8,12 @@ Mann-Whitney U test at p < alpha (Mann & Whitney 1947; normal approximation with
 as scipy.stats.mannwhitneyu(method="asymptotic")) AND a median change past the threshold, so a
 significant-but-small drift between two runs on a shared machine does not fail, while a large,
 consistent slowdown does. A seeded bootstrap CI of the median ratio is reported beside it.
+A timing gate that cannot fire for its sample counts (the smallest p Mann-Whitney can give with
+n1 vs n2 samples is not below alpha) is `skipped: too few samples`, never a silent pass.
+`judge` is the one verdict on a (metric, base record, new record); `quantbench trend` calls it
+too, so a step in the trend and `compare` on the two runs either side of it always agree.
+The records' `env` blocks name the machines: differing fingerprints (history.py) are a warning,
+or an error with --strict-machine.
 """
 from __future__ import annotations
 
@@ -58,7 +64,8 @@ METRICS = {
 }
 SAMPLE_TO_METRIC = {"s": lambda s, rec: s, "batch/s": lambda s, rec: (rec.get("batch") or 1) / s,
                     "n_prompt/s": lambda s, rec: rec["n_prompt"] / s}
-VERDICT_ORDER = {"REGRESSION": 0, "noisy": 1, "improved": 2, "ok": 3, "-": 4}
+SKIPPED = "skipped: too few samples"
+VERDICT_ORDER = {"REGRESSION": 0, "noisy": 1, SKIPPED: 2, "improved": 3, "ok": 4, "-": 5}
 COLUMNS = ["key", "metric", "base", "new", "change", "ci_low", "ci_high", "p", "verdict"]
 _SPEC = re.compile(r"^([a-z0-9_]+):([+-])(\d+(?:\.\d*)?|\.\d+)(%|pp)?$")
 
@@ -163,6 +170,14 @@ def mann_whitney_greater(x, y) -> float:
     return 0.5 * math.erfc((u - n1 * n2 / 2 - 0.5) / math.sqrt(var) / math.sqrt(2))
 
 
+def min_p(n1: int, n2: int) -> float:
+    """Returns the smallest one-sided Mann-Whitney p with n1 vs n2 samples (every x above every y).
+
+    3 vs 3 gives 0.040, 4 vs 4 0.015, 5 vs 5 0.0061: at alpha 0.01 equal counts need 5 each.
+    """
+    return mann_whitney_greater(np.arange(n1) + n2, np.arange(n2))
+
+
 def bootstrap_ratio_ci(x, y, q: float = 0.5, n: int = BOOTSTRAP, seed: int = SEED,
                        level: float = 0.95) -> tuple[float, float]:
     """Returns the percentile-bootstrap CI of quantile_q(y) / quantile_q(x), seeded."""
@@ -212,8 +227,12 @@ def _common_windows(name: str, b: dict, n: dict) -> tuple[float, float] | None:
     return math.exp(sum(nb[:k]) / (k * t)), math.exp(sum(nn[:k]) / (k * t))
 
 
-def _judge(name: str, gate: Gate | None, b: dict, n: dict, alpha: float) -> dict | None:
-    """Returns the table row of one metric of a key ok on both sides, or None when unmeasured."""
+def judge(name: str, gate: Gate | None, b: dict, n: dict, alpha: float = ALPHA) -> dict | None:
+    """Returns the verdict row of one metric between two ok records, or None when unmeasured.
+
+    Row: metric, base, new, change, ci_low, ci_high, p, verdict (REGRESSION, noisy, SKIPPED,
+    improved, ok, '-' when ungated), message (the crossed gate), n_samples ((n1, n2) or None).
+    """
     metric = METRICS[name]
     xs, ys = _samples(metric, b), _samples(metric, n)
     p = p_better = ci = None
@@ -230,12 +249,15 @@ def _judge(name: str, gate: Gate | None, b: dict, n: dict, alpha: float) -> dict
             return {"metric": name, "base": bv, "new": nv if _is_num(nv) else None, "change": None,
                     "ci_low": None, "ci_high": None, "p": None,
                     "verdict": "REGRESSION" if gate else "-",
-                    "message": f"{name} {bv:.5g} -> {'NaN' if _is_num(nv) else 'missing'}"}
+                    "message": f"{name} {bv:.5g} -> {'NaN' if _is_num(nv) else 'missing'}",
+                    "n_samples": None}
     msg = gate.check(bv, nv) if gate else None
     if msg and p is not None:
         msg += f", p={p:.2g} ({len(xs)} vs {len(ys)} samples)"
     if not gate:
         verdict = "-"
+    elif p is not None and min_p(len(xs), len(ys)) >= alpha:
+        verdict = SKIPPED
     elif msg:
         verdict = "REGRESSION" if p is None or p < alpha else "noisy"
     elif gate.improved(bv, nv) and (p_better is None or p_better < alpha):
@@ -244,7 +266,8 @@ def _judge(name: str, gate: Gate | None, b: dict, n: dict, alpha: float) -> dict
         verdict = "ok"
     return {"metric": name, "base": bv, "new": nv, "change": (nv - bv) / abs(bv) if bv else 0.0,
             "ci_low": ci[0] - 1 if ci else None, "ci_high": ci[1] - 1 if ci else None,
-            "p": p, "verdict": verdict, "message": msg}
+            "p": p, "verdict": verdict, "message": msg,
+            "n_samples": (len(xs), len(ys)) if p is not None else None}
 
 
 @dataclass
@@ -252,6 +275,7 @@ class CompareResult:
     table: pandas.DataFrame  # noqa: F821  COLUMNS, one row per (key, metric) judged
     regressions: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. the two sides ran on different machines
 
     @property
     def ok(self) -> bool:
@@ -285,12 +309,42 @@ def _frame(recs: list[dict]):
     return df.drop_duplicates(list(records.IDENTITY), keep="last")  # a re-run replaces its key
 
 
+def gates_for(fail: list[str] | None = None) -> dict[str, Gate]:
+    """Returns metric -> Gate: the defaults overridden by the `--fail` specs."""
+    return default_gates() | {g.metric: g for g in map(parse_gate, fail or [])}
+
+
+def machine_warnings(base_records: list[dict], new_records: list[dict],
+                     labels: tuple[str, str] = ("base", "new")) -> list[str]:
+    """Returns one line per pair of differing machine fingerprints, naming the fields that differ."""
+    from quantbench.history import differences, machines_of
+
+    mb, mn = machines_of(base_records), machines_of(new_records)
+    if not mb or not mn or set(mb) == set(mn):
+        return []
+    out = []
+    for fb, b in mb.items():
+        for fn, n in mn.items():
+            if fb != fn:
+                out.append(f"{labels[0]} ran on machine {fb}, {labels[1]} on {fn}: "
+                           + ", ".join(differences(b, n)))
+    return out
+
+
 def compare(base_records: list[dict], new_records: list[dict], fail: list[str] | None = None,
-            alpha: float = ALPHA, labels: tuple[str, str] = ("base", "new")) -> CompareResult:
-    """Returns the CompareResult of new against base under the default gates overridden by `fail`."""
+            alpha: float = ALPHA, labels: tuple[str, str] = ("base", "new"),
+            strict_machine: bool = False) -> CompareResult:
+    """Returns the CompareResult of new against base under the default gates overridden by `fail`.
+
+    Raises UserError when strict_machine and the two sides ran on different machines.
+    """
     import pandas as pd
 
-    gates = default_gates() | {g.metric: g for g in map(parse_gate, fail or [])}
+    gates = gates_for(fail)
+    warnings = machine_warnings(base_records, new_records, labels)
+    if warnings and strict_machine:
+        raise UserError(f"--strict-machine: {warnings[0]}; compare runs of one machine or drop "
+                        "--strict-machine")
     base, new = _frame(base_records), _frame(new_records)
     vb = sorted(map(str, set(base.schema_version)))
     vn = sorted(map(str, set(new.schema_version)))
@@ -302,7 +356,7 @@ def compare(base_records: list[dict], new_records: list[dict], fail: list[str] |
     if not (joined["side"] == "both").any():
         raise UserError(f"nothing to join: {labels[0]} ({len(base)} records) and {labels[1]} "
                         f"({len(new)} records) share no (model, format, device, workload)")
-    rows, regressions, notes = [], [], []
+    rows, regressions, notes, skipped = [], [], [], {}
     for j in joined.itertuples(index=False):
         if j.status_b != "ok":  # nothing to hold new to (also keys only in new)
             continue
@@ -316,17 +370,24 @@ def compare(base_records: list[dict], new_records: list[dict], fail: list[str] |
                          "verdict": "REGRESSION"})
             continue
         for name in METRICS:
-            row = _judge(name, gates.get(name), j.rec_b, j.rec_n, alpha)
+            row = judge(name, gates.get(name), j.rec_b, j.rec_n, alpha)
             if row is not None:
                 rows.append({"key": k, **row})
-                if row["verdict"] == "REGRESSION":
+                if row["verdict"] == SKIPPED:
+                    skipped.setdefault((name, row["n_samples"]), []).append(k)
+                elif row["verdict"] == "REGRESSION":
                     regressions.append(f"{where}: {row['message']}")
                 elif row["verdict"] == "noisy":
                     notes.append(f"{where}: {row['message']}: not significant at alpha "
                                  f"{alpha:g}, not called")
-    table = pd.DataFrame(rows, columns=COLUMNS + ["message"]).drop(columns="message")
+    for (name, (n1, n2)), keys in skipped.items():
+        notes.append(f"{name} gate on {len(keys)} key(s) {SKIPPED}: with {n1} vs {n2} samples the "
+                     f"smallest possible p is {min_p(n1, n2):.2g} >= alpha {alpha:g}, so it cannot "
+                     "fire; keep more samples (suite min_samples) to gate it")
+    table = pd.DataFrame(rows, columns=COLUMNS + ["message", "n_samples"])
+    table = table.drop(columns=["message", "n_samples"])
     table = table.sort_values("verdict", key=lambda v: v.map(VERDICT_ORDER), kind="stable")
-    return CompareResult(table.reset_index(drop=True), regressions, notes)
+    return CompareResult(table.reset_index(drop=True), regressions, notes, warnings)
 
 
 def from_pytest_benchmark(doc: dict) -> list[dict]:
@@ -356,11 +417,19 @@ def load(path: str) -> list[dict]:
 
 
 def add_compare_parser(subparsers) -> None:
-    """Adds `compare BASE NEW [--fail METRIC:THRESHOLD ...] [--markdown-out FILE]`."""
+    """Adds `compare BASE NEW [--fail METRIC:THRESHOLD ...] [--markdown-out FILE]`
+    and `compare --baseline auto --history DIR NEW`."""
     p = subparsers.add_parser("compare", help="regression gate: compare two results files",
                               description=__doc__.split("\n")[0])
-    p.add_argument("base", help="baseline results (.jsonl, or pytest-benchmark .json)")
-    p.add_argument("new", help="results to judge")
+    p.add_argument("base", nargs="?", help="baseline results (.jsonl, or pytest-benchmark .json)")
+    p.add_argument("new", nargs="?", help="results to judge")
+    p.add_argument("--baseline", metavar="auto", choices=["auto"],
+                   help="auto: the baseline is the latest earlier run in --history on the same "
+                        "machine with the same suite hash; then give NEW alone")
+    p.add_argument("--history", metavar="DIR", default="results/history",
+                   help="history for --baseline auto (default %(default)s)")
+    p.add_argument("--strict-machine", action="store_true",
+                   help="exit 2 when base and new ran on different machines (default: a warning)")
     p.add_argument("--fail", nargs="+", action="extend", metavar="METRIC:THRESHOLD",
                    help="override a default gate, e.g. decode_tok_s:-5%% ppl:+0.5%% top1_agree:-0.5pp; "
                         "defaults: " + " ".join(map(str, default_gates().values())).replace("%", "%%"))
@@ -369,10 +438,37 @@ def add_compare_parser(subparsers) -> None:
     p.set_defaults(func=cmd_compare)
 
 
+def _paths(args) -> tuple[str | None, str]:
+    """Returns (base, new) paths from the arguments; base None when auto finds no baseline."""
+    baseline = getattr(args, "baseline", None)
+    if baseline is None:
+        if args.base is None or args.new is None:
+            raise UserError("compare needs BASE and NEW results files, or --baseline auto "
+                            "--history DIR NEW")
+        return args.base, args.new
+    if args.base is None or args.new is not None:
+        raise UserError("with --baseline auto give NEW alone (the baseline comes from --history)")
+    from quantbench.history import baseline_for
+
+    run = baseline_for(args.history, load(args.base))
+    if run is not None:
+        print(f"baseline: {run.path}", file=sys.stderr)
+    return (str(run.path) if run else None), args.base
+
+
 def cmd_compare(args) -> int:
-    """Prints the comparison; returns 0 clean, 1 regression (bad input: UserError, exit 2 in cli)."""
-    result = compare(load(args.base), load(args.new), getattr(args, "fail", None),
-                     getattr(args, "alpha", ALPHA), labels=(args.base, args.new))
+    """Prints the comparison; returns 0 clean (or no baseline yet), 1 regression, 2 bad input."""
+    base, new = _paths(args)
+    if base is None:
+        print(f"note: no baseline: {args.history} has no earlier run of this machine and suite "
+              f"({new}); nothing compared. Track runs with `quantbench track` or "
+              "`quantbench run --history`", file=sys.stderr)
+        return 0
+    result = compare(load(base), load(new), getattr(args, "fail", None),
+                     getattr(args, "alpha", ALPHA), labels=(str(base), str(new)),
+                     strict_machine=getattr(args, "strict_machine", False))
+    for line in result.warnings:
+        print(f"warning: {line}", file=sys.stderr)
     md = result.markdown()
     print(md, end="")
     if getattr(args, "markdown_out", None):

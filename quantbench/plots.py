@@ -97,6 +97,16 @@ def ticks(lo: float, hi: float, log: bool) -> list[float]:
     return [round(first + i * step, 12) for i in range(int((hi - first) / step) + 1)]
 
 
+def distinct_labels(values: list[float]) -> list[str]:
+    """Returns fmt_num labels, or plain ones with as many significant digits as keep them apart."""
+    out = [fmt_num(v) for v in values]
+    digits = 4
+    while len(set(out)) < len(out) and digits <= 9:
+        out = [f"{v:.{digits}g}" for v in values]
+        digits += 1
+    return out
+
+
 def _frame(ax: Axes, plot_id: str, title: str, x_label: str, y_label: str,
            x_ticks: bool = True) -> list[str]:
     left, top = MARGIN_PX["left"], MARGIN_PX["top"]
@@ -112,10 +122,11 @@ def _frame(ax: Axes, plot_id: str, title: str, x_label: str, y_label: str,
         out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{bottom}" stroke="#eee"/>'
                    f'<text x="{x:.1f}" y="{bottom + 15}" text-anchor="middle" fill="#444">'
                    f"{fmt_num(t)}</text>")
-    for t in ticks(ax.y_lo, ax.y_hi, ax.y_log):
+    y_ticks = ticks(ax.y_lo, ax.y_hi, ax.y_log)
+    for t, label in zip(y_ticks, distinct_labels(y_ticks), strict=True):
         y = ax.py(t)
         out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}" stroke="#eee"/>'
-                   f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#444">{fmt_num(t)}</text>')
+                   f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#444">{label}</text>')
     out.append(f'<text x="{(left + right) / 2}" y="{HEIGHT_PX - 12}" text-anchor="middle">'
                f"{escape(x_label)}</text>")
     out.append(f'<text transform="translate(16,{(top + bottom) / 2}) rotate(-90)" '

@@ -62,7 +62,7 @@ def plan(suite: Suite) -> list[tuple[str, str]]:
 
 
 class Output:
-    """The results file of a run. A new run moves an earlier file to history/ only when its first
+    """The results file of a run. A new run moves an earlier file to previous/ only when its first
     record is about to be written, so a run that fails before measuring anything loses nothing."""
 
     def __init__(self, path: Path, resume: bool):
@@ -104,14 +104,15 @@ def _done(path: Path, suite: Suite, model_name: str, env: dict) -> set[tuple]:
         else:
             continue
         raise UserError(f"--resume: {path} holds records of another run ({why}); rerun without "
-                        "--resume to start a new file (the old one moves to history/), or pass another --out")
+                        "--resume to start a new file (the old one moves to previous/), or pass another --out")
     return {records.key(r) for r in recs if r["status"] == "ok"}
 
 
 def _rotate(path: Path) -> None:
-    """Moves an earlier results file to history/ beside it so a new run never overwrites it."""
+    """Moves an earlier results file to previous/ beside it so a new run never overwrites it
+    (history/ is the per-machine run history of `quantbench track`)."""
     if path.exists() and path.stat().st_size:
-        hist = path.parent / "history"
+        hist = path.parent / "previous"
         hist.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(path.stat().st_mtime))
         target = hist / f"{path.stem}-{stamp}{path.suffix}"

@@ -13,6 +13,7 @@ from quantbench.compare import (
     bootstrap_ratio_ci,
     compare,
     mann_whitney_greater,
+    min_p,
     parse_gate,
 )
 from quantbench.errors import UserError
@@ -147,11 +148,22 @@ def test_ten_percent_slowdown_passes_the_default_gate():
     assert result.ok and verdicts(result, "decode_tok_s") == {"ok"}
 
 
+def test_min_p_by_hand():
+    # every x above every y: U = n1 n2, z = (n1 n2/2 - 0.5) / sqrt(n1 n2 (n + 1) / 12)
+    assert min_p(3, 3) == pytest.approx(0.5 * math.erfc(4 / math.sqrt(63 / 12) / math.sqrt(2)))
+    assert min_p(3, 3) == pytest.approx(0.0404, abs=1e-4)
+    assert min_p(4, 4) > 0.01 > min_p(4, 5) and min_p(5, 5) == pytest.approx(0.0061, abs=1e-4)
+
+
 def test_three_prefill_samples_cannot_be_significant():
-    # 3 vs 3 samples: the smallest one-sided p is 0.04 > alpha, so a 2x slowdown is only a note.
-    result = compare(run_records(0), run_records(1, prefill_slow=2.0))
-    assert result.ok and verdicts(result, "prefill_tok_s") == {"noisy"}
-    assert any("3 vs 3 samples" in n for n in result.notes)
+    # 3 vs 3 samples: the smallest one-sided p is 0.04 > alpha, so the gate is skipped, said so,
+    # whether or not the change crosses it.
+    for slow in (2.0, 1.0):
+        result = compare(run_records(0), run_records(1, prefill_slow=slow))
+        assert result.ok and verdicts(result, "prefill_tok_s") == {"skipped: too few samples"}
+        note = next(n for n in result.notes if n.startswith("prefill_tok_s gate"))
+        assert ("prefill_tok_s gate on 2 key(s) skipped: too few samples: with 3 vs 3 samples the "
+                "smallest possible p is 0.04 >= alpha 0.01") in note
     result = compare(run_records(0, n_prefill=8), run_records(1, prefill_slow=2.0, n_prefill=8))
     assert any("prefill_tok_s" in r for r in result.regressions)
 
@@ -252,3 +264,33 @@ def test_pytest_benchmark_json(tmp_path, capsys):
     assert cli(base, save("0002_same.json", 1.0, 1)) == 0
     assert cli(base, save("0003_slow.json", 1.5, 2)) == 1
     assert "REGRESSION: format test_decode workload perf (harness, cpu): perf_s" in capsys.readouterr().err
+
+
+# --- machines ---------------------------------------------------------------------------------
+
+ENV = {"host": "a", "cpu": "AMD EPYC 7763", "cpu_physical_cores": 2, "cpu_logical_cores": 2,
+       "ram_bytes": 25_276_510_208, "torch": "2.13.0+cpu", "transformers": "5.24.0",
+       "llama_cpp_python": "0.3.36", "git_commit": "abc"}
+
+
+def with_env(recs, **env):
+    return [{**r, "env": {**ENV, **env}} for r in recs]
+
+
+def test_same_machine_other_host_is_no_warning(files, capsys):
+    base = files("base.jsonl", with_env(run_records(0)))
+    new = files("new.jsonl", with_env(run_records(1), host="b", git_commit="def"))
+    assert cli(base, new, "--strict-machine") == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_other_machine_warns_and_strict_exits_2(files, capsys):
+    base = files("base.jsonl", with_env(run_records(0)))
+    new = files("new.jsonl", with_env(run_records(1), cpu="Intel Xeon 8480", torch="2.14.0"))
+    assert cli(base, new) == 0
+    err = capsys.readouterr().err
+    line = next(x for x in err.splitlines() if x.startswith("warning: "))
+    assert line.endswith("cpu 'AMD EPYC 7763' -> 'Intel Xeon 8480', torch '2.13.0+cpu' -> '2.14.0'")
+    assert cli(base, new, "--strict-machine") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --strict-machine: ") and err.count("\n") == 1

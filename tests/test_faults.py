@@ -106,7 +106,7 @@ def test_out_directory_is_refused(tmp_path, resume):
     d.mkdir()
     (d / "keep.txt").write_text("x")
     assert "is a directory" in one_error_line(qb("run", *S, "--out", str(d), *resume))
-    assert (d / "keep.txt").exists() and not (tmp_path / "history").exists()
+    assert (d / "keep.txt").exists() and not (tmp_path / "previous").exists()
 
 
 # 6, 9, 17: duplicates, an empty format list and degenerate numbers are refused before anything moves
@@ -125,7 +125,7 @@ def test_bad_suite_values_are_refused_and_nothing_moves(base, tmp_path, sets, ms
     out.write_bytes(base.read_bytes())
     args = [a for s in sets for a in ("--set", s)]
     assert msg in one_error_line(qb("run", *S, *args, "--out", str(out)))
-    assert out.read_bytes() == base.read_bytes() and not (tmp_path / "history").exists()
+    assert out.read_bytes() == base.read_bytes() and not (tmp_path / "previous").exists()
 
 
 def _children(pid: int) -> list[psutil.Process]:
@@ -280,7 +280,7 @@ def test_history_names_never_collide(tmp_path):
         out.write_text(f"{i}\n")
         os.utime(out, (1_700_000_000, 1_700_000_000))
         runner._rotate(out)
-    assert sorted(p.read_text() for p in (tmp_path / "history").iterdir()) == ["0\n", "1\n", "2\n"]
+    assert sorted(p.read_text() for p in (tmp_path / "previous").iterdir()) == ["0\n", "1\n", "2\n"]
 
 
 # The fault-injection run: kill runner and worker at random points; resume until done

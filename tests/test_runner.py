@@ -97,8 +97,8 @@ def test_resume_skips_finished_and_new_run_rotates(tmp_path, tiny, capsys):
     n = len(records.read(out))
     runner.run(suite, out, resume=True)
     assert len(records.read(out)) == n and "skipped (--resume)" in capsys.readouterr().out
-    runner.run(suite, out)  # without --resume: the old file moves to history/
-    assert len(records.read(out)) == n and len(list((tmp_path / "history").iterdir())) == 1
+    runner.run(suite, out)  # without --resume: the old file moves to previous/
+    assert len(records.read(out)) == n and len(list((tmp_path / "previous").iterdir())) == 1
 
 
 def test_predicted_beside_measured(tiny_run):
