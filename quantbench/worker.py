@@ -10,9 +10,11 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import resource
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -243,11 +245,62 @@ def build_log(tag: str) -> Path:
     return cache.entry("logs", f"{name}-{time.strftime('%Y%m%dT%H%M%S')}.log")
 
 
+# What a quantizer's log says as it goes: GPTQModel's "Quantizing layer N of LAST" (0-based).
+LAYER_LINE = re.compile(rb"Quantizing layer (\d+) of (\d+)")
+PROGRESS_EVERY_S = 2.0
+
+
+def progress_line(tag: str, done: int, total: int, elapsed_s: float) -> str:
+    """Returns '[tag] quantizing: layer 10/30, 3:12 elapsed, ~6:24 left' (no ETA before a layer is done)."""
+    def mmss(x: float) -> str:
+        return f"{int(x // 60)}:{int(x % 60):02d}"
+
+    eta = f", ~{mmss(elapsed_s / done * (total - done))} left" if done else ""
+    return f"{tag} quantizing: layer {done}/{total}, {mmss(elapsed_s)} elapsed{eta}"
+
+
+class LogProgress(threading.Thread):
+    """Follows a build log for the quantizer's layer counter and keeps one progress line on the
+    console: rewritten in place on a terminal, a new line per layer otherwise (CI logs)."""
+
+    def __init__(self, log: Path, tag: str):
+        super().__init__(daemon=True)
+        self.log, self.tag, self.stop = log, tag, threading.Event()
+        self.t0, self.last = time.perf_counter(), None
+
+    def run(self) -> None:
+        from quantbench.backends import say
+
+        tty = os.isatty(int(os.environ.get(CONSOLE_FD_ENV, "1")))
+        while not self.stop.wait(PROGRESS_EVERY_S):
+            try:
+                found = LAYER_LINE.findall(self.log.read_bytes()[-65536:])
+            except OSError:
+                continue
+            if found:
+                done, total = int(found[-1][0]), int(found[-1][1]) + 1
+                line = progress_line(self.tag, done, total, time.perf_counter() - self.t0)
+                if tty:
+                    say("\r" + line + "\033[K", end="")
+                elif done != self.last:
+                    say(line)
+                self.last = done
+        if tty and self.last is not None:
+            say("")
+
+
 def logged(fn, log: Path, tag: str):
-    """Returns fn() run with its output in `log`; on an exception prints the log's tail, re-raises."""
+    """Returns fn() run with its output in `log`; on an exception prints the log's tail, re-raises.
+    A quantizer's layer counter in the log becomes a progress line with an ETA on the console."""
+    follow = LogProgress(log, tag)
     try:
         with output_to(log):
-            return fn()
+            follow.start()
+            try:
+                return fn()
+            finally:
+                follow.stop.set()
+                follow.join()
     except Skip:  # expected (library absent, kernel missing): its reason says it all
         raise
     except Exception:

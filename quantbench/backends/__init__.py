@@ -14,9 +14,9 @@ import numpy as np
 CONSOLE_FD_ENV = "QUANTBENCH_CONSOLE_FD"  # set by the worker while a build's output goes to a log
 
 
-def say(msg: str) -> None:
+def say(msg: str, end: str = "\n") -> None:
     """Prints one progress line to the console, also while a build's output goes to its log."""
-    os.write(int(os.environ.get(CONSOLE_FD_ENV, "1")), (msg + "\n").encode())
+    os.write(int(os.environ.get(CONSOLE_FD_ENV, "1")), (msg + end).encode())
 
 
 BACKENDS = {

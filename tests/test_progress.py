@@ -1,0 +1,31 @@
+"""Long builds show progress: the quantizer's layer counter becomes a console line with an ETA."""
+import os
+import time
+
+from quantbench import worker
+
+
+def test_progress_line_eta():
+    assert worker.progress_line("[gptq-4b/cpu]", 0, 30, 5.0) == "[gptq-4b/cpu] quantizing: layer 0/30, 0:05 elapsed"
+    # 10 of 30 layers in 3 min: 20 left at 18 s each
+    assert worker.progress_line("[g]", 10, 30, 180.0) == "[g] quantizing: layer 10/30, 3:00 elapsed, ~6:00 left"
+
+
+def test_log_progress_follows_the_quantizers_log(tmp_path, monkeypatch):
+    log = tmp_path / "b.log"
+    log.write_bytes(b"")
+    r, w = os.pipe()
+    monkeypatch.setenv(worker.CONSOLE_FD_ENV, str(w))
+    monkeypatch.setattr(worker, "PROGRESS_EVERY_S", 0.05)
+    follow = worker.LogProgress(log, "[gptq-4b/cpu]")
+    follow.start()
+    for layer in range(3):
+        with open(log, "ab") as f:
+            f.write(b"\x1b[2K INFO  StageLayer: start layer=%d/2 title=`Quantizing layer %d of 2`\r\n" % (layer, layer))
+        time.sleep(0.3)
+    follow.stop.set()
+    follow.join()
+    os.close(w)
+    out = os.read(r, 65536).decode().splitlines()
+    assert [line.split(",")[0] for line in out] == [f"[gptq-4b/cpu] quantizing: layer {i}/3" for i in range(3)]
+    assert "left" in out[-1]
