@@ -77,7 +77,12 @@ FIELDS = {
     "rms_dp": "RMS of the change in probability of the correct token",
     "kld_tokens": "tokens the KLD statistics cover",
     "env": "machine, libraries, git commit",
-    "peaks": "calibrated peaks of this machine: flop_s per dtype, bandwidth_bytes_s, memory_bytes",
+    "peaks": "calibrated peaks of this machine: flop_s per dtype, bandwidth_bytes_s, memory_bytes, "
+             "threads, load_avg_1m, others_busy_pct, suspect",
+    "peak_flop_s": "the compute peak the roofline used (highest of formats.compute_dtypes)",
+    "sol_suspect": "a speed-of-light fraction above 1, or peaks calibrated beside other work",
+    "sol_suspect_reason": "why the SoL fractions are suspect (empty when they are not)",
+    "bos_first": "ppl windows start with BOS (the tokenizer's add_bos_token), else plain chunks",
     "peaks_spec": "spec-sheet peaks of the GPU (CUDA devices whose name is in the devices table)",
     "decode_tok_s_predicted_spec": "decode roofline from the spec-sheet peaks (peaks_spec)",
     "decode_sol_frac_spec": "decode_tok_s / decode_tok_s_predicted_spec: speed of light vs the datasheet",
