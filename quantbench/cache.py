@@ -41,14 +41,48 @@ def file_digest(path: str | os.PathLike, chunk_bytes: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def dir_digest(path: str | os.PathLike) -> str:
-    """Returns a hash over a directory's weight/config files (names and contents)."""
+def valid_npy(path: str | os.PathLike, n_elements: int | None = None) -> bool:
+    """Returns True when path is a whole .npy file (header readable, data all there), with
+    n_elements elements when given. A damaged one is deleted so that it is rebuilt, and said so."""
+    import numpy as np
+
     path = Path(path)
-    parts = []
-    for p in sorted(path.rglob("*")):
-        if p.is_file() and p.suffix in (".safetensors", ".bin", ".json", ".gguf", ".model", ".txt"):
-            parts.append((str(p.relative_to(path)), file_digest(p)))
-    return content_key(parts)
+    if not path.exists():
+        return False
+    try:
+        a = np.load(path, mmap_mode="r")
+        ok = n_elements is None or a.size == n_elements
+    except (ValueError, OSError, EOFError):
+        ok = False
+    if not ok:
+        print(f"[quantbench] damaged cache entry {path} removed; it is rebuilt", flush=True)
+        path.unlink(missing_ok=True)
+    return ok
+
+
+MANIFEST = "quantbench-manifest.json"
+
+
+def _write_manifest(d: Path) -> None:
+    sizes = {str(p.relative_to(d)): p.stat().st_size for p in sorted(d.rglob("*")) if p.is_file()}
+    (d / MANIFEST).write_text(json.dumps(sizes, sort_keys=True))
+
+
+def verified(final: Path) -> bool:
+    """Returns True when a cache entry made by atomic_dir is whole: every file of its manifest is
+    there at its size. A damaged entry (truncated or deleted file) is removed so it is rebuilt."""
+    if not final.exists():
+        return False
+    try:
+        sizes = json.loads((final / MANIFEST).read_text())
+        ok = all((final / name).stat().st_size == size for name, size in sizes.items())
+    except (OSError, ValueError, AttributeError):
+        ok = False
+    if not ok:
+        print(f"[quantbench] damaged cache entry {final} (a file is missing or truncated) removed; "
+              "it is rebuilt", flush=True)
+        shutil.rmtree(final, ignore_errors=True)
+    return ok
 
 
 def entry(kind: str, key: str) -> Path:
@@ -63,6 +97,7 @@ def atomic_dir(final: Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         yield tmp
+        _write_manifest(tmp)
         try:
             os.rename(tmp, final)
         except OSError:  # another process finished first: keep theirs

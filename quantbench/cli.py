@@ -5,6 +5,7 @@ Bad input is one line on stderr naming the problem and its fix, and exit code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -14,11 +15,22 @@ DEFAULT_SUITE = "suites/default.toml"
 
 
 def _suite(args):
+    """Returns the suite of a `run`: the file (or the defaults), then --set, then the flags; a flag
+    and a --set of the same key merge, the flag winning (said in one line when they differ)."""
     from quantbench.suite import Suite, load_suite, parse_sets
 
     suite = load_suite(args.suite) if args.suite else Suite()
-    return suite.with_overrides(model=args.model, devices=args.device, formats=args.formats,
-                                threads=args.threads, **parse_sets(args.set or []))
+    sets = parse_sets(args.set or [])
+    flags = {("model", "--model"): args.model, ("devices", "--device"): args.device,
+             ("formats", "--formats"): args.formats, ("threads", "--threads"): args.threads}
+    for (k, flag), v in flags.items():
+        if v is None:
+            continue
+        v = tuple(v) if isinstance(v, list) else v
+        if k in sets and sets[k] != v:
+            print(f"note: {flag} overrides --set {k}={sets[k]!r}", file=sys.stderr)
+        sets[k] = v
+    return suite.with_overrides(**sets)
 
 
 def cmd_run(args) -> int:
@@ -26,6 +38,12 @@ def cmd_run(args) -> int:
 
     suite = _suite(args)
     out = Path(args.out or f"results/{suite.name}.jsonl")
+    if args.report:  # checked before measuring: a run must not end in an unwritable report path
+        where = Path(args.report).parent
+        probe = next((p for p in (where, *where.parents) if p.exists()), Path("."))
+        if not os.access(probe, os.W_OK) or Path(args.report).is_dir():
+            raise UserError(f"--report '{args.report}' cannot be written (not a writable file path); "
+                            "pick another path (nothing was measured)")
     runner.run(suite, out, resume=args.resume)
     from quantbench.records import read_results
     from quantbench.report import render_summary

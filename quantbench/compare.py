@@ -186,6 +186,32 @@ def _samples(metric: Metric, rec: dict) -> np.ndarray | None:
     return SAMPLE_TO_METRIC[metric.per_sample](s[s > 0], rec)
 
 
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# ppl metric -> the per-window NLL list it is the exp-mean of
+_WINDOW_NLL = {"ppl": "window_nll", "ppl_full": "window_nll_full"}
+
+
+def _common_windows(name: str, b: dict, n: dict) -> tuple[float, float] | None:
+    """Returns (base, new) perplexity over the windows both runs scored, when both kept their
+    per-window NLL sums; None otherwise (the recorded figures are compared then)."""
+    col = _WINDOW_NLL.get(name)
+    nb, nn = (b.get(col), n.get(col)) if col else (None, None)
+    if not (isinstance(nb, list) and isinstance(nn, list) and nb and nn):
+        return None
+    k = min(len(nb), len(nn))
+    if k == len(nb) == len(nn):
+        return None
+    per_window = {"ppl": "window_tokens", "ppl_full": "n_ctx"}[name]
+    t = b.get(per_window) or n.get(per_window)
+    if not t:
+        return None
+    t = t - 1 if name == "ppl_full" else t  # every position but the last is scored
+    return math.exp(sum(nb[:k]) / (k * t)), math.exp(sum(nn[:k]) / (k * t))
+
+
 def _judge(name: str, gate: Gate | None, b: dict, n: dict, alpha: float) -> dict | None:
     """Returns the table row of one metric of a key ok on both sides, or None when unmeasured."""
     metric = METRICS[name]
@@ -197,9 +223,14 @@ def _judge(name: str, gate: Gate | None, b: dict, n: dict, alpha: float) -> dict
         p, p_better = mann_whitney_greater(worse, better), mann_whitney_greater(better, worse)
         ci = bootstrap_ratio_ci(xs, ys, metric.quantile)
     else:
-        bv, nv = b.get(name), n.get(name)
-        if not isinstance(bv, (int, float)) or not isinstance(nv, (int, float)):
+        bv, nv = _common_windows(name, b, n) or (b.get(name), n.get(name))
+        if not _is_num(bv):
             return None
+        if not _is_num(nv) or not math.isfinite(nv):  # a metric that went missing or NaN regressed
+            return {"metric": name, "base": bv, "new": nv if _is_num(nv) else None, "change": None,
+                    "ci_low": None, "ci_high": None, "p": None,
+                    "verdict": "REGRESSION" if gate else "-",
+                    "message": f"{name} {bv:.5g} -> {'NaN' if _is_num(nv) else 'missing'}"}
     msg = gate.check(bv, nv) if gate else None
     if msg and p is not None:
         msg += f", p={p:.2g} ({len(xs)} vs {len(ys)} samples)"
@@ -316,9 +347,9 @@ def load(path: str) -> list[dict]:
     if not p.is_file():
         raise UserError(f"compare: '{path}' not found (or not a file); pass two results files")
     try:
-        doc = json.loads(p.read_text())
-    except json.JSONDecodeError:
-        doc = None  # JSONL: several objects
+        doc = json.loads(p.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        doc = None  # JSONL (several objects), or not text: records.read names the problem
     if isinstance(doc, dict) and isinstance(doc.get("benchmarks"), list):
         return from_pytest_benchmark(doc)
     return records.read(p)
@@ -339,13 +370,9 @@ def add_compare_parser(subparsers) -> None:
 
 
 def cmd_compare(args) -> int:
-    """Prints the comparison; returns 0 clean, 1 regression, 2 bad input."""
-    try:
-        result = compare(load(args.base), load(args.new), getattr(args, "fail", None),
-                         getattr(args, "alpha", ALPHA), labels=(args.base, args.new))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    """Prints the comparison; returns 0 clean, 1 regression (bad input: UserError, exit 2 in cli)."""
+    result = compare(load(args.base), load(args.new), getattr(args, "fail", None),
+                     getattr(args, "alpha", ALPHA), labels=(args.base, args.new))
     md = result.markdown()
     print(md, end="")
     if getattr(args, "markdown_out", None):

@@ -39,7 +39,9 @@ def load_text(corpus: str) -> str:
         try:
             ds = datasets.load_dataset("wikitext", "wikitext-2-raw-v1", split="test")
         except Exception as e:  # offline or hub error: one line with the fix
-            raise UserError(f"corpus 'wikitext2' could not be loaded ({type(e).__name__}); it needs "
+            from quantbench.models import hub_error
+
+            raise UserError(f"corpus 'wikitext2' could not be loaded ({hub_error(e)}); it needs "
                             "internet once, or use corpus 'pydoc' or 'file:PATH'") from None
         return "".join(ds["text"])
     if corpus.startswith("file:"):
@@ -56,7 +58,7 @@ def token_ids(model_dir: str, model_digest: str, corpus: str) -> np.ndarray:
     text = load_text(corpus)
     key = cache.content_key("tokens", model_digest, text)
     path = cache.entry("tokens", f"{key}.npy")
-    if path.exists():
+    if cache.valid_npy(path):
         return np.load(path)
     from transformers import AutoTokenizer
 

@@ -95,7 +95,8 @@ def score_windows(b: Backend, windows: list[list[int]], budget_s: float,
 
     `reference`: float16 log-probs [kld_tokens, V] of the reference format at the first scored
     positions; `write_reference`: an array of that shape this call fills (the reference run).
-    Windows are scored in order until the time budget is spent (at least one).
+    Windows are scored in order until the time budget is spent (at least one); a variant that ran
+    out of budget is marked `ppl_partial` and is compared with others on common windows only.
     """
     n_ctx = len(windows[0])
     pos = np.asarray(scored_positions(n_ctx))
@@ -133,7 +134,9 @@ def score_windows(b: Backend, windows: list[list[int]], budget_s: float,
     ppl_full, ppl_full_err = _ppl(float(full.sum()), full)
     out = {"n_ctx": n_ctx, "ppl": ppl, "ppl_stderr": ppl_err, "ppl_full": ppl_full,
            "ppl_full_stderr": ppl_full_err, "ppl_windows": len(w_half), "window_nll": w_half,
-           "window_nll_full": w_full, "ppl_tokens": int(len(half)), "reference_rows": filled}
+           "ppl_windows_asked": len(windows), "ppl_partial": len(w_half) < len(windows),
+           "window_tokens": len(pos), "window_nll_full": w_full, "ppl_tokens": int(len(half)),
+           "reference_rows": filled}
     if kld:
         k = np.concatenate(kld)
         out.update(kld_mean=float(k.mean()), kld_p99=float(np.percentile(k, 99)),

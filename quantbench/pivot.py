@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import math
 import numbers
-import re
 
-from quantbench.formats import COMPILED, FORMATS
+from quantbench.formats import COMPILED, FORMATS, REFERENCE_ORDER
+from quantbench.suite import Workload
 
 OVERHEAD_BOUND_SOL = 0.30  # decode below 30 % of its bandwidth roofline: Python/launch overhead rules
 CROSS_BACKEND_TOL_PCT = 0.5  # fp16 (transformers) vs gguf-f16 (llama.cpp) should agree this closely
-REFERENCE_ORDER = ("fp32", "bf16", "fp16", "gguf-f16")
 VARIANT = ("model", "host", "device", "format")
-_WORKLOAD = re.compile(r"^(pp|tg|ppl)(\d+)$")
-_BATCHED = re.compile(r"^tg\d+x(\d+)$")  # decode of B sequences together
 MB = 1e6
 
 
@@ -109,11 +106,14 @@ def _variant_row(key: tuple, recs: list[dict]) -> dict:
         (num(r.get("kv_cache_bytes")) or 0 for r in recs), default=0) or None
     dev = [num(r.get("peak_device_bytes")) for r in recs if num(r.get("peak_device_bytes"))]
     row["peak_device_bytes"] = max(dev) if dev else None
-    by_kind: dict[str, list] = {"pp": [], "tg": [], "ppl": []}
+    by_kind: dict[str, list] = {"pp": [], "tg": [], "ppl": [], "batched": []}
     for r in recs:
-        m = _WORKLOAD.match(str(r["workload"]))
-        if m:
-            by_kind[m[1]].append((int(m[2]), r))
+        try:
+            w = Workload.parse(r["workload"])
+        except ValueError:
+            continue
+        if w.kind in by_kind and not w.depth:
+            by_kind["batched" if w.batch > 1 else w.kind].append((w.tokens if w.batch == 1 else w.batch, r))
     row["roof_points"] = []
     row["prefill_sol_frac"] = row["prefill_sol_workload"] = row["prefill_bound"] = None
     for n, r in sorted(by_kind["pp"], key=lambda t: t[0]):  # the longest prompt's SoL and bound win
@@ -124,9 +124,8 @@ def _variant_row(key: tuple, recs: list[dict]) -> dict:
         if frac is not None:
             row["prefill_sol_frac"], row["prefill_sol_workload"] = frac, f"pp{n}"
         row["prefill_bound"] = _text(r.get("bound")) or row["prefill_bound"]
-    for r in recs:
-        if m := _BATCHED.match(str(r["workload"])):
-            row[f"decode_tok_s@b{m[1]}"] = num(r.get("decode_tok_s"))
+    for b, r in by_kind["batched"]:
+        row[f"decode_tok_s@b{b}"] = num(r.get("decode_tok_s"))
     tg = dict(max(by_kind["tg"], key=lambda t: t[0])[1]) if by_kind["tg"] else {}
     for col in ("decode_tok_s", "decode_tok_s_predicted", "decode_p50_s",
                 "decode_p90_s", "decode_p99_s", "decode_samples_s"):
@@ -139,7 +138,8 @@ def _variant_row(key: tuple, recs: list[dict]) -> dict:
     pt = _roof_point(tg, 1, tg.get("decode_tok_s")) if tg else None
     row["roof_points"] += [("decode", *pt)] if pt else []
     q = dict(max(by_kind["ppl"], key=lambda t: t[0])[1]) if by_kind["ppl"] else {}
-    for col in ("ppl", "ppl_stderr", "ppl_full", "ppl_windows", "window_nll", "n_ctx"):
+    for col in ("ppl", "ppl_stderr", "ppl_full", "ppl_windows", "window_nll", "n_ctx", "window_tokens",
+                "ppl_partial"):
         row[col] = q.get(col)
     for col in ("kld_reference", "kld_mean", "kld_p99", "top1_agree", "rms_dp"):
         row[col] = q.get(col) if q.get(col) is not None and q.get(col) == q.get(col) else first(recs, col)
@@ -157,8 +157,11 @@ def reference_format(rows: list[dict]) -> str | None:
     return max(have, key=lambda f: num(have[f].get("bits_per_weight")) or 0) if have else None
 
 
-def tokens_per_window(nll: list, ppl, n_ctx) -> float | None:
-    """Returns scored tokens per window, from ppl = exp(Σ nll / (windows × tokens)), else n_ctx / 2."""
+def tokens_per_window(nll: list, ppl, n_ctx, window_tokens=None) -> float | None:
+    """Returns scored tokens per window: the record's window_tokens; for older records from
+    ppl = exp(Σ nll / (windows × tokens)), else n_ctx / 2."""
+    if num(window_tokens):
+        return window_tokens
     if nll and num(ppl) and ppl > 1:
         t = sum(nll) / (len(nll) * math.log(ppl))
         return round(t) if t > 10 else t  # ppl is stored rounded; window sizes are whole tokens
@@ -171,13 +174,22 @@ def dppl_common_pct(a: dict, b: dict) -> tuple[float | None, int | None]:
     na, nb = a.get("window_nll"), b.get("window_nll")
     if isinstance(na, list) and isinstance(nb, list) and na and nb:
         k = min(len(na), len(nb))
-        t = (tokens_per_window(nb, b.get("ppl"), b.get("n_ctx"))
-             or tokens_per_window(na, a.get("ppl"), a.get("n_ctx")))
+        t = (tokens_per_window(nb, b.get("ppl"), b.get("n_ctx"), b.get("window_tokens"))
+             or tokens_per_window(na, a.get("ppl"), a.get("n_ctx"), a.get("window_tokens")))
         if t:
             return 100 * (math.exp((sum(na[:k]) - sum(nb[:k])) / (k * t)) - 1), k
     if num(a.get("ppl")) and num(b.get("ppl")):
         return 100 * (a["ppl"] / b["ppl"] - 1), None
     return None, None
+
+
+def ppl_on_windows(r: dict, k: int) -> float | None:
+    """Returns r's perplexity over its first k windows (exp of their NLL per scored token), or None."""
+    nll = r.get("window_nll")
+    if not isinstance(nll, list) or len(nll) < k or k < 1:
+        return None
+    t = tokens_per_window(nll, r.get("ppl"), r.get("n_ctx"), r.get("window_tokens"))
+    return math.exp(sum(nll[:k]) / (k * t)) if t else None
 
 
 def quality_metric(rows: list[dict]) -> str | None:
@@ -218,6 +230,13 @@ def pivot(df):
             r["dppl_pct"], r["dppl_windows"] = dppl_common_pct(r, ref_row) if ref_row else (None, None)
             r["windows_max"] = max(len(x["window_nll"]) if isinstance(x.get("window_nll"), list) else 0
                                    for x in (r, ref_row or {}))
+        # The ppl people compare: over the windows every variant of the group scored, so a variant
+        # the quality budget cut short (ppl_partial) is not compared on other text than the rest.
+        lens = [len(r["window_nll"]) for r in grp if isinstance(r.get("window_nll"), list) and r["window_nll"]]
+        k = min(lens, default=0)
+        for r in grp:
+            r["ppl_common"] = ppl_on_windows(r, k) if k else num(r.get("ppl"))
+            r["ppl_common_windows"] = k or None
         front = pareto_set(grp, quality_metric(grp))
         by_format = {r["format"]: r for r in grp}
         for r in grp:

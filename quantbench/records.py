@@ -18,76 +18,176 @@ import os
 import platform
 import socket
 import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 IDENTITY = ("model", "format", "device", "workload")
-STATUSES = ("ok", "skipped", "failed")
 LIBRARIES = ("torch", "transformers", "bitsandbytes", "gptqmodel", "llama_cpp_python", "gguf",
              "numpy", "pandas")
 
-# Field -> meaning, the schema the README documents; tests check every record against it.
-FIELDS = {
-    "schema_version": "record schema version",
-    "run_id": "id of the run that wrote the record (UTC time + pid)",
-    "timestamp": "UTC ISO time the record was written",
-    "model": "model short name (embedded name, hub id or directory name)",
-    "format": "formats-table name: fp32, bf16, fp16, bnb-int8, bnb-nf4, gptq-4b, awq-4b, gguf-*",
-    "device": "cpu, cuda or cuda:N",
-    "workload": "pp<N> prefill, tg<N> decode, tg<N>x<B> decode of B sequences, ppl<N_CTX> quality, load",
-    "status": "ok, skipped or failed",
-    "reason": "why skipped or failed (empty when ok)",
-    "suite": "suite name",
-    "suite_hash": "hash of every suite setting",
-    "backend": "backend that ran it (hf, bnb, gptq, gguf, dummy)",
-    "kernel": "kernel or code path that ran (e.g. TorchQuantLinear, llama.cpp CPU)",
-    "threads": "CPU threads used",
-    "bits_per_weight": "effective bits per quantized weight (GGUF: measured from the file)",
-    "group_size": "quantization group size used (GPTQ/AWQ)",
-    "artifact": "path of the built or given artifact",
-    "build_s": "seconds to build the artifact (0 when cached)",
-    "load_s": "seconds to load the variant",
-    "weights_bytes": "bytes of parameters + buffers (or the GGUF tensor data)",
-    "peak_rss_bytes": "peak resident memory of the variant's process",
-    "peak_device_bytes": "torch.cuda.max_memory_allocated (CUDA only)",
-    "kv_cache_bytes": "bytes held by the KV cache after a forward of the workload's context",
-    "n_prompt": "prompt tokens (pp, tg)",
-    "n_gen": "generated tokens (tg)",
-    "batch": "sequences decoded together (tg: 1; tg<N>x<B>: B); decode_tok_s counts all of them",
-    "prefill_tok_s": "prompt tokens per second, median of the samples",
-    "prefill_samples_s": "raw prefill times",
-    "ttft_s": "time to first token, median",
-    "decode_tok_s": "1 / median per-token decode latency",
-    "decode_samples_s": "raw per-token decode latencies (every step of every repetition)",
-    "decode_p50_s": "per-token latency percentile 50",
-    "decode_p90_s": "per-token latency percentile 90",
-    "decode_p99_s": "per-token latency percentile 99",
-    "decode_tokens_timed": "decode steps timed (fewer than asked when the time budget hit)",
-    "n_ctx": "window length (ppl)",
-    "ppl": "perplexity, llama.cpp protocol (second half of each window scored)",
-    "ppl_stderr": "standard error of ppl",
-    "ppl_full": "perplexity over every position of each window",
-    "ppl_windows": "windows scored",
-    "window_nll": "sum of NLL over the scored half of each window (raw samples)",
-    "window_nll_full": "sum of NLL over every position of each window",
-    "kld_reference": "format the KL-divergence is measured against",
-    "kld_mean": "mean KL(reference || variant) per token",
-    "kld_p99": "99th percentile of per-token KLD",
-    "top1_agree": "fraction of tokens where the argmax matches the reference (same top p)",
-    "rms_dp": "RMS of the change in probability of the correct token",
-    "kld_tokens": "tokens the KLD statistics cover",
-    "env": "machine, libraries, git commit",
-    "peaks": "calibrated peaks of this machine: flop_s per dtype, bandwidth_bytes_s, memory_bytes, "
-             "threads, load_avg_1m, others_busy_pct, suspect",
-    "peak_flop_s": "the compute peak the roofline used (highest of formats.compute_dtypes)",
-    "sol_suspect": "a speed-of-light fraction above 1, or peaks calibrated beside other work",
-    "sol_suspect_reason": "why the SoL fractions are suspect (empty when they are not)",
-    "bos_first": "ppl windows start with BOS (the tokenizer's add_bos_token), else plain chunks",
-    "peaks_spec": "spec-sheet peaks of the GPU (CUDA devices whose name is in the devices table)",
-    "decode_tok_s_predicted_spec": "decode roofline from the spec-sheet peaks (peaks_spec)",
-    "decode_sol_frac_spec": "decode_tok_s / decode_tok_s_predicted_spec: speed of light vs the datasheet",
-}
-PREDICTED = ("weights_bytes", "kv_cache_bytes", "prefill_tok_s", "decode_tok_s", "ttft_s")
+
+@dataclass(frozen=True)
+class Field:
+    """One record field: its JSON type, unit (base units) and meaning."""
+    name: str
+    type: str  # str, int, float, bool, list[float], dict (None is allowed for any optional field)
+    unit: str
+    meaning: str
+    required: bool = False
+
+
+_PY = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "list[float]": (list,),
+       "dict": (dict,)}
+
+
+def _f(name, type_, unit, meaning, required=False) -> Field:
+    return Field(name, type_, unit, meaning, required)
+
+
+# The record schema: every field a record may carry. Records are validated against it when written
+# (records.append); README's field table is generated from it (tests/test_seams.py checks them
+# equal); the synthetic records of the report tests are written through the same check.
+SCHEMA: dict[str, Field] = {f.name: f for f in [
+    # identity and provenance
+    _f("schema_version", "int", "", "record schema version", True),
+    _f("run_id", "str", "", "id of the run that wrote the record (UTC time + pid)"),
+    _f("timestamp", "str", "", "UTC ISO time the record was written"),
+    _f("model", "str", "", "model short name (embedded name, hub id, directory name, shape:NAME)", True),
+    _f("format", "str", "", "formats-table name: fp32, bf16, fp16, bnb-int8, bnb-nf4, gptq-4b, awq-4b, "
+       "gguf-*, <format>+compiled", True),
+    _f("device", "str", "", "cpu, cuda or cuda:N", True),
+    _f("workload", "str", "", "load, pp<N> prefill, tg<N> decode, tg<N>x<B> decode of B sequences, "
+       "ppl<N_CTX> quality", True),
+    _f("status", "str", "", "ok, skipped or failed", True),
+    _f("reason", "str", "", "why skipped or failed (empty when ok)"),
+    _f("suite", "str", "", "suite name"),
+    _f("suite_hash", "str", "", "hash of every suite setting"),
+    _f("corpus", "str", "", "corpus name (pydoc, wikitext2, file:PATH)"),
+    _f("model_note", "str", "", "caveat on the model (e.g. Q4_1 rounding); the report shows each"),
+    _f("env", "dict", "", "machine, libraries, git commit"),
+    # how it ran
+    _f("backend", "str", "", "backend that ran it (hf, bnb, gptq, gguf, dummy)"),
+    _f("kernel", "str", "", "kernel or code path that ran (e.g. TorchQuantLinear, llama.cpp CPU)"),
+    _f("threads", "int", "", "CPU threads used"),
+    _f("bits_per_weight", "float", "bit", "effective bits per quantized weight (GGUF: measured from the file)"),
+    _f("bits_unquantized", "float", "bit", "bits per weight of the tensors the format leaves unquantized"),
+    _f("group_size", "int", "", "quantization group size used (GPTQ/AWQ)"),
+    _f("sym", "bool", "", "symmetric quantization (GPTQ/AWQ)"),
+    _f("calib_samples", "int", "", "GPTQ/AWQ calibration sequences actually used"),
+    _f("calib_tokens", "int", "token", "tokens per calibration sequence"),
+    _f("artifact", "str", "", "path of the built or given artifact"),
+    _f("build_s", "float", "s", "seconds to build the artifact (0 when cached)"),
+    _f("load_s", "float", "s", "seconds to load the variant"),
+    _f("gguf_type_mix", "dict", "", "GGUF tensor type -> tensor count"),
+    _f("gguf_mixed", "bool", "", "more than one quantized tensor type in the GGUF file"),
+    _f("tokenizer_agree", "float", "", "fraction of a corpus sample llama.cpp tokenizes as HF does"),
+    _f("llama_cpp_version", "str", "", "llama.cpp build the GGUF backend ran"),
+    _f("n_gpu_layers", "int", "", "layers llama.cpp offloaded to the GPU"),
+    _f("kv_bytes_per_elem", "float", "byte", "bytes per cached K/V element"),
+    _f("kv_cache_source", "str", "", "how kv_cache_bytes was measured (DynamicCache tensors, llama.cpp cells)"),
+    # memory
+    _f("weights_bytes", "int", "byte", "bytes of parameters + buffers (or the GGUF tensor data)"),
+    _f("peak_rss_bytes", "int", "byte", "peak resident memory of the variant's process (VmHWM)"),
+    _f("peak_device_bytes", "int", "byte", "torch.cuda.max_memory_allocated (CUDA only)"),
+    _f("reserved_device_bytes", "int", "byte", "torch.cuda.max_memory_reserved (CUDA only)"),
+    _f("nvml_process_bytes", "int", "byte", "NVML's view of the process's GPU memory (CUDA only)"),
+    _f("kv_cache_bytes", "int", "byte", "bytes held by the KV cache after a forward of the workload's context"),
+    # throughput
+    _f("n_prompt", "int", "token", "prompt tokens (pp, tg)"),
+    _f("n_gen", "int", "token", "generated tokens (tg)"),
+    _f("batch", "int", "", "sequences decoded together (tg: 1; tg<N>x<B>: B); decode_tok_s counts all of them"),
+    _f("prefill_tok_s", "float", "tok/s", "prompt tokens per second, median of the samples"),
+    _f("prefill_samples_s", "list[float]", "s", "raw prefill times"),
+    _f("ttft_s", "float", "s", "time to first token, median"),
+    _f("decode_tok_s", "float", "tok/s", "batch / median per-step decode latency"),
+    _f("decode_samples_s", "list[float]", "s", "raw per-step decode latencies (every step of every repetition)"),
+    _f("decode_p50_s", "float", "s", "per-step latency percentile 50"),
+    _f("decode_p90_s", "float", "s", "per-step latency percentile 90"),
+    _f("decode_p99_s", "float", "s", "per-step latency percentile 99"),
+    _f("decode_tokens_timed", "int", "token", "decode tokens timed (fewer than asked when the time budget hit)"),
+    # quality
+    _f("n_ctx", "int", "token", "window length (ppl)"),
+    _f("ppl", "float", "", "perplexity, llama.cpp protocol (second half of each window scored), over "
+       "ppl_windows windows"),
+    _f("ppl_stderr", "float", "", "standard error of ppl"),
+    _f("ppl_full", "float", "", "perplexity over every position of each window"),
+    _f("ppl_full_stderr", "float", "", "standard error of ppl_full"),
+    _f("ppl_tokens", "int", "token", "tokens ppl is computed over"),
+    _f("window_tokens", "int", "token", "scored tokens per window (window_nll's divisor)"),
+    _f("ppl_windows", "int", "", "windows scored"),
+    _f("ppl_windows_asked", "int", "", "windows the suite asked for"),
+    _f("ppl_partial", "bool", "", "the quality budget ran out before every asked window was scored; "
+       "compare this variant on common windows only"),
+    _f("window_nll", "list[float]", "nat", "sum of NLL over the scored half of each window (raw samples)"),
+    _f("window_nll_full", "list[float]", "nat", "sum of NLL over every position of each window"),
+    _f("kld_reference", "str", "", "format the KL-divergence is measured against"),
+    _f("kld_reason", "str", "", "why no KL-divergence was measured"),
+    _f("kld_mean", "float", "nat", "mean KL(reference || variant) per token"),
+    _f("kld_p99", "float", "nat", "99th percentile of per-token KLD"),
+    _f("top1_agree", "float", "", "fraction of tokens where the argmax matches the reference (same top p)"),
+    _f("rms_dp", "float", "", "RMS of the change in probability of the correct token"),
+    _f("kld_tokens", "int", "token", "tokens the KLD statistics cover"),
+    _f("bos_first", "bool", "", "ppl windows start with BOS (the tokenizer adds one: add_bos_token); "
+       "false: plain chunks, each keeping its first token, as llama-perplexity cuts them"),
+    # the arithmetic beside the measurement
+    _f("peaks", "dict", "", "calibrated peaks of this machine: name, flop_s per dtype, bandwidth_bytes_s, "
+       "memory_bytes, source, threads (the calibration's), load_avg_1m, others_busy_pct, suspect"),
+    _f("peaks_spec", "dict", "", "spec-sheet peaks of the GPU (CUDA devices whose name is in the devices table)"),
+    _f("weights_bytes_predicted", "int", "byte", "the arithmetic's weights_bytes"),
+    _f("kv_cache_bytes_predicted", "int", "byte", "the arithmetic's kv_cache_bytes (2·L·H_kv·h·b·T·B)"),
+    _f("prefill_tok_s_predicted", "float", "tok/s", "roofline prefill tok/s"),
+    _f("decode_tok_s_predicted", "float", "tok/s", "roofline decode tok/s"),
+    _f("ttft_s_predicted", "float", "s", "roofline time to first token"),
+    _f("prefill_sol_frac", "float", "", "prefill_tok_s / prefill_tok_s_predicted: fraction of speed of light"),
+    _f("decode_sol_frac", "float", "", "decode_tok_s / decode_tok_s_predicted: fraction of speed of light"),
+    _f("decode_tok_s_predicted_spec", "float", "tok/s", "decode roofline from the spec-sheet peaks (peaks_spec)"),
+    _f("decode_sol_frac_spec", "float", "", "decode_tok_s / decode_tok_s_predicted_spec: speed of light vs "
+       "the datasheet"),
+    _f("peak_flop_s", "float", "FLOP/s", "compute peak the roofline used: the highest calibrated of "
+       "formats.compute_dtypes (what the kernels compute in)"),
+    _f("sol_suspect", "bool", "", "a SoL fraction above 1, or peaks calibrated beside other work: the "
+       "roofline inputs read low"),
+    _f("sol_suspect_reason", "str", "", "why the SoL fractions are suspect (empty when they are not)"),
+    _f("flops_per_token", "int", "FLOP", "FLOPs per token of the workload"),
+    _f("arith_intensity", "float", "FLOP/byte", "FLOPs per byte moved"),
+    _f("bound", "str", "", "which roofline term won: memory or compute"),
+]}
+FIELDS = {name: f.meaning for name, f in SCHEMA.items()}  # name -> meaning (README, older callers)
+
+
+class SchemaError(ValueError):
+    """A record that does not match SCHEMA: a bug in the harness, not bad user input."""
+
+
+def validate(rec: dict) -> None:
+    """Raises SchemaError naming every unknown field, missing required field and wrong type."""
+    problems = [f"unknown field '{k}'" for k in rec if k not in SCHEMA]
+    problems += [f"missing '{f.name}'" for f in SCHEMA.values() if f.required and f.name not in rec]
+    for k, v in rec.items():
+        f = SCHEMA.get(k)
+        if f is None or v is None:
+            continue
+        ok = isinstance(v, _PY[f.type]) and not (isinstance(v, bool) and f.type in ("int", "float"))
+        if ok and f.type == "list[float]":
+            ok = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        if not ok:
+            problems.append(f"'{k}' must be {f.type}, got {type(v).__name__}")
+    if rec.get("status") not in (None, "ok", "skipped", "failed"):
+        problems.append(f"status must be ok, skipped or failed, got {rec['status']!r}")
+    if problems:
+        where = "/".join(str(rec.get(k, "?")) for k in IDENTITY)
+        raise SchemaError(f"record {where}: " + "; ".join(problems))
+
+
+def schema_markdown() -> str:
+    """Returns README's record field table, generated from SCHEMA."""
+    rows = ["| field | type | unit | meaning |", "|---|---|---|---|"]
+    rows += [f"| `{f.name}` | {f.type} | {f.unit} | {f.meaning}{' (always present)' if f.required else ''} |"
+             for f in SCHEMA.values()]
+    return "\n".join(rows) + "\n"
 
 
 @functools.cache
@@ -111,11 +211,11 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
-def _ram_bytes() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        return 0
+def physical_cores() -> int:
+    """Returns the number of physical CPU cores (psutil; the logical count when it cannot tell)."""
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
 def library_versions() -> dict[str, str]:
@@ -130,7 +230,8 @@ def library_versions() -> dict[str, str]:
 
 
 def gpu_info() -> dict:
-    """Returns name/driver/memory of CUDA device 0 via NVML or torch, or {} without a GPU."""
+    """Returns name/driver/memory of CUDA device 0 via NVML, else torch's name and why NVML failed;
+    {} without a GPU."""
     try:
         import pynvml
 
@@ -140,53 +241,124 @@ def gpu_info() -> dict:
         return {"gpu": name.decode() if isinstance(name, bytes) else name,
                 "gpu_driver": pynvml.nvmlSystemGetDriverVersion(),
                 "gpu_memory_bytes": pynvml.nvmlDeviceGetMemoryInfo(h).total}
-    except Exception:  # no NVML library, no driver, no GPU: all mean "no GPU info"
+    except Exception as e:  # no NVML library, no driver, no GPU, or a container without NVML
+        nvml_error = f"{type(e).__name__}: {e}".splitlines()[0]
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return {}
+        props = torch.cuda.get_device_properties(0)
+        return {"gpu": props.name, "gpu_memory_bytes": int(props.total_memory),
+                "gpu_info_error": f"NVML unavailable ({nvml_error}); name and memory from torch, "
+                                  "no driver version"}
+    except Exception:  # no torch or no CUDA: no GPU to describe
         return {}
 
 
 def environment() -> dict:
     """Returns the env block every record carries."""
-    from quantbench.suite import physical_cores
+    import psutil
 
     return {"host": socket.gethostname(), "os": platform.platform(), "cpu": _cpu_model(),
             "cpu_physical_cores": physical_cores(), "cpu_logical_cores": os.cpu_count(),
-            "ram_bytes": _ram_bytes(), "python": platform.python_version(),
+            "ram_bytes": int(psutil.virtual_memory().total), "python": platform.python_version(),
             "git_commit": git_commit(), **gpu_info(), **library_versions()}
 
 
+def now() -> str:
+    """Returns the UTC ISO time records carry as `timestamp`."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _set_aside_torn_tail(f, path: Path) -> None:
+    """Moves an unterminated last line (a writer killed mid-line) to PATH.torn and truncates it off,
+    so the next record starts on a line of its own."""
+    size = f.seek(0, os.SEEK_END)
+    if size == 0:
+        return
+    f.seek(size - 1)
+    if f.read(1) == b"\n":
+        return
+    f.seek(max(0, size - (1 << 20)))
+    tail = f.read()
+    cut = size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else 0
+    f.seek(cut)
+    fragment = f.read()
+    with open(f"{path}.torn", "ab") as torn:
+        torn.write(fragment + b"\n")
+    f.truncate(cut)
+    print(f"warning: {path}: an unterminated last line ({len(fragment)} bytes, a writer killed "
+          f"mid-record) was moved to {path}.torn", file=sys.stderr, flush=True)
+
+
 def append(path: str | os.PathLike, records: list[dict]) -> None:
-    """Appends records to a JSONL file under an exclusive lock, one line each, fsynced."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        f.write(lines)
-        f.flush()
-        os.fsync(f.fileno())
+    """Appends records to a JSONL file under an exclusive lock: validated, one write, fsynced.
 
-
-def read(path: str | os.PathLike) -> list[dict]:
-    """Returns the records of a JSONL file; a truncated last line (crash mid-write) is skipped."""
+    A torn last line is set aside first; a failed write (disk full) is truncated back, so the file
+    only ever holds whole records, and the error names the path.
+    """
     from quantbench.errors import UserError
 
-    out = []
+    for r in records:
+        validate(r)
+    path = Path(path)
+    data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
     try:
-        text = Path(path).read_text()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+b", buffering=0) as f:  # unbuffered: a failed write is seen at once
+            fcntl.flock(f, fcntl.LOCK_EX)
+            _set_aside_torn_tail(f, path)
+            size = f.seek(0, os.SEEK_END)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(f.fileno(), view):]
+                os.fsync(f.fileno())
+            except OSError:
+                os.ftruncate(f.fileno(), size)
+                raise
+    except OSError as e:
+        raise UserError(f"cannot write records to '{path}': {e.strerror or e}; free space or pick "
+                        "another --out (records already in it are intact)") from None
+
+
+def read(path: str | os.PathLike, *, quiet: bool = False) -> list[dict]:
+    """Returns the records of a JSONL file. A torn last line (a writer killed mid-record) is set
+    aside with a warning; any other bad line is a UserError naming the file, the line and the fix."""
+    from quantbench.errors import UserError
+
+    fix = "move the file aside or delete that line, then rerun"
+    try:
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise UserError(f"results file '{path}' not found; run `quantbench run` first") from None
-    lines = text.splitlines()
+    except IsADirectoryError:
+        raise UserError(f"'{path}' is a directory, not a results file; pass a .jsonl file") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text, so not a quantbench results file; {fix}") from None
+    out = []
+    lines = text.split("\n")
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
-            if i == len(lines) - 1:
+            if i == len(lines) - 1:  # no newline after it: a writer died mid-record
+                if not quiet:
+                    print(f"warning: {path}:{i + 1}: an unterminated last line (a run killed "
+                          "mid-record) is set aside", file=sys.stderr, flush=True)
                 continue
-            raise UserError(f"{path}:{i + 1}: not a JSON record; the file is corrupt") from None
-        if not isinstance(rec, dict) or any(k not in rec for k in IDENTITY + ("status",)):
-            raise UserError(f"{path}:{i + 1}: not a quantbench record (needs {IDENTITY} and status)")
+            raise UserError(f"{path}:{i + 1}: not a JSON record; {fix}") from None
+        bad = (not isinstance(rec, dict) or any(not isinstance(rec.get(k), str) for k in IDENTITY)
+               or rec.get("status") not in ("ok", "skipped", "failed"))
+        if bad:
+            raise UserError(f"{path}:{i + 1}: not a quantbench record (needs string fields "
+                            f"{', '.join(IDENTITY)} and status ok/skipped/failed); {fix}")
         out.append(rec)
     return out
 

@@ -31,7 +31,13 @@ from quantbench.pivot import (
 )
 from quantbench.records import LIBRARIES
 
-SMOLLM_NOTE = "the FP16 baseline is dequantized from a Q4_1 GGUF and carries Q4_1 rounding"
+
+
+def model_notes(df) -> list[str]:
+    """Returns the distinct caveats the records carry in `model_note` (e.g. Q4_1 rounding), in order."""
+    if "model_note" not in df:
+        return []
+    return [n for n in dict.fromkeys(df["model_note"]) if isinstance(n, str) and n]
 
 
 def _mb(v) -> float | None:
@@ -56,7 +62,11 @@ def table(p):
              "decode_p50_ms": num(r.get("decode_p50_s")) and r["decode_p50_s"] * 1e3,
              "decode_p90_ms": num(r.get("decode_p90_s")) and r["decode_p90_s"] * 1e3,
              "ttft_ms": num(r.get("ttft_s")) and r["ttft_s"] * 1e3,
-             "ppl": num(r.get("ppl")), "ppl_stderr": num(r.get("ppl_stderr")),
+             # ppl over the windows every variant of the group scored; its stderr only when those
+             # are all the windows this variant scored
+             "ppl": num(r.get("ppl_common")), "ppl_windows": r.get("ppl_common_windows"),
+             "ppl_stderr": num(r.get("ppl_stderr")) if r.get("ppl_common_windows") == r.get("ppl_windows")
+             else None, "ppl_partial": bool(r.get("ppl_partial")),
              "dppl_pct": num(r.get("dppl_pct")), "dppl_windows": num(r.get("dppl_windows")),
              "windows_max": r.get("windows_max") or None,
              "kld_mean": num(r.get("kld_mean")),
@@ -99,7 +109,7 @@ HEADERS = {"format": ("format", ""), "device": ("device", ""), "host": ("host", 
            "bits_per_weight": ("bits per weight", ".2f"), "weights_mb": ("weights MB", ".1f"),
            "peak_rss_mb": ("peak RSS MB", ".0f"), "peak_device_mb": ("peak GPU MB", ".0f"),
            "decode_tok_s": ("decode tok/s", "rate"), "decode_p50_ms": ("p50 ms", ".1f"),
-           "decode_p90_ms": ("p90 ms", ".1f"), "ttft_ms": ("TTFT ms", ".0f"), "ppl": ("ppl ± stderr", ".3f"),
+           "decode_p90_ms": ("p90 ms", ".1f"), "ttft_ms": ("TTFT ms", ".0f"), "ppl": ("ppl ± stderr³", ".3f"),
            "dppl_pct": ("Δppl %¹", "+.2f"), "kld_mean": ("KLD", ".4f"), "top1_agree_pct": ("top-1 %", ".1f"),
            "prefill_sol_frac": ("prefill SoL²", ".2f"), "decode_sol_frac": ("decode SoL²", ".2f"),
            "decode_sol_frac_spec": ("decode SoL (spec)", ".2f"), "status": ("status", "")}
@@ -136,6 +146,8 @@ def cell_text(row: dict, col: str, fmt: str) -> str:
         text += f" ± {row['ppl_stderr']:.3f}"
     if col in SOL_COLUMNS and row.get("sol_suspect"):
         text += " ⚠"  # the details line says why
+    if col == "ppl" and row.get("ppl_partial"):
+        text += " (partial)"
     if col == "dppl_pct" and row.get("format") == row.get("reference"):
         return "ref"
     if col == "dppl_pct" and (num(row.get("dppl_windows")) or 1e9) < (num(row.get("windows_max")) or 0):
@@ -190,7 +202,11 @@ def footnotes(p) -> list[str]:
         "than the roofline: its peaks read low) or computed from a calibration taken beside other "
         "work. The details line of a row says why it failed or why its SoL is suspect, names its "
         "kernel, which roof bounds decode and prefill (memory or compute), and its load time. "
-        "★ marks the Pareto set (quality vs size)."]
+        "★ marks the Pareto set (quality vs size).",
+        "³ ppl is computed on the windows every variant of its model and device scored "
+        f"({', '.join(sorted({str(int(r['ppl_common_windows'])) for r in recs if num(r.get('ppl_common_windows'))})) or '—'} "
+        "windows), so a variant whose quality budget ran out early (marked partial) is not compared on "
+        "other text than the rest; the records keep each variant's own ppl over its own windows."]
 
 
 def header_facts(df) -> list[tuple[str, str]]:
@@ -370,8 +386,7 @@ def render_html(df, title: str = "", *, p=None) -> str:
          f'content="width=device-width, initial-scale=1"><title>{escape(title)}</title><style>{CSS}</style>'
          f"<script>{ERROR_JS}</script>"
          f"</head><body><main><h1>{escape(title)}</h1><dl class=\"facts\">{facts}</dl>"]
-    if any("smollm2-135m" in str(m).lower() for m in p["model"]):
-        h.append(f'<div class="note"><b>Note:</b> {escape(SMOLLM_NOTE)}.</div>')
+    h += [f'<div class="note"><b>Note:</b> {escape(n)}.</div>' for n in model_notes(df)]
     h.append("<h2>Verdict</h2>" + "".join(f"<p>{escape(v)}</p>" for v in verdicts(p)))
     h += [f'<p class="check">Cross-backend: {escape(line)}</p>' for line in cross_backend(p)]
     h.append('<h2>Variants</h2><div class="scroll">' + _table_html(table(p)) + "</div>")
@@ -400,8 +415,7 @@ def render_markdown(df, *, p=None) -> str:
     cols = display_columns(t)
     out = ["# quantbench report: " + ", ".join(dict.fromkeys(map(str, p["model"]))), ""]
     out += [f"- **{k}**: {v}" for k, v in header_facts(df)] + [""]
-    if any("smollm2-135m" in str(m).lower() for m in p["model"]):
-        out += [f"> **Note:** {SMOLLM_NOTE}.", ""]
+    out += [x for n in model_notes(df) for x in (f"> **Note:** {n}.", "")]
     out += _summary_lines(p, t, cols)
     details = [(r, details_text(r)) for r in t.to_dict("records")]
     out += [""] + [f"- {r['format']} on {r['device']}" + (f" ({r['host']})" if "host" in r else "")

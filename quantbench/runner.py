@@ -20,21 +20,19 @@ import numpy as np
 
 from quantbench import cache, corpus, records
 from quantbench.errors import UserError
-from quantbench.formats import get_format
+from quantbench.formats import REFERENCE_ORDER, get_format
 from quantbench.models import resolve
-from quantbench.suite import Suite
-from quantbench.worker import RESPAWN
+from quantbench.suite import Suite, Workload
+from quantbench.worker import RESPAWN, Job, Reference
 
-# Most precise first: the KLD reference is the first of these the suite runs on a device.
-REFERENCE_ORDER = ("fp32", "fp16", "gguf-f16", "bf16", "dummy")
 VARIANT_TIMEOUT_S = int(os.environ.get("QUANTBENCH_VARIANT_TIMEOUT_S", 3 * 3600))
+# env fields that make two runs comparable: a resume continues only on the same machine
+MACHINE_KEYS = ("cpu", "cpu_physical_cores", "ram_bytes", "gpu")
 
 
 def workloads(suite: Suite) -> list[str]:
     """Returns the workload names of a suite: load, pp<N>..., tg<N>, tg<N>x<B>..., ppl<N_CTX>."""
-    tg = f"tg{suite.gen_tokens}"
-    return (["load"] + [f"pp{n}" for n in suite.prompt_lengths] + [tg]
-            + [f"{tg}x{b}" for b in suite.decode_batches] + [f"ppl{suite.n_ctx}"])
+    return [str(w) for w in suite.workloads()]
 
 
 def check_devices(devices) -> None:
@@ -63,19 +61,65 @@ def plan(suite: Suite) -> list[tuple[str, str]]:
     return out
 
 
-def _done(path: Path) -> set[tuple]:
+class Output:
+    """The results file of a run. A new run moves an earlier file to history/ only when its first
+    record is about to be written, so a run that fails before measuring anything loses nothing."""
+
+    def __init__(self, path: Path, resume: bool):
+        self.path, self.resume, self._rotated = path, resume, resume
+        if path.is_dir():
+            raise UserError(f"--out '{path}' is a directory; give a file path such as {path}/run.jsonl")
+        parent = path.parent if str(path.parent) else Path(".")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create '{parent}' for the results: {e.strerror}; pick another --out") from None
+        if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+            raise UserError(f"results path '{path}' is not writable; pick another --out or fix the "
+                            "permissions (nothing was measured)")
+
+    def append(self, recs: list[dict]) -> None:
+        if not self._rotated:
+            _rotate(self.path)
+            self._rotated = True
+        records.append(self.path, recs)
+
+
+def _done(path: Path, suite: Suite, model_name: str, env: dict) -> set[tuple]:
+    """Returns the keys already ok in a results file being resumed; refuses, in one line, a file
+    written by another suite, model or machine (its figures would be mixed with these)."""
     if not path.exists():
         return set()
-    return {records.key(r) for r in records.read(path) if r["status"] == "ok"}
+    recs = records.read(path)
+    for r in recs:
+        theirs = {k: (r.get("env") or {}).get(k) for k in MACHINE_KEYS}
+        mine = {k: env.get(k) for k in MACHINE_KEYS}
+        if r.get("suite_hash") != suite.suite_hash:
+            why = f"suite hash {r.get('suite_hash')}, this suite's is {suite.suite_hash}: settings differ"
+        elif r["model"] != model_name:
+            why = f"model {r['model']}, not {model_name}"
+        elif theirs != mine:
+            why = "another machine: " + ", ".join(f"{k} {theirs[k]} vs {mine[k]}" for k in MACHINE_KEYS
+                                                  if theirs[k] != mine[k])
+        else:
+            continue
+        raise UserError(f"--resume: {path} holds records of another run ({why}); rerun without "
+                        "--resume to start a new file (the old one moves to history/), or pass another --out")
+    return {records.key(r) for r in recs if r["status"] == "ok"}
 
 
 def _rotate(path: Path) -> None:
-    """Moves an earlier results file to results/history/ so a new run never overwrites it."""
+    """Moves an earlier results file to history/ beside it so a new run never overwrites it."""
     if path.exists() and path.stat().st_size:
         hist = path.parent / "history"
         hist.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(path.stat().st_mtime))
-        path.rename(hist / f"{path.stem}-{stamp}{path.suffix}")
+        target = hist / f"{path.stem}-{stamp}{path.suffix}"
+        n = 1
+        while target.exists():  # two runs within a second: never overwrite history
+            target = hist / f"{path.stem}-{stamp}-{n}{path.suffix}"
+            n += 1
+        path.rename(target)
 
 
 def _peaks(device: str, threads: int) -> dict | None:
@@ -97,14 +141,28 @@ def _spec(device: str, env: dict) -> dict | None:
     return dataclasses.asdict(spec) if spec else None
 
 
-def _crash_reason(rc: int, timed_out: bool) -> str:
+def _crash_reason(rc: int, timed_out: bool, oom_kills: int = 0) -> str:
     if timed_out:
         return f"variant exceeded {VARIANT_TIMEOUT_S} s and was killed"
     if rc < 0:
         name = signal.Signals(-rc).name
-        hint = " (likely out of memory)" if -rc == signal.SIGKILL else ""
+        hint = ""
+        if -rc == signal.SIGKILL:
+            hint = (" by the kernel's out-of-memory killer" if oom_kills > 0 else
+                    " (not by this cgroup's out-of-memory killer: by a user, a limit or the kernel)")
         return f"worker killed by {name}{hint}"
     return f"worker exited with code {rc}"
+
+
+def _oom_kills() -> int:
+    """Returns this cgroup's OOM-kill count (cgroup v2 memory.events), or 0 when unknown."""
+    try:
+        for line in Path("/sys/fs/cgroup/memory.events").read_text().splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,10 +170,10 @@ class _Run:
     """What every variant of one run shares: the suite, model, inputs on disk, and record base."""
     suite: Suite
     model: object  # models.ModelSource
-    out_path: Path
+    out: Output
     done: set  # (model, format, device, workload) already ok (--resume)
     base: dict  # fields every record of the run carries
-    workloads: list[str]
+    workloads: list[Workload]
     tmp: Path  # job files and partial records, removed at the end
     data_path: Path  # windows + prompt token ids
     tokens_path: Path  # the whole tokenized corpus (calibration reads after the windows)
@@ -123,36 +181,63 @@ class _Run:
     peaks_by_device: dict
 
 
+def _check_cache_writable() -> None:
+    """Raises UserError when the cache's logs/ cannot be written (full disk, read-only mount):
+    every variant writes its build log there."""
+    logs = cache.entry("logs", "")
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        probe = logs / f".probe-{os.getpid()}"
+        probe.write_bytes(b"x" * 4096)
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to the quantbench cache at '{logs}': {e.strerror}; free space "
+                        "there or set QUANTBENCH_CACHE to a writable directory") from None
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: the records written so far are kept."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 def run(suite: Suite, out_path: str | os.PathLike, resume: bool = False) -> Path:
     """Runs every variant of the suite, appending records to out_path; returns the path."""
     out_path = Path(out_path)
+    out = Output(out_path, resume)
     check_devices(suite.devices)
+    _check_cache_writable()
     model = resolve(suite.model)
+    env = records.environment()
+    done = _done(out_path, suite, model.name, env) if resume else set()
     ids = corpus.token_ids(model.dir, model.digest, suite.corpus)
     bos = corpus.bos_first(model.dir)  # None unless the tokenizer adds BOS (llama.cpp's rule)
     windows = corpus.windows(ids, suite.n_ctx, suite.ppl_windows, bos)
     prompt = corpus.windows(ids, max(suite.prompt_lengths + (suite.n_ctx,)), 1, bos)[0]
     tok_key = cache.content_key("tokens", model.digest, ids.tobytes())  # a file: corpus may change
     tokens_path = cache.entry("tokens", f"ids-{tok_key}.npy")
-    if not tokens_path.exists():
+    if not cache.valid_npy(tokens_path, len(ids)):
         tokens_path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(tokens_path, ids)
-    if not resume:
-        _rotate(out_path)
-    env = records.environment()
+        tmp_npy = tokens_path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp_npy, ids)
+        tmp_npy.rename(tokens_path)
     base = {"schema_version": records.SCHEMA_VERSION, "model": model.name,
             "run_id": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}",
             "suite": suite.name, "suite_hash": suite.suite_hash, "corpus": suite.corpus,
             "model_note": model.note, "env": env}
+    peaks = {d: _peaks(d, suite.thread_count()) for d in suite.devices}
     tmp = Path(tempfile.mkdtemp(prefix="quantbench-"))
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         data_path = tmp / "data.npz"
         np.savez(data_path, windows=np.asarray(windows, dtype=np.int32),
                  prompt=np.asarray(prompt, dtype=np.int32), bos_first=bos is not None)
-        _run_variants(_Run(suite, model, out_path, _done(out_path) if resume else set(), base,
-                           workloads(suite), tmp, data_path, tokens_path, tok_key,
-                           {d: _peaks(d, suite.thread_count()) for d in suite.devices}))
+        _run_variants(_Run(suite, model, out, done, base, suite.workloads(), tmp, data_path,
+                           tokens_path, tok_key, peaks))
     finally:
+        signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(tmp, ignore_errors=True)
     return out_path
 
@@ -162,54 +247,56 @@ def _run_variants(r: _Run) -> None:
     for device, fmt_name in plan(r.suite):
         fmt = get_format(fmt_name)
         # A +compiled twin's static cache holds one sequence: its batched decode is its eager format's.
-        todo = [w for w in r.workloads if (r.model.name, fmt_name, device, w) not in r.done
-                and not (fmt.compiled and w.startswith("tg") and "x" in w)]
+        todo = [w for w in r.workloads if (r.model.name, fmt_name, device, str(w)) not in r.done
+                and not (fmt.compiled and w.batch > 1)]
         if not todo:
-            print(f"[{fmt_name}/{device}] already in {r.out_path}, skipped (--resume)", flush=True)
+            print(f"[{fmt_name}/{device}] already in {r.out.path}, skipped (--resume)", flush=True)
             if fmt_name in REFERENCE_ORDER and device not in references:
                 references[device] = fmt_name
             continue
         rec_base = {**r.base, "format": fmt_name, "device": device}
         if device.split(":")[0] not in fmt.devices:
-            records.append(r.out_path, [{**rec_base, "workload": w, "status": "skipped",
-                                         "reason": f"{fmt_name} does not run on {device}"} for w in todo])
+            r.out.append([{**rec_base, "workload": str(w), "status": "skipped", "timestamp": records.now(),
+                           "reason": f"{fmt_name} does not run on {device}"} for w in todo])
             continue
         ref_fmt = references.setdefault(device, fmt_name) if fmt_name in REFERENCE_ORDER else \
             references.get(device)
         job = _job(r, device, fmt_name, todo, ref_fmt)
         job_path = r.tmp / f"{fmt_name}-{device}.json"
-        job_path.write_text(json.dumps(job))
+        job_path.write_text(job.to_json())
         why = _spawn(job_path, job)
         if why == RESPAWN:  # it built the artifact; measure in a fresh process
             why = _spawn(job_path, job)
-        _collect(job, r.out_path, rec_base, why)
+        _collect(job, r.out, rec_base, why)
 
 
-def _job(r: _Run, device: str, fmt_name: str, todo: list[str], ref_fmt: str | None) -> dict:
+def _job(r: _Run, device: str, fmt_name: str, todo: list[Workload], ref_fmt: str | None) -> Job:
     """Returns the worker's job: one variant, its workloads, and where its reference log-probs are."""
     s = r.suite
     ref_key = cache.content_key("ref", corpus.WINDOWS_PROTOCOL, r.model.digest, r.tok_key, s.n_ctx,
                                 s.ppl_windows, s.kld_tokens, ref_fmt, device)
-    ref = {"format": ref_fmt or "", "path": str(cache.entry("reference", f"{ref_key}.npy")),
-           "role": "write" if ref_fmt == fmt_name else "read"}
+    ref = Reference(ref_fmt, str(cache.entry("reference", f"{ref_key}.npy")),
+                    "write" if ref_fmt == fmt_name else "read")
     if ref_fmt is None:
-        ref = {"why": "no reference format (fp32, fp16, gguf-f16 or bf16) in the suite"}
-    return {"model_name": r.model.name, "model_dir": r.model.dir, "model_digest": r.model.digest,
-            "format": fmt_name, "device": device, "threads": s.thread_count(),
-            "suite": dataclasses.asdict(s), "data": str(r.data_path),
-            "tokens_path": str(r.tokens_path), "calib_start": s.n_ctx * s.ppl_windows,
-            "corpus_key": r.tok_key, "workloads": todo, "reference": ref,
-            "partial": str(r.tmp / f"{fmt_name}-{device}.jsonl"),
-            "base": {**r.base, "peaks": r.peaks_by_device[device],
+        ref = Reference(why="no reference format (fp32, fp16, gguf-f16 or bf16) in the suite")
+    elif ref.role == "read" and not cache.valid_npy(Path(ref.path)):
+        ref = Reference(ref_fmt, why=f"the {ref_fmt} reference log-probs are missing or damaged; "
+                                     f"rerun {ref_fmt} (without --resume) to rewrite them")
+    return Job(model_name=r.model.name, model_dir=r.model.dir, model_digest=r.model.digest,
+               random_weights=r.model.random_weights, format=fmt_name, device=device,
+               threads=s.thread_count(), suite=s, workloads=tuple(todo), data=str(r.data_path),
+               tokens_path=str(r.tokens_path), calib_start=s.n_ctx * s.ppl_windows,
+               corpus_key=r.tok_key, reference=ref, partial=str(r.tmp / f"{fmt_name}-{device}.jsonl"),
+               base={**r.base, "peaks": r.peaks_by_device[device],
                      "peaks_spec": _spec(device, r.base["env"])},
-            "random_weights": r.model.random_weights,
-            "peaks": r.peaks_by_device[device]}
+               peaks=r.peaks_by_device[device])
 
 
-def _spawn(job_path: Path, job: dict) -> str | int:
+def _spawn(job_path: Path, job: Job) -> str | int:
     """Runs the worker on a job; returns '' on a clean exit, RESPAWN, or why it died."""
     env = {**os.environ, "OMP_WAIT_POLICY": "passive", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": str(job["threads"])}
+           "OMP_NUM_THREADS": str(job.threads), "QUANTBENCH_RUNNER_PID": str(os.getpid())}
+    ooms = _oom_kills()
     proc = subprocess.Popen([sys.executable, "-m", "quantbench.worker", str(job_path)], env=env)
     timed_out = False
     try:
@@ -223,16 +310,16 @@ def _spawn(job_path: Path, job: dict) -> str | int:
         raise
     if rc == RESPAWN and not timed_out:
         return RESPAWN
-    return "" if rc == 0 and not timed_out else _crash_reason(rc, timed_out)
+    return "" if rc == 0 and not timed_out else _crash_reason(rc, timed_out, _oom_kills() - ooms)
 
 
-def _collect(job: dict, out_path: Path, rec_base: dict, crash: str) -> None:
+def _collect(job: Job, out: Output, rec_base: dict, crash: str) -> None:
     """Appends the worker's records, plus `failed` ones for workloads it never reported."""
-    partial = Path(job["partial"])
-    got = records.read(partial) if partial.exists() else []
+    partial = Path(job.partial)
+    got = records.read(partial, quiet=True) if partial.exists() else []
     have = {r["workload"] for r in got}
     reason = crash or "worker ended without a record"
-    missing = [{**rec_base, "workload": w, "status": "failed", "reason": reason}
-               for w in job["workloads"] if w not in have]
-    records.append(out_path, got + missing)
-    print(f"[{job['format']}/{job['device']}] done" + (f"; {reason}" if missing else ""), flush=True)
+    missing = [{**rec_base, "workload": str(w), "status": "failed", "reason": reason,
+                "timestamp": records.now()} for w in job.workloads if str(w) not in have]
+    out.append(got + missing)
+    print(f"[{job.format}/{job.device}] done" + (f"; {reason}" if missing else ""), flush=True)

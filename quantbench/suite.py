@@ -10,6 +10,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,22 +19,41 @@ from quantbench.errors import UserError
 from quantbench.formats import get_format
 
 
-def physical_cores() -> int:
-    """Returns the number of physical CPU cores (logical count when siblings are unknown)."""
-    try:
-        pairs = set()
-        block: dict[str, str] = {}
-        for line in Path("/proc/cpuinfo").read_text().splitlines() + [""]:
-            if not line.strip():
-                if "core id" in block:
-                    pairs.add((block.get("physical id"), block["core id"]))
-                block = {}
-            elif ":" in line:
-                k, v = line.split(":", 1)
-                block[k.strip()] = v.strip()
-        return len(pairs) or os.cpu_count() or 1
-    except OSError:
-        return os.cpu_count() or 1
+@dataclass(frozen=True, order=True)
+class Workload:
+    """One measurement of a variant, named as llama-bench does: `load`, `pp512` (prefill 512 tokens),
+    `tg64` (decode 64 tokens), `tg64x8` (decode 64 tokens of 8 sequences together), `ppl512` (quality
+    on 512-token windows). Parsed once from its name; str() gives the name back."""
+    kind: str  # load, pp, tg, ppl
+    tokens: int = 0  # prompt tokens (pp), decoded tokens (tg), window length (ppl)
+    batch: int = 1  # sequences decoded together (tg)
+    depth: int = 0  # tokens already in the KV cache before the timed region (reserved for sweeps)
+
+    def __post_init__(self):
+        if self.kind not in ("load", "pp", "tg", "ppl"):
+            raise ValueError(f"unknown workload kind {self.kind!r}")
+        if self.kind != "load" and self.tokens < 1 or self.batch < 1 or self.depth < 0:
+            raise ValueError(f"degenerate workload {self!r}")
+
+    def __str__(self) -> str:
+        if self.kind == "load":
+            return "load"
+        name = f"{self.kind}{self.tokens}" + (f"x{self.batch}" if self.batch > 1 else "")
+        return name + (f"@d{self.depth}" if self.depth else "")
+
+    @classmethod
+    def parse(cls, name: str) -> Workload:
+        """Returns the Workload a name such as tg64x8 stands for; ValueError when it is none."""
+        m = _WORKLOAD.match(str(name))
+        if not m:
+            raise ValueError(f"'{name}' is not a workload name (load, pp<N>, tg<N>, tg<N>x<B>, ppl<N>)")
+        if m["load"]:
+            return cls("load")
+        return cls(m["kind"], int(m["tokens"]), int(m["batch"] or 1), int(m["depth"] or 0))
+
+
+_WORKLOAD = re.compile(r"^(?:(?P<load>load)|(?P<kind>pp|tg|ppl)(?P<tokens>\d+)(?:x(?P<batch>\d+))?"
+                       r"(?:@d(?P<depth>\d+))?)$")
 
 
 @dataclass(frozen=True)
@@ -50,7 +70,8 @@ class Suite:
     # More decode batch sizes: B sequences decoded together, workload tg<N>x<B>, tok/s over all B.
     decode_batches: tuple[int, ...] = ()
     gen_prompt_tokens: int = 16
-    min_samples: int = 3
+    # 5: the least that lets the timing gate fire (Mann-Whitney's smallest p at 3 vs 3 is 0.04 > 0.01).
+    min_samples: int = 5
     time_budget_s: float = 20.0
     # Quality (llama.cpp perplexity protocol): windows of n_ctx tokens, second half scored.
     n_ctx: int = 512
@@ -72,22 +93,50 @@ class Suite:
 
     def __post_init__(self):
         where = f"suite '{self.name}'"
+        if not self.formats:
+            raise UserError(f"{where}: formats is empty; name at least one (`quantbench formats` lists them)")
+        if not self.devices:
+            raise UserError(f"{where}: devices is empty; use ['cpu'] or ['cuda']")
+        for key in ("formats", "devices", "prompt_lengths", "decode_batches"):
+            seen = getattr(self, key)
+            dup = sorted({x for x in seen if seen.count(x) > 1})
+            if dup:
+                raise UserError(f"{where}: {key} lists {', '.join(map(str, dup))} twice; list each once")
         for f in self.formats:
             get_format(f)
         for d in self.devices:
             if d != "cpu" and not (d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit())):
                 raise UserError(f"{where}: unknown device '{d}'; use 'cpu', 'cuda' or 'cuda:N'")
-        for key in ("gen_tokens", "min_samples", "n_ctx", "ppl_windows", "calib_samples",
-                    "calib_tokens", "group_size", "gen_prompt_tokens"):
-            if getattr(self, key) < 1:
-                raise UserError(f"{where}: {key} must be >= 1, got {getattr(self, key)}")
+        lows = {"gen_tokens": 2, "min_samples": 1, "n_ctx": 8, "ppl_windows": 1, "calib_samples": 1,
+                "calib_tokens": 1, "group_size": 1, "gen_prompt_tokens": 1, "awq_calib_samples": 1,
+                "awq_calib_tokens": 1, "kld_tokens": 0, "threads": 0}
+        for key, low in lows.items():
+            if getattr(self, key) < low:
+                raise UserError(f"{where}: {key} must be >= {low}, got {getattr(self, key)}")
+        for key in ("time_budget_s", "quality_budget_s"):
+            if not getattr(self, key) > 0:
+                raise UserError(f"{where}: {key} must be > 0 seconds, got {getattr(self, key)}")
+        if any(n < 1 for n in self.prompt_lengths):
+            raise UserError(f"{where}: prompt_lengths must be >= 1, got {list(self.prompt_lengths)}")
         if any(b < 2 for b in self.decode_batches):
             raise UserError(f"{where}: decode_batches must be >= 2 (batch 1 is always measured), "
                             f"got {list(self.decode_batches)}")
         if self.n_ctx % 2:
             raise UserError(f"{where}: n_ctx must be even (its second half is scored), got {self.n_ctx}")
         for f in self.artifacts:
-            get_format(f)
+            try:
+                get_format(f)
+            except UserError as e:
+                raise UserError(f"{where}: [artifacts] key '{f}': {e}") from None
+            if get_format(f).backend in ("hf", "bnb"):
+                raise UserError(f"{where}: [artifacts] '{f}': {f} is built at load time from the model; "
+                                "artifacts apply to gptq-*, awq-* and gguf-* formats only")
+
+    def workloads(self) -> list[Workload]:
+        """Returns the workloads of every variant: load, pp<N>..., tg<N>, tg<N>x<B>..., ppl<N_CTX>."""
+        return ([Workload("load")] + [Workload("pp", n) for n in self.prompt_lengths]
+                + [Workload("tg", self.gen_tokens, b) for b in (1, *self.decode_batches)]
+                + [Workload("ppl", self.n_ctx)])
 
     @property
     def suite_hash(self) -> str:
@@ -97,6 +146,8 @@ class Suite:
 
     def thread_count(self) -> int:
         """Returns the thread count to use: the suite's, or the physical cores."""
+        from quantbench.records import physical_cores
+
         return self.threads or physical_cores()
 
     def with_overrides(self, **kw) -> Suite:
@@ -123,8 +174,9 @@ def _check_type(path: str, key: str, value, default):
     else:
         ok = isinstance(value, str)
     if not ok:
-        want = type(default).__name__.replace("tuple", "list")
-        raise UserError(f"{path}: key '{key}' must be a {want}, got {value!r}")
+        want = {"tuple": "a list", "int": "an integer", "float": "a number", "str": "a string",
+                "dict": "a table of strings", "bool": "true or false"}[type(default).__name__]
+        raise UserError(f"{path}: key '{key}' must be {want}, got {value!r}")
 
 
 def _check_key(where: str, key: str, value):
@@ -153,18 +205,41 @@ def parse_sets(items: list[str]) -> dict:
     return out
 
 
+def shipped_suites() -> Path:
+    """Returns the folder of the suites that ship with quantbench (the checkout's suites/, or the
+    copy inside an installed wheel)."""
+    here = Path(__file__).parent
+    return next((p for p in (here.parent / "suites", here / "suites") if p.is_dir()), here.parent / "suites")
+
+
 def load_suite(path: str | os.PathLike) -> Suite:
-    """Returns the Suite in a TOML file; unknown keys and wrong types raise UserError."""
+    """Returns the Suite in a TOML file (a bare or suites/ name falls back to the shipped suites);
+    unknown keys and wrong types raise UserError."""
     path = str(path)
+    p = Path(path)
+    if not p.exists() and not p.is_absolute() and (shipped_suites() / p.name).exists():
+        p = shipped_suites() / p.name
     try:
-        data = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"suite file '{path}' not found; pick one from suites/ or pass a path") from None
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (FileNotFoundError, IsADirectoryError):
+        names = ", ".join(sorted(x.name for x in shipped_suites().glob("*.toml")))
+        raise UserError(f"suite file '{path}' not found; pass a path, or one of the shipped suites in "
+                        f"{shipped_suites()}: {names}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text, so not a TOML suite; fix or replace the file") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: not valid TOML ({e}); fix the syntax") from None
     kw = {}
     for key, value in data.items():
         _check_key(path, key, value)
         kw[key] = tuple(value) if isinstance(value, list) else value
-    kw.setdefault("name", Path(path).stem)
-    return Suite(**kw)
+    for fmt in kw.get("artifacts", {}):
+        try:
+            get_format(fmt)
+        except UserError as e:
+            raise UserError(f"{path}: [artifacts] key '{fmt}': {e}") from None
+    kw.setdefault("name", p.stem)
+    try:
+        return Suite(**kw)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None

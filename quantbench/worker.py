@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import resource
+import signal
 import sys
 import time
 import traceback
@@ -20,10 +21,56 @@ import numpy as np
 
 from quantbench import cache, records
 from quantbench.backends import CONSOLE_FD_ENV, Context, Skip, get_backend_class
-from quantbench.errors import UserError
+from quantbench.errors import MissingDependency, UserError
 from quantbench.formats import compute_dtypes, get_format
 from quantbench.measure import score_windows, time_decode, time_prefill
-from quantbench.suite import Suite
+from quantbench.suite import Suite, Workload
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """Where the KLD reference log-probs of a variant live: `write` them (the reference format),
+    `read` them, or none (`why` says why)."""
+    format: str = ""
+    path: str = ""
+    role: str = ""  # write, read, or "" when there is no reference
+    why: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One variant for a worker process: what to build and measure, and where its inputs are.
+    The runner writes it as JSON; the worker parses it once (Job.from_json)."""
+    model_name: str
+    model_dir: str  # HF directory every format is built from
+    model_digest: str
+    random_weights: bool  # shape:NAME models: quality workloads are skipped
+    format: str
+    device: str
+    threads: int
+    suite: Suite
+    workloads: tuple[Workload, ...]
+    data: str  # .npz with the ppl windows and the prompt ids
+    tokens_path: str  # the whole tokenized corpus (.npy); calibration reads after the windows
+    calib_start: int
+    corpus_key: str
+    reference: Reference
+    partial: str  # JSONL the worker appends its records to
+    base: dict  # fields every record of this variant carries
+    peaks: dict | None  # calibrated peaks of the device (hardware.Peaks as a dict)
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d["workloads"] = [str(w) for w in self.workloads]
+        return json.dumps(d)
+
+    @classmethod
+    def from_json(cls, text: str) -> Job:
+        d = json.loads(text)
+        d["suite"] = Suite(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["suite"].items()})
+        d["workloads"] = tuple(Workload.parse(w) for w in d["workloads"])
+        d["reference"] = Reference(**d["reference"])
+        return cls(**d)
 
 
 def peak_rss_bytes() -> int:
@@ -64,10 +111,10 @@ def _device_peak(device: str) -> dict:
     return out
 
 
-def _predict(job: dict, shape, info: dict, kind: str, peaks: dict | None = None, **kw) -> dict:
+def _predict(job: Job, shape, info: dict, kind: str, peaks: dict | None = None, **kw) -> dict:
     """Returns the predicted twins for a workload from the calibrated peaks, or from `peaks`
     (empty when no shape/peaks are known)."""
-    peaks = peaks or job.get("peaks")
+    peaks = peaks or job.peaks
     if shape is None or not peaks:
         return {}
     from quantbench import arith, hardware
@@ -75,12 +122,12 @@ def _predict(job: dict, shape, info: dict, kind: str, peaks: dict | None = None,
     peaks = hardware.Peaks(**peaks)
     # The backend knows what it really stored (bnb keeps fp32 embeddings on CPU, a GGUF file
     # has its own type mix): predict from that layout.
-    fmt = get_format(job["format"])
+    fmt = get_format(job.format)
     fmt = dataclasses.replace(fmt, **{k: info[k] for k in ("bits_per_weight", "bits_unquantized")
                                       if k in info})
     # The peak its kernels compute at (llama.cpp and bnb's CPU int8 path are not torch GEMMs).
     return arith.predicted_fields(shape, fmt, peaks, kind, compute_dtypes=compute_dtypes(
-        fmt, job.get("device", "cpu")), kv_bytes_per_elem=info.get("kv_bytes_per_elem", 2), **kw)
+        fmt, job.device), kv_bytes_per_elem=info.get("kv_bytes_per_elem", 2), **kw)
 
 
 def _sol(rec: dict) -> None:
@@ -106,66 +153,64 @@ def _sol(rec: dict) -> None:
     rec["sol_suspect_reason"] = "; ".join(why)
 
 
-def _reference(job: dict):
+def _reference(job: Job):
     """Returns the reference log-probs to compare against (memory-mapped), or None."""
-    ref = job.get("reference") or {}
-    path = Path(ref["path"]) if ref.get("path") else None
-    if ref.get("role") == "read" and path and path.exists():
-        return np.load(path, mmap_mode="r")
+    ref = job.reference
+    if ref.role == "read" and ref.path and Path(ref.path).exists():
+        return np.load(ref.path, mmap_mode="r")
     return None
 
 
-def run_workload(job, backend, workload: str, data, shape) -> dict:
+def run_workload(job: Job, backend, w: Workload, data, shape) -> dict:
     """Returns the measured fields of one workload."""
-    s = Suite(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["suite"].items()})
+    s = job.suite
     prompt_src = [int(t) for t in data["prompt"]]
-    if workload == "load":
+    if w.kind == "load":
         backend.prefill(prompt_src[: s.n_ctx])
         return {"kv_cache_bytes": backend.kv_cache_bytes(),
                 **_predict(job, shape, backend.info, "load", n_ctx=s.n_ctx)}
-    if workload.startswith("tg"):
-        n, _, batch = workload[2:].partition("x")  # tg64 or tg64x8
-        n, batch = int(n), int(batch or 1)
-        out = time_decode(backend, prompt_src[: s.gen_prompt_tokens], n, s.min_samples,
-                          s.time_budget_s, batch)
-        if batch > 1:
+    if w.kind == "tg":
+        out = time_decode(backend, prompt_src[: s.gen_prompt_tokens], w.tokens, s.min_samples,
+                          s.time_budget_s, w.batch)
+        if w.batch > 1:
             out["kv_cache_bytes"] = backend.kv_cache_bytes()
-        kw = {"n_prompt": s.gen_prompt_tokens, "n_gen": n, "batch": batch}
+        kw = {"n_prompt": s.gen_prompt_tokens, "n_gen": w.tokens, "batch": w.batch}
         out.update(_predict(job, shape, backend.info, "tg", **kw))
-        spec = job["base"].get("peaks_spec")  # the datasheet's bandwidth too (GPUs in the table)
+        spec = job.base.get("peaks_spec")  # the datasheet's bandwidth too (GPUs in the table)
         if spec and (twin := _predict(job, shape, backend.info, "tg", spec, **kw)):
             out["decode_tok_s_predicted_spec"] = twin["decode_tok_s_predicted"]
             out["decode_sol_frac_spec"] = out["decode_tok_s"] / twin["decode_tok_s_predicted"]
         return out
-    if workload.startswith("ppl"):
-        ref = job.get("reference") or {}
-        windows = [[int(t) for t in w] for w in data["windows"]]
-        reference, write = _reference(job), None
-        if ref.get("role") == "write":
+    if w.kind == "ppl":
+        ref = job.reference
+        windows = [[int(t) for t in x] for x in data["windows"]]
+        reference, write, why = _reference(job), None, ref.why
+        if ref.role == "write":
             write = np.zeros((s.kld_tokens, _vocab(backend, windows)), dtype=np.float16)
+        elif reference is not None and reference.shape[1] != (vocab := _vocab(backend, windows)):
+            why = f"vocab {vocab} differs from the {ref.format} reference's {reference.shape[1]}: no KLD"
+            reference = None
         out = score_windows(backend, windows, s.quality_budget_s, reference, s.kld_tokens, write)
         rows = out.pop("reference_rows")
         if write is not None:
-            path = Path(ref["path"])
+            path = Path(ref.path)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp.npy")
             np.save(tmp, write[:rows])
             tmp.rename(path)
-            out.update(kld_reference=job["format"], kld_mean=0.0, kld_p99=0.0, top1_agree=1.0,
+            out.update(kld_reference=job.format, kld_mean=0.0, kld_p99=0.0, top1_agree=1.0,
                        rms_dp=0.0, kld_tokens=rows)
         elif "kld_mean" in out:
-            out["kld_reference"] = ref.get("format", "")
+            out["kld_reference"] = ref.format
         else:
-            out["kld_reason"] = ref.get("why", "no reference log-probs for this model and corpus")
+            out["kld_reason"] = why or "no reference log-probs for this model and corpus"
         if "bos_first" in data:  # corpus.bos_first: the window cut this record scored
             out["bos_first"] = bool(data["bos_first"])
         return {**out, **_predict(job, shape, backend.info, "ppl", n_ctx=s.n_ctx)}
-    if workload.startswith("pp"):
-        n = int(workload[2:])
-        out = time_prefill(backend, prompt_src[:n], s.min_samples, s.time_budget_s)
-        out["kv_cache_bytes"] = backend.kv_cache_bytes()
-        return {**out, **_predict(job, shape, backend.info, "pp", n_prompt=n)}
-    raise ValueError(f"unknown workload {workload}")
+    # prefill
+    out = time_prefill(backend, prompt_src[: w.tokens], s.min_samples, s.time_budget_s)
+    out["kv_cache_bytes"] = backend.kv_cache_bytes()
+    return {**out, **_predict(job, shape, backend.info, "pp", n_prompt=w.tokens)}
 
 
 def _vocab(backend, windows) -> int:
@@ -231,28 +276,41 @@ def logged(fn, log: Path, tag: str):
         raise
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """Asks Linux to SIGKILL this process when its parent (the runner) dies, so a killed runner
+    leaves no orphan competing for the CPU with the next run."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the runner's process-group kill still applies
+        return
+    if os.getppid() != parent_pid:  # the runner died before prctl took effect
+        os._exit(1)
+
+
 def main(job_path: str) -> int:
     quiet_import_chatter()
-    job = json.loads(Path(job_path).read_text())
-    fmt = get_format(job["format"])
-    suite = Suite(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["suite"].items()})
-    data = np.load(job["data"])
-    base = {**job["base"], "format": fmt.name, "device": job["device"], "backend": fmt.backend,
-            "threads": job["threads"], "bits_per_weight": fmt.bits_per_weight}
-    out = job["partial"]
-    tag = f"[{fmt.name}/{job['device']}]"
+    job = Job.from_json(Path(job_path).read_text())
+    fmt = get_format(job.format)
+    suite = job.suite
+    data = np.load(job.data)
+    base = {**job.base, "format": fmt.name, "device": job.device, "backend": fmt.backend,
+            "threads": job.threads, "bits_per_weight": fmt.bits_per_weight}
+    tag = f"[{fmt.name}/{job.device}]"
 
-    def emit(workload: str, fields: dict, status="ok", reason=""):
-        rec = {**base, **backend_info(), "workload": workload, "status": status, "reason": reason,
-               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
+    def emit(workload: Workload, fields: dict, status="ok", reason=""):
+        rec = {**base, **backend_info(), "workload": str(workload), "status": status,
+               "reason": reason, "timestamp": records.now(), **fields}
         if status == "ok":
-            rec.update(peak_rss_bytes=peak_rss_bytes(), **_device_peak(job["device"]))
+            rec.update(peak_rss_bytes=peak_rss_bytes(), **_device_peak(job.device))
             _sol(rec)
-        records.append(out, [rec])
+        records.append(job.partial, [rec])
 
-    ctx = Context(job["model_name"], job["model_dir"], job["model_digest"], fmt, job["device"],
-                  job["threads"], suite, job["tokens_path"], job["calib_start"],
-                  suite.artifacts.get(fmt.base, ""), job["corpus_key"])
+    ctx = Context(job.model_name, job.model_dir, job.model_digest, fmt, job.device, job.threads,
+                  suite, job.tokens_path, job.calib_start, suite.artifacts.get(fmt.base, ""),
+                  job.corpus_key)
     backend = None
 
     def backend_info():
@@ -264,7 +322,7 @@ def main(job_path: str) -> int:
         logged(backend.build, log, tag)
         if backend.info.get("build_s"):
             print(f"{tag} built in {backend.info['build_s']:.1f} s (log: {log})", flush=True)
-        built = Path(job["partial"] + ".build.json")
+        built = Path(job.partial + ".build.json")
         if built.exists():  # built by this variant's previous process
             backend.info.update(json.loads(built.read_text()))
         elif backend.info.get("build_s"):
@@ -277,8 +335,8 @@ def main(job_path: str) -> int:
         load_s = time.perf_counter() - t0
         if log.exists() and log.stat().st_size == 0:
             log.unlink()
-    except (Skip, ImportError) as e:
-        for w in job["workloads"]:
+    except (Skip, MissingDependency) as e:  # expected absences; any other ImportError is a bug
+        for w in job.workloads:
             emit(w, {}, "skipped", str(e).splitlines()[0] if str(e) else type(e).__name__)
         print(f"{tag} skipped: {e}", flush=True)
         return 0
@@ -289,15 +347,15 @@ def main(job_path: str) -> int:
             traceback.print_exc()
         reason = str(e).splitlines()[0] if isinstance(e, UserError) else \
             f"{type(e).__name__}: {e}".splitlines()[0]
-        for w in job["workloads"]:
+        for w in job.workloads:
             emit(w, {}, "failed", reason)
         return 0
     shape = _shape(job)
     common = {"load_s": load_s, "weights_bytes": backend.weights_bytes()}
     base.update(common)
-    for w in job["workloads"]:
-        if w.startswith("ppl") and job.get("random_weights"):
-            emit(w, {}, "skipped", f"{job['model_name']} has random weights: quality is meaningless")
+    for w in job.workloads:
+        if w.kind == "ppl" and job.random_weights:
+            emit(w, {}, "skipped", f"{job.model_name} has random weights: quality is meaningless")
             continue
         try:
             fields = run_workload(job, backend, w, data, shape)
@@ -318,7 +376,7 @@ def _shape(job):
     try:
         from quantbench.shapes import shape_from_config
 
-        return shape_from_config(job["model_dir"])
+        return shape_from_config(job.model_dir)
     except (ImportError, UserError, OSError, ValueError):
         return None
 
@@ -329,4 +387,8 @@ def _summary(f: dict) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[-1]))
+    die_with_parent(int(os.environ.get("QUANTBENCH_RUNNER_PID", os.getppid())))
+    try:
+        sys.exit(main(sys.argv[-1]))
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole group: the runner says what happened
+        sys.exit(130)

@@ -1,4 +1,5 @@
-"""Synthetic result records for the report tests (tests/test_report.py, tests/test_browser.py):
+"""Synthetic result records for the report tests, written through records.append, so each one is
+validated against the record schema and carries the layouts real runs write (tests/test_report.py, tests/test_browser.py):
 8 formats on a CPU host, 6 on a CUDA host, one failed and one skipped variant, raw samples,
 per-window NLL lists (one variant scored fewer windows). The CUDA decode records carry no
 decode_sol_frac, so the report has to compute it from decode_tok_s_predicted."""
@@ -7,6 +8,7 @@ import random
 
 from quantbench import records
 
+NOTE = "smollm2-135m: the FP16 baseline is dequantized from a Q4_1 GGUF, so every format carries Q4_1 rounding"
 TOKENS_PER_WINDOW = 256
 N_WINDOWS = 20
 PARAMS = 134_515_008
@@ -54,7 +56,7 @@ def _variant(model, fmt, device, host, spec, bw, rng, calib, ts):
                                              "gpu_memory_bytes": 80 * 2**30} if device == "cuda" else {})}
     common = {"schema_version": 1, "run_id": "r1", "timestamp": ts, "model": model, "format": fmt,
               "device": device, "status": "ok", "reason": "", "suite": "default",
-              "suite_hash": "0123abcd4567", "kernel": kernel_of(fmt, device),
+              "suite_hash": "0123abcd4567", "kernel": kernel_of(fmt, device), "model_note": NOTE,
               "backend": "gguf" if fmt.startswith("gguf") else "hf", "bits_per_weight": bpw,
               "weights_bytes": wb, "weights_bytes_predicted": int(wb * 0.99),
               "peak_rss_bytes": wb + 380_000_000, "kv_cache_bytes": 23_040 * 512,
@@ -104,8 +106,11 @@ def _dead(model, fmt, device, host, status, reason):
 def synthetic(tmp_path, model="smollm2-135m") -> list[str]:
     """Writes the records under tmp_path; returns [cpu.jsonl, gpu/]: two hosts, one device each."""
     rng = random.Random(0)
-    cpu_cal = {"calib": {"bandwidth_bytes_s": CPU_BW, "flop_s": CPU_FLOP_S}}
-    gpu_cal = {"peaks": {"bandwidth_bytes_s": GPU_BW, **{f"flop_s_{k}": v for k, v in GPU_FLOP_S.items()}}}
+    # the layouts real runs write: hardware.Peaks as a dict
+    cpu_cal = {"peaks": {"name": "local-cpu", "flop_s": CPU_FLOP_S, "bandwidth_bytes_s": CPU_BW,
+                         "memory_bytes": 8 * 2**30, "source": "measured"}}
+    gpu_cal = {"peaks": {"name": "local-cuda", "flop_s": GPU_FLOP_S, "bandwidth_bytes_s": GPU_BW,
+                         "memory_bytes": 80 * 2**30, "source": "measured"}}
     cpu, gpu = tmp_path / "cpu.jsonl", tmp_path / "gpu" / "cuda.jsonl"
     for fmt, spec in CPU_FORMATS.items():
         records.append(cpu, _variant(model, fmt, "cpu", "bench-cpu", spec, CPU_BW, rng, cpu_cal,

@@ -190,10 +190,9 @@ def test_markdown_has_header_and_regression_row():
 # --- CLI --------------------------------------------------------------------------------------
 
 def cli(*argv):
-    parser = argparse.ArgumentParser(prog="quantbench")
-    add_compare_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["compare", *map(str, argv)])
-    return args.func(args)
+    from quantbench.cli import main
+
+    return main(["compare", *map(str, argv)])
 
 
 @pytest.fixture
@@ -232,7 +231,7 @@ def test_cli_bad_input_exits_2(files, tmp_path, capsys, case, message):
     elif case == "nothing":
         new = files("other.jsonl", [{**r, "model": "other"} for r in run_records(1)])
     elif case == "schema":
-        new = files("v2.jsonl", [{**r, "schema_version": 2} for r in run_records(1)])
+        new = files("v9.jsonl", [{**r, "schema_version": 9} for r in run_records(1)])
     else:
         extra = ["--fail", "ppx:+1%"]
     assert cli(base, new, *extra) == 2

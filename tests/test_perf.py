@@ -40,7 +40,7 @@ def test_log_softmax(benchmark):
 
 
 def test_record_writing(benchmark, tmp_path):
-    rec = {"model": "m", "format": "fp32", "device": "cpu", "workload": "tg64", "status": "ok",
+    rec = {"model": "m", "format": "fp32", "device": "cpu", "workload": "tg64", "status": "ok", "schema_version": 2,
            "decode_samples_s": [0.01] * 320, "env": records.environment()}
     path = tmp_path / "r.jsonl"
     benchmark(records.append, path, [rec] * 10)

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from synthetic import CPU_FORMATS, CPU_PARETO, GPU_FORMATS, SHORT_FORMAT, SHORT_WINDOWS, kernel_of, synthetic
+from synthetic import (
+    CPU_FORMATS,
+    CPU_PARETO,
+    GPU_FORMATS,
+    NOTE,
+    SHORT_FORMAT,
+    SHORT_WINDOWS,
+    kernel_of,
+    synthetic,
+)
 
 from quantbench import pivot, records, report
 
@@ -92,7 +101,7 @@ def test_verdict_note_and_cross_backend(written):
     _, (html, md, _) = written
     assert "smallest weights: gguf-q4_0" in html and "fastest decode: gguf-q4_0" in html
     assert "Pareto set (quality vs size): fp32, fp16, gguf-q8_0, gguf-q4_k_m, gguf-q4_0" in html
-    assert report.SMOLLM_NOTE in html and report.SMOLLM_NOTE in md
+    assert NOTE in html and NOTE in md  # the records' own model_note
     assert re.search(r"cpu: gguf-f16 vs fp16 ppl differs by \+0\.0\d % on 20 common windows ✓", html)
     assert "25GB/s" in html and "fp32 90GFLOP/s" in html  # calibrated peaks in the header
 
@@ -127,21 +136,22 @@ def test_cli_parser(tmp_path, capsys):
 
 def test_missing_fields_do_not_crash(tmp_path):
     f = tmp_path / "bare.jsonl"
-    records.append(f, [{"model": "m", "format": "fp32", "device": "cpu", "workload": "tg8", "status": "ok"},
+    records.append(f, [{"model": "m", "format": "fp32", "device": "cpu", "workload": "tg8", "status": "ok",
+                        "schema_version": 2},
                        {"model": "m", "format": "gguf-q4_0", "device": "cpu", "workload": "pp64",
-                        "status": "failed", "reason": "boom"}])
+                        "status": "failed", "reason": "boom", "schema_version": 2}])
     html = report.render_html(records.read_results(f))
     assert "boom" in html and html.count('class="plot"') == 5
 
 
 def test_partial_variant_and_kld_only_quality(tmp_path):
     f = tmp_path / "kld.jsonl"
-    base = {"model": "m", "device": "cpu", "status": "ok", "weights_bytes": 0}
+    base = {"model": "m", "device": "cpu", "status": "ok", "weights_bytes": 0, "schema_version": 2}
     recs = []
     for fmt, wb, kld in (("fp32", 500e6, None), ("gguf-q8_0", 140e6, 0.003), ("gguf-q4_0", 90e6, 0.07),
                          ("gguf-q4_k_m", 80e6, 0.08)):
-        recs.append(dict(base, format=fmt, workload="tg16", weights_bytes=wb, decode_tok_s=25e9 / wb / 3))
-        recs.append(dict(base, format=fmt, workload="ppl512", weights_bytes=wb, kld_reference="fp32",
+        recs.append(dict(base, format=fmt, workload="tg16", weights_bytes=int(wb), decode_tok_s=25e9 / wb / 3))
+        recs.append(dict(base, format=fmt, workload="ppl512", weights_bytes=int(wb), kld_reference="fp32",
                          **({"kld_mean": kld} if kld else {})))
     recs[-1] = dict(recs[-1], status="failed", reason="quality budget exceeded")  # q4_k_m: partial
     records.append(f, recs)

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from quantbench import records, runner
-from quantbench.suite import Suite
+from quantbench.suite import Suite, Workload
 
 TINY = Suite(name="t", model="tiny", formats=("bf16", "fp32", "fp16", "bnb-int8", "bnb-nf4"),
              prompt_lengths=(32,), gen_tokens=8, min_samples=3, time_budget_s=2.0, n_ctx=64,
@@ -172,13 +172,13 @@ def test_decode_twin_against_the_datasheet(tmp_path):
                   min_samples=2, time_budget_s=1.0)
     calibrated = hardware.Peaks("local", {"fp32": 1e15}, 1e12, 8e10, "measured")
     spec = dataclasses.replace(calibrated, name="datasheet", bandwidth_bytes_s=4e12, source="spec")
-    job = {"format": "dummy", "suite": dataclasses.asdict(suite), "peaks": dataclasses.asdict(calibrated),
-           "base": {"peaks_spec": dataclasses.asdict(spec)}}
+    job = worker.Job("m", "", "", False, "dummy", "cpu", 1, suite, (), "", "", 0, "", worker.Reference(),
+                     "", {"peaks_spec": dataclasses.asdict(spec)}, dataclasses.asdict(calibrated))
     data = {"prompt": np.arange(1, 40)}
     b = DummyBackend(Context("m", "", "", get_format("dummy"), "cpu", 1, suite))
     b.load()
     shape = shape_from_config("shape:smollm2-135m")
-    out = worker.run_workload(job, b, "tg8", data, shape)
+    out = worker.run_workload(job, b, Workload.parse("tg8"), data, shape)
     # memory-bound decode: the datasheet's 4x bandwidth predicts 4x the tok/s
     assert out["decode_tok_s_predicted_spec"] == pytest.approx(4 * out["decode_tok_s_predicted"], rel=0.02)
     frac = out["decode_tok_s"] / out["decode_tok_s_predicted_spec"]

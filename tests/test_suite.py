@@ -21,9 +21,9 @@ def test_unknown_key_names_the_fix(tmp_path):
 
 
 @pytest.mark.parametrize("body,msg", [
-    ('n_ctx = "512"', "key 'n_ctx' must be a int"),
+    ('n_ctx = "512"', "key 'n_ctx' must be an integer"),
     ('formats = "fp32"', "key 'formats' must be a list"),
-    ('time_budget_s = true', "key 'time_budget_s' must be a float"),
+    ('time_budget_s = true', "key 'time_budget_s' must be a number"),
     ('formats = ["fp23"]', "unknown format 'fp23': did you mean 'fp32'"),
     ('devices = ["tpu"]', "unknown device 'tpu'"),
     ('n_ctx = 511', "n_ctx must be even"),
@@ -75,7 +75,7 @@ def test_set_overrides_any_key():
     assert Suite().with_overrides(**got).n_ctx == 256
     with pytest.raises(UserError, match="--set: unknown key 'n_ctxx' \\(did you mean 'n_ctx'\\?\\)"):
         parse_sets(["n_ctxx=256"])
-    with pytest.raises(UserError, match="--set: key 'n_ctx' must be a int"):
+    with pytest.raises(UserError, match="--set: key 'n_ctx' must be an integer"):
         parse_sets(["n_ctx=big"])
     with pytest.raises(UserError, match="expected KEY=VALUE"):
         parse_sets(["n_ctx"])

@@ -1,11 +1,13 @@
 """Dummy backend: a seeded random low-rank bigram model in numpy, so harness tests need no torch.
 
-Its knob for tests: QUANTBENCH_DUMMY_CRASH=<signal number> makes load() kill its own process,
-which is how the runner's crash handling is tested.
+Its knobs for tests: QUANTBENCH_DUMMY_CRASH=<signal number> makes load() kill its own process,
+which is how the runner's crash handling is tested; QUANTBENCH_DUMMY_STEP_S=<seconds> makes every
+forward that long, so fault-injection tests can kill a run in the middle of a variant.
 """
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 
@@ -31,6 +33,7 @@ class DummyBackend(Backend):
         return self.emb.nbytes + self.out.nbytes
 
     def logits(self, ids):
+        time.sleep(float(os.environ.get("QUANTBENCH_DUMMY_STEP_S", "0")))
         return self.emb[np.asarray(ids) % self.vocab] @ self.out
 
     def prefill(self, ids):

@@ -111,7 +111,7 @@ def quantize(src: Path, dst: Path, ftype: str, threads: int) -> None:
 def _cached(key: str, name: str, make) -> tuple[Path, bool]:
     """Returns (path of cache entry gguf/key/name, whether `make(tmp_path)` had to write it)."""
     final = cache.entry("gguf", key)
-    if (final / name).exists():
+    if cache.verified(final) and (final / name).exists():
         return final / name, False
     with cache.atomic_dir(final) as tmp:
         make(tmp / name)

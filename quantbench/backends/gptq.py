@@ -134,7 +134,7 @@ class GPTQBackend(HFBackend):
                                 cache.content_key(calib), f"gptqmodel {version}")
         final = cache.entry("quant", key)
         self.info["artifact"] = str(final)
-        if (final / "config.json").exists():
+        if cache.verified(final):
             self.info["build_s"] = 0.0
             return
         say(f"[quantbench] {self.method} {BITS}-bit g{group} quantizing {ctx.model_name} on "
