@@ -116,6 +116,8 @@ def add_devices_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object per device")
     p.add_argument("--calibrate", metavar="DEVICE", nargs="?", const="cpu",
                    help="re-measure this machine (cpu or cuda) and replace the cached calibration")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads to calibrate at, as the suite's `threads` (default: torch's count)")
     p.set_defaults(func=cmd_devices)
     return p
 
@@ -125,9 +127,10 @@ def cmd_devices(args) -> int:
     if getattr(args, "calibrate", None):
         from quantbench.hardware import local_peaks
 
-        p = local_peaks(args.calibrate, refresh=True)
+        p = local_peaks(args.calibrate, refresh=True, threads=getattr(args, "threads", 0))
         flops = ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in p.flop_s.items())
-        print(f"{p.name}: {p.bandwidth_bytes_s / 1e9:.1f} GB/s, {flops} (cached for later runs)")
+        kept = f"not cached: {p.suspect}" if p.suspect else "cached for later runs"
+        print(f"{p.name}: {p.bandwidth_bytes_s / 1e9:.1f} GB/s, {flops} ({kept})")
         return 0
     if getattr(args, "json", False):
         for p in DEVICES.values():

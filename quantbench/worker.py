@@ -145,7 +145,8 @@ def _sol(rec: dict) -> None:
                                    "not fit this GPU" if k.endswith("_spec") else
                                    "faster than the calibrated roofline, so the calibration reads "
                                    "low (taken beside other work?); rerun `quantbench devices "
-                                   "--calibrate` on a quiet machine")
+                                   f"--calibrate --threads {rec.get('threads') or 0}` on a quiet "
+                                   "machine")
            for k, v in fracs.items() if v > 1]
     if cal := (rec.get("peaks") or {}).get("suspect"):
         why.append(f"calibration suspect: {cal}")

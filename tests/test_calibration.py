@@ -163,3 +163,31 @@ def test_sol_above_one_is_flagged_with_its_reason():
     nothing = _rec(ppl=12.0)
     worker._sol(nothing)
     assert "sol_suspect" not in nothing  # no SoL, nothing to flag
+
+
+def test_report_marks_suspect_sol(tmp_path):
+    import pandas as pd
+
+    from quantbench import report
+
+    base = {"schema_version": 2, "model": "m", "device": "cpu", "status": "ok",
+            "env": {"host": "h"}, "timestamp": "2026-11-30T00:00:00Z"}
+    recs = [  # flagged by the worker, with its reason
+        {**base, "format": "gguf-f16", "workload": "tg64", "decode_tok_s": 130.0,
+         "decode_tok_s_predicted": 100.0, "decode_sol_frac": 1.3, "sol_suspect": True,
+         "sol_suspect_reason": "decode_sol_frac 1.30 > 1: faster than the calibrated roofline"},
+        # written before the flag existed: flagged from the value
+        {**base, "format": "gguf-q8_0", "workload": "pp512", "prefill_tok_s": 300.0,
+         "prefill_tok_s_predicted": 2.93, "prefill_sol_frac": 102.4},
+        {**base, "format": "bf16", "workload": "tg64", "decode_tok_s": 20.0,
+         "decode_tok_s_predicted": 100.0, "decode_sol_frac": 0.2, "sol_suspect": False,
+         "sol_suspect_reason": ""}]
+    md = report.render_markdown(pd.json_normalize(recs))
+    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    assert "1.30 ⚠" in rows["gguf-f16"] and "102.40 ⚠" in rows["gguf-q8_0"]
+    assert "⚠" not in rows["bf16"]
+    assert "gguf-f16 on cpu: ⚠ SoL suspect: decode_sol_frac 1.30 > 1: faster than the calibrated" in md
+    assert ("⚠ SoL suspect: prefill_sol_frac 102.40 above 1: faster than its roofline, so the peaks "
+            "it was computed from read low") in md
+    html = report.render_html(pd.json_normalize(recs))
+    assert html.count('class="ok suspect"') == 2
