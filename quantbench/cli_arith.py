@@ -47,7 +47,8 @@ def estimate(model, format_name: str, device: str, seq_len: int = 512, batch: in
     bw = peaks.bandwidth_bytes_s * n_devices
     w = arith.weights_bytes(s, fmt.bits_per_weight, fmt.bits_unquantized)
     kv_tok = arith.kv_cache_bytes(s.n_layers, s.n_kv_heads, s.head_dim, 1, 1, kv_elem)
-    pre_s, pre_bound = arith.prefill_s(s, seq_len, w, peak, bw, batch, kv_elem)
+    # a serving prefill keeps the last position's logits only (as every backend's prefill does)
+    pre_s, pre_bound = arith.prefill_s(s, seq_len, w, peak, bw, batch, kv_elem, logits_kept=1)
     dec_s, dec_bound = arith.decode_s_per_token(s, seq_len, w, peak, bw, batch, kv_elem)
     return {
         "model": s.name, "format": fmt.name, "device": peaks.name, "peaks_source": peaks.source,
