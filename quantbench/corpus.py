@@ -78,19 +78,33 @@ def bos_id(model_dir: str) -> int | None:
     return AutoTokenizer.from_pretrained(model_dir).bos_token_id
 
 
-def bos_first(model_dir: str) -> int | None:
-    """Returns the BOS id when the model's tokenizer puts BOS first (add_bos_token), else None.
+def bos_first(model_dir: str, gguf_path: str = "") -> int | None:
+    """Returns the BOS id when the model puts BOS first (add_bos_token), else None.
 
-    Judged by what the tokenizer does with special tokens on: the flag lives in different places
-    per tokenizer class (tokenizer_config.json, a post-processor, a GGUF's metadata).
+    A model born from a GGUF follows the file's tokenizer.ggml.add_bos_token, as llama.cpp does.
+    Otherwise it is what the HF tokenizer does with special tokens on: the flag lives in
+    different places per tokenizer class (tokenizer_config.json, a post-processor).
     """
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     if tok.bos_token_id is None:
         return None
-    ids = tok("a", add_special_tokens=True).input_ids
-    return tok.bos_token_id if ids and ids[0] == tok.bos_token_id else None
+    flag = _gguf_add_bos(gguf_path) if gguf_path else None
+    if flag is None:
+        ids = tok("a", add_special_tokens=True).input_ids
+        flag = bool(ids) and ids[0] == tok.bos_token_id
+    return tok.bos_token_id if flag else None
+
+
+def _gguf_add_bos(path: str) -> bool | None:
+    """Returns a GGUF's tokenizer.ggml.add_bos_token (None: no such key, or gguf not installed)."""
+    try:
+        import gguf
+    except ImportError:
+        return None
+    field = gguf.GGUFReader(path).fields.get("tokenizer.ggml.add_bos_token")
+    return None if field is None else bool(field.contents())
 
 
 def windows(ids: np.ndarray, n_ctx: int, n_windows: int, bos: int | None) -> list[list[int]]:

@@ -213,7 +213,8 @@ def run(suite: Suite, out_path: str | os.PathLike, resume: bool = False) -> Path
     env = records.environment()
     done = _done(out_path, suite, model.name, env) if resume else set()
     ids = corpus.token_ids(model.dir, model.digest, suite.corpus)
-    bos = corpus.bos_first(model.dir)  # None unless the tokenizer adds BOS (llama.cpp's rule)
+    # None unless the model adds BOS (llama.cpp's rule; a GGUF-born model: the file's flag)
+    bos = corpus.bos_first(model.dir, model.spec if model.spec.endswith(".gguf") else "")
     windows = corpus.windows(ids, suite.n_ctx, suite.ppl_windows, bos)
     prompt = corpus.windows(ids, max(suite.prompt_lengths + (suite.n_ctx,)), 1, bos)[0]
     tok_key = cache.content_key("tokens", model.digest, ids.tobytes())  # a file: corpus may change
