@@ -114,14 +114,19 @@ def flops_per_token(s: ModelShape, seq_len: int) -> int:
     return 2 * _matmul_params(s) + 4 * s.n_layers * seq_len * s.n_heads * s.head_dim
 
 
-def prefill_flops(s: ModelShape, n_tokens: int, n_past: int = 0) -> int:
+def prefill_flops(s: ModelShape, n_tokens: int, n_past: int = 0,
+                  logits_kept: int | None = None) -> int:
     """Returns FLOPs to prefill n_tokens after n_past cached ones, causal attention summed exactly.
 
-    Token i (1-based) attends n_past + i positions, so this is n_tokens × flops_per_token at the
-    mean context n_past + (n_tokens + 1) / 2.
+    Token i (1-based) attends n_past + i positions, so the attention term is n_tokens × that at the
+    mean context n_past + (n_tokens + 1) / 2. lm_head runs for `logits_kept` positions (default
+    all): a serving prefill keeps only the last one (transformers' logits_to_keep=1, llama.cpp's
+    batch logits flag), which on SmolLM2-135M saves 21 % of a 512-token prefill's FLOPs.
     """
+    kept = n_tokens if logits_kept is None else logits_kept
     attended = n_tokens * n_past + n_tokens * (n_tokens + 1) // 2
-    return n_tokens * 2 * _matmul_params(s) + 4 * s.n_layers * s.n_heads * s.head_dim * attended
+    return (n_tokens * 2 * _block_linear_params(s) + kept * 2 * s.vocab * s.d_model
+            + 4 * s.n_layers * s.n_heads * s.head_dim * attended)
 
 
 def weights_bytes(s: ModelShape, bits_per_weight: float, bits_unquantized: float) -> int:
@@ -147,13 +152,14 @@ def roofline_s(flops: float, bytes_moved: float, peak_flop_s: float,
 
 
 def prefill_s(s: ModelShape, n_tokens: int, weights_bytes: int, peak_flop_s: float,
-              bandwidth_bytes_s: float, batch: int = 1,
-              kv_bytes_per_elem: float = 2) -> tuple[float, str]:
+              bandwidth_bytes_s: float, batch: int = 1, kv_bytes_per_elem: float = 2,
+              logits_kept: int | None = None) -> tuple[float, str]:
     """Returns (seconds, bound) to prefill n_tokens per sequence for a batch.
 
-    Reads the weights once and writes the prompt's KV cache; does batch · prefill_flops.
+    Reads the weights once and writes the prompt's KV cache; does batch · prefill_flops
+    (lm_head for `logits_kept` positions per sequence, default all).
     """
-    flops = batch * prefill_flops(s, n_tokens)
+    flops = batch * prefill_flops(s, n_tokens, logits_kept=logits_kept)
     kv = kv_cache_bytes(s.n_layers, s.n_kv_heads, s.head_dim, n_tokens, batch, kv_bytes_per_elem)
     return roofline_s(flops, weights_bytes + kv, peak_flop_s, bandwidth_bytes_s)
 
@@ -183,23 +189,28 @@ def max_kv_tokens(memory_bytes: float, weights_bytes: float, kv_bytes_per_token:
     return max(0, int(spare // kv_bytes_per_token))
 
 
-def peak_for(peaks: Peaks, compute_dtype: str) -> float:
-    """Returns peaks.flop_s[compute_dtype], or the fp32 peak when the device lacks that dtype."""
-    return peaks.flop_s.get(compute_dtype) or peaks.flop_s["fp32"]
+def peak_for(peaks: Peaks, compute_dtype: str | tuple[str, ...]) -> float:
+    """Returns the highest of peaks.flop_s over the named dtype(s), or the fp32 peak when the
+    device has none of them."""
+    names = (compute_dtype,) if isinstance(compute_dtype, str) else compute_dtype
+    return max((peaks.flop_s.get(d) or 0 for d in names), default=0) or peaks.flop_s["fp32"]
 
 
 def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prompt: int = 0,
                      n_gen: int = 0, n_ctx: int = 0, batch: int = 1,
-                     kv_bytes_per_elem: float = 2) -> dict:
+                     kv_bytes_per_elem: float = 2, compute_dtypes: tuple[str, ...] = ()) -> dict:
     """Returns the *_predicted fields for one workload record (pp, tg, ppl or load).
 
     KV cache is for the context the workload holds: n_prompt (pp), n_prompt + n_gen (tg), n_ctx
     (ppl, load). Decode speed averages the step time over the decoded tokens' contexts
     n_prompt .. n_prompt + n_gen − 1. TTFT is the prefill of the prompt (at least one token).
+    Prefill (pp, load, TTFT) keeps the last position's logits, as every backend's prefill does;
+    ppl scores every position. The compute peak is the highest of `compute_dtypes`
+    (formats.compute_dtypes: what the kernels really compute in), else the format's compute_dtype.
     """
     if kind not in KINDS:
         raise ValueError(f"{s.name}/{fmt.name}: kind must be one of {KINDS}, got {kind!r}")
-    peak, bw = peak_for(peaks, fmt.compute_dtype), peaks.bandwidth_bytes_s
+    peak, bw = peak_for(peaks, compute_dtypes or fmt.compute_dtype), peaks.bandwidth_bytes_s
     if kind == "tg":
         # Decode at small batch is matrix-vector work, which frameworks upcast where a CPU has no
         # half-precision GEMM (fp16 decode ran at 33 tok/s here while fp16 GEMM managed 2.5
@@ -211,7 +222,7 @@ def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prom
     def kv(t: int) -> int:
         return kv_cache_bytes(s.n_layers, s.n_kv_heads, s.head_dim, t, batch, kv_bytes_per_elem)
 
-    out = {"weights_bytes_predicted": w, "kv_cache_bytes_predicted": kv(held)}
+    out = {"weights_bytes_predicted": w, "kv_cache_bytes_predicted": kv(held), "peak_flop_s": peak}
     if kind == "tg":
         ctxs = range(n_prompt, n_prompt + max(n_gen, 1))
         flops = sum(batch * flops_per_token(s, t) for t in ctxs)
@@ -224,17 +235,18 @@ def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prom
                                    kv_bytes_per_elem)[1]
     else:  # pp, ppl and load are one forward over their context
         n = max(held, 1)
-        flops = batch * prefill_flops(s, n)
+        kept = None if kind == "ppl" else 1
+        flops = batch * prefill_flops(s, n, logits_kept=kept)
         moved = w + kv(n)
         out["flops_per_token"] = flops // (batch * n)
-        pre_s, bound = prefill_s(s, n, w, peak, bw, batch, kv_bytes_per_elem)
+        pre_s, bound = prefill_s(s, n, w, peak, bw, batch, kv_bytes_per_elem, kept)
         if kind == "pp":
             out["prefill_tok_s_predicted"] = batch * n / pre_s
         if kind == "load":
             bound = "memory"  # loading moves bytes; nothing is computed
     if kind in ("pp", "tg"):
         out["ttft_s_predicted"] = prefill_s(s, max(n_prompt, 1), w, peak, bw, batch,
-                                            kv_bytes_per_elem)[0]
+                                            kv_bytes_per_elem, logits_kept=1)[0]
     out["arith_intensity"] = flops / moved
     out["bound"] = bound
     return out

@@ -47,7 +47,8 @@ def estimate(model, format_name: str, device: str, seq_len: int = 512, batch: in
     bw = peaks.bandwidth_bytes_s * n_devices
     w = arith.weights_bytes(s, fmt.bits_per_weight, fmt.bits_unquantized)
     kv_tok = arith.kv_cache_bytes(s.n_layers, s.n_kv_heads, s.head_dim, 1, 1, kv_elem)
-    pre_s, pre_bound = arith.prefill_s(s, seq_len, w, peak, bw, batch, kv_elem)
+    # a serving prefill keeps the last position's logits only (as every backend's prefill does)
+    pre_s, pre_bound = arith.prefill_s(s, seq_len, w, peak, bw, batch, kv_elem, logits_kept=1)
     dec_s, dec_bound = arith.decode_s_per_token(s, seq_len, w, peak, bw, batch, kv_elem)
     return {
         "model": s.name, "format": fmt.name, "device": peaks.name, "peaks_source": peaks.source,
@@ -116,6 +117,8 @@ def add_devices_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object per device")
     p.add_argument("--calibrate", metavar="DEVICE", nargs="?", const="cpu",
                    help="re-measure this machine (cpu or cuda) and replace the cached calibration")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads to calibrate at, as the suite's `threads` (default: torch's count)")
     p.set_defaults(func=cmd_devices)
     return p
 
@@ -125,9 +128,10 @@ def cmd_devices(args) -> int:
     if getattr(args, "calibrate", None):
         from quantbench.hardware import local_peaks
 
-        p = local_peaks(args.calibrate, refresh=True)
+        p = local_peaks(args.calibrate, refresh=True, threads=getattr(args, "threads", 0))
         flops = ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in p.flop_s.items())
-        print(f"{p.name}: {p.bandwidth_bytes_s / 1e9:.1f} GB/s, {flops} (cached for later runs)")
+        kept = f"not cached: {p.suspect}" if p.suspect else "cached for later runs"
+        print(f"{p.name}: {p.bandwidth_bytes_s / 1e9:.1f} GB/s, {flops} ({kept})")
         return 0
     if getattr(args, "json", False):
         for p in DEVICES.values():

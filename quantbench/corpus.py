@@ -1,7 +1,10 @@
 """Corpora and token windows: tokenized once per model, the same ids fed to every backend.
 
 Windows follow llama.cpp's perplexity tool: non-overlapping chunks of n_ctx tokens from the
-start of the text, the first token of each replaced by BOS, the second half scored.
+start of the text, the second half scored. BOS goes first only when the model's tokenizer adds
+one (its add_bos_token, which llama.cpp reads from the GGUF as tokenizer.ggml.add_bos_token):
+then the text starts with BOS and each chunk's first token is replaced by it; otherwise each
+chunk keeps its first token, as llama-perplexity does for such a model.
 Calibration samples for GPTQ/AWQ come from the tokens after the last evaluation window, so
 calibration never sees an evaluated token.
 """
@@ -13,6 +16,10 @@ import numpy as np
 
 from quantbench import cache
 from quantbench.errors import UserError, require
+
+# Part of the reference log-probs' cache key: log-probs cached under an older window cut
+# (BOS always first, before 2026-11) are never compared with windows cut this way.
+WINDOWS_PROTOCOL = "llama-perplexity-v2: BOS first only when the tokenizer adds it"
 
 CORPORA = {
     "pydoc": "the stdlib module pydoc_data.topics (~113k tokens of English docs), embedded",
@@ -71,14 +78,48 @@ def bos_id(model_dir: str) -> int | None:
     return AutoTokenizer.from_pretrained(model_dir).bos_token_id
 
 
+def bos_first(model_dir: str, gguf_path: str = "") -> int | None:
+    """Returns the BOS id when the model puts BOS first (add_bos_token), else None.
+
+    A model born from a GGUF follows the file's tokenizer.ggml.add_bos_token, as llama.cpp does.
+    Otherwise it is what the HF tokenizer does with special tokens on: the flag lives in
+    different places per tokenizer class (tokenizer_config.json, a post-processor).
+    """
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    if tok.bos_token_id is None:
+        return None
+    flag = _gguf_add_bos(gguf_path) if gguf_path else None
+    if flag is None:
+        ids = tok("a", add_special_tokens=True).input_ids
+        flag = bool(ids) and ids[0] == tok.bos_token_id
+    return tok.bos_token_id if flag else None
+
+
+def _gguf_add_bos(path: str) -> bool | None:
+    """Returns a GGUF's tokenizer.ggml.add_bos_token (None: no such key, or gguf not installed)."""
+    try:
+        import gguf
+    except ImportError:
+        return None
+    field = gguf.GGUFReader(path).fields.get("tokenizer.ggml.add_bos_token")
+    return None if field is None else bool(field.contents())
+
+
 def windows(ids: np.ndarray, n_ctx: int, n_windows: int, bos: int | None) -> list[list[int]]:
-    """Returns n_windows non-overlapping windows of n_ctx ids, each starting with BOS."""
-    if len(ids) < n_ctx * n_windows:
+    """Returns n_windows non-overlapping windows of n_ctx ids, cut as llama-perplexity cuts them.
+
+    With a `bos` (from bos_first) the stream is BOS + ids and each window's first token is BOS;
+    with None the windows are the plain chunks of ids, each keeping its first token.
+    """
+    stream = ids if bos is None else np.concatenate([np.asarray([bos], dtype=ids.dtype), ids])
+    if len(stream) < n_ctx * n_windows:
         raise UserError(f"corpus has {len(ids)} tokens but the suite asks {n_windows} windows x "
                         f"{n_ctx}; lower ppl_windows or n_ctx, or use a larger corpus")
     out = []
     for i in range(n_windows):
-        w = [int(t) for t in ids[i * n_ctx:(i + 1) * n_ctx]]
+        w = [int(t) for t in stream[i * n_ctx:(i + 1) * n_ctx]]
         if bos is not None:
             w[0] = bos
         out.append(w)

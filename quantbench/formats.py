@@ -79,6 +79,30 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
     Format("dummy", "dummy", "numpy", "random bigram model (tests)", 32, 32, ("cpu",), param="float32"),
 ]}
 
+# The calibrated peaks that bound a format's matmuls where its kernels do not compute in its
+# `compute_dtype`: (format or backend, device kind) -> dtypes, the highest of which is the roof.
+# A roofline is an upper bound, and these kernels have no torch GEMM twin to calibrate exactly.
+KERNEL_PEAKS: dict[tuple[str, str], tuple[str, ...]] = {
+    # llama.cpp's own CPU kernels: quantized types quantize activations to 8 bits and take int8
+    # dot products (AVX512-VNNI / AVX2; Q4_0 repacked 8x8); F16 widens to fp32 FMAs, yet ran its
+    # 512-token prefill at 278 GFLOP/s where torch's fp32 GEMM calibrated 223 (SmolLM2, 2-core
+    # EPYC). No one torch dtype bounds them all: the fastest calibrated GEMM does.
+    ("gguf", "cpu"): ("fp32", "bf16", "int8"),
+    # llama.cpp CUDA: MMQ int8 tensor-core kernels for quantized types, cuBLAS fp16 for F16.
+    ("gguf", "cuda"): ("fp16", "int8"),
+    # bitsandbytes' CPU int8 matmul is torch._int_mm on AVX512 CPUs, an fp32 matmul elsewhere
+    # (bitsandbytes/backends/cpu/ops.py, 0.50).
+    ("bnb-int8", "cpu"): ("int8", "fp32"),
+}
+
+
+def compute_dtypes(fmt: Format, device: str) -> tuple[str, ...]:
+    """Returns the peaks (dtype keys) whose highest bounds fmt's matmuls on device (cpu, cuda:N)."""
+    kind = device.split(":")[0]
+    return (KERNEL_PEAKS.get((fmt.base, kind)) or KERNEL_PEAKS.get((fmt.backend, kind))
+            or (fmt.compute_dtype,))
+
+
 # A suffix, not a suite switch, so eager and compiled decode of one format sit side by side in a
 # run, a report and a compare. llama.cpp has no torch.compile path (it captures CUDA graphs itself).
 COMPILED = "+compiled"

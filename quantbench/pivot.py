@@ -133,6 +133,7 @@ def _variant_row(key: tuple, recs: list[dict]) -> dict:
     row["decode_sol_frac"] = sol_frac(tg, "decode_tok_s")
     row["decode_sol_frac_spec"] = num(tg.get("decode_sol_frac_spec"))
     row["decode_bound"] = _text(tg.get("bound"))
+    row["sol_suspect_reason"] = first(recs, "sol_suspect_reason")  # worker._sol: roofline inputs read low
     row["ttft_s"] = tg.get("ttft_s") if num(tg.get("ttft_s")) else first(recs, "ttft_s")
     pt = _roof_point(tg, 1, tg.get("decode_tok_s")) if tg else None
     row["roof_points"] += [("decode", *pt)] if pt else []

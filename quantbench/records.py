@@ -130,9 +130,11 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("top1_agree", "float", "", "fraction of tokens where the argmax matches the reference (same top p)"),
     _f("rms_dp", "float", "", "RMS of the change in probability of the correct token"),
     _f("kld_tokens", "int", "token", "tokens the KLD statistics cover"),
+    _f("bos_first", "bool", "", "ppl windows start with BOS (the tokenizer adds one: add_bos_token); "
+       "false: plain chunks, each keeping its first token, as llama-perplexity cuts them"),
     # the arithmetic beside the measurement
     _f("peaks", "dict", "", "calibrated peaks of this machine: name, flop_s per dtype, bandwidth_bytes_s, "
-       "memory_bytes, source"),
+       "memory_bytes, source, threads (the calibration's), load_avg_1m, others_busy_pct, suspect"),
     _f("peaks_spec", "dict", "", "spec-sheet peaks of the GPU (CUDA devices whose name is in the devices table)"),
     _f("weights_bytes_predicted", "int", "byte", "the arithmetic's weights_bytes"),
     _f("kv_cache_bytes_predicted", "int", "byte", "the arithmetic's kv_cache_bytes (2·L·H_kv·h·b·T·B)"),
@@ -144,6 +146,11 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("decode_tok_s_predicted_spec", "float", "tok/s", "decode roofline from the spec-sheet peaks (peaks_spec)"),
     _f("decode_sol_frac_spec", "float", "", "decode_tok_s / decode_tok_s_predicted_spec: speed of light vs "
        "the datasheet"),
+    _f("peak_flop_s", "float", "FLOP/s", "compute peak the roofline used: the highest calibrated of "
+       "formats.compute_dtypes (what the kernels compute in)"),
+    _f("sol_suspect", "bool", "", "a SoL fraction above 1, or peaks calibrated beside other work: the "
+       "roofline inputs read low"),
+    _f("sol_suspect_reason", "str", "", "why the SoL fractions are suspect (empty when they are not)"),
     _f("flops_per_token", "int", "FLOP", "FLOPs per token of the workload"),
     _f("arith_intensity", "float", "FLOP/byte", "FLOPs per byte moved"),
     _f("bound", "str", "", "which roofline term won: memory or compute"),

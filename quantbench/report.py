@@ -74,6 +74,7 @@ def table(p):
              "prefill_sol_frac": num(r.get("prefill_sol_frac")),
              "decode_sol_frac": num(r.get("decode_sol_frac")),
              "decode_sol_frac_spec": num(r.get("decode_sol_frac_spec")),
+             "sol_suspect": _sol_suspect(r),
              "reference": r.get("reference"), "status": r["status"], "reason": r.get("reason") or "",
              "overhead_bound": bool(r.get("overhead_bound")), "pareto": bool(r.get("pareto")),
              "decode_vs_eager": num(r.get("decode_vs_eager")),
@@ -87,6 +88,19 @@ def table(p):
                               ("peak_device_mb", t["peak_device_mb"].notna().any()),
                               ("decode_sol_frac_spec", t["decode_sol_frac_spec"].notna().any())) if not keep]
     return t.drop(columns=drop)
+
+
+SOL_COLUMNS = ("prefill_sol_frac", "decode_sol_frac", "decode_sol_frac_spec")
+
+
+def _sol_suspect(r: dict) -> str:
+    """Returns why a row's speed-of-light fractions cannot be trusted ('' when they can): the
+    record's own flag, or (records older than that flag) a fraction above 1."""
+    if isinstance(r.get("sol_suspect_reason"), str) and r["sol_suspect_reason"]:
+        return r["sol_suspect_reason"]
+    over = [f"{c} {r[c]:.2f}" for c in SOL_COLUMNS if (num(r.get(c)) or 0) > 1]
+    return (f"{', '.join(over)} above 1: faster than its roofline, so the peaks it was computed "
+            "from read low" if over else "")
 
 
 # Display: column -> (header, number format). Columns not listed are CSV-only or in the details line.
@@ -130,6 +144,8 @@ def cell_text(row: dict, col: str, fmt: str) -> str:
     text = format(v, fmt)
     if col == "ppl" and num(row.get("ppl_stderr")) is not None:
         text += f" ± {row['ppl_stderr']:.3f}"
+    if col in SOL_COLUMNS and row.get("sol_suspect"):
+        text += " ⚠"  # the details line says why
     if col == "ppl" and row.get("ppl_partial"):
         text += " (partial)"
     if col == "dppl_pct" and row.get("format") == row.get("reference"):
@@ -149,6 +165,8 @@ def details_text(row: dict) -> str:
     if row.get("overhead_bound"):  # rounded down: a flagged 0.2997 reads 29.9 %, not 30.0 %
         pct = math.floor(row["decode_sol_frac"] * 1000) / 10
         parts.append(f"overhead-bound: decode at {pct:.1f}% of its roofline, below {OVERHEAD_BOUND_SOL:.0%}")
+    if row.get("sol_suspect"):
+        parts.append(f"⚠ SoL suspect: {row['sol_suspect']}")
     if row.get("kernel"):
         parts.append(f"kernel: {row['kernel']}")
     if num(row.get("decode_vs_eager")):
@@ -180,7 +198,9 @@ def footnotes(p) -> list[str]:
         "² SoL (speed of light) = measured ÷ predicted tok/s, the prediction being the roofline time "
         "max(FLOPs / peak FLOP/s, bytes / bandwidth); prefill SoL is taken at the longest prompt. "
         f"Decode reads every weight per token, so below {OVERHEAD_BOUND_SOL:.2f} decode SoL (orange in "
-        "HTML) a row is flagged overhead-bound. The details line of a row says why it failed, names its "
+        "HTML) a row is flagged overhead-bound. ⚠ marks a SoL that cannot be trusted: above 1 (faster "
+        "than the roofline: its peaks read low) or computed from a calibration taken beside other "
+        "work. The details line of a row says why it failed or why its SoL is suspect, names its "
         "kernel, which roof bounds decode and prefill (memory or compute), and its load time. "
         "★ marks the Pareto set (quality vs size).",
         "³ ppl is computed on the windows every variant of its model and device scored "
@@ -282,6 +302,8 @@ td:first-child,th:first-child,td.s,th.s{text-align:left}
 th[data-dir=asc]::after{content:" ▲"}th[data-dir=desc]::after{content:" ▼"}
 tr.failed td,tr.skipped td{background:#fdecec;color:#844}
 tr.overhead td.decode_sol_frac{color:#a60;font-weight:600}
+tr.suspect td.prefill_sol_frac,tr.suspect td.decode_sol_frac,
+tr.suspect td.decode_sol_frac_spec{color:#c00;font-weight:600}
 td.status{white-space:normal;min-width:5em;text-align:left}
 tr:has(+ tr.details) td{border-bottom:0}
 tr.details td{border-top:0;padding:0 7px 3px 18px;font-size:11.5px;color:#666;white-space:normal;
@@ -325,7 +347,8 @@ def _table_html(t) -> str:
     head = "".join(f'<th{"" if fmt else " class=s"}>{escape(h)}</th>' for _, h, fmt in cols)
     body = []
     for r in t.to_dict("records"):
-        cls = r["status"] + (" overhead" if r["overhead_bound"] else "")
+        cls = (r["status"] + (" overhead" if r["overhead_bound"] else "")
+               + (" suspect" if r["sol_suspect"] else ""))
         tds = []
         for c, _, fmt in cols:
             v = r.get(c)

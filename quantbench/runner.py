@@ -124,11 +124,12 @@ def _rotate(path: Path) -> None:
 
 
 def _peaks(device: str, threads: int) -> dict | None:
+    """Returns the device's calibrated peaks at the variants' thread count (None without torch)."""
     try:
         from quantbench import hardware
     except ImportError:
         return None
-    return dataclasses.asdict(hardware.local_peaks(device))
+    return dataclasses.asdict(hardware.local_peaks(device, threads=threads))
 
 
 def _spec(device: str, env: dict) -> dict | None:
@@ -213,7 +214,8 @@ def run(suite: Suite, out_path: str | os.PathLike, resume: bool = False) -> Path
     env = records.environment()
     done = _done(out_path, suite, model.name, env) if resume else set()
     ids = corpus.token_ids(model.dir, model.digest, suite.corpus)
-    bos = corpus.bos_id(model.dir)
+    # None unless the model adds BOS (llama.cpp's rule; a GGUF-born model: the file's flag)
+    bos = corpus.bos_first(model.dir, model.spec if model.spec.endswith(".gguf") else "")
     windows = corpus.windows(ids, suite.n_ctx, suite.ppl_windows, bos)
     prompt = corpus.windows(ids, max(suite.prompt_lengths + (suite.n_ctx,)), 1, bos)[0]
     tok_key = cache.content_key("tokens", model.digest, ids.tobytes())  # a file: corpus may change
@@ -233,7 +235,7 @@ def run(suite: Suite, out_path: str | os.PathLike, resume: bool = False) -> Path
     try:
         data_path = tmp / "data.npz"
         np.savez(data_path, windows=np.asarray(windows, dtype=np.int32),
-                 prompt=np.asarray(prompt, dtype=np.int32))
+                 prompt=np.asarray(prompt, dtype=np.int32), bos_first=bos is not None)
         _run_variants(_Run(suite, model, out, done, base, suite.workloads(), tmp, data_path,
                            tokens_path, tok_key, peaks))
     finally:
@@ -273,8 +275,8 @@ def _run_variants(r: _Run) -> None:
 def _job(r: _Run, device: str, fmt_name: str, todo: list[Workload], ref_fmt: str | None) -> Job:
     """Returns the worker's job: one variant, its workloads, and where its reference log-probs are."""
     s = r.suite
-    ref_key = cache.content_key("ref", r.model.digest, r.tok_key, s.n_ctx, s.ppl_windows,
-                                s.kld_tokens, ref_fmt, device)
+    ref_key = cache.content_key("ref", corpus.WINDOWS_PROTOCOL, r.model.digest, r.tok_key, s.n_ctx,
+                                s.ppl_windows, s.kld_tokens, ref_fmt, device)
     ref = Reference(ref_fmt, str(cache.entry("reference", f"{ref_key}.npy")),
                     "write" if ref_fmt == fmt_name else "read")
     if ref_fmt is None:

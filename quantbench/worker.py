@@ -24,7 +24,7 @@ import numpy as np
 from quantbench import cache, records
 from quantbench.backends import CONSOLE_FD_ENV, Context, Skip, get_backend_class
 from quantbench.errors import MissingDependency, UserError
-from quantbench.formats import get_format
+from quantbench.formats import compute_dtypes, get_format
 from quantbench.measure import score_windows, time_decode, time_prefill
 from quantbench.suite import Suite, Workload
 
@@ -127,15 +127,33 @@ def _predict(job: Job, shape, info: dict, kind: str, peaks: dict | None = None, 
     fmt = get_format(job.format)
     fmt = dataclasses.replace(fmt, **{k: info[k] for k in ("bits_per_weight", "bits_unquantized")
                                       if k in info})
-    return arith.predicted_fields(shape, fmt, peaks, kind,
-                                  kv_bytes_per_elem=info.get("kv_bytes_per_elem", 2), **kw)
+    # The peak its kernels compute at (llama.cpp and bnb's CPU int8 path are not torch GEMMs).
+    return arith.predicted_fields(shape, fmt, peaks, kind, compute_dtypes=compute_dtypes(
+        fmt, job.device), kv_bytes_per_elem=info.get("kv_bytes_per_elem", 2), **kw)
 
 
 def _sol(rec: dict) -> None:
-    """Adds measured / predicted ratios (speed-of-light fractions) where both are present."""
+    """Adds measured / predicted ratios (speed-of-light fractions) where both are present, and
+    `sol_suspect` + its reason: nothing outruns its roofline, so a fraction above 1 says the
+    peaks read low; a calibration taken beside other work makes every fraction doubtful."""
     for m in ("prefill_tok_s", "decode_tok_s"):
         if rec.get(m) and rec.get(f"{m}_predicted"):
             rec[m.replace("_tok_s", "_sol_frac")] = rec[m] / rec[f"{m}_predicted"]
+    fracs = {k: rec[k] for k in ("prefill_sol_frac", "decode_sol_frac", "decode_sol_frac_spec")
+             if rec.get(k) is not None}
+    if not fracs:
+        return
+    why = [f"{k} {v:.2f} > 1: " + ("faster than the datasheet allows: the devices-table row does "
+                                   "not fit this GPU" if k.endswith("_spec") else
+                                   "faster than the calibrated roofline, so the calibration reads "
+                                   "low (taken beside other work?); rerun `quantbench devices "
+                                   f"--calibrate --threads {rec.get('threads') or 0}` on a quiet "
+                                   "machine")
+           for k, v in fracs.items() if v > 1]
+    if cal := (rec.get("peaks") or {}).get("suspect"):
+        why.append(f"calibration suspect: {cal}")
+    rec["sol_suspect"] = bool(why)
+    rec["sol_suspect_reason"] = "; ".join(why)
 
 
 def _reference(job: Job):
@@ -189,6 +207,8 @@ def run_workload(job: Job, backend, w: Workload, data, shape) -> dict:
             out["kld_reference"] = ref.format
         else:
             out["kld_reason"] = why or "no reference log-probs for this model and corpus"
+        if "bos_first" in data:  # corpus.bos_first: the window cut this record scored
+            out["bos_first"] = bool(data["bos_first"])
         return {**out, **_predict(job, shape, backend.info, "ppl", n_ctx=s.n_ctx)}
     # prefill
     out = time_prefill(backend, prompt_src[: w.tokens], s.min_samples, s.time_budget_s)

@@ -140,11 +140,19 @@ def test_predicted_tg_means_over_contexts():
     assert r["ttft_s_predicted"] == pytest.approx((269_030_016 + 23_040) / 25e9)
 
 
+def test_prefill_keeps_the_last_logits_only():
+    # 512 × 2 × 106,168,320 block linears + 1 × 2 × 28,311,552 lm_head + attention 9,077,391,360
+    assert arith.prefill_flops(SMOL, 512, logits_kept=1) == 108_716_359_680 + 56_623_104 + 9_077_391_360
+    assert arith.prefill_flops(SMOL, 512) - arith.prefill_flops(SMOL, 512, logits_kept=1) == (
+        511 * 2 * 28_311_552)  # scoring every position (ppl) adds lm_head for the other 511
+
+
 def test_predicted_pp_picks_compute_dtype_with_fp32_fallback():
-    flops = 146_784_780_288  # prefill_flops(SMOL, 512)
+    flops = 117_850_374_144  # prefill_flops(SMOL, 512, logits_kept=1): a prefill keeps 1 logit row
     bf16 = arith.predicted_fields(SMOL, FORMATS["bf16"], CPU, "pp", n_prompt=512)
     assert bf16["bound"] == "compute"
-    assert bf16["prefill_tok_s_predicted"] == pytest.approx(512 / (flops / 200e9))  # 697.6
+    assert bf16["prefill_tok_s_predicted"] == pytest.approx(512 / (flops / 200e9))  # 868.9
+    assert bf16["peak_flop_s"] == 200e9
     fp16 = arith.predicted_fields(SMOL, FORMATS["fp16"], CPU, "pp", n_prompt=512)
     assert fp16["prefill_tok_s_predicted"] == pytest.approx(512 / (flops / 90e9))  # no fp16: fp32
     assert fp16["ttft_s_predicted"] == pytest.approx(flops / 90e9)
@@ -183,3 +191,23 @@ def test_gpu_names_map_to_spec_rows():
     assert spec_for_gpu("NVIDIA A100-SXM4-80GB").name == "a100-80gb-sxm"
     assert spec_for_gpu("NVIDIA L4").name == "l4" and spec_for_gpu("NVIDIA L40S").name == "l40s"
     assert spec_for_gpu("Some Other Card") is None
+
+
+def test_kernel_peaks_pick_what_the_kernels_compute_in():
+    from quantbench.formats import compute_dtypes, get_format
+
+    # the busy calibration: int8 0.84 GOP/s alone predicted pp512 at 2.9 tok/s for GGUF
+    busy = Peaks("cpu", {"fp32": 75e9, "bf16": 140e9, "int8": 0.84e9}, 7.53e9, 16 * GiB, "measured")
+    q4 = get_format("gguf-q4_0")
+    assert compute_dtypes(q4, "cpu") == ("fp32", "bf16", "int8")
+    assert arith.peak_for(busy, compute_dtypes(q4, "cpu")) == 140e9  # the fastest GEMM measured
+    assert arith.peak_for(busy, q4.compute_dtype) == 0.84e9  # what the format alone would say
+    assert compute_dtypes(get_format("gguf-f16"), "cuda:1") == ("fp16", "int8")
+    assert compute_dtypes(get_format("bnb-int8"), "cpu") == ("int8", "fp32")
+    assert arith.peak_for(busy, ("int8", "fp32")) == 75e9
+    assert compute_dtypes(get_format("bnb-int8"), "cuda") == ("int8",)  # cuBLASLt igemm
+    assert compute_dtypes(get_format("bf16+compiled"), "cpu") == ("bf16",)
+    pp = arith.predicted_fields(SMOL, q4, busy, "pp", n_prompt=512,
+                                compute_dtypes=compute_dtypes(q4, "cpu"))
+    assert pp["peak_flop_s"] == 140e9 and pp["bound"] == "compute"
+    assert pp["prefill_tok_s_predicted"] == pytest.approx(512 * 140e9 / 117_850_374_144)  # 608

@@ -66,11 +66,14 @@ def test_estimate_local_uses_cached_calibration(capsys, config, monkeypatch, tmp
     monkeypatch.setenv("QUANTBENCH_CACHE", str(tmp_path / "cache"))
     calls = []
 
-    def fake(device="cpu", seconds=6.0):
+    def fake(device="cpu", seconds=6.0, threads=0):
         calls.append(device)
         return Peaks("local-cpu-test", {"fp32": 90e9, "bf16": 200e9}, 25e9, 16 * GiB, "measured")
 
     monkeypatch.setattr(hardware, "calibrate", fake)
+    # the run-start probe reads what the calibration's did: the cache holds
+    monkeypatch.setattr(hardware, "probe", lambda device="cpu", threads=0: {
+        "bandwidth_bytes_s": 25e9, "fp32_flop_s": 90e9, "others_busy_pct": 0.0})
     for _ in range(2):
         r = _run(capsys, model=config, format="fp16", device="local-cpu")
     assert calls == ["cpu"]  # measured once, then read from the cache

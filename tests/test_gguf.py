@@ -37,7 +37,7 @@ def windows(tiny):
     from quantbench import corpus
 
     ids = corpus.token_ids(tiny.dir, tiny.digest, SUITE.corpus)
-    return corpus.windows(ids, SUITE.n_ctx, SUITE.ppl_windows, corpus.bos_id(tiny.dir))
+    return corpus.windows(ids, SUITE.n_ctx, SUITE.ppl_windows, corpus.bos_first(tiny.dir))
 
 
 def ctx(tiny, fmt: str) -> Context:

@@ -41,7 +41,7 @@ def tokens_path(tiny, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def windows(tiny, tokens_path):
-    return corpus.windows(np.load(tokens_path), SUITE.n_ctx, SUITE.ppl_windows, corpus.bos_id(tiny.dir))
+    return corpus.windows(np.load(tokens_path), SUITE.n_ctx, SUITE.ppl_windows, corpus.bos_first(tiny.dir))
 
 
 @pytest.fixture(scope="module")
