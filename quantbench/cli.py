@@ -1,6 +1,7 @@
-"""`quantbench` command line: run, report, compare, formats, devices, estimate.
+"""`quantbench` command line: run, report, compare, track, trend, formats, devices, estimate.
 
-Bad input is one line on stderr naming the problem and its fix, and exit code 2.
+Every subcommand's arguments are wired here, and one handler (main) turns bad input into one line
+on stderr naming the problem and its fix, and exit code 2.
 """
 from __future__ import annotations
 
@@ -78,6 +79,102 @@ def cmd_formats(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    """Writes the report files and prints their paths."""
+    from quantbench.report import write_report
+
+    for path in write_report(args.results, args.out, args.title):
+        print(path)
+    return 0
+
+
+def _compare_paths(args) -> tuple[str | None, str]:
+    """Returns (base, new) paths from the arguments; base None when auto finds no baseline."""
+    from quantbench.compare import load
+
+    if args.baseline is None:
+        if args.base is None or args.new is None:
+            raise UserError("compare needs BASE and NEW results files, or --baseline auto "
+                            "--history DIR NEW")
+        return args.base, args.new
+    if args.base is None or args.new is not None:
+        raise UserError("with --baseline auto give NEW alone (the baseline comes from --history)")
+    from quantbench.history import baseline_for
+
+    run = baseline_for(args.history, load(args.base))
+    if run is not None:
+        print(f"baseline: {run.path}", file=sys.stderr)
+    return (str(run.path) if run else None), args.base
+
+
+def cmd_compare(args) -> int:
+    """Prints the comparison; returns 0 clean (or no baseline yet), 1 regression."""
+    from quantbench.compare import compare, load
+
+    base, new = _compare_paths(args)
+    if base is None:
+        print(f"note: no baseline: {args.history} has no earlier run of this machine and suite "
+              f"({new}); nothing compared. Track runs with `quantbench track` or "
+              "`quantbench run --history`", file=sys.stderr)
+        return 0
+    result = compare(load(base), load(new), args.fail, args.alpha, labels=(str(base), str(new)),
+                     strict_machine=args.strict_machine)
+    for line in result.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    md = result.markdown()
+    print(md, end="")
+    if args.markdown_out:
+        Path(args.markdown_out).write_text(md)
+    for line in result.notes:
+        print(f"note: {line}", file=sys.stderr)
+    for line in result.regressions:
+        print(f"REGRESSION: {line}", file=sys.stderr)
+    print(f"{len(result.regressions)} regression(s)" if result.regressions else "no regressions",
+          file=sys.stderr)
+    return 1 if result.regressions else 0
+
+
+def cmd_track(args) -> int:
+    from quantbench import history
+
+    history.print_tracked(history.track(args.results, args.history))
+    return 0
+
+
+def cmd_trend(args) -> int:
+    from quantbench import trend
+
+    t = trend.analyse(args.history, args.fail, args.alpha)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(trend.render_html(t, args.history), encoding="utf-8")
+    for s in t.steps:
+        print(f"step: {s.line()}")
+    print(f"{len(t.steps)} step(s) in {len(t.runs)} runs; trend: {out}")
+    return 0
+
+
+def _compare_parser(sub) -> None:
+    from quantbench.compare import ALPHA, default_gates
+
+    p = sub.add_parser("compare", help="regression gate: compare two results files")
+    p.add_argument("base", nargs="?", help="baseline results (.jsonl, or pytest-benchmark .json)")
+    p.add_argument("new", nargs="?", help="results to judge")
+    p.add_argument("--baseline", metavar="auto", choices=["auto"],
+                   help="auto: the baseline is the latest earlier run in --history on the same "
+                        "machine with the same suite hash; then give NEW alone")
+    p.add_argument("--history", metavar="DIR", default="results/history",
+                   help="history for --baseline auto (default %(default)s)")
+    p.add_argument("--strict-machine", action="store_true",
+                   help="exit 2 when base and new ran on different machines (default: a warning)")
+    p.add_argument("--fail", nargs="+", action="extend", metavar="METRIC:THRESHOLD",
+                   help="override a default gate, e.g. decode_tok_s:-5%% ppl:+0.5%% top1_agree:-0.5pp; "
+                        "defaults: " + " ".join(map(str, default_gates().values())).replace("%", "%%"))
+    p.add_argument("--alpha", type=float, default=ALPHA, help="significance for timing (default %(default)s)")
+    p.add_argument("--markdown-out", metavar="FILE", help="also write the markdown table here")
+    p.set_defaults(func=cmd_compare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quantbench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -96,12 +193,28 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
     f = sub.add_parser("formats", help="list the formats table")
     f.set_defaults(func=cmd_formats)
-    from quantbench import cli_arith, compare, history, report, trend
+    sp = sub.add_parser("report", help="render results as HTML (+ markdown and CSV beside it)")
+    sp.add_argument("results", nargs="+", help="JSONL result files or directories of them")
+    sp.add_argument("-o", "--out", default="reports/report.html", help="HTML path; .md/.csv go beside it")
+    sp.add_argument("--title", default="", help="report title (default: the model names)")
+    sp.set_defaults(func=cmd_report)
+    _compare_parser(sub)
+    tp = sub.add_parser("track", help="add results files to a per-machine run history")
+    tp.add_argument("results", nargs="+", help="results JSONL files to add")
+    tp.add_argument("--history", default="results/history", metavar="DIR",
+                    help="history directory (default %(default)s)")
+    tp.set_defaults(func=cmd_track)
+    from quantbench.compare import ALPHA
 
-    report.add_report_parser(sub)
-    compare.add_compare_parser(sub)
-    history.add_track_parser(sub)
-    trend.add_trend_parser(sub)
+    tr = sub.add_parser("trend", help="metrics over a run history, with change points")
+    tr.add_argument("history", help="history directory (quantbench track / run --history)")
+    tr.add_argument("-o", "--out", default="reports/trend.html", help="HTML file (default %(default)s)")
+    tr.add_argument("--fail", nargs="+", action="extend", metavar="METRIC:THRESHOLD",
+                    help="gates a step must cross, as in compare (default: compare's defaults)")
+    tr.add_argument("--alpha", type=float, default=ALPHA, help="significance for timing steps (default %(default)s)")
+    tr.set_defaults(func=cmd_trend)
+    from quantbench import cli_arith
+
     cli_arith.add_estimate_parser(sub)
     cli_arith.add_devices_parser(sub)
     return p

@@ -21,7 +21,6 @@ import difflib
 import json
 import math
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -414,69 +413,3 @@ def load(path: str) -> list[dict]:
     if isinstance(doc, dict) and isinstance(doc.get("benchmarks"), list):
         return from_pytest_benchmark(doc)
     return records.read(p)
-
-
-def add_compare_parser(subparsers) -> None:
-    """Adds `compare BASE NEW [--fail METRIC:THRESHOLD ...] [--markdown-out FILE]`
-    and `compare --baseline auto --history DIR NEW`."""
-    p = subparsers.add_parser("compare", help="regression gate: compare two results files",
-                              description=__doc__.split("\n")[0])
-    p.add_argument("base", nargs="?", help="baseline results (.jsonl, or pytest-benchmark .json)")
-    p.add_argument("new", nargs="?", help="results to judge")
-    p.add_argument("--baseline", metavar="auto", choices=["auto"],
-                   help="auto: the baseline is the latest earlier run in --history on the same "
-                        "machine with the same suite hash; then give NEW alone")
-    p.add_argument("--history", metavar="DIR", default="results/history",
-                   help="history for --baseline auto (default %(default)s)")
-    p.add_argument("--strict-machine", action="store_true",
-                   help="exit 2 when base and new ran on different machines (default: a warning)")
-    p.add_argument("--fail", nargs="+", action="extend", metavar="METRIC:THRESHOLD",
-                   help="override a default gate, e.g. decode_tok_s:-5%% ppl:+0.5%% top1_agree:-0.5pp; "
-                        "defaults: " + " ".join(map(str, default_gates().values())).replace("%", "%%"))
-    p.add_argument("--alpha", type=float, default=ALPHA, help="significance for timing (default %(default)s)")
-    p.add_argument("--markdown-out", metavar="FILE", help="also write the markdown table here")
-    p.set_defaults(func=cmd_compare)
-
-
-def _paths(args) -> tuple[str | None, str]:
-    """Returns (base, new) paths from the arguments; base None when auto finds no baseline."""
-    baseline = getattr(args, "baseline", None)
-    if baseline is None:
-        if args.base is None or args.new is None:
-            raise UserError("compare needs BASE and NEW results files, or --baseline auto "
-                            "--history DIR NEW")
-        return args.base, args.new
-    if args.base is None or args.new is not None:
-        raise UserError("with --baseline auto give NEW alone (the baseline comes from --history)")
-    from quantbench.history import baseline_for
-
-    run = baseline_for(args.history, load(args.base))
-    if run is not None:
-        print(f"baseline: {run.path}", file=sys.stderr)
-    return (str(run.path) if run else None), args.base
-
-
-def cmd_compare(args) -> int:
-    """Prints the comparison; returns 0 clean (or no baseline yet), 1 regression, 2 bad input."""
-    base, new = _paths(args)
-    if base is None:
-        print(f"note: no baseline: {args.history} has no earlier run of this machine and suite "
-              f"({new}); nothing compared. Track runs with `quantbench track` or "
-              "`quantbench run --history`", file=sys.stderr)
-        return 0
-    result = compare(load(base), load(new), getattr(args, "fail", None),
-                     getattr(args, "alpha", ALPHA), labels=(str(base), str(new)),
-                     strict_machine=getattr(args, "strict_machine", False))
-    for line in result.warnings:
-        print(f"warning: {line}", file=sys.stderr)
-    md = result.markdown()
-    print(md, end="")
-    if getattr(args, "markdown_out", None):
-        Path(args.markdown_out).write_text(md)
-    for line in result.notes:
-        print(f"note: {line}", file=sys.stderr)
-    for line in result.regressions:
-        print(f"REGRESSION: {line}", file=sys.stderr)
-    print(f"{len(result.regressions)} regression(s)" if result.regressions else "no regressions",
-          file=sys.stderr)
-    return 1 if result.regressions else 0

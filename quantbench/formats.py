@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 from quantbench.errors import UserError
 
-
 # Most precise first: on each device the first of these a suite runs is the KLD and Δppl reference
 # (the runner runs it first; the report compares against it).
 REFERENCE_ORDER = ("fp32", "fp16", "gguf-f16", "bf16", "dummy")

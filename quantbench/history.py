@@ -203,21 +203,6 @@ def baseline_for(history_dir, new_records: list[dict]) -> Run | None:
     return None
 
 
-def add_track_parser(subparsers) -> None:
-    """Adds `track RESULTS... --history DIR`."""
-    p = subparsers.add_parser("track", help="add results files to a per-machine run history",
-                              description=__doc__.splitlines()[0])
-    p.add_argument("results", nargs="+", help="results JSONL files to add")
-    p.add_argument("--history", default="results/history", metavar="DIR",
-                   help="history directory (default %(default)s)")
-    p.set_defaults(func=cmd_track)
-
-
 def print_tracked(tracked: list[Run]) -> None:
     for run in tracked:
         print(f"history: {run.path}")
-
-
-def cmd_track(args) -> int:
-    print_tracked(track(args.results, args.history))
-    return 0

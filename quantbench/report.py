@@ -32,7 +32,6 @@ from quantbench.pivot import (
 from quantbench.records import LIBRARIES
 
 
-
 def model_notes(df) -> list[str]:
     """Returns the distinct caveats the records carry in `model_note` (e.g. Q4_1 rounding), in order."""
     if "model_note" not in df:
@@ -187,6 +186,7 @@ def footnotes(p) -> list[str]:
     """Returns the table's footnotes, naming variants compared on fewer windows than they scored."""
     recs = p.to_dict("records")
     refs = sorted({f"{r['device']} → {r['reference']}" for r in recs if r.get("reference")})
+    common = sorted({str(int(r["ppl_common_windows"])) for r in recs if num(r.get("ppl_common_windows"))})
     short = [f"{r['format']} on {r['device']}: {int(r['dppl_windows'])} of {r['windows_max']} windows"
              for r in recs if num(r.get("dppl_windows")) and r["dppl_windows"] < r["windows_max"]]
     return [
@@ -204,9 +204,9 @@ def footnotes(p) -> list[str]:
         "kernel, which roof bounds decode and prefill (memory or compute), and its load time. "
         "★ marks the Pareto set (quality vs size).",
         "³ ppl is computed on the windows every variant of its model and device scored "
-        f"({', '.join(sorted({str(int(r['ppl_common_windows'])) for r in recs if num(r.get('ppl_common_windows'))})) or '—'} "
-        "windows), so a variant whose quality budget ran out early (marked partial) is not compared on "
-        "other text than the rest; the records keep each variant's own ppl over its own windows."]
+        f"({', '.join(common) or '—'} windows), so a variant whose quality budget ran out early "
+        "(marked partial) is not compared on other text than the rest; the records keep each "
+        "variant's own ppl over its own windows."]
 
 
 def header_facts(df) -> list[tuple[str, str]]:
@@ -465,19 +465,3 @@ def write_report(result_paths: list[str], out_html: str, title: str = "") -> lis
     for path, text in zip(paths, texts, strict=True):
         path.write_text(text, encoding="utf-8")
     return [str(x) for x in paths]
-
-
-def add_report_parser(subparsers) -> None:
-    """Adds `quantbench report RESULTS... -o reports/NAME.html` to an argparse subparsers object."""
-    sp = subparsers.add_parser("report", help="render results as HTML (+ markdown and CSV beside it)")
-    sp.add_argument("results", nargs="+", help="JSONL result files or directories of them")
-    sp.add_argument("-o", "--out", default="reports/report.html", help="HTML path; .md/.csv go beside it")
-    sp.add_argument("--title", default="", help="report title (default: the model names)")
-    sp.set_defaults(func=cmd_report)
-
-
-def cmd_report(args) -> int:
-    """Writes the report files and prints their paths; returns the exit status."""
-    for path in write_report(args.results, args.out, args.title):
-        print(path)
-    return 0

@@ -6,7 +6,6 @@ with its log-probs; everything else keeps suite order.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import signal

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from html import escape
-from pathlib import Path
 
 import numpy as np
 
@@ -292,27 +291,3 @@ def render_html(trend: Trend, source: str) -> str:
         f'<li><span style="color:{colors[m]}">&#9632;</span> {escape(_short(m, i).split()[0])} '
         f'<code>{escape(m)}</code></li>' for i, m in enumerate(machines)) + "</ul></body></html>")
     return "\n".join(h) + "\n"
-
-
-def add_trend_parser(subparsers) -> None:
-    """Adds `trend HISTORY -o FILE [--fail METRIC:THRESHOLD ...] [--alpha A]`."""
-    p = subparsers.add_parser("trend", help="metrics over a run history, with change points",
-                              description=__doc__.splitlines()[0])
-    p.add_argument("history", help="history directory (quantbench track / run --history)")
-    p.add_argument("-o", "--out", default="reports/trend.html", help="HTML file (default %(default)s)")
-    p.add_argument("--fail", nargs="+", action="extend", metavar="METRIC:THRESHOLD",
-                   help="gates a step must cross, as in compare (default: compare's defaults)")
-    p.add_argument("--alpha", type=float, default=compare.ALPHA,
-                   help="significance for timing steps (default %(default)s)")
-    p.set_defaults(func=cmd_trend)
-
-
-def cmd_trend(args) -> int:
-    trend = analyse(args.history, args.fail, args.alpha)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_html(trend, args.history), encoding="utf-8")
-    for s in trend.steps:
-        print(f"step: {s.line()}")
-    print(f"{len(trend.steps)} step(s) in {len(trend.runs)} runs; trend: {out}")
-    return 0

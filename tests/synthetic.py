@@ -1,5 +1,6 @@
-"""Synthetic result records for the report tests, written through records.append, so each one is
-validated against the record schema and carries the layouts real runs write (tests/test_report.py, tests/test_browser.py):
+"""Synthetic result records for the report tests (tests/test_report.py, tests/test_browser.py),
+written through records.append, so each one is validated against the record schema and carries
+the layouts real runs write:
 8 formats on a CPU host, 6 on a CUDA host, one failed and one skipped variant, raw samples,
 per-window NLL lists (one variant scored fewer windows). The CUDA decode records carry no
 decode_sol_frac, so the report has to compute it from decode_tok_s_predicted."""

@@ -1,5 +1,4 @@
 """The regression gate on recorded-style samples: seeded noise shaped like a shared 2-core CPU."""
-import argparse
 import json
 import math
 
@@ -9,7 +8,6 @@ import pytest
 from quantbench import records
 from quantbench.compare import (
     Gate,
-    add_compare_parser,
     bootstrap_ratio_ci,
     compare,
     mann_whitney_greater,

@@ -288,7 +288,7 @@ def test_random_kills_then_resume_end_with_every_record_once(tmp_path, tiny):
     rng = random.Random(1)
     out = tmp_path / "r.jsonl"
     fmts = ["--set", 'formats=["dummy","bf16"]']
-    for attempt in range(12):
+    for _attempt in range(12):
         proc = subprocess.Popen([sys.executable, "-m", "quantbench", "run", *S, *fmts, "--out", str(out),
                                  "--resume"], env={**os.environ, "QUANTBENCH_DUMMY_STEP_S": "0.02"},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

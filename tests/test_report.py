@@ -1,7 +1,6 @@
 """Report tests on synthetic records (tests/synthetic.py): 8 formats on a CPU host, 6 on a CUDA
 host, one failed and one skipped variant, raw samples, per-window NLL lists (one variant scored
 fewer windows)."""
-import argparse
 import io
 import math
 import re
@@ -125,11 +124,10 @@ def test_no_external_assets(written):
 
 
 def test_cli_parser(tmp_path, capsys):
-    ap = argparse.ArgumentParser()
-    report.add_report_parser(ap.add_subparsers())
+    from quantbench.cli import main
+
     out = tmp_path / "r" / "x.html"
-    args = ap.parse_args(["report", *synthetic(tmp_path), "-o", str(out)])
-    assert args.func(args) == 0
+    assert main(["report", *synthetic(tmp_path), "-o", str(out)]) == 0
     assert out.exists() and out.with_suffix(".csv").exists()
     assert str(out) in capsys.readouterr().out
 
