@@ -273,11 +273,11 @@ def test_deepseek_v3_published_counts_and_latent_cache():
     ds = ModelShape(n_layers=61, d_model=7168, n_heads=128, n_kv_heads=128, head_dim=192,
                     d_ff=18432, vocab=129280, tied_embeddings=False, n_experts=256,
                     n_experts_per_token=8, d_ff_expert=2048, d_ff_shared=2048, n_dense_layers=3,
-                    router_bias=True, q_lora_rank=1536, kv_lora_rank=512, qk_rope_head_dim=64,
+                    q_lora_rank=1536, kv_lora_rank=512, qk_rope_head_dim=64,
                     v_head_dim=128)
     # DeepSeek-V3 report: 671B total, 37B activated per token (the MTP module is extra)
-    assert arith.params_total(ds) == 671_026_419_200
-    assert arith.params_active(ds) == 37_552_297_472
+    assert arith.params_total(ds) == 671_026_404_352
+    assert arith.params_active(ds) == 37_552_282_624
     # 61 × 576 × 2 B latent vs 61 × 128 × (192 + 128) × 2 B decompressed: 71× less
     assert arith.kv_bytes(ds, layout="latent") == 70_272
     assert arith.kv_bytes(ds, layout="decompressed") == 4_997_120

@@ -113,3 +113,13 @@ def test_calibrate_cpu_is_short_and_sane():
     p = hardware.calibrate("cpu", seconds=1.0)
     assert time.perf_counter() - t0 < 10
     assert p.source == "measured" and p.bandwidth_bytes_s > 1e8 and p.flop_s["fp32"] > 1e8
+
+
+def test_estimate_kv_types(capsys, config):
+    r = _run(capsys, model=config, format="gguf-q4_0", device="h100-sxm", kv_type="q8_0")
+    assert r["kv_type"] == "q8_0" and r["kv_cache_bytes_per_token"] == 136  # 256 × 8.5 / 16
+    r = _run(capsys, model=config, format="gguf-q4_0", device="h100-sxm", kv_type="q4_0")
+    assert r["kv_cache_bytes_per_token"] == 72                             # 256 × 4.5 / 16
+    assert r["kv_cache_bytes"] == 72 * 512
+    assert _run(capsys, model=config, format="gguf-q4_0", device="h100-sxm")["kv_type"] == "f16"
+    assert _run(capsys, model=config, format="bf16", device="h100-sxm")["kv_type"] == "bf16"
