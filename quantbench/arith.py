@@ -202,17 +202,20 @@ def params_total(s: ModelShape) -> int:
     return s.params_total if s.params_total is not None else sum(params_by_component(s).values())
 
 
-def params_active(s: ModelShape) -> int:
+def params_active(s: ModelShape, embeddings: bool = True) -> int:
     """Returns the parameters one token uses: total − (1 − k/E) · routed-expert parameters.
 
     Each token runs k = n_experts_per_token of the E routed experts in every MoE layer (Switch
-    Transformers §2; Mixtral §2.1: 46.7B total, 12.9B active). Embeddings and lm_head count as
-    active, as in the published figures. A dense model's active count is its total.
+    Transformers §2; Mixtral §2.1: 46.7B total, 12.9B active). A dense model's is its total.
+    Published figures differ on the embedding table, a gather that reads one row per token:
+    Mixtral's 12.9B counts it, gpt-oss's 3.6B and DeepSeek-V2-Lite's 2.4B do not
+    (embeddings=False drops it; a tied table stays, as it is the lm_head).
     """
+    table = 0 if embeddings or s.tied_embeddings else s.vocab * s.d_model
     if not s.n_experts:
-        return params_total(s)
+        return params_total(s) - table
     routed = _expert_linear(s) + _expert_bias(s)
-    return params_total(s) - routed * (s.n_experts - s.n_experts_per_token) // s.n_experts
+    return params_total(s) - table - routed * (s.n_experts - s.n_experts_per_token) // s.n_experts
 
 
 def expected_experts(n_experts: int, k: int, n_tokens: int) -> float:

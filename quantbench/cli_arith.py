@@ -90,6 +90,7 @@ def estimate(model, format_name: str | None, device: str, seq_len: int = 512, ba
         "seq_len": seq_len, "batch": batch, "n_devices": n_devices,
         "params": arith.params_total(s),
         "params_active": arith.params_active(s),
+        "params_active_no_embeddings": arith.params_active(s, embeddings=False),
         "params_by_component": arith.params_by_component(s),
         "weights_bytes": w,
         "kv_type": kv_type,
@@ -135,6 +136,8 @@ def _si(x: float, unit: str) -> str:
 
 
 def _secs(x: float) -> str:
+    if x >= 1:
+        return f"{x:.3g} s"
     return f"{x * 1e3:.3g} ms" if x >= 1e-3 else f"{x * 1e6:.3g} µs"
 
 

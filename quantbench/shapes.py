@@ -1,8 +1,10 @@
 """ModelShape from a Hugging Face config: local dir, config.json, hub id, dict, or `shape:NAME`.
 
 Attribute names differ per family; `FAMILIES` holds the differences as data. params_total is
-exact: the model is built on the meta device (no memory, no weights read) and its unique
-parameters counted, so tied embeddings count once.
+exact: for FORMULA_EXACT families arith's formula, which tests/test_shapes.py pins to the
+meta-device model; for the others the model is built on the meta device (no memory, no weights
+read) and its unique parameters counted, so tied embeddings count once. A multimodal config
+(gemma3) is read through its text_config; `shape:NAME@layers=N` keeps the first N layers.
 """
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ from pathlib import Path
 
 from quantbench.arith import ModelShape
 from quantbench.errors import UserError
-
 
 
 @dataclass(frozen=True)
@@ -358,12 +359,12 @@ def stored_format(model):
         rows, cols = qc.get("weight_block_size") or (1, 1)  # per-tensor scale: ~8 bits
         bits = 8 + 32 / (rows * cols)
         return Format(f"stored-fp8-block{rows}x{cols}", "hf", "transformers",
-                      f"fp8 e4m3, fp32 scale per {rows}×{cols} block (config quantization_config)",
+                      f"fp8 e4m3, fp32 scale per {rows}×{cols} block",
                       bits, 16, ("cuda",), compute_dtype="bf16"), None
     if method == "mxfp4":
         return Format("stored-mxfp4-experts", "hf", "transformers",
-                      "MXFP4 experts (32 e2m1 + e8m0 scale), the rest bf16 (config "
-                      "quantization_config)", 16, 16, ("cuda",), compute_dtype="bf16"), 4.25
+                      "MXFP4 experts (32 e2m1 + e8m0 scale), the rest bf16", 16, 16, ("cuda",),
+                      compute_dtype="bf16"), 4.25
     raise UserError(f"{model}: quantization_config quant_method {method!r} has no bits-per-weight "
                     "entry; pass --format NAME (see `quantbench formats`)")
 

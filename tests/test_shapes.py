@@ -211,3 +211,15 @@ def test_stored_format_from_quantization_config():
     # + the other 1,804,459,584 parameters × 16 bits
     assert arith.weights_bytes(s, 16, 16, bits_experts=4.25) \
         == 10_152_345_600 + 3_608_919_168 == 13_761_264_768
+
+
+def test_active_without_embedding_table_matches_other_conventions():
+    # gpt-oss (model card 3.6B) and DeepSeek-V2-Lite (2.4B) leave the input table out
+    oss = shapes.shape_from_config("shape:gpt-oss-20b")
+    assert arith.params_active(oss, embeddings=False) == 4_187_440_704 - 201_088 * 2880 \
+        == 3_608_307_264
+    lite = shapes.shape_from_config("shape:deepseek-v2-lite")
+    assert arith.params_active(lite, embeddings=False) == 2_661_150_208 - 102_400 * 2048 \
+        == 2_451_435_008
+    smol = shapes.shape_from_config("shape:smollm2-135m")  # tied: the table is the lm_head
+    assert arith.params_active(smol, embeddings=False) == 134_515_008
