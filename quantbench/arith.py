@@ -466,7 +466,7 @@ def peak_for(peaks: Peaks, compute_dtype: str) -> float:
 
 def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prompt: int = 0,
                      n_gen: int = 0, n_ctx: int = 0, batch: int = 1,
-                     kv_bytes_per_elem: float = 2, kv_layout: str = "decompressed",
+                     kv_bytes_per_elem: float = 2, kv_layout: str | None = None,
                      bits_experts: float | None = None) -> dict:
     """Returns the *_predicted fields for one workload record (pp, tg, ppl or load).
 
@@ -474,8 +474,9 @@ def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prom
     (ppl, load), each windowed layer capped at its window. Decode speed averages the step time
     over the decoded tokens' contexts n_prompt .. n_prompt + n_gen − 1; an MoE step reads the
     experts its batch is expected to reach. TTFT is the prefill of the prompt (at least one
-    token).
+    token). An MLA cache is laid out as the format's backend keeps it unless kv_layout says.
     """
+    kv_layout = kv_layout or MLA_KV_LAYOUT_BY_BACKEND.get(fmt.backend, "decompressed")
     if kind not in KINDS:
         raise ValueError(f"{s.name}/{fmt.name}: kind must be one of {KINDS}, got {kind!r}")
     peak, bw = peak_for(peaks, fmt.compute_dtype), peaks.bandwidth_bytes_s
