@@ -33,6 +33,8 @@ class Family:
     # MoE: config attributes for (experts, experts per token, expert width); None is dense.
     moe: tuple[str, str, str] | None = None
     router_bias: bool = False
+    # Shared (always-on) experts of the expert width: a count, or the config attribute holding it.
+    shared: int | str = "n_shared_experts"
     mla: bool = False
 
 
@@ -63,14 +65,19 @@ FAMILIES: dict[str, Family] = {
     # checkpoint) is a buffer in transformers, so the meta count and this leave it out.
     "deepseek_v2": Family(moe=_DEEPSEEK, mla=True),
     "deepseek_v3": Family(moe=_DEEPSEEK, mla=True),
+    # Llama 4: experts of intermediate_size plus one shared, dense layers of intermediate_size_mlp
+    # off `moe_layers`, chunked attention on the RoPE layers; q/k L2 norms have no weights.
+    "llama4_text": Family("intermediate_size_mlp", qkv_bias="attention_bias",
+                          o_bias="attention_bias", shared=1,
+                          moe=("num_local_experts", "num_experts_per_tok", "intermediate_size")),
 }
 # Multimodal configs whose language model is counted: model_type → its text_config's type.
-TEXT_CONFIG_OF = {"gemma3": "gemma3_text"}
+TEXT_CONFIG_OF = {"gemma3": "gemma3_text", "llama4": "llama4_text"}
 
 # Families whose parameter formula matches the meta-device count exactly (tests/test_shapes.py
 # checks it), so `estimate` answers without importing torch's model classes.
 FORMULA_EXACT = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "gemma", "gemma2",
-                 "gemma3_text", "gpt_oss", "falcon", "deepseek_v2", "deepseek_v3")
+                 "gemma3_text", "gpt_oss", "falcon", "deepseek_v2", "deepseek_v3", "llama4_text")
 
 # Real configs (the fields that set the shape), from each model's config.json on the Hub.
 KNOWN_SHAPES: dict[str, dict] = {
@@ -141,6 +148,14 @@ KNOWN_SHAPES: dict[str, dict] = {
         quantization_config={"quant_method": "mxfp4", "modules_to_not_convert": [
             "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens",
             "lm_head"]}),
+    "llama-4-scout": dict(  # meta-llama/Llama-4-Scout-17B-16E (multimodal; text_config counted)
+        model_type="llama4", text_config=dict(
+            model_type="llama4_text", hidden_size=5120, intermediate_size=8192,
+            intermediate_size_mlp=16384, num_hidden_layers=48, num_attention_heads=40,
+            num_key_value_heads=8, head_dim=128, vocab_size=202048, num_local_experts=16,
+            num_experts_per_tok=1, interleave_moe_layer_step=1, attention_chunk_size=8192,
+            use_qk_norm=True, tie_word_embeddings=False, max_position_embeddings=10485760,
+            rope_theta=500000.0)),
     "falcon-7b": dict(  # tiiuae/falcon-7b: multi-query (one KV head), parallel attention
         model_type="falcon", hidden_size=4544, num_hidden_layers=32, num_attention_heads=71,
         vocab_size=65024, multi_query=True, parallel_attn=True, new_decoder_architecture=False,
@@ -270,15 +285,19 @@ def _dense_layers(config, family: str) -> int:
         return sum(1 for i in range(n) if i in only or (i + 1) % step)
     if family.startswith("deepseek"):  # DeepseekV3DecoderLayer: MoE from first_k_dense_replace
         return min(config.first_k_dense_replace or 0, n)
+    if family == "llama4_text":
+        return n - sum(1 for i in config.moe_layers if i < n)
     return 0
 
 
 def _windows(config, family: str) -> tuple[int, ...]:
     """Returns the attention window per layer (0 = full) from layer_types or sliding_window."""
     w = getattr(config, "sliding_window", None) or 0
+    # A chunked layer (llama4) attends within its chunk: at most the chunk, counted as a window.
+    chunk = getattr(config, "attention_chunk_size", None) or 0
     types = getattr(config, "layer_types", None)
     if types:
-        out = tuple(w if t == "sliding_attention" else 0 for t in types)
+        out = tuple({"sliding_attention": w, "chunked_attention": chunk}.get(t, 0) for t in types)
         return out if any(out) else ()
     if w and family in ("mistral", "mixtral"):  # every layer windowed, no layer_types
         return (w,) * config.num_hidden_layers
@@ -303,7 +322,8 @@ def shape_from_config(model, exact: bool = True) -> ModelShape:
     moe = {}
     if fam.moe and getattr(config, fam.moe[0], None):
         e, k, width = (getattr(config, a) for a in fam.moe)
-        shared = (getattr(config, "n_shared_experts", None) or 0) * width
+        shared = (fam.shared if isinstance(fam.shared, int)
+                  else getattr(config, fam.shared, None) or 0) * width
         moe = dict(n_experts=e, n_experts_per_token=k, d_ff_expert=width, d_ff_shared=shared,
                    n_dense_layers=_dense_layers(config, family), router_bias=fam.router_bias)
     mla = {}

@@ -131,6 +131,11 @@ FAMILY_TINY = {
     "gpt_oss": dict(model_type="gpt_oss", **TINY, head_dim=16, num_local_experts=4,
                     num_experts_per_tok=2, sliding_window=8,
                     layer_types=["sliding_attention", "full_attention"]),
+    # dense MLP of 128 on layer 0, experts on layer 1; both RoPE layers chunked at 8 tokens
+    "llama4": dict(model_type="llama4", text_config=dict(
+        model_type="llama4_text", **TINY, head_dim=16, intermediate_size_mlp=128,
+        num_local_experts=4, num_experts_per_tok=1, interleave_moe_layer_step=2,
+        attention_chunk_size=8)),
     "falcon": dict(model_type="falcon", hidden_size=64, num_hidden_layers=2,
                    num_attention_heads=4, vocab_size=256, multi_query=True, parallel_attn=True,
                    bias=False, new_decoder_architecture=False),
@@ -157,6 +162,7 @@ KNOWN_COUNTS = {  # name: (total, active per token), published figures in the co
     "gemma-3-27b": (27_009_346_304, 27_009_346_304),           # 1,416M embeddings + 25,600M
     "gpt-oss-20b": (20_914_757_184, 4_187_440_704),            # 20.9B, 3.6B without embeddings
     "falcon-7b": (6_921_720_704, 6_921_720_704),               # 6.9B
+    "llama-4-scout": (107_769_861_120, 17_172_894_720),        # 109B with vision, 17B active
 }
 
 
@@ -184,6 +190,10 @@ def test_known_shapes_read_each_feature():
     mistral = shapes.shape_from_config("shape:mistral-7b-v0.1")
     assert mistral.windows == (4096,) * 32
     assert shapes.shape_from_config("shape:qwen3-8b").qk_norm
+    scout = shapes.shape_from_config("shape:llama-4-scout")  # every 4th layer global (NoPE)
+    assert scout.windows[:4] == (8192, 8192, 8192, 0) and scout.d_ff_shared == 8192
+    tiny4 = shapes.shape_from_config(dict(FAMILY_TINY["llama4"]))
+    assert (tiny4.n_dense_layers, tiny4.d_ff, tiny4.windows) == (1, 128, (8, 8))
 
 
 def test_shape_cut():
