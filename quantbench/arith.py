@@ -237,18 +237,25 @@ def expert_weights_bytes(s: ModelShape, bits_experts: float, bits_unquantized: f
     return round((_expert_linear(s) * bits_experts + _expert_bias(s) * bits_unquantized) / 8)
 
 
+def embedding_gather_bytes(s: ModelShape, bits_unquantized: float) -> int:
+    """Returns the bytes of an untied input embedding table (0 when tied: it is the lm_head)."""
+    return 0 if s.tied_embeddings else round(s.vocab * s.d_model * bits_unquantized / 8)
+
+
 def weights_read_bytes(s: ModelShape, weights_bytes: float, experts_bytes: float,
-                       n_tokens: int) -> float:
+                       n_tokens: int, gather_bytes: float = 0) -> float:
     """Returns the weight bytes one forward over n_tokens reads.
 
-    Everything but the routed experts once, and of the experts the expected distinct share
-    expected_experts(E, k, n) / E (uniform routing). Decode at batch B routes B tokens; a
-    prefill routes B · N tokens and so reads nearly all of them. Dense: weights_bytes.
+    Everything once, except: the routed experts, of which the expected distinct share
+    expected_experts(E, k, n) / E (uniform routing); and an untied input embedding table
+    (gather_bytes), of which a lookup reads n rows, not the table (counted as 0). Decode at
+    batch B routes B tokens; a prefill routes B · N tokens and so reads nearly all experts.
     """
+    read = weights_bytes - gather_bytes
     if not s.n_experts:
-        return weights_bytes
+        return read
     frac = expected_experts(s.n_experts, s.n_experts_per_token, n_tokens) / s.n_experts
-    return weights_bytes - experts_bytes * (1 - frac)
+    return read - experts_bytes * (1 - frac)
 
 
 def kv_cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, seq_len: int = 1,
@@ -389,30 +396,33 @@ def roofline_s(flops: float, bytes_moved: float, peak_flop_s: float,
 
 def prefill_s(s: ModelShape, n_tokens: int, weights_bytes: int, peak_flop_s: float,
               bandwidth_bytes_s: float, batch: int = 1, kv_bytes_per_elem: float = 2,
-              experts_bytes: int = 0, layout: str = "decompressed") -> tuple[float, str]:
+              experts_bytes: int = 0, layout: str = "decompressed",
+              gather_bytes: int = 0) -> tuple[float, str]:
     """Returns (seconds, bound) to prefill n_tokens per sequence for a batch.
 
     Reads the weights once (an MoE: the experts its batch · n_tokens tokens are expected to
     reach, weights_read_bytes) and writes the prompt's KV cache; does batch · prefill_flops.
     """
     flops = batch * prefill_flops(s, n_tokens, layout=layout)
-    read = weights_read_bytes(s, weights_bytes, experts_bytes, batch * n_tokens)
+    read = weights_read_bytes(s, weights_bytes, experts_bytes, batch * n_tokens, gather_bytes)
     kv = kv_bytes(s, n_tokens, batch, kv_bytes_per_elem, layout)
     return roofline_s(flops, read + kv, peak_flop_s, bandwidth_bytes_s)
 
 
 def decode_s_per_token(s: ModelShape, n_ctx: int, weights_bytes: int, peak_flop_s: float,
                        bandwidth_bytes_s: float, batch: int = 1, kv_bytes_per_elem: float = 2,
-                       experts_bytes: int = 0, layout: str = "decompressed") -> tuple[float, str]:
+                       experts_bytes: int = 0, layout: str = "decompressed",
+                       gather_bytes: int = 0) -> tuple[float, str]:
     """Returns (seconds, bound) of one decode step: one new token for each of batch sequences.
 
     Reads the weights once (an MoE: everything but the routed experts, plus the expected
-    E · (1 − (1 − k/E)^B) distinct experts per layer of experts_bytes / E each) plus every
+    E · (1 − (1 − k/E)^B) distinct experts per layer of experts_bytes / E each; an untied
+    embedding table of gather_bytes only as the B rows looked up, not counted) plus every
     sequence's KV cache, Σ_l min(n_ctx, W_l) tokens per layer; does batch ·
     flops_per_token(n_ctx). Tokens per second across the batch is batch / seconds.
     """
     flops = batch * flops_per_token(s, n_ctx, layout)
-    read = weights_read_bytes(s, weights_bytes, experts_bytes, batch)
+    read = weights_read_bytes(s, weights_bytes, experts_bytes, batch, gather_bytes)
     kv = kv_bytes(s, n_ctx, batch, kv_bytes_per_elem, layout)
     return roofline_s(flops, read + kv, peak_flop_s, bandwidth_bytes_s)
 
@@ -489,8 +499,9 @@ def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prom
     ex = expert_weights_bytes(s, fmt.bits_per_weight if bits_experts is None else bits_experts,
                               fmt.bits_unquantized)
     held = {"pp": n_prompt, "tg": n_prompt + n_gen}.get(kind, n_ctx)
+    gather = embedding_gather_bytes(s, fmt.bits_unquantized)
     opts = dict(batch=batch, kv_bytes_per_elem=kv_bytes_per_elem, experts_bytes=ex,
-                layout=kv_layout)
+                layout=kv_layout, gather_bytes=gather)
 
     def kv(t: int) -> int:
         return kv_bytes(s, t, batch, kv_bytes_per_elem, kv_layout)
@@ -499,7 +510,7 @@ def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prom
     if kind == "tg":
         ctxs = range(n_prompt, n_prompt + max(n_gen, 1))
         flops = sum(batch * flops_per_token(s, t, kv_layout) for t in ctxs)
-        moved = sum(weights_read_bytes(s, w, ex, batch) + kv(t) for t in ctxs)
+        moved = sum(weights_read_bytes(s, w, ex, batch, gather) + kv(t) for t in ctxs)
         step_s = sum(decode_s_per_token(s, t, w, peak, bw, **opts)[0] for t in ctxs) / len(ctxs)
         out["flops_per_token"] = flops // (batch * len(ctxs))
         out["decode_tok_s_predicted"] = batch / step_s
@@ -507,7 +518,7 @@ def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prom
     else:  # pp, ppl and load are one forward over their context
         n = max(held, 1)
         flops = batch * prefill_flops(s, n, layout=kv_layout)
-        moved = weights_read_bytes(s, w, ex, batch * n) + kv(n)
+        moved = weights_read_bytes(s, w, ex, batch * n, gather) + kv(n)
         out["flops_per_token"] = flops // (batch * n)
         pre_s, bound = prefill_s(s, n, w, peak, bw, **opts)
         if kind == "pp":

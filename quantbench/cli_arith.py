@@ -78,7 +78,8 @@ def estimate(model, format_name: str | None, device: str, seq_len: int = 512, ba
     bw = peaks.bandwidth_bytes_s * n_devices
     w = arith.weights_bytes(s, fmt.bits_per_weight, fmt.bits_unquantized, bits_experts)
     ex = arith.expert_weights_bytes(s, bits_experts or fmt.bits_per_weight, fmt.bits_unquantized)
-    opts = dict(kv_bytes_per_elem=kv_elem, experts_bytes=ex, layout=layout)
+    gather = arith.embedding_gather_bytes(s, fmt.bits_unquantized)
+    opts = dict(kv_bytes_per_elem=kv_elem, experts_bytes=ex, layout=layout, gather_bytes=gather)
     pre_s, pre_bound = arith.prefill_s(s, seq_len, w, peak, bw, batch, **opts)
     dec_s, dec_bound = arith.decode_s_per_token(s, seq_len, w, peak, bw, batch, **opts)
     # One token's cache in every layer (what a token adds while the context is below every
@@ -123,7 +124,7 @@ def estimate(model, format_name: str | None, device: str, seq_len: int = 512, ba
             r["moe_decode_by_batch"].append({
                 "batch": b,
                 "experts_expected": arith.expected_experts(s.n_experts, s.n_experts_per_token, b),
-                "weights_read_bytes": round(arith.weights_read_bytes(s, w, ex, b)),
+                "weights_read_bytes": round(arith.weights_read_bytes(s, w, ex, b, gather)),
                 "decode_s_per_token": step_s, "decode_tok_s": b / step_s, "bound": bound})
     return r
 

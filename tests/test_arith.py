@@ -225,6 +225,9 @@ def test_moe_decode_reads_expected_experts():
     assert bound == "memory" and s == pytest.approx(3_024 / 1e3)
     # experts_bytes 0 (caller without the split) reads everything, as a dense model would
     assert arith.decode_s_per_token(MOE, 0, w, 1e12, 1e3)[0] == pytest.approx(3.6)
+    # an untied input table is looked up, not read
+    assert arith.embedding_gather_bytes(MOE, 16) == 160
+    assert arith.weights_read_bytes(MOE, w, ex, 2, 160) == 3_024 - 160
 
 
 def test_moe_experts_priced_apart():
@@ -331,9 +334,10 @@ def test_kv_types_block_scales():
 
 
 def test_predicted_fields_moe_window_mla():
-    # tg at batch 2 on MOE reads 3 of 4 experts: bytes 3,024 + KV
+    # tg at batch 2 on MOE reads 3 of 4 experts, all but the gathered 80-entry input table:
+    # 3,024 − 160 bytes
     r = arith.predicted_fields(MOE, FORMATS["bf16"], CPU, "tg", n_prompt=0, n_gen=1, batch=2)
-    assert r["decode_tok_s_predicted"] == pytest.approx(2 / (3_024 / 25e9))
+    assert r["decode_tok_s_predicted"] == pytest.approx(2 / (2_864 / 25e9))
     assert r["kv_cache_bytes_predicted"] == arith.kv_cache_bytes(2, 1, 4, 1, 2)
     w = arith.predicted_fields(WIN, FORMATS["bf16"], CPU, "pp", n_prompt=10)
     assert w["kv_cache_bytes_predicted"] == 4 * 18 * 2

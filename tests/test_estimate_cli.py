@@ -42,9 +42,10 @@ def test_estimate_json_h100(capsys, config):
     assert r["flops_per_token"] == 184_320               # 2 × 90,112 + 4·2·8·4·16
     assert r["device_ops_per_byte"] == pytest.approx(989.5e12 / 3.35e12)
     assert r["bound"] == "memory" and r["prefill_bound"] == "memory"
-    assert r["decode_s_per_token"] == pytest.approx((213_632 + 4_096) / 3.35e12)
+    # the untied input table (256 × 64 × 2 B = 32,768) is gathered row by row, not read
+    assert r["decode_s_per_token"] == pytest.approx((213_632 - 32_768 + 4_096) / 3.35e12)
     assert r["decode_tok_s"] == pytest.approx(2 / r["decode_s_per_token"])
-    assert r["prefill_s"] == pytest.approx((213_632 + 4_096) / 3.35e12)
+    assert r["prefill_s"] == pytest.approx((213_632 - 32_768 + 4_096) / 3.35e12)
     assert r["max_kv_tokens"] == 335_543_485            # (80 GiB − 213,632) // 256
 
 
@@ -77,7 +78,7 @@ def test_estimate_local_uses_cached_calibration(capsys, config, monkeypatch, tmp
     assert list((tmp_path / "cache" / "calibration").glob("*-cpu-*.json"))
     assert r["peaks_source"] == "measured"
     assert r["peak_flop_s"] == 90e9  # no fp16 measured: falls back to fp32
-    assert r["decode_s_per_token"] == pytest.approx((213_632 + 512 * 256) / 25e9)
+    assert r["decode_s_per_token"] == pytest.approx((213_632 - 32_768 + 512 * 256) / 25e9)
 
 
 def test_unknown_names_are_user_errors(capsys, config):
@@ -131,11 +132,12 @@ def test_estimate_moe_mixtral(capsys):
     assert r["weights_bytes"] == 93_405_585_408 and r["experts"]["weights_bytes"] == 90_194_313_216
     one, two = r["moe_decode_by_batch"][:2]
     assert (one["batch"], one["experts_expected"]) == (1, 2.0)
-    # batch 1 reads exactly the active parameters (2 bytes each)
-    assert one["weights_read_bytes"] == 93_405_585_408 - 90_194_313_216 * 6 // 8 \
-        == 2 * 12_879_925_248
+    # batch 1 reads exactly the active parameters (2 bytes each) but the gathered input table
+    table = 2 * 131_072_000
+    assert one["weights_read_bytes"] == 93_405_585_408 - table - 90_194_313_216 * 6 // 8 \
+        == 2 * 12_879_925_248 - table
     assert two["experts_expected"] == 3.5  # 8 · (1 − (3/4)²)
-    assert two["weights_read_bytes"] == 93_405_585_408 - 90_194_313_216 * 4.5 / 8
+    assert two["weights_read_bytes"] == 93_405_585_408 - table - 90_194_313_216 * 4.5 / 8
     assert [x["batch"] for x in r["moe_decode_by_batch"]] == [1, 2, 4, 8, 16, 32, 64]
     out = _run(capsys, model="shape:mixtral-8x7b", format="bf16", device="h100-sxm", json=False)
     assert "12,879,925,248 active" in out and "2 of 8 experts per token in 32 layers" in out
