@@ -506,7 +506,8 @@ def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prom
     def kv(t: int) -> int:
         return kv_bytes(s, t, batch, kv_bytes_per_elem, kv_layout)
 
-    out = {"weights_bytes_predicted": w, "kv_cache_bytes_predicted": kv(held)}
+    out = {"weights_bytes_predicted": w, "kv_cache_bytes_predicted": kv(held),
+           "kv_cache_bytes_per_token_predicted": kv_bytes(s, 1, 1, kv_bytes_per_elem, kv_layout)}
     if kind == "tg":
         ctxs = range(n_prompt, n_prompt + max(n_gen, 1))
         flops = sum(batch * flops_per_token(s, t, kv_layout) for t in ctxs)

@@ -51,6 +51,8 @@ FIELDS = {
     "peak_rss_bytes": "peak resident memory of the variant's process",
     "peak_device_bytes": "torch.cuda.max_memory_allocated (CUDA only)",
     "kv_cache_bytes": "bytes held by the KV cache after a forward of the workload's context",
+    "kv_type": "KV cache element type (llama.cpp: f16, q8_0, q4_0 ...; the +kv-<type> format twins)",
+    "kv_cache_bytes_per_token": "KV cache bytes per cached token (llama.cpp: its logged cache size / cells)",
     "n_prompt": "prompt tokens (pp, tg)",
     "n_gen": "generated tokens (tg)",
     "batch": "sequences decoded together (tg: 1; tg<N>x<B>: B); decode_tok_s counts all of them",

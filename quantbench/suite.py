@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quantbench.errors import UserError
-from quantbench.formats import get_format
+from quantbench.formats import LLAMA_KV_TYPES, get_format
 
 
 def physical_cores() -> int:
@@ -67,6 +67,8 @@ class Suite:
     # what the library selects. On an H100 auto picks Machete, whose JIT build downloads CUTLASS.
     gptq_kernel: str = "auto"
     awq_kernel: str = "auto"
+    # llama.cpp KV cache types: each gguf format also runs as `<format>+kv-<type>` per non-f16 type.
+    kv_types: tuple[str, ...] = ()
     # Pre-made artifacts: format name -> local path or hub id (GPTQ/AWQ checkpoint, GGUF file).
     artifacts: dict[str, str] = field(default_factory=dict)
 
@@ -88,6 +90,9 @@ class Suite:
             raise UserError(f"{where}: n_ctx must be even (its second half is scored), got {self.n_ctx}")
         for f in self.artifacts:
             get_format(f)
+        bad = [t for t in self.kv_types if t not in LLAMA_KV_TYPES]
+        if bad:
+            raise UserError(f"{where}: kv_types {bad} unknown; use {', '.join(LLAMA_KV_TYPES)}")
 
     @property
     def suite_hash(self) -> str:
@@ -106,6 +111,7 @@ class Suite:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Suite)}
+EMPTY_LIST_ELEM = {"kv_types": str}
 
 
 def _check_type(path: str, key: str, value, default):
@@ -116,7 +122,8 @@ def _check_type(path: str, key: str, value, default):
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, tuple):
-        elem = type(default[0]) if default else int  # an empty default: a list of ints
+        # an empty default holds ints unless listed here
+        elem = type(default[0]) if default else EMPTY_LIST_ELEM.get(key, int)
         ok = isinstance(value, list) and all(isinstance(v, elem) and not isinstance(v, bool) for v in value)
     elif isinstance(default, dict):
         ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())

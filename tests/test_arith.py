@@ -343,6 +343,7 @@ def test_predicted_fields_moe_window_mla():
     assert w["kv_cache_bytes_predicted"] == 4 * 18 * 2
     m = arith.predicted_fields(MLA, FORMATS["bf16"], CPU, "load", n_ctx=100, kv_layout="latent")
     assert m["kv_cache_bytes_predicted"] == 2_000
+    assert m["kv_cache_bytes_per_token_predicted"] == 20  # 10 latent elements × 2 B
     # by backend: llama.cpp keeps the latent, transformers the per-head K and V
     gguf = arith.predicted_fields(MLA, FORMATS["gguf-q8_0"], CPU, "load", n_ctx=100)
     hf = arith.predicted_fields(MLA, FORMATS["bf16"], CPU, "load", n_ctx=100)
