@@ -34,11 +34,13 @@ class Format:
     compute_dtype: str = "fp32"
     # `<name>+compiled`: the same weights, decoded with a static KV cache + torch.compile.
     compiled: bool = False
+    # `<gguf name>+kv-<type>`: the same weights with llama.cpp's KV cache in that type; "" = f16.
+    kv_type: str = ""
 
     @property
     def base(self) -> str:
-        """Returns the name without the +compiled suffix (the artifact and weights it shares)."""
-        return self.name.removesuffix(COMPILED)
+        """Returns the name without the +compiled / +kv- suffix (the artifact it shares)."""
+        return self.name.removesuffix(COMPILED).partition(KV_SUFFIX)[0]
 
 
 def _gguf(name: str, ftype: str, bpw: float, caveat: str = "") -> Format:
@@ -107,6 +109,23 @@ def compute_dtypes(fmt: Format, device: str) -> tuple[str, ...]:
 COMPILED = "+compiled"
 COMPILABLE_BACKENDS = ("hf", "bnb", "gptq")
 
+# `gguf-q4_0+kv-q8_0`: llama.cpp's cache types (type_k = type_v, flash attention on), a variant
+# of its own so records, reports and compares keep them apart. Bits: arith.KV_TYPE_BITS.
+KV_SUFFIX = "+kv-"
+LLAMA_KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
+
+
+def with_kv_types(formats, kv_types) -> list[str]:
+    """Returns formats with a `+kv-<type>` twin after each llama.cpp format for each non-f16 type
+    (a suite's kv_types axis); other backends have one cache type and no twins."""
+    out = []
+    for f in formats:
+        out.append(f)
+        if get_format(f).backend == "gguf" and KV_SUFFIX not in f:
+            out += [f"{f}{KV_SUFFIX}{t}" for t in kv_types if t != "f16"]
+    return out
+
+
 # llama.cpp type names a user may ask for as `gguf-<type>` beyond the table (bits per weight).
 GGUF_EXTRA_BPW = {"Q4_1": 5.0, "Q5_0": 5.5, "Q5_1": 6.0, "Q5_K_M": 5.69, "Q6_K": 6.5625,
                   "Q3_K_M": 3.91, "Q2_K": 2.625, "IQ4_NL": 4.5, "BF16": 16.0}
@@ -115,6 +134,13 @@ GGUF_EXTRA_BPW = {"Q4_1": 5.0, "Q5_0": 5.5, "Q5_1": 6.0, "Q5_K_M": 5.69, "Q6_K":
 def get_format(name: str) -> Format:
     """Returns the Format for `name`, including any `gguf-<llama.cpp type>` and `<name>+compiled`;
     unknown names raise."""
+    if KV_SUFFIX in name:
+        base_name, _, kv = name.partition(KV_SUFFIX)
+        base = get_format(base_name)
+        if base.backend != "gguf" or kv not in LLAMA_KV_TYPES:
+            raise UserError(f"format '{name}': a +kv-<type> twin needs a gguf-* format and one of "
+                            f"{', '.join(LLAMA_KV_TYPES)}; e.g. gguf-q4_0{KV_SUFFIX}q8_0")
+        return dataclasses.replace(base, name=name, kv_type=kv)
     if name.endswith(COMPILED):
         base = get_format(name.removesuffix(COMPILED))
         if base.backend not in COMPILABLE_BACKENDS:

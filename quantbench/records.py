@@ -95,6 +95,9 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("reserved_device_bytes", "int", "byte", "torch.cuda.max_memory_reserved (CUDA only)"),
     _f("nvml_process_bytes", "int", "byte", "NVML's view of the process's GPU memory (CUDA only)"),
     _f("kv_cache_bytes", "int", "byte", "bytes held by the KV cache after a forward of the workload's context"),
+    _f("kv_type", "str", "", "KV cache element type (llama.cpp: f16, q8_0, q4_0; the +kv-<type> format twins)"),
+    _f("kv_cache_bytes_per_token", "float", "byte", "KV cache bytes per cached token (llama.cpp: its logged "
+       "cache size / cells)"),
     # throughput
     _f("n_prompt", "int", "token", "prompt tokens (pp, tg)"),
     _f("n_gen", "int", "token", "generated tokens (tg)"),
@@ -138,6 +141,7 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("peaks_spec", "dict", "", "spec-sheet peaks of the GPU (CUDA devices whose name is in the devices table)"),
     _f("weights_bytes_predicted", "int", "byte", "the arithmetic's weights_bytes"),
     _f("kv_cache_bytes_predicted", "int", "byte", "the arithmetic's kv_cache_bytes (2·L·H_kv·h·b·T·B)"),
+    _f("kv_cache_bytes_per_token_predicted", "float", "byte", "the arithmetic's KV bytes per cached token"),
     _f("prefill_tok_s_predicted", "float", "tok/s", "roofline prefill tok/s"),
     _f("decode_tok_s_predicted", "float", "tok/s", "roofline decode tok/s"),
     _f("ttft_s_predicted", "float", "s", "roofline time to first token"),

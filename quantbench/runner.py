@@ -19,7 +19,7 @@ import numpy as np
 
 from quantbench import cache, corpus, records
 from quantbench.errors import UserError
-from quantbench.formats import REFERENCE_ORDER, get_format
+from quantbench.formats import REFERENCE_ORDER, get_format, with_kv_types
 from quantbench.models import resolve
 from quantbench.suite import Suite, Workload
 from quantbench.worker import RESPAWN, Job, Reference
@@ -51,7 +51,7 @@ def plan(suite: Suite) -> list[tuple[str, str]]:
     """Returns (device, format) pairs in run order: each device's reference format first."""
     out = []
     for device in suite.devices:
-        fmts = list(suite.formats)
+        fmts = with_kv_types(suite.formats, suite.kv_types)
         ref = next((f for f in REFERENCE_ORDER if f in fmts), None)
         if ref:
             fmts.remove(ref)

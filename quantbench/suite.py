@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quantbench.errors import UserError
-from quantbench.formats import get_format
+from quantbench.formats import LLAMA_KV_TYPES, get_format
 
 
 @dataclass(frozen=True, order=True)
@@ -88,6 +88,8 @@ class Suite:
     # what the library selects. On an H100 auto picks Machete, whose JIT build downloads CUTLASS.
     gptq_kernel: str = "auto"
     awq_kernel: str = "auto"
+    # llama.cpp KV cache types: each gguf format also runs as `<format>+kv-<type>` per non-f16 type.
+    kv_types: tuple[str, ...] = ()
     # Pre-made artifacts: format name -> local path or hub id (GPTQ/AWQ checkpoint, GGUF file).
     artifacts: dict[str, str] = field(default_factory=dict)
 
@@ -131,6 +133,9 @@ class Suite:
             if get_format(f).backend in ("hf", "bnb"):
                 raise UserError(f"{where}: [artifacts] '{f}': {f} is built at load time from the model; "
                                 "artifacts apply to gptq-*, awq-* and gguf-* formats only")
+        bad = [t for t in self.kv_types if t not in LLAMA_KV_TYPES]
+        if bad:
+            raise UserError(f"{where}: kv_types {bad} unknown; use {', '.join(LLAMA_KV_TYPES)}")
 
     def workloads(self) -> list[Workload]:
         """Returns the workloads of every variant: load, pp<N>..., tg<N>, tg<N>x<B>..., ppl<N_CTX>."""
@@ -157,6 +162,7 @@ class Suite:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Suite)}
+EMPTY_LIST_ELEM = {"kv_types": str}
 
 
 def _check_type(path: str, key: str, value, default):
@@ -167,7 +173,8 @@ def _check_type(path: str, key: str, value, default):
     elif isinstance(default, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, tuple):
-        elem = type(default[0]) if default else int  # an empty default: a list of ints
+        # an empty default holds ints unless listed here
+        elem = type(default[0]) if default else EMPTY_LIST_ELEM.get(key, int)
         ok = isinstance(value, list) and all(isinstance(v, elem) and not isinstance(v, bool) for v in value)
     elif isinstance(default, dict):
         ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())

@@ -211,3 +211,168 @@ def test_kernel_peaks_pick_what_the_kernels_compute_in():
                                 compute_dtypes=compute_dtypes(q4, "cpu"))
     assert pp["peak_flop_s"] == 140e9 and pp["bound"] == "compute"
     assert pp["prefill_tok_s_predicted"] == pytest.approx(512 * 140e9 / 117_850_374_144)  # 608
+
+
+# Mixture of experts, hand-checkable: d 8, 2 layers, 2 heads / 1 KV head of 4, vocab 10, untied,
+# 4 experts of width 6 (gated), 2 per token.
+MOE = ModelShape(n_layers=2, d_model=8, n_heads=2, n_kv_heads=1, head_dim=4, d_ff=6, vocab=10,
+                 tied_embeddings=False, name="moe-tiny", n_experts=4, n_experts_per_token=2,
+                 d_ff_expert=6)
+
+
+def test_moe_tiny_params_by_hand():
+    assert arith.params_by_component(MOE) == {
+        "embeddings": 80, "lm_head": 80,
+        "attention": 384,  # 2 × (q,o 2·8·8 + k,v 2·8·4)
+        "mlp": 0,          # no dense layer, no shared expert
+        "experts": 1_152,  # 2 layers × 4 experts × 3·8·6
+        "router": 64,      # 2 × 4·8
+        "norms": 40}       # (2·2 + 1) × 8
+    assert arith.params_total(MOE) == 1_800
+    assert arith.params_active(MOE) == 1_800 - 1_152 // 2 == 1_224  # half the experts idle
+    # active matmuls: attention 384 + 2 of 4 experts 576 + router 64 + lm_head 80
+    assert arith.flops_per_token(MOE, 0) == 2 * 1_104
+
+
+def test_expected_distinct_experts():
+    assert arith.expected_experts(4, 2, 1) == 2            # one token: its k experts
+    assert arith.expected_experts(4, 2, 2) == 3            # 4 · (1 − (1/2)²)
+    assert arith.expected_experts(4, 2, 3) == 3.5          # 4 · (1 − 1/8)
+    assert arith.expected_experts(8, 2, 64) == pytest.approx(8 * (1 - 0.75 ** 64))
+    assert arith.expected_experts(128, 8, 1) == pytest.approx(8)
+    assert arith.expected_experts(128, 8, 16) == pytest.approx(128 * (1 - (120 / 128) ** 16))
+
+
+def test_moe_decode_reads_expected_experts():
+    w = arith.weights_bytes(MOE, 16, 16)
+    ex = arith.expert_weights_bytes(MOE, 16, 16)
+    assert (w, ex) == (3_600, 2_304)
+    assert arith.weights_read_bytes(MOE, w, ex, 1) == 3_600 - 2_304 // 2 == 2_448
+    assert arith.weights_read_bytes(MOE, w, ex, 2) == 3_600 - 2_304 // 4 == 3_024  # 3 of 4
+    s, bound = arith.decode_s_per_token(MOE, 0, w, 1e12, 1e3, batch=2, experts_bytes=ex)
+    assert bound == "memory" and s == pytest.approx(3_024 / 1e3)
+    # experts_bytes 0 (caller without the split) reads everything, as a dense model would
+    assert arith.decode_s_per_token(MOE, 0, w, 1e12, 1e3)[0] == pytest.approx(3.6)
+    # an untied input table is looked up, not read
+    assert arith.embedding_gather_bytes(MOE, 16) == 160
+    assert arith.weights_read_bytes(MOE, w, ex, 2, 160) == 3_024 - 160
+
+
+def test_moe_experts_priced_apart():
+    # MXFP4 experts (4.25 bits) beside 16-bit attention: 1,152·4.25 + (1,800 − 1,152)·16 bits
+    assert arith.weights_bytes(MOE, 16, 16, bits_experts=4.25) == (4_896 + 10_368) // 8 == 1_908
+
+
+def test_mixtral_8x7b_published_counts():
+    mixtral = ModelShape(n_layers=32, d_model=4096, n_heads=32, n_kv_heads=8, head_dim=128,
+                         d_ff=14336, vocab=32000, tied_embeddings=False, n_experts=8,
+                         n_experts_per_token=2, d_ff_expert=14336)
+    # Mixtral of Experts (2024): 46.7B total, 12.9B active
+    assert arith.params_total(mixtral) == 46_702_792_704
+    assert arith.params_active(mixtral) == 12_879_925_248
+
+
+def test_moe_shape_validation():
+    with pytest.raises(ValueError, match="n_experts_per_token"):
+        ModelShape(**{**MOE.__dict__, "n_experts_per_token": 5})
+    with pytest.raises(ValueError, match="windows"):
+        ModelShape(**{**MOE.__dict__, "windows": (4,)})
+
+
+# Multi-head latent attention, hand-checkable: d 16, 1 layer, 2 heads, nope 4 + rope 2 (head 6),
+# v 4, kv_lora 8, no q_lora.
+MLA = ModelShape(n_layers=1, d_model=16, n_heads=2, n_kv_heads=2, head_dim=6, d_ff=8, vocab=10,
+                 tied_embeddings=True, name="mla-tiny", kv_lora_rank=8, qk_rope_head_dim=2,
+                 v_head_dim=4)
+
+
+def test_mla_tiny_by_hand():
+    c = arith.params_by_component(MLA)
+    # q 16·2·6 192 + kv_a 16·(8+2) 160 + kv_b 8·2·(4+4) 128 + o 2·4·16 128
+    assert c["attention"] == 608
+    assert c["norms"] == 3 * 16 + 8  # 2 block norms + final, + kv_a_layernorm of kv_lora
+    assert arith.kv_elems_per_layer(MLA, "latent") == 10        # kv_lora + rope
+    assert arith.kv_elems_per_layer(MLA, "decompressed") == 20  # 2 heads × (K 6 + V 4)
+    assert arith.kv_bytes(MLA, 100, 1, 2, "latent") == 2_000
+    assert arith.attn_flops_per_position(MLA, "latent") == 72      # 2·2·(8+2) + 2·2·8
+    assert arith.attn_flops_per_position(MLA, "decompressed") == 40  # 2·2·6 + 2·2·4
+    with pytest.raises(ValueError, match="kv layout"):
+        arith.kv_elems_per_layer(MLA, "compressed")
+
+
+def test_deepseek_v3_published_counts_and_latent_cache():
+    ds = ModelShape(n_layers=61, d_model=7168, n_heads=128, n_kv_heads=128, head_dim=192,
+                    d_ff=18432, vocab=129280, tied_embeddings=False, n_experts=256,
+                    n_experts_per_token=8, d_ff_expert=2048, d_ff_shared=2048, n_dense_layers=3,
+                    q_lora_rank=1536, kv_lora_rank=512, qk_rope_head_dim=64,
+                    v_head_dim=128)
+    # DeepSeek-V3 report: 671B total, 37B activated per token (the MTP module is extra)
+    assert arith.params_total(ds) == 671_026_404_352
+    assert arith.params_active(ds) == 37_552_282_624
+    # 61 × 576 × 2 B latent vs 61 × 128 × (192 + 128) × 2 B decompressed: 71× less
+    assert arith.kv_bytes(ds, layout="latent") == 70_272
+    assert arith.kv_bytes(ds, layout="decompressed") == 4_997_120
+
+
+# Sliding windows, hand-checkable: 3 layers (window 4, full, window 4), 1 KV head of 2.
+WIN = ModelShape(n_layers=3, d_model=4, n_heads=1, n_kv_heads=1, head_dim=2, d_ff=4, vocab=10,
+                 tied_embeddings=True, name="win-tiny", windows=(4, 0, 4))
+
+
+def test_window_kv_and_flops_by_hand():
+    assert arith.held_tokens(WIN, 3) == 9            # every layer below its window
+    assert arith.held_tokens(WIN, 10) == 4 + 10 + 4
+    assert arith.kv_bytes(WIN, 10, 1, 2) == 4 * 18 * 2  # 2·1·2 elements per layer per token
+    # decode at T = 10 attends 18 positions at 4·1·2 FLOPs each
+    assert arith.flops_per_token(WIN, 10) - arith.flops_per_token(WIN, 0) == 8 * 18
+    # prefill 10 from empty: windowed layers 1+2+3+4+4·6 = 34, the full one 55
+    assert arith.prefill_flops(WIN, 10) - 10 * arith.flops_per_token(WIN, 0) == 8 * (34 + 55 + 34)
+    # after 2 cached tokens: windowed 3+4·9 = 39 each, full 10·2 + 55 = 75
+    assert arith.prefill_flops(WIN, 10, n_past=2) - 10 * arith.flops_per_token(WIN, 0) \
+        == 8 * (39 + 75 + 39)
+
+
+def test_window_capacity():
+    # 8 B per token per layer; 200 B spare: windowed layers cap at 2 × 32, the full one takes
+    # the rest: 8·T + 2·8·min(T, 4) ≤ 200 → T = 17
+    assert arith.max_context_tokens(WIN, 1_000, 800, 2) == 17
+    full_only = ModelShape(**{**WIN.__dict__, "windows": ()})
+    assert arith.max_context_tokens(full_only, 1_000, 800, 2) == 200 // 24 == 8
+    every = ModelShape(**{**WIN.__dict__, "windows": (4, 4, 4)})
+    assert arith.max_context_tokens(every, 1_000, 800, 2) is None  # capped at 96 B: fits
+    assert arith.max_context_tokens(every, 1_000, 950, 2) == 2     # 50 B: 24·2 fits, 24·3 not
+
+
+def test_gemma3_27b_window_cache():
+    gemma = ModelShape(n_layers=62, d_model=5376, n_heads=32, n_kv_heads=16, head_dim=128,
+                       d_ff=21504, vocab=262208, tied_embeddings=True,
+                       windows=tuple(0 if (i + 1) % 6 == 0 else 1024 for i in range(62)))
+    assert sum(1 for w in gemma.windows if w) == 52
+    # 2·16·128·2 B = 8,192 B per layer per token; 32K context: 52·1024 + 10·32,768 tokens held
+    assert arith.kv_bytes(gemma, 32_768) == 8_192 * (52 * 1_024 + 10 * 32_768) == 3_120_562_176
+    assert arith.kv_bytes(gemma, 32_768) / arith.kv_cache_bytes(62, 16, 128, 32_768) \
+        == pytest.approx(380_928 / 2_031_616)  # 0.19 of a full-attention cache
+
+
+def test_kv_types_block_scales():
+    assert arith.KV_TYPE_BITS["q8_0"] == 34 * 8 / 32 and arith.KV_TYPE_BITS["q4_0"] == 18 * 8 / 32
+    # Llama-3-8B per token: 131,072 B at f16; q8_0 69,632 B; q4_0 36,864 B
+    assert arith.kv_cache_bytes(32, 8, 128, bytes_per_elem=8.5 / 8) == 69_632
+    assert arith.kv_cache_bytes(32, 8, 128, bytes_per_elem=4.5 / 8) == 36_864
+
+
+def test_predicted_fields_moe_window_mla():
+    # tg at batch 2 on MOE reads 3 of 4 experts, all but the gathered 80-entry input table:
+    # 3,024 − 160 bytes
+    r = arith.predicted_fields(MOE, FORMATS["bf16"], CPU, "tg", n_prompt=0, n_gen=1, batch=2)
+    assert r["decode_tok_s_predicted"] == pytest.approx(2 / (2_864 / 25e9))
+    assert r["kv_cache_bytes_predicted"] == arith.kv_cache_bytes(2, 1, 4, 1, 2)
+    w = arith.predicted_fields(WIN, FORMATS["bf16"], CPU, "pp", n_prompt=10)
+    assert w["kv_cache_bytes_predicted"] == 4 * 18 * 2
+    m = arith.predicted_fields(MLA, FORMATS["bf16"], CPU, "load", n_ctx=100, kv_layout="latent")
+    assert m["kv_cache_bytes_predicted"] == 2_000
+    assert m["kv_cache_bytes_per_token_predicted"] == 20  # 10 latent elements × 2 B
+    # by backend: llama.cpp keeps the latent, transformers the per-head K and V
+    gguf = arith.predicted_fields(MLA, FORMATS["gguf-q8_0"], CPU, "load", n_ctx=100)
+    hf = arith.predicted_fields(MLA, FORMATS["bf16"], CPU, "load", n_ctx=100)
+    assert (gguf["kv_cache_bytes_predicted"], hf["kv_cache_bytes_predicted"]) == (2_000, 4_000)

@@ -42,9 +42,10 @@ def test_estimate_json_h100(capsys, config):
     assert r["flops_per_token"] == 184_320               # 2 × 90,112 + 4·2·8·4·16
     assert r["device_ops_per_byte"] == pytest.approx(989.5e12 / 3.35e12)
     assert r["bound"] == "memory" and r["prefill_bound"] == "memory"
-    assert r["decode_s_per_token"] == pytest.approx((213_632 + 4_096) / 3.35e12)
+    # the untied input table (256 × 64 × 2 B = 32,768) is gathered row by row, not read
+    assert r["decode_s_per_token"] == pytest.approx((213_632 - 32_768 + 4_096) / 3.35e12)
     assert r["decode_tok_s"] == pytest.approx(2 / r["decode_s_per_token"])
-    assert r["prefill_s"] == pytest.approx((213_632 + 4_096) / 3.35e12)
+    assert r["prefill_s"] == pytest.approx((213_632 - 32_768 + 4_096) / 3.35e12)
     assert r["max_kv_tokens"] == 335_543_485            # (80 GiB − 213,632) // 256
 
 
@@ -80,7 +81,7 @@ def test_estimate_local_uses_cached_calibration(capsys, config, monkeypatch, tmp
     assert list((tmp_path / "cache" / "calibration").glob("*-cpu-*.json"))
     assert r["peaks_source"] == "measured"
     assert r["peak_flop_s"] == 90e9  # no fp16 measured: falls back to fp32
-    assert r["decode_s_per_token"] == pytest.approx((213_632 + 512 * 256) / 25e9)
+    assert r["decode_s_per_token"] == pytest.approx((213_632 - 32_768 + 512 * 256) / 25e9)
 
 
 def test_unknown_names_are_user_errors(capsys, config):
@@ -116,3 +117,74 @@ def test_calibrate_cpu_is_short_and_sane():
     p = hardware.calibrate("cpu", seconds=1.0)
     assert time.perf_counter() - t0 < 10
     assert p.source == "measured" and p.bandwidth_bytes_s > 1e8 and p.flop_s["fp32"] > 1e8
+
+
+def test_estimate_kv_types(capsys, config):
+    r = _run(capsys, model=config, format="gguf-q4_0", device="h100-sxm", kv_type="q8_0")
+    assert r["kv_type"] == "q8_0" and r["kv_cache_bytes_per_token"] == 136  # 256 × 8.5 / 16
+    r = _run(capsys, model=config, format="gguf-q4_0", device="h100-sxm", kv_type="q4_0")
+    assert r["kv_cache_bytes_per_token"] == 72                             # 256 × 4.5 / 16
+    assert r["kv_cache_bytes"] == 72 * 512
+    assert _run(capsys, model=config, format="gguf-q4_0", device="h100-sxm")["kv_type"] == "f16"
+    assert _run(capsys, model=config, format="bf16", device="h100-sxm")["kv_type"] == "bf16"
+
+
+def test_estimate_moe_mixtral(capsys):
+    r = _run(capsys, model="shape:mixtral-8x7b", format="bf16", device="h100-sxm", seq_len=1)
+    assert (r["params"], r["params_active"]) == (46_702_792_704, 12_879_925_248)
+    assert r["weights_bytes"] == 93_405_585_408 and r["experts"]["weights_bytes"] == 90_194_313_216
+    one, two = r["moe_decode_by_batch"][:2]
+    assert (one["batch"], one["experts_expected"]) == (1, 2.0)
+    # batch 1 reads exactly the active parameters (2 bytes each) but the gathered input table
+    table = 2 * 131_072_000
+    assert one["weights_read_bytes"] == 93_405_585_408 - table - 90_194_313_216 * 6 // 8 \
+        == 2 * 12_879_925_248 - table
+    assert two["experts_expected"] == 3.5  # 8 · (1 − (3/4)²)
+    assert two["weights_read_bytes"] == 93_405_585_408 - table - 90_194_313_216 * 4.5 / 8
+    assert [x["batch"] for x in r["moe_decode_by_batch"]] == [1, 2, 4, 8, 16, 32, 64]
+    out = _run(capsys, model="shape:mixtral-8x7b", format="bf16", device="h100-sxm", json=False)
+    assert "12,879,925,248 active" in out and "2 of 8 experts per token in 32 layers" in out
+
+
+def test_estimate_mla_layout_and_stored_format(capsys):
+    r = _run(capsys, model="shape:deepseek-v3", format=None, device="h100-sxm")
+    assert r["format"] == "stored-fp8-block128x128" and "stored" in r["format_source"]
+    # 669,065,609,216 linears at 8 + 1/512 bits; embeddings, lm_head, norms, router in bf16
+    assert r["weights_bytes"] == 669_065_609_216 * 4097 // 4096 + 2 * 1_960_795_136 \
+        == 673_150_545_584
+    assert r["kv_layout"] == "decompressed" and r["kv_cache_bytes_per_token"] == 4_997_120
+    assert r["kv_cache_bytes_per_token_by_layout"] == {"latent": 70_272,
+                                                       "decompressed": 4_997_120}
+    gguf = _run(capsys, model="shape:deepseek-v3", format="gguf-q4_0", device="h100-sxm",
+                kv_type="q8_0")
+    assert gguf["kv_layout"] == "latent" and gguf["kv_cache_bytes_per_token"] == 37_332  # 61·576·8.5/8
+    forced = _run(capsys, model="shape:deepseek-v3", format="bf16", device="h100-sxm",
+                  kv_layout="latent")
+    assert forced["kv_cache_bytes"] == 70_272 * 512
+
+
+def test_estimate_window_gemma3(capsys):
+    r = _run(capsys, model="shape:gemma-3-27b", format="bf16", device="h100-sxm", seq_len=32_768)
+    assert (r["window_layers"], r["windows"]) == (52, [1024])
+    assert r["kv_cache_bytes_per_token"] == 62 * 8_192
+    assert r["kv_cache_bytes"] == 8_192 * (52 * 1_024 + 10 * 32_768) == 3_120_562_176
+    # (80 GiB − 54,018,692,608 B weights − 52 · 1,024 · 8,192 capped) // (10 · 8,192)
+    assert r["max_kv_tokens"] == (80 * GiB - 54_018_692_608 - 436_207_616) // 81_920 == 383_843
+    every = _run(capsys, model="shape:mistral-7b-v0.1", format="gguf-q4_0", device="h100-sxm")
+    assert every["max_kv_tokens"] is None  # all 32 layers windowed at 4,096: the cache stops
+    out = _run(capsys, model="shape:mistral-7b-v0.1", format="gguf-q4_0", device="h100-sxm",
+               json=False)
+    assert "unbounded (every layer windowed)" in out
+
+
+def test_estimate_gpt_oss_stored_mxfp4(capsys):
+    r = _run(capsys, model="shape:gpt-oss-20b", format=None, device="h100-sxm")
+    assert r["format"] == "stored-mxfp4-experts" and r["weights_bytes"] == 13_761_264_768
+    assert r["params_active_no_embeddings"] == 3_608_307_264  # the model card's 3.6B
+    # 12 sliding (128) + 12 full layers, 2·8·64·2 B each, at 512 tokens
+    assert r["kv_cache_bytes"] == 2_048 * (12 * 128 + 12 * 512)
+
+
+def test_estimate_cut_shape(capsys):
+    r = _run(capsys, model="shape:qwen3-30b-a3b@layers=4", format="bf16", device="h100-sxm")
+    assert r["params"] == 3_114_814_464 and r["experts"]["moe_layers"] == 4

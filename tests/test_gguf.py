@@ -144,3 +144,23 @@ def test_batched_decode_matches_one_sequence(built):
     b.prefill(prompt)
     assert not b.batched  # kv_cache_bytes describes the context used last
     b.close()
+
+
+@pytest.mark.parametrize("kv, bytes_per_token", [("f16", 1_536), ("q8_0", 816), ("q4_0", 432)])
+def test_kv_types(tiny, built, kv, bytes_per_token):
+    # tiny caches 2 (K,V) x 2 layers x 3 KV heads x 64 = 768 elements per token: 16, 8.5 and
+    # 4.5 bits each (q8_0 / q4_0 blocks of 32 with an f16 scale)
+    name = "gguf-q8_0" if kv == "f16" else f"gguf-q8_0+kv-{kv}"
+    b = GGUFBackend(ctx(tiny, name))
+    b.build()
+    assert b.info["artifact"] == built["gguf-q8_0"].info["artifact"]  # same weights
+    b.load()
+    try:
+        assert b.info["kv_type"] == kv and b.info["kv_bytes_per_elem"] * 768 == bytes_per_token
+        assert b.kv_cache_bytes() == bytes_per_token * 256  # n_ctx 128 padded to 256 cells
+        # llama.cpp's own log line, to its 0.01 MiB
+        assert b.info["kv_cache_bytes_per_token"] == pytest.approx(bytes_per_token, abs=0.01 * 2**20 / 256)
+        assert b.prefill(list(range(100, 140))) >= 0  # quantized V runs (flash attention on)
+        assert b.prefill_batch(list(range(100, 110)), 2)
+    finally:
+        b.close()

@@ -2,7 +2,7 @@ import pytest
 
 from quantbench.errors import UserError
 from quantbench.formats import FORMATS, get_format
-from quantbench.suite import Suite, load_suite
+from quantbench.suite import Suite, load_suite, parse_sets
 
 
 def test_shipped_suites_parse():
@@ -79,3 +79,17 @@ def test_set_overrides_any_key():
         parse_sets(["n_ctx=big"])
     with pytest.raises(UserError, match="expected KEY=VALUE"):
         parse_sets(["n_ctx"])
+
+
+def test_kv_types_axis_expands_gguf_formats():
+    from quantbench.runner import plan
+
+    s = Suite(formats=("bf16", "gguf-q4_0"), kv_types=("f16", "q8_0", "q4_0"))
+    assert [f for _, f in plan(s)] == ["bf16", "gguf-q4_0", "gguf-q4_0+kv-q8_0", "gguf-q4_0+kv-q4_0"]
+    assert parse_sets(['kv_types=["q8_0"]']) == {"kv_types": ("q8_0",)}
+    with pytest.raises(UserError, match="kv_types"):
+        Suite(kv_types=("q5_1",))
+    f = get_format("gguf-q4_0+kv-q8_0")
+    assert (f.base, f.kv_type, f.param) == ("gguf-q4_0", "q8_0", "Q4_0")
+    with pytest.raises(UserError, match="needs a gguf"):
+        get_format("bf16+kv-q8_0")

@@ -39,9 +39,35 @@ def _llama_cpp():
     except ImportError:
         raise Skip("llama_cpp not installed; install quantbench[gguf] "
                    "(nox installs it from the wheelhouse)") from None
-    # llama.cpp logs every tensor it loads or quantizes; keep errors only.
+    # llama.cpp logs every tensor it loads or quantizes; keep errors only, and the KV cache size.
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    llama_cpp.llama_log_set(_log_callback(llama_cpp), ctypes.c_void_p(0))
     return llama_cpp
+
+
+# llama.cpp's own account of a context's cache: "llama_kv_cache: size = 5.98 MiB (512 cells,
+# 30 layers, 1/1 seqs), K (q8_0): 2.99 MiB, V (q8_0): 2.99 MiB" (0.01 MiB resolution: exact to
+# 0.1% on the embedded model's 512 cells, to 1.3% on tiny's 256).
+KV_LOG = re.compile(r"llama_kv_cache: size =\s*([\d.]+) MiB \(\s*(\d+) cells")
+_kv_logged: list[tuple[int, int]] = []  # (bytes, cells) per context made, newest last
+_callback = None  # the ctypes callback must outlive every llama.cpp call
+
+
+def _log_callback(llama_cpp):
+    global _callback
+    if _callback is None:
+        @llama_cpp.llama_log_callback
+        def _callback(level, text, user_data):
+            line = text.decode("utf-8", "replace")
+            if m := KV_LOG.search(line):
+                _kv_logged.append((round(float(m[1]) * 2**20), int(m[2])))
+            elif level == 4:  # GGML_LOG_LEVEL_ERROR
+                print(line, end="", file=sys.stderr, flush=True)
+    return _callback
+
+
+# ggml type ids of the cache types (ggml.h enum ggml_type).
+GGML_KV_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8, "bf16": 30}
 
 
 def _version() -> str:
@@ -204,7 +230,7 @@ class GGUFBackend(Backend):
                          gguf_mixed=mix["mixed"], llama_cpp_version=_version(),
                          # the arithmetic predicts from the file's real density, since llama.cpp
                          # picks per-tensor fallbacks (Q4_K_M on 576-wide rows is mostly Q5_0)
-                         bits_unquantized=mix["bits_per_weight"], kv_bytes_per_elem=2)
+                         bits_unquantized=mix["bits_per_weight"])
         say(f"[gguf] {path.name}: {mix['type_mix']}, {mix['bits_per_weight']:.3f} bits/weight"
             + (f", built in {self.info['build_s']:.1f} s" if fresh else " (cached)"))
         self.info["tokenizer_agree"] = tokenizer_agreement(
@@ -220,19 +246,30 @@ class GGUFBackend(Backend):
         s = self.ctx.suite
         n_ctx = max(s.n_ctx, *s.prompt_lengths, s.gen_prompt_tokens + s.gen_tokens + CTX_SLACK)
         n_gpu_layers = -1 if cuda else 0
+        # K and V in one type; quantized V needs flash attention, which is on below.
+        self.kv_type = self.ctx.format.kv_type or "f16"
+        kv_id = GGML_KV_TYPE[self.kv_type]
+        _kv_logged.clear()
         self.llm = llama_cpp.Llama(
             self.path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=self.ctx.threads,
             n_threads_batch=self.ctx.threads, n_gpu_layers=n_gpu_layers,
             # One GPU, the one named: llama.cpp would otherwise split layers over all it sees.
             split_mode=llama_cpp.LLAMA_SPLIT_MODE_NONE, main_gpu=int(self.ctx.device[5:] or 0),
             # Flash attention matches llama-perplexity's default; without it ppl moves in the 3rd digit.
-            flash_attn=True, logits_all=True, seed=0, verbose=False)
+            flash_attn=True, logits_all=True, seed=0, verbose=False, type_k=kv_id, type_v=kv_id)
         self.n_vocab = self.llm.n_vocab()
         self.bctx, self.batched = None, False  # the batched-decode context, made on first use
+        self.kv_logged = _kv_logged[-1] if _kv_logged else None
+        from quantbench.arith import KV_TYPE_BITS
+
         self.info.update(n_gpu_layers=n_gpu_layers,
                          kernel=f"llama.cpp {self.kernel_types} ({'CUDA' if cuda else 'CPU'})",
+                         kv_type=self.kv_type, kv_bytes_per_elem=KV_TYPE_BITS[self.kv_type] / 8,
                          kv_cache_source="computed from model metadata: 2 x n_layer x n_head_kv x "
-                                         "head_dim x n_ctx cells x 2 bytes (F16), allocated at load")
+                                         "head_dim x n_ctx cells x bytes per element of kv_type, "
+                                         "allocated at load")
+        if self.kv_logged:  # llama.cpp's own account, beside the arithmetic's per-token figure
+            self.info["kv_cache_bytes_per_token"] = self.kv_logged[0] / self.kv_logged[1]
 
     def weights_bytes(self) -> int:
         """Returns the GGUF's tensor data bytes (not the file size, which adds vocab and metadata)."""
@@ -277,6 +314,7 @@ class GGUFBackend(Backend):
             p.n_seq_max = batch
             p.n_threads = p.n_threads_batch = self.ctx.threads
             p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            p.type_k = p.type_v = GGML_KV_TYPE[self.kv_type]
             self.bctx = lc.llama_init_from_model(self.llm.model, p)
             if not self.bctx:
                 raise RuntimeError(f"llama.cpp could not make a context for {batch} sequences")
@@ -310,18 +348,20 @@ class GGUFBackend(Backend):
             self.bctx = None
 
     def kv_cache_bytes(self) -> int | None:
-        """Returns the KV cache llama.cpp allocated for all n_ctx cells at load.
+        """Returns the KV cache llama.cpp allocated for all n_ctx cells of the context last used.
 
         No public llama.cpp call gives it, so: 2 (K,V) x n_layer x n_head_kv x head_dim x n_ctx
-        cells x 2 bytes (F16 cache); on SmolLM2 this equals llama.cpp's "llama_kv_cache: size"
-        log line to the byte. Sliding-window and recurrent caches are not modelled.
+        cells x bytes per element of kv_type (q8_0 8.5/8, q4_0 4.5/8: rows are whole blocks of
+        32); on SmolLM2 this equals llama.cpp's "llama_kv_cache: size" log line, which
+        info["kv_cache_bytes_per_token"] keeps, for f16, q8_0 and q4_0. Sliding-window and
+        recurrent caches are not modelled.
         """
         lc, m, meta = self.llama_cpp, self.llm.model, self.llm.metadata
         arch, head = meta.get("general.architecture"), lc.llama_model_n_embd(m) // lc.llama_model_n_head(m)
         k_plus_v = sum(int(meta.get(f"{arch}.attention.{x}_length", head)) for x in ("key", "value"))
         ctx = self.bctx if self.batched else self.llm.ctx  # the one last used
-        return lc.llama_model_n_layer(m) * lc.llama_model_n_head_kv(m) * k_plus_v \
-            * lc.llama_n_ctx(ctx) * 2
+        return round(lc.llama_model_n_layer(m) * lc.llama_model_n_head_kv(m) * k_plus_v
+                     * lc.llama_n_ctx(ctx) * self.info["kv_bytes_per_elem"])
 
     def sync(self) -> None:
         if self.ctx.device.startswith("cuda"):
