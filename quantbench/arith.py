@@ -307,11 +307,6 @@ def kv_bytes(s: ModelShape, seq_len: int = 1, batch: int = 1, bytes_per_elem: fl
     return round(kv_elems_per_layer(s, layout) * held_tokens(s, seq_len) * bytes_per_elem * batch)
 
 
-def kv_flops_per_token(n_layers: int, d_model: int) -> int:
-    """Returns FLOPs for one token's k and v: 2 (k,v) · 2 (mul+add) · L · d² (Kipply)."""
-    return 2 * 2 * n_layers * d_model * d_model
-
-
 def _matmul_params_active(s: ModelShape) -> int:
     # lm_head is a d_model × vocab matmul even when its weight is the tied embedding table;
     # the embedding lookup itself is a gather, not a matmul. An MoE token runs k of E experts

@@ -175,6 +175,44 @@ def _compare_parser(sub) -> None:
     p.set_defaults(func=cmd_compare)
 
 
+def _estimate_parser(subparsers) -> None:
+    from quantbench import arith, cli_arith
+
+    p = subparsers.add_parser(
+        "estimate", help="predict weights, KV cache and speed-of-light from a config (no GPU)",
+        description="Roofline estimate for one model × format × device. Tensor parallel over "
+                    "--devices N splits weights and KV N ways; communication is not counted.")
+    p.add_argument("--model", required=True,
+                   help="model dir, config.json, hub id, or shape:NAME (e.g. shape:llama-3-8b, "
+                        "shape:qwen3-30b-a3b@layers=4 for the first 4 layers)")
+    p.add_argument("--format", help="a format name (see `quantbench formats`); default: the "
+                                    "checkpoint's stored format (quantization_config), else bf16")
+    p.add_argument("--device", required=True, help="a name from `quantbench devices`, or local")
+    p.add_argument("--seq-len", type=int, default=512, help="prompt / context tokens (default 512)")
+    p.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
+    p.add_argument("--devices", type=int, default=1, help="tensor-parallel devices (default 1)")
+    p.add_argument("--kv-type", choices=list(arith.KV_TYPE_BITS),
+                   help="KV cache element type (q8_0 8.5 bits, q4_0 4.5 bits with block "
+                        "scales); default: the format's activation dtype")
+    p.add_argument("--kv-layout", choices=arith.KV_LAYOUTS,
+                   help="MLA models: cache the latent (llama.cpp, vLLM) or per-head K/V "
+                        "(transformers); default: by the format's backend")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cli_arith.cmd_estimate)
+
+
+def _devices_parser(subparsers) -> None:
+    from quantbench import cli_arith
+
+    p = subparsers.add_parser("devices", help="list the spec-sheet device table")
+    p.add_argument("--json", action="store_true", help="print one JSON object per device")
+    p.add_argument("--calibrate", metavar="DEVICE", nargs="?", const="cpu",
+                   help="re-measure this machine (cpu or cuda) and replace the cached calibration")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads to calibrate at, as the suite's `threads` (default: torch's count)")
+    p.set_defaults(func=cli_arith.cmd_devices)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quantbench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -213,10 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="gates a step must cross, as in compare (default: compare's defaults)")
     tr.add_argument("--alpha", type=float, default=ALPHA, help="significance for timing steps (default %(default)s)")
     tr.set_defaults(func=cmd_trend)
-    from quantbench import cli_arith
-
-    cli_arith.add_estimate_parser(sub)
-    cli_arith.add_devices_parser(sub)
+    _estimate_parser(sub)
+    _devices_parser(sub)
     return p
 
 

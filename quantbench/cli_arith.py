@@ -4,38 +4,10 @@ No GPU and no weights: estimate reads a config (or a known shape), a format and 
 """
 from __future__ import annotations
 
-import argparse
 import json
 
 from quantbench import arith
 from quantbench.hardware import DEVICES, GiB, get_peaks
-
-
-def add_estimate_parser(subparsers) -> argparse.ArgumentParser:
-    """Returns the `estimate` subparser, added to `subparsers` with func=cmd_estimate."""
-    p = subparsers.add_parser(
-        "estimate", help="predict weights, KV cache and speed-of-light from a config (no GPU)",
-        description="Roofline estimate for one model × format × device. Tensor parallel over "
-                    "--devices N splits weights and KV N ways; communication is not counted.")
-    p.add_argument("--model", required=True,
-                   help="model dir, config.json, hub id, or shape:NAME (e.g. shape:llama-3-8b, "
-                        "shape:qwen3-30b-a3b@layers=4 for the first 4 layers)")
-    p.add_argument("--format", help="a format name (see `quantbench formats`); default: the "
-                                    "checkpoint's stored format (quantization_config), else bf16")
-    p.add_argument("--device", required=True, help="a name from `quantbench devices`, or local")
-    p.add_argument("--seq-len", type=int, default=512, help="prompt / context tokens (default 512)")
-    p.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
-    p.add_argument("--devices", type=int, default=1, help="tensor-parallel devices (default 1)")
-    p.add_argument("--kv-type", choices=list(arith.KV_TYPE_BITS),
-                   help="KV cache element type (q8_0 8.5 bits, q4_0 4.5 bits with block "
-                        "scales); default: the format's activation dtype")
-    p.add_argument("--kv-layout", choices=arith.KV_LAYOUTS,
-                   help="MLA models: cache the latent (llama.cpp, vLLM) or per-head K/V "
-                        "(transformers); default: by the format's backend")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_estimate)
-    return p
-
 
 # Decode batches shown for an MoE: how the expected distinct experts, and so the bytes, grow.
 MOE_BATCHES = (1, 2, 4, 8, 16, 32, 64)
@@ -197,18 +169,6 @@ def cmd_estimate(args) -> int:
                  getattr(args, "kv_type", None), getattr(args, "kv_layout", None))
     print(json.dumps(r) if args.json else format_estimate(r))
     return 0
-
-
-def add_devices_parser(subparsers) -> argparse.ArgumentParser:
-    """Returns the `devices` subparser, added to `subparsers` with func=cmd_devices."""
-    p = subparsers.add_parser("devices", help="list the spec-sheet device table")
-    p.add_argument("--json", action="store_true", help="print one JSON object per device")
-    p.add_argument("--calibrate", metavar="DEVICE", nargs="?", const="cpu",
-                   help="re-measure this machine (cpu or cuda) and replace the cached calibration")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads to calibrate at, as the suite's `threads` (default: torch's count)")
-    p.set_defaults(func=cmd_devices)
-    return p
 
 
 def cmd_devices(args) -> int:

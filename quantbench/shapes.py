@@ -163,9 +163,49 @@ KNOWN_SHAPES: dict[str, dict] = {
 }
 
 
+# The fields a shape cannot do without, by their names across families; a config missing one would
+# otherwise get the family's defaults (a bare {"model_type": "llama"} is Llama-2-7B) silently.
+REQUIRED_FIELDS = {"hidden size": ("hidden_size", "n_embd", "d_model"),
+                   "layer count": ("num_hidden_layers", "n_layer", "num_layers"),
+                   "attention heads": ("num_attention_heads", "n_head"),
+                   "vocabulary size": ("vocab_size",)}
+# Fields that, when present, must be whole numbers ≥ 1 (0 KV heads is not "full attention", and
+# an FFN width of 0 is not "4·d").
+POSITIVE_INTS = ("hidden_size", "n_embd", "d_model", "num_hidden_layers", "n_layer", "num_layers",
+                 "num_attention_heads", "n_head", "num_key_value_heads", "vocab_size",
+                 "intermediate_size", "ffn_dim", "n_inner", "head_dim", "moe_intermediate_size",
+                 "num_local_experts", "num_experts", "n_routed_experts", "num_experts_per_tok")
+
+
+def check_config_dict(d, where: str) -> None:
+    """Raises UserError naming the first missing or degenerate shape field of a raw config."""
+    if not isinstance(d, dict):
+        raise UserError(f"{where}: a config must be a JSON object of fields, got a {type(d).__name__}")
+    for what, names in REQUIRED_FIELDS.items():
+        if not any(n in d for n in names):
+            raise UserError(f"{where}: no {what} ({' / '.join(names)}); pass the model's full config.json")
+    for k in POSITIVE_INTS:
+        v = d.get(k)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UserError(f"{where}: '{k}' must be a whole number ≥ 1, got {v!r}")
+    d_model = next(d[n] for n in REQUIRED_FIELDS["hidden size"] if n in d)
+    heads = next(d[n] for n in REQUIRED_FIELDS["attention heads"] if n in d)
+    if not d.get("head_dim") and d_model % heads:
+        raise UserError(f"{where}: hidden size {d_model} is not a multiple of {heads} attention heads "
+                        "and no 'head_dim' is given")
+    kv = d.get("num_key_value_heads")
+    if kv and heads % kv:
+        raise UserError(f"{where}: {heads} attention heads do not split into {kv} KV-head groups "
+                        "(num_key_value_heads must divide num_attention_heads)")
+
+
 def _config_from_dict(d: dict, where: str):
     from transformers import CONFIG_MAPPING
 
+    if not isinstance(d, dict):
+        check_config_dict(d, where)
     kind = d.get("model_type")
     if kind in TEXT_CONFIG_OF and isinstance(d.get("text_config"), dict):
         # A multimodal checkpoint: count its language model; the stored format stays.
@@ -175,7 +215,12 @@ def _config_from_dict(d: dict, where: str):
     if kind not in FAMILIES:
         raise UserError(f"{where}: model_type {kind!r} is not supported; "
                         f"supported: {', '.join([*FAMILIES, *TEXT_CONFIG_OF])}")
-    return CONFIG_MAPPING[kind](**{k: v for k, v in d.items() if k != "model_type"})
+    check_config_dict(d, where)
+    try:
+        return CONFIG_MAPPING[kind](**{k: v for k, v in d.items() if k != "model_type"})
+    except (TypeError, ValueError) as e:  # transformers' own validators, in one line
+        cause = str(e.__cause__ or e).strip().splitlines()
+        raise UserError(f"{where}: transformers rejects this {kind} config: {cause[-1] if cause else e}") from None
 
 
 def _cut(d: dict, spec: str, where: str) -> dict:

@@ -22,10 +22,6 @@ def test_kipply_kv_bytes_per_token():
     assert arith.kv_cache_bytes(n_layers=64, n_kv_heads=64, head_dim=128) == 2_097_152
 
 
-def test_kipply_kv_flops_per_token():
-    assert arith.kv_flops_per_token(n_layers=64, d_model=8192) == 17_179_869_184
-
-
 def test_kipply_a100_ops_per_byte():
     assert arith.ops_per_byte(312e12, 1.5e12) == pytest.approx(208)
 

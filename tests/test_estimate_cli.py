@@ -1,10 +1,12 @@
 """`quantbench estimate` / `devices` through cmd_* with a Namespace, on a tiny local config."""
 import argparse
 import json
+import re
 
 import pytest
 
 from quantbench import cli_arith, hardware
+from quantbench.cli_arith import estimate
 from quantbench.errors import UserError
 from quantbench.hardware import GiB, Peaks
 
@@ -95,10 +97,9 @@ def test_unknown_names_are_user_errors(capsys, config):
 
 
 def test_devices_table(capsys):
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers()
-    cli_arith.add_estimate_parser(sub)
-    cli_arith.add_devices_parser(sub)
+    from quantbench.cli import build_parser
+
+    parser = build_parser()
     args = parser.parse_args(["devices"])
     assert args.func(args) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -188,3 +189,29 @@ def test_estimate_gpt_oss_stored_mxfp4(capsys):
 def test_estimate_cut_shape(capsys):
     r = _run(capsys, model="shape:qwen3-30b-a3b@layers=4", format="bf16", device="h100-sxm")
     assert r["params"] == 3_114_814_464 and r["experts"]["moe_layers"] == 4
+
+
+# Degenerate configs: one line naming the field, never a traceback or silently wrong numbers
+@pytest.mark.parametrize("cfg,msg", [
+    ({"num_attention_heads": 0}, "'num_attention_heads' must be a whole number ≥ 1, got 0"),
+    ({"num_key_value_heads": 0}, "'num_key_value_heads' must be a whole number ≥ 1, got 0"),
+    ({"intermediate_size": 0}, "'intermediate_size' must be a whole number ≥ 1, got 0"),
+    ({"hidden_size": "576"}, "'hidden_size' must be a whole number ≥ 1, got '576'"),
+    ({"hidden_size": 577}, "hidden size 577 is not a multiple of 9 attention heads"),
+    ({"num_key_value_heads": 4}, "9 attention heads do not split into 4 KV-head groups"),
+    ({"hidden_size": None}, "no hidden size"),
+])
+def test_degenerate_config_fields_are_named(tmp_path, cfg, msg):
+    base = {"model_type": "llama", "hidden_size": 576, "num_attention_heads": 9, "num_hidden_layers": 2,
+            "intermediate_size": 1536, "vocab_size": 100}
+    body = {k: v for k, v in {**base, **cfg}.items() if v is not None}
+    (tmp_path / "c.json").write_text(json.dumps(body))
+    with pytest.raises(UserError, match=re.escape(msg)):
+        estimate(str(tmp_path / "c.json"), "bf16", "h100-sxm")
+
+
+@pytest.mark.parametrize("body", ['{"model_type": "llama"}', "[1, 2]", '"a string"'])
+def test_configs_that_are_not_shapes(tmp_path, body):
+    (tmp_path / "c.json").write_text(body)
+    with pytest.raises(UserError, match="no hidden size|must be a JSON object"):
+        estimate(str(tmp_path / "c.json"), "bf16", "h100-sxm")
