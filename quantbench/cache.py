@@ -68,7 +68,7 @@ def _write_manifest(d: Path) -> None:
     (d / MANIFEST).write_text(json.dumps(sizes, sort_keys=True))
 
 
-def verified(final: Path) -> bool:
+def verified(final: Path, quiet: bool = False) -> bool:
     """Returns True when a cache entry made by atomic_dir is whole: every file of its manifest is
     there at its size. A damaged entry (truncated or deleted file) is removed so it is rebuilt."""
     if not final.exists():
@@ -78,7 +78,7 @@ def verified(final: Path) -> bool:
         ok = all((final / name).stat().st_size == size for name, size in sizes.items())
     except (OSError, ValueError, AttributeError):
         ok = False
-    if not ok:
+    if not ok and not quiet:  # quiet: a look ahead (an ETA) leaves the entry to its builder
         print(f"[quantbench] damaged cache entry {final} (a file is missing or truncated) removed; "
               "it is rebuilt", flush=True)
         shutil.rmtree(final, ignore_errors=True)

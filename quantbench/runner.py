@@ -243,7 +243,33 @@ def run(suite: Suite, out_path: str | os.PathLike, resume: bool = False) -> Path
     return out_path
 
 
+def _announce_builds(r: _Run) -> None:
+    """Prints the slow builds ahead (GPTQ/AWQ calibration) and about how long they take here, so a
+    cold first run says where its time goes before it spends it."""
+    from quantbench.backends import Context, get_backend_class
+
+    ahead, seen = [], set()
+    for device, fmt_name in plan(r.suite):
+        fmt = get_format(fmt_name)
+        if fmt.backend != "gptq" or (fmt.base, device) in seen:
+            continue
+        seen.add((fmt.base, device))
+        ctx = Context(r.model.name, r.model.dir, r.model.digest, fmt, device, r.suite.thread_count(),
+                      r.suite, str(r.tokens_path), r.suite.n_ctx * r.suite.ppl_windows,
+                      r.suite.artifacts.get(fmt.base, ""), r.tok_key)
+        try:
+            est = get_backend_class(fmt.backend)(ctx).build_estimate_s()
+        except Exception:  # a missing library or a shape it cannot read: the variant will say why
+            continue
+        if est:
+            ahead.append(f"{fmt.base} ~{est / 60:.0f} min" if est >= 60 else f"{fmt.base} ~{est:.0f} s")
+    if ahead:
+        print(f"[quantbench] to build first (cache miss): {', '.join(ahead)} at this project's "
+              "reference speed (2 cores); each shows its layer progress and ETA", flush=True)
+
+
 def _run_variants(r: _Run) -> None:
+    _announce_builds(r)
     references: dict[str, str] = {}
     for device, fmt_name in plan(r.suite):
         fmt = get_format(fmt_name)

@@ -23,6 +23,9 @@ from quantbench.errors import UserError
 
 BITS = 4
 CALIB_BATCH = 8  # calibration samples per forward while quantizing
+# Build seconds per parameter × calibration token on the reference 2-core machine (README
+# "Timings"), for the ETA a run prints before it starts building.
+BUILD_S_PER_PARAM_TOKEN = {"gptq": 1.0e-11, "awq": 1.0e-10}
 GROUP_FALLBACKS = (64, 32)  # tried after suite.group_size, largest first
 # GPTQ: symmetric, no act-order (desc_act reorders columns and slows every CPU kernel).
 # AWQ: asymmetric with zero points, the layout autoawq and vLLM use.
@@ -116,24 +119,47 @@ class GPTQBackend(HFBackend):
         torch = self._torch()
         return torch.float16 if self.ctx.device.startswith("cuda") else torch.bfloat16
 
+    def build_estimate_s(self) -> float:
+        """Returns the seconds building this artifact should take here (0 when cached or given):
+        the measured seconds per parameter × calibration token of BUILD_S_PER_PARAM_TOKEN."""
+        if self.ctx.artifact:
+            return 0.0
+        final, _, n, t = self._target()
+        if final is None or cache.verified(final, quiet=True):
+            return 0.0
+        from quantbench.arith import params_total
+        from quantbench.shapes import shape_from_config
+
+        params = params_total(shape_from_config(self.ctx.model_dir, exact=False))
+        return BUILD_S_PER_PARAM_TOKEN[self.method] * params * n * t
+
+    def _target(self):
+        """Returns (cache dir, group size, calibration samples, tokens); dir None when no group fits."""
+        ctx, s = self.ctx, self.ctx.suite
+        config = json.loads(Path(ctx.model_dir, "config.json").read_text())
+        group = pick_group_size(config, s.group_size)
+        n, t = ((s.awq_calib_samples, s.awq_calib_tokens) if self.method == "awq"
+                else (s.calib_samples, s.calib_tokens))
+        if group is None:
+            return None, None, n, t
+        calib = ctx.calibration(n, t)
+        key = cache.content_key(ctx.model_digest, self.method, BITS, group, SYM[self.method],
+                                cache.content_key(calib), f"gptqmodel {gptqmodel_version()}", CALIB_BATCH)
+        return cache.entry("quant", key), group, n, t
+
     def build(self) -> None:
         version = gptqmodel_version()
         if self.ctx.artifact:
             self.info.update(artifact=premade(self.ctx.artifact), build_s=0.0)
             return
         ctx, s = self.ctx, self.ctx.suite
-        config = json.loads(Path(ctx.model_dir, "config.json").read_text())
-        group = pick_group_size(config, s.group_size)
+        final, group, n, t = self._target()
         if group is None:
+            config = json.loads(Path(ctx.model_dir, "config.json").read_text())
             raise Skip(f"no group size of {s.group_size}/64/32 divides in_features "
                        f"{linear_in_features(config)}; pass a pre-made checkpoint in `artifacts`")
-        n, t = ((s.awq_calib_samples, s.awq_calib_tokens) if self.method == "awq"
-                else (s.calib_samples, s.calib_tokens))
         calib = ctx.calibration(n, t)
         self.info.update(group_size=group, calib_samples=n, calib_tokens=t, sym=SYM[self.method])
-        key = cache.content_key(ctx.model_digest, self.method, BITS, group, SYM[self.method],
-                                cache.content_key(calib), f"gptqmodel {version}", CALIB_BATCH)
-        final = cache.entry("quant", key)
         self.info["artifact"] = str(final)
         if cache.verified(final):
             self.info["build_s"] = 0.0
