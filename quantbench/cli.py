@@ -45,7 +45,16 @@ def cmd_run(args) -> int:
         if not os.access(probe, os.W_OK) or Path(args.report).is_dir():
             raise UserError(f"--report '{args.report}' cannot be written (not a writable file path); "
                             "pick another path (nothing was measured)")
-    runner.run(suite, out, resume=args.resume)
+
+    def progressive_report():  # the report so far, re-rendered after each variant
+        from quantbench.report import write_report
+
+        try:
+            write_report([str(out)], args.report)
+        except Exception as e:  # a report that cannot render yet must not stop the measuring
+            print(f"note: report not updated yet ({type(e).__name__}: {e})".splitlines()[0], file=sys.stderr)
+
+    runner.run(suite, out, resume=args.resume, after_variant=progressive_report if args.report else None)
     from quantbench.records import read_results
     from quantbench.report import render_summary
 

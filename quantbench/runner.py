@@ -203,8 +203,10 @@ def _on_sigterm(signum, frame):
     raise _Terminated()
 
 
-def run(suite: Suite, out_path: str | os.PathLike, resume: bool = False) -> Path:
-    """Runs every variant of the suite, appending records to out_path; returns the path."""
+def run(suite: Suite, out_path: str | os.PathLike, resume: bool = False, after_variant=None) -> Path:
+    """Runs every variant of the suite, appending records to out_path; returns the path.
+    after_variant(): called after each variant's records are written (the CLI re-renders its
+    report there, so the first formats can be read while later ones still build)."""
     out_path = Path(out_path)
     out = Output(out_path, resume)
     check_devices(suite.devices)
@@ -236,7 +238,7 @@ def run(suite: Suite, out_path: str | os.PathLike, resume: bool = False) -> Path
         np.savez(data_path, windows=np.asarray(windows, dtype=np.int32),
                  prompt=np.asarray(prompt, dtype=np.int32), bos_first=bos is not None)
         _run_variants(_Run(suite, model, out, done, base, suite.workloads(), tmp, data_path,
-                           tokens_path, tok_key, peaks))
+                           tokens_path, tok_key, peaks), after_variant or (lambda: None))
     finally:
         signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -268,7 +270,7 @@ def _announce_builds(r: _Run) -> None:
               "reference speed (2 cores); each shows its layer progress and ETA", flush=True)
 
 
-def _run_variants(r: _Run) -> None:
+def _run_variants(r: _Run, after_variant) -> None:
     _announce_builds(r)
     references: dict[str, str] = {}
     for device, fmt_name in plan(r.suite):
@@ -295,6 +297,7 @@ def _run_variants(r: _Run) -> None:
         if why == RESPAWN:  # it built the artifact; measure in a fresh process
             why = _spawn(job_path, job)
         _collect(job, r.out, rec_base, why)
+        after_variant()
 
 
 def _job(r: _Run, device: str, fmt_name: str, todo: list[Workload], ref_fmt: str | None) -> Job:

@@ -346,3 +346,16 @@ def test_artifacts_keys_are_checked(tmp_path, body, msg):
     p.write_text(body)
     with pytest.raises(UserError, match=msg.replace("[", "\\[").replace("]", "\\]").replace("*", "\\*")):
         load_suite(p)
+
+
+def test_report_is_rerendered_after_each_variant(tmp_path, tiny, monkeypatch):
+    from quantbench import cli, report
+
+    rendered = []
+    real = report.write_report
+    monkeypatch.setattr(report, "write_report",
+                        lambda paths, out, title="": rendered.append(len(records.read(paths[0]))) or real(paths, out))
+    assert cli.main(["run", *S, "--set", 'formats=["dummy","bf16"]', "--out", str(tmp_path / "r.jsonl"),
+                     "--report", str(tmp_path / "r.html")]) == 0
+    # after the first variant (its 4 records), after the second (8), and once at the end
+    assert rendered == [N_WORKLOADS, 2 * N_WORKLOADS, 2 * N_WORKLOADS]
