@@ -229,11 +229,16 @@ def header_facts(df) -> list[tuple[str, str]]:
         if gpu:
             bits.append(f"{gpu}" + (f" ({gmem / 2**30:.0f} GiB)" if gmem else ""))
         for device, gd in g.groupby("device", sort=False):
-            bw, fl = peaks(gd.to_dict("records"))
+            recs = gd.to_dict("records")
+            bw, fl = peaks(recs)
             cal = [f"{plots.fmt_num(bw)}B/s"] if bw else []
             cal += [f"{k} {plots.fmt_num(v)}FLOP/s" for k, v in fl.items()]
+            threads = num(first(recs, "peaks.threads"))
+            cal += [f"at {int(threads)} thread{'s' if threads != 1 else ''}"] if cal and threads else []
             if cal:
-                bits.append(f"{device} calibrated: " + ", ".join(cal))
+                suspect = first(recs, "peaks.suspect")  # hardware.calibrate: taken beside other work
+                bits.append(f"{device} calibrated: " + ", ".join(cal)
+                            + (f" (⚠ suspect: {suspect})" if isinstance(suspect, str) else ""))
         facts.append(("machine" + (f" {host}" if host else ""), "; ".join(bits)))
     facts.append(("libraries", ", ".join(f"{lib} {'/'.join(uniq('env.' + lib))}" for lib in LIBRARIES
                                          if uniq("env." + lib))))

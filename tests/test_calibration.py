@@ -180,6 +180,8 @@ def test_report_marks_suspect_sol(tmp_path):
         {**base, "format": "gguf-q8_0", "workload": "pp512", "prefill_tok_s": 300.0,
          "prefill_tok_s_predicted": 2.93, "prefill_sol_frac": 102.4},
         {**base, "format": "bf16", "workload": "tg64", "decode_tok_s": 20.0,
+         "peaks": {"bandwidth_bytes_s": 25e9, "flop_s": {"fp32": 90e9}, "threads": 1,
+                   "suspect": "other processes used 40% of the CPUs"},
          "decode_tok_s_predicted": 100.0, "decode_sol_frac": 0.2, "sol_suspect": False,
          "sol_suspect_reason": ""}]
     md = report.render_markdown(pd.json_normalize(recs))
@@ -189,5 +191,7 @@ def test_report_marks_suspect_sol(tmp_path):
     assert "gguf-f16 on cpu: ⚠ SoL suspect: decode_sol_frac 1.30 > 1: faster than the calibrated" in md
     assert ("⚠ SoL suspect: prefill_sol_frac 102.40 above 1: faster than its roofline, so the peaks "
             "it was computed from read low") in md
+    assert ("cpu calibrated: 25GB/s, fp32 90GFLOP/s, at 1 thread (⚠ suspect: other processes used "
+            "40% of the CPUs)") in md
     html = report.render_html(pd.json_normalize(recs))
     assert html.count('class="ok suspect"') == 2
