@@ -148,13 +148,14 @@ def roofline_s(flops: float, bytes_moved: float, peak_flop_s: float,
 
 def prefill_s(s: ModelShape, n_tokens: int, weights_bytes: int, peak_flop_s: float,
               bandwidth_bytes_s: float, batch: int = 1,
-              kv_bytes_per_elem: float = 2) -> tuple[float, str]:
-    """Returns (seconds, bound) to prefill n_tokens per sequence for a batch.
+              kv_bytes_per_elem: float = 2, n_past: int = 0) -> tuple[float, str]:
+    """Returns (seconds, bound) to prefill n_tokens per sequence for a batch after n_past cached.
 
-    Reads the weights once and writes the prompt's KV cache; does batch · prefill_flops.
+    Reads the weights once and the n_past cached tokens' KV, writes the prompt's KV cache; does
+    batch · prefill_flops.
     """
-    flops = batch * prefill_flops(s, n_tokens)
-    kv = kv_cache_bytes(s.n_layers, s.n_kv_heads, s.head_dim, n_tokens, batch, kv_bytes_per_elem)
+    flops = batch * prefill_flops(s, n_tokens, n_past)
+    kv = kv_cache_bytes(s.n_layers, s.n_kv_heads, s.head_dim, n_past + n_tokens, batch, kv_bytes_per_elem)
     return roofline_s(flops, weights_bytes + kv, peak_flop_s, bandwidth_bytes_s)
 
 
@@ -169,6 +170,28 @@ def decode_s_per_token(s: ModelShape, n_ctx: int, weights_bytes: int, peak_flop_
     flops = batch * flops_per_token(s, n_ctx)
     kv = kv_cache_bytes(s.n_layers, s.n_kv_heads, s.head_dim, n_ctx, batch, kv_bytes_per_elem)
     return roofline_s(flops, weights_bytes + kv, peak_flop_s, bandwidth_bytes_s)
+
+
+def knee_batch(peak_flop_s: float, bandwidth_bytes_s: float, bytes_per_weight: float,
+               flops_per_weight: float = 2) -> float:
+    """Returns the decode batch B* where the step turns compute-bound: the device's FLOPs:byte
+    ratio × bytes read per weight ÷ FLOPs per weight per sequence.
+
+    One step reads each weight once (bytes_per_weight) and does flops_per_weight (2: multiply and
+    add) with it for each of B sequences; compute time B · 2 / peak overtakes bytes / bandwidth at
+    B* (KV reads ignored). Kipply: A100, 312 TFLOP/s fp16 ÷ 1.5 TB/s × 2 bytes ÷ 2 FLOPs = 208;
+    a 4-bit format reads 4× fewer bytes per weight, so its knee is 4× lower.
+    """
+    return ops_per_byte(peak_flop_s, bandwidth_bytes_s) * bytes_per_weight / flops_per_weight
+
+
+def decode_step(s: ModelShape, weights_bytes: float, n_ctx: float, batch: int = 1,
+                kv_bytes_per_elem: float = 2) -> tuple[float, float]:
+    """Returns (bytes read, FLOPs) of one decode step of `batch` sequences holding n_ctx tokens:
+    the weights once plus every sequence's KV, and batch · flops_per_token(n_ctx)."""
+    kv_token = kv_cache_bytes(s.n_layers, s.n_kv_heads, s.head_dim, 1, 1, kv_bytes_per_elem)
+    flops = 2 * _matmul_params(s) + 4 * s.n_layers * n_ctx * s.n_heads * s.head_dim
+    return weights_bytes + batch * n_ctx * kv_token, batch * flops
 
 
 def max_kv_tokens(memory_bytes: float, weights_bytes: float, kv_bytes_per_token: float,
@@ -190,12 +213,14 @@ def peak_for(peaks: Peaks, compute_dtype: str) -> float:
 
 def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prompt: int = 0,
                      n_gen: int = 0, n_ctx: int = 0, batch: int = 1,
-                     kv_bytes_per_elem: float = 2) -> dict:
+                     kv_bytes_per_elem: float = 2, depth: int = 0) -> dict:
     """Returns the *_predicted fields for one workload record (pp, tg, ppl or load).
 
-    KV cache is for the context the workload holds: n_prompt (pp), n_prompt + n_gen (tg), n_ctx
-    (ppl, load). Decode speed averages the step time over the decoded tokens' contexts
-    n_prompt .. n_prompt + n_gen − 1. TTFT is the prefill of the prompt (at least one token).
+    KV cache is for the context the workload holds: depth + n_prompt (pp), depth + n_prompt +
+    n_gen (tg), n_ctx (ppl, load). Decode speed averages the step time over the decoded tokens'
+    contexts depth + n_prompt .. depth + n_prompt + n_gen − 1, each step reading the weights and
+    that many tokens of KV (decode_step_bytes/flops_predicted are their means). TTFT is the
+    prefill of the prompt (at least one token) after the depth's cached tokens.
     """
     if kind not in KINDS:
         raise ValueError(f"{s.name}/{fmt.name}: kind must be one of {KINDS}, got {kind!r}")
@@ -206,35 +231,41 @@ def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prom
         # GFLOP/s): the dtype's GEMM peak bounds prefill, never below fp32's for decode.
         peak = max(peak, peaks.flop_s["fp32"])
     w = weights_bytes(s, fmt.bits_per_weight, fmt.bits_unquantized)
-    held = {"pp": n_prompt, "tg": n_prompt + n_gen}.get(kind, n_ctx)
+    held = {"pp": depth + n_prompt, "tg": depth + n_prompt + n_gen}.get(kind, n_ctx)
 
     def kv(t: int) -> int:
         return kv_cache_bytes(s.n_layers, s.n_kv_heads, s.head_dim, t, batch, kv_bytes_per_elem)
 
     out = {"weights_bytes_predicted": w, "kv_cache_bytes_predicted": kv(held)}
     if kind == "tg":
-        ctxs = range(n_prompt, n_prompt + max(n_gen, 1))
+        ctxs = range(depth + n_prompt, depth + n_prompt + max(n_gen, 1))
         flops = sum(batch * flops_per_token(s, t) for t in ctxs)
         moved = sum(w + kv(t) for t in ctxs)
         step_s = sum(decode_s_per_token(s, t, w, peak, bw, batch, kv_bytes_per_elem)[0]
                      for t in ctxs) / len(ctxs)
         out["flops_per_token"] = flops // (batch * len(ctxs))
         out["decode_tok_s_predicted"] = batch / step_s
-        bound = decode_s_per_token(s, n_prompt + len(ctxs) // 2, w, peak, bw, batch,
+        out["decode_step_bytes_predicted"] = moved / len(ctxs)
+        out["decode_step_flops_predicted"] = flops / len(ctxs)
+        # Kipply's knee for this model and format: bytes and FLOPs per weight over the whole model
+        n = params_total(s)
+        out["knee_batch_predicted"] = knee_batch(peak, bw, w / n, 2 * _matmul_params(s) / n)
+        bound = decode_s_per_token(s, depth + n_prompt + len(ctxs) // 2, w, peak, bw, batch,
                                    kv_bytes_per_elem)[1]
     else:  # pp, ppl and load are one forward over their context
-        n = max(held, 1)
-        flops = batch * prefill_flops(s, n)
-        moved = w + kv(n)
+        past = depth if kind == "pp" else 0
+        n = max(held - past, 1)
+        flops = batch * prefill_flops(s, n, past)
+        moved = w + kv(past + n)
         out["flops_per_token"] = flops // (batch * n)
-        pre_s, bound = prefill_s(s, n, w, peak, bw, batch, kv_bytes_per_elem)
+        pre_s, bound = prefill_s(s, n, w, peak, bw, batch, kv_bytes_per_elem, past)
         if kind == "pp":
             out["prefill_tok_s_predicted"] = batch * n / pre_s
         if kind == "load":
             bound = "memory"  # loading moves bytes; nothing is computed
     if kind in ("pp", "tg"):
         out["ttft_s_predicted"] = prefill_s(s, max(n_prompt, 1), w, peak, bw, batch,
-                                            kv_bytes_per_elem)[0]
+                                            kv_bytes_per_elem, depth)[0]
     out["arith_intensity"] = flops / moved
     out["bound"] = bound
     return out

@@ -218,7 +218,9 @@ class GGUFBackend(Backend):
                        "without CUDA (reinstall it with CMAKE_ARGS=-DGGML_CUDA=on), or its CUDA "
                        "runtime/cuBLAS not found or newer than the driver (see LD_LIBRARY_PATH)")
         s = self.ctx.suite
-        n_ctx = max(s.n_ctx, *s.prompt_lengths, s.gen_prompt_tokens + s.gen_tokens + CTX_SLACK)
+        depth = max(s.depths, default=0)  # the untimed fill sits in the same cells
+        n_ctx = max(s.n_ctx, depth + max(s.prompt_lengths), depth + s.gen_prompt_tokens + s.gen_tokens
+                    + CTX_SLACK)
         n_gpu_layers = -1 if cuda else 0
         self.llm = llama_cpp.Llama(
             self.path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=self.ctx.threads,
@@ -232,7 +234,7 @@ class GGUFBackend(Backend):
         self.info.update(n_gpu_layers=n_gpu_layers,
                          kernel=f"llama.cpp {self.kernel_types} ({'CUDA' if cuda else 'CPU'})",
                          kv_cache_source="computed from model metadata: 2 x n_layer x n_head_kv x "
-                                         "head_dim x n_ctx cells x 2 bytes (F16), allocated at load")
+                                         "head_dim x cells in use x 2 bytes (F16)")
 
     def weights_bytes(self) -> int:
         """Returns the GGUF's tensor data bytes (not the file size, which adds vocab and metadata)."""
@@ -263,6 +265,10 @@ class GGUFBackend(Backend):
     def decode(self, token: int) -> int:
         return self._decode([token])
 
+    def extend(self, ids: list[int]) -> int:
+        self.batched = False
+        return self._decode(ids)
+
     def prefill_batch(self, ids: list[int], batch: int) -> list[int]:
         """Prefills `batch` sequences in a context of their own (n_seq_max = batch), as
         llama-batched-bench does: one llama_batch with every prompt token, each tagged with its
@@ -271,9 +277,10 @@ class GGUFBackend(Backend):
         if self.bctx is None or self.bctx_batch != batch:
             self._free_batch_ctx()
             s = self.ctx.suite
+            depth = max(s.depths, default=0) if s.cross_batches_depths else 0
             p = lc.llama_context_default_params()
-            p.n_ctx = batch * (s.gen_prompt_tokens + s.gen_tokens + CTX_SLACK)
-            p.n_batch = p.n_ubatch = max(batch * len(ids), batch)
+            p.n_ctx = batch * (depth + s.gen_prompt_tokens + s.gen_tokens + CTX_SLACK)
+            p.n_batch = p.n_ubatch = max(batch * max(len(ids), depth, s.gen_prompt_tokens), batch)
             p.n_seq_max = batch
             p.n_threads = p.n_threads_batch = self.ctx.threads
             p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
@@ -285,6 +292,10 @@ class GGUFBackend(Backend):
         lc.llama_memory_clear(lc.llama_get_memory(self.bctx), True)
         self.bpos, self.batched = len(ids), True
         return self._decode_seqs([(seq, pos, t) for seq in range(batch) for pos, t in enumerate(ids)])
+
+    def extend_batch(self, ids: list[int], batch: int) -> list[int]:
+        start, self.bpos = self.bpos, self.bpos + len(ids)
+        return self._decode_seqs([(seq, start + pos, t) for seq in range(batch) for pos, t in enumerate(ids)])
 
     def decode_batch(self, tokens: list[int]) -> list[int]:
         self.bpos += 1
@@ -309,19 +320,25 @@ class GGUFBackend(Backend):
             self.llama_cpp.llama_free(self.bctx)
             self.bctx = None
 
-    def kv_cache_bytes(self) -> int | None:
-        """Returns the KV cache llama.cpp allocated for all n_ctx cells at load.
+    def kv_cache_bytes(self, allocated: bool = False) -> int | None:
+        """Returns the bytes of the KV cells in use (allocated=True: of all n_ctx cells).
 
-        No public llama.cpp call gives it, so: 2 (K,V) x n_layer x n_head_kv x head_dim x n_ctx
-        cells x 2 bytes (F16 cache); on SmolLM2 this equals llama.cpp's "llama_kv_cache: size"
-        log line to the byte. Sliding-window and recurrent caches are not modelled.
+        No public llama.cpp call gives bytes, so: 2 (K,V) x n_layer x n_head_kv x head_dim x cells
+        x 2 bytes (F16 cache); cells in use = Σ over sequences of (highest cached position + 1).
+        For all n_ctx cells this equals llama.cpp's "llama_kv_cache: size" log line to the byte on
+        SmolLM2. Sliding-window and recurrent caches are not modelled.
         """
         lc, m, meta = self.llama_cpp, self.llm.model, self.llm.metadata
         arch, head = meta.get("general.architecture"), lc.llama_model_n_embd(m) // lc.llama_model_n_head(m)
         k_plus_v = sum(int(meta.get(f"{arch}.attention.{x}_length", head)) for x in ("key", "value"))
         ctx = self.bctx if self.batched else self.llm.ctx  # the one last used
-        return lc.llama_model_n_layer(m) * lc.llama_model_n_head_kv(m) * k_plus_v \
-            * lc.llama_n_ctx(ctx) * 2
+        if allocated:
+            cells = lc.llama_n_ctx(ctx)
+        else:
+            mem = lc.llama_get_memory(ctx)
+            seqs = self.bctx_batch if self.batched else 1
+            cells = sum(lc.llama_memory_seq_pos_max(mem, q) + 1 for q in range(seqs))
+        return lc.llama_model_n_layer(m) * lc.llama_model_n_head_kv(m) * k_plus_v * cells * 2
 
     def sync(self) -> None:
         if self.ctx.device.startswith("cuda"):
