@@ -75,12 +75,13 @@ def _solve(z: np.ndarray, t: np.ndarray) -> tuple[float, float, float]:
     return float(t0), float(a), float(rel @ rel)
 
 
-def fit(points: list[Point]) -> Fit:
+def fit(points: list[Point], memory_only: bool = False) -> Fit:
     """Returns the least-squares Fit (relative error) of t_fixed, BW_eff and peak_eff.
 
     For a fixed ratio r = BW_eff / peak_eff the model is t0 + max(bytes, r · flops) / BW_eff, linear
     in (t0, 1 / BW_eff): r is scanned over every value where some point switches term (and r = 0,
     memory only), each solved exactly, and the best r refined by golden-section search.
+    memory_only fits t_fixed and BW_eff alone (r = 0).
     """
     if len(points) < 2:
         raise ValueError(f"a fit needs at least 2 points, got {len(points)}")
@@ -93,7 +94,7 @@ def fit(points: list[Point]) -> Fit:
     def loss(r: float) -> float:
         return _solve(np.maximum(x, r * y), t)[2]
 
-    grid = [0.0] + list(np.geomspace(lo, hi, 240))
+    grid = [0.0] + ([] if memory_only else list(np.geomspace(lo, hi, 240)))
     losses = [loss(r) for r in grid]
     i = int(np.argmin(losses))
     best = grid[i]
@@ -184,3 +185,94 @@ def annotate(recs: list[dict]) -> None:
             r["knee_batch_fit"] = float(fit_knee)
         if knee is not None:
             r["knee_batch_plateau"] = knee
+
+
+# --- per-variant summaries for the report: records in, plain rows out
+
+SWEEP = ("model", "host", "device", "format", "threads")
+
+
+def _num(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _kv_slope(pts: list[tuple[float, float]]) -> float | None:
+    """Returns the least-squares slope dy/dx of (x, y) pairs; None with under 2 distinct x."""
+    if len({x for x, _ in pts}) < 2:
+        return None
+    x, y = np.array(pts, float).T
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def summaries(recs: list[dict]) -> list[dict]:
+    """Returns one row per (model, host, device, format, threads) with decode records: the fitted
+    terms (None without a fit) beside the calibrated ones, the knees, held-out errors, the KV slope
+    measured against predicted, and the decode points (depth, batch, measured/roofline/fitted tok/s)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in recs:
+        if r.get("status") == "ok":
+            groups.setdefault(tuple(r.get(k) for k in SWEEP), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        tg = [r for r in rs if str(r.get("workload", "")).startswith("tg") and _num(r.get("decode_tok_s"))]
+        if not tg:
+            continue
+        r0 = next((r for r in tg if not r.get("depth") and (r.get("batch") or 1) == 1), tg[0])
+        row = dict(zip(SWEEP, key, strict=True))
+        bw_cal = _num(r0.get("peaks.bandwidth_bytes_s")) or _num((r0.get("peaks") or {}).get("bandwidth_bytes_s")
+                                                                  if isinstance(r0.get("peaks"), dict) else None)
+        row.update(params=_num(r0.get("params")), fixed_s=_num(r0.get("fit_fixed_s")),
+                   bandwidth_bytes_s=_num(r0.get("fit_bandwidth_bytes_s")),
+                   peak_flop_s=_num(r0.get("fit_peak_flop_s")), bandwidth_cal_bytes_s=bw_cal,
+                   step0_s=_num(r0.get("fit_step_s")), measured0_s=(r0.get("batch") or 1) / r0["decode_tok_s"],
+                   knee_predicted=_num(r0.get("knee_batch_predicted")), knee_fit=_num(r0.get("knee_batch_fit")),
+                   knee_plateau=_num(r0.get("knee_batch_plateau")),
+                   sol0=_num(r0.get("decode_sol_frac")),
+                   max_batch=max(int(r.get("batch") or 1) for r in tg),
+                   holdout={r["workload"]: r["holdout_rel_err"] for r in tg if _num(r.get("holdout_rel_err")) is not None},
+                   rms_rel_err=float(np.sqrt(np.mean(errs))) if (errs := [
+                       r["fit_rel_err"] ** 2 for r in tg if _num(r.get("fit_rel_err")) is not None]) else None)
+        row["overhead_share"] = row["fixed_s"] / row["step0_s"] if row["step0_s"] and row["fixed_s"] else None
+        pts = [{"depth": int(r.get("depth") or 0), "batch": int(r.get("batch") or 1),
+                "tok_s": r["decode_tok_s"], "roofline_tok_s": _num(r.get("decode_tok_s_predicted")),
+                "fit_tok_s": (r.get("batch") or 1) / r["fit_step_s"] if _num(r.get("fit_step_s")) else None,
+                "bytes": _num(r.get("decode_step_bytes_predicted"))} for r in tg]
+        row["points"] = sorted(pts, key=lambda p: (p["batch"], p["depth"]))
+        # KV read cost: seconds per cached token at batch 1, measured (slope of step time over the
+        # step's bytes, scaled by KV bytes per token) and predicted (KV bytes per token / bandwidth)
+        deep = [p for p in pts if p["batch"] == 1 and p["bytes"]]
+        kv_token = _kv_slope([(p["depth"], p["bytes"]) for p in deep])
+        row["kv_bytes_per_token"] = kv_token
+        row["kv_slope_s"] = _kv_slope([(p["depth"], 1 / p["tok_s"]) for p in deep])
+        row["kv_slope_predicted_s"] = kv_token / bw_cal if kv_token and bw_cal else None
+        pp = [r for r in rs if str(r.get("workload", "")).startswith("pp") and r.get("depth")
+              and _num(r.get("kv_cache_bytes")) and _num(r.get("kv_cache_bytes_predicted"))]
+        row["kv_bytes_match"] = (all(r["kv_cache_bytes"] == r["kv_cache_bytes_predicted"] for r in pp)
+                                 if pp else None)
+        out.append(row)
+    return out
+
+
+def ladder_holdout(rows: list[dict]) -> list[dict]:
+    """Returns, per (host, device, format, threads) run on 3 or more models, the batch-1 depth-0
+    step time of the largest model predicted by t_fixed + bytes / BW_eff fitted on the others."""
+    by: dict[tuple, list[dict]] = {}
+    for r in rows:
+        by.setdefault((r["host"], r["device"], r["format"], r["threads"]), []).append(r)
+    out = []
+    for (host, device, fmt, threads), rs in by.items():
+        pts = []
+        for r in rs:
+            p0 = next((p for p in r["points"] if p["depth"] == 0 and p["batch"] == 1 and p["bytes"]), None)
+            if p0 and r.get("params"):
+                pts.append((r["params"], Point(r["model"], 0, 1, p0["bytes"], 1.0, 1 / p0["tok_s"])))
+        if len(pts) < 3:
+            continue
+        pts.sort(key=lambda t: t[0])
+        (_, last), train = pts[-1], [p for _, p in pts[:-1]]
+        f = fit(train, memory_only=True)
+        out.append({"host": host, "device": device, "format": fmt, "threads": threads,
+                    "fitted_on": [p.workload for p in train], "held_out": last.workload,
+                    "fixed_s": f.fixed_s, "bandwidth_bytes_s": f.bandwidth_bytes_s,
+                    "rel_err": float(f.rel_err(last))})
+    return out

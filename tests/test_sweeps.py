@@ -233,3 +233,61 @@ def test_kv_bytes_at_depth_equal_the_prediction(tiny, fmt):
         assert tok == b.prefill(ids[:232])
     finally:
         b.close()
+
+
+# --- the report section, from synthetic sweep records written through the schema check
+
+def _sweep_records(model, fmt, params, weights, bw_cal=10e9, sweep=True):
+    """Decode records of one variant made by a known step model (t_fixed 12 ms, BW_eff 6 GB/s,
+    peak_eff 40 GFLOP/s), fitted by fit.annotate as the runner does."""
+    truth = fit.Fit(0.012, 6e9, 40e9, 0)
+    grid = [(0, 1), (0, 4), (0, 16), (0, 64), (1024, 1), (4096, 1)] if sweep else [(0, 1)]
+    peaks = {"name": "local-cpu-2t", "flop_s": {"fp32": 80e9}, "bandwidth_bytes_s": bw_cal,
+             "memory_bytes": 8e9, "source": "measured"}
+    out = []
+    for d, b in grid:
+        byt, fl = weights + b * (d + 40) * KV, b * (2 * params + 4 * 30 * (d + 40) * 576)
+        t = truth.step_s(byt, fl)
+        out.append({"schema_version": 2, "model": model, "format": fmt, "device": "cpu", "status": "ok",
+                    "workload": str(Workload("tg", 32, b, d)), "depth": d, "batch": b, "threads": 2,
+                    "env": {"host": "h"}, "peaks": peaks, "params": params,
+                    "weights_bytes_predicted": weights, "decode_step_bytes_predicted": byt,
+                    "decode_step_flops_predicted": fl, "decode_tok_s": b / t,
+                    "decode_tok_s_predicted": b / max(byt / bw_cal, fl / 80e9),
+                    "decode_sol_frac": max(byt / bw_cal, fl / 80e9) / t,
+                    "knee_batch_predicted": 80e9 / bw_cal * weights / (2 * params),
+                    "timestamp": "2026-11-30T00:00:00Z"})
+    out.append({"schema_version": 2, "model": model, "format": fmt, "device": "cpu", "status": "ok",
+                "workload": "pp128@d1024", "depth": 1024, "threads": 2, "env": {"host": "h"},
+                "kv_cache_bytes": 1152 * KV, "kv_cache_bytes_predicted": 1152 * KV})
+    fit.annotate(out)
+    return out
+
+
+def test_report_section_arithmetic_vs_measurement(tmp_path):
+    from quantbench.report import arith_rows, write_report
+
+    path = tmp_path / "sweep.jsonl"
+    records.append(path, _sweep_records("embedded:smollm2-135m", "bf16", 134_515_008, 270_000_000))
+    records.append(path, _sweep_records("embedded:smollm2-135m", "gguf-q4_0", 134_515_008, 90_000_000))
+    for model, params in (("shape:smollm2-360m", 361_821_120), ("shape:llama-3.2-1b", 1_235_814_400)):
+        records.append(path, _sweep_records(model, "bf16", params, 2 * params, sweep=False))
+    rows, ladder = arith_rows(records.read_results(path))
+    bf16 = next(r for r in rows if r["format"] == "bf16" and r["model"] == "embedded:smollm2-135m")
+    assert bf16["fixed_s"] == pytest.approx(0.012, rel=1e-3)
+    assert bf16["bandwidth_bytes_s"] / bf16["bandwidth_cal_bytes_s"] == pytest.approx(0.6, rel=1e-3)
+    # the KV slope: 23,040 bytes per cached token at 6 GB/s measured, at 10 GB/s predicted
+    assert bf16["kv_slope_s"] == pytest.approx(KV / 6e9, rel=1e-3)
+    assert bf16["kv_slope_predicted_s"] == pytest.approx(KV / 10e9, rel=1e-6)
+    assert bf16["kv_bytes_match"] is True and set(bf16["holdout"]) == {"tg32x64", "tg32@d4096"}
+    assert max(abs(e) for e in bf16["holdout"].values()) < 1e-6
+    # the ladder: 135M, 360M fitted (t_fixed + bytes / BW_eff), the 1B predicted
+    (lad,) = [x for x in ladder if x["format"] == "bf16"]
+    assert lad["held_out"] == "shape:llama-3.2-1b" and lad["rel_err"] == pytest.approx(0, abs=1e-6)
+    html = open(write_report([str(path)], str(tmp_path / "r.html"))[0]).read()
+    assert "<h2>Arithmetic vs measurement</h2>" in html and 'id="arith"' in html
+    for plot in ("depth-embedded-smollm2-135m-h-cpu-t2", "batch-embedded-smollm2-135m-h-cpu-t2",
+                 "ladder-h-cpu-t2"):
+        assert f'id="{plot}"' in html
+    md = (tmp_path / "r.md").read_text()
+    assert "## Arithmetic vs measurement" in md and "| embedded:smollm2-135m | bf16 | 2 | 12.0 |" in md
