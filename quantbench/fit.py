@@ -219,19 +219,22 @@ def summaries(recs: list[dict]) -> list[dict]:
             continue
         r0 = next((r for r in tg if not r.get("depth") and (r.get("batch") or 1) == 1), tg[0])
         row = dict(zip(SWEEP, key, strict=True))
-        bw_cal = _num(r0.get("peaks.bandwidth_bytes_s")) or _num((r0.get("peaks") or {}).get("bandwidth_bytes_s")
-                                                                  if isinstance(r0.get("peaks"), dict) else None)
+        peaks = r0.get("peaks") if isinstance(r0.get("peaks"), dict) else {}
+        bw_cal = _num(r0.get("peaks.bandwidth_bytes_s")) or _num(peaks.get("bandwidth_bytes_s"))
         row.update(params=_num(r0.get("params")), fixed_s=_num(r0.get("fit_fixed_s")),
                    bandwidth_bytes_s=_num(r0.get("fit_bandwidth_bytes_s")),
                    peak_flop_s=_num(r0.get("fit_peak_flop_s")), bandwidth_cal_bytes_s=bw_cal,
-                   step0_s=_num(r0.get("fit_step_s")), measured0_s=(r0.get("batch") or 1) / r0["decode_tok_s"],
-                   knee_predicted=_num(r0.get("knee_batch_predicted")), knee_fit=_num(r0.get("knee_batch_fit")),
+                   step0_s=_num(r0.get("fit_step_s")),
+                   measured0_s=(r0.get("batch") or 1) / r0["decode_tok_s"],
+                   knee_predicted=_num(r0.get("knee_batch_predicted")),
+                   knee_fit=_num(r0.get("knee_batch_fit")),
                    knee_plateau=_num(r0.get("knee_batch_plateau")),
                    sol0=_num(r0.get("decode_sol_frac")),
                    max_batch=max(int(r.get("batch") or 1) for r in tg),
-                   holdout={r["workload"]: r["holdout_rel_err"] for r in tg if _num(r.get("holdout_rel_err")) is not None},
-                   rms_rel_err=float(np.sqrt(np.mean(errs))) if (errs := [
-                       r["fit_rel_err"] ** 2 for r in tg if _num(r.get("fit_rel_err")) is not None]) else None)
+                   holdout={r["workload"]: r["holdout_rel_err"] for r in tg
+                            if _num(r.get("holdout_rel_err")) is not None})
+        errs = [r["fit_rel_err"] ** 2 for r in tg if _num(r.get("fit_rel_err")) is not None]
+        row["rms_rel_err"] = float(np.sqrt(np.mean(errs))) if errs else None
         row["overhead_share"] = row["fixed_s"] / row["step0_s"] if row["step0_s"] and row["fixed_s"] else None
         pts = [{"depth": int(r.get("depth") or 0), "batch": int(r.get("batch") or 1),
                 "tok_s": r["decode_tok_s"], "roofline_tok_s": _num(r.get("decode_tok_s_predicted")),

@@ -150,8 +150,8 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("flops_per_token", "int", "FLOP", "FLOPs per token of the workload"),
     _f("arith_intensity", "float", "FLOP/byte", "FLOPs per byte moved"),
     _f("bound", "str", "", "which roofline term won: memory or compute"),
-    _f("decode_step_bytes_predicted", "float", "byte", "bytes one decode step reads: weights + batch × context "
-       "tokens of KV, mean over the timed steps"),
+    _f("decode_step_bytes_predicted", "float", "byte", "bytes one decode step reads: weights + batch × "
+       "context tokens of KV, mean over the timed steps"),
     _f("decode_step_flops_predicted", "float", "FLOP", "FLOPs of one decode step (batch × flops_per_token), "
        "mean over the timed steps"),
     _f("knee_batch_predicted", "float", "", "decode batch where the roofline turns compute-bound: "

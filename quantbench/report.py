@@ -282,8 +282,8 @@ def arith_rows(df) -> tuple[list[dict], list[dict]]:
     if not any(r["fixed_s"] is not None for r in rows):  # no sweep in these records: no section
         return [], []
     rows = [r for r in rows if r["fixed_s"] is not None or len({x["model"] for x in rows}) > 1]
-    rows.sort(key=lambda r: (str(r["host"]), str(r["device"]), r["threads"] or 0, r["params"] or 0, str(r["model"]),
-                             format_order(r["format"])))
+    rows.sort(key=lambda r: (str(r["host"]), str(r["device"]), r["threads"] or 0, r["params"] or 0,
+                             str(r["model"]), format_order(r["format"])))
     return rows, ladder
 
 
@@ -314,9 +314,11 @@ def arith_table(rows: list[dict]) -> list[list[str]]:
                     _pct(r["overhead_share"], False), "—" if not num(bw) else f"{bw / 1e9:.2f}",
                     _pct(bw / cal if num(bw) and cal else None, False),
                     "—" if not num(r["peak_flop_s"]) else f"{r['peak_flop_s'] / 1e9:.1f}",
-                    _knee(r["knee_predicted"]), _knee(r["knee_fit"]), _knee(r["knee_plateau"], r["max_batch"]),
+                    _knee(r["knee_predicted"]), _knee(r["knee_fit"]),
+                    _knee(r["knee_plateau"], r["max_batch"]),
                     "—" if num(r["kv_slope_s"]) is None else f"{r['kv_slope_s'] * 1e6:.2f} µs",
-                    "—" if num(r["kv_slope_predicted_s"]) is None else f"{r['kv_slope_predicted_s'] * 1e6:.2f} µs",
+                    "—" if num(r["kv_slope_predicted_s"]) is None
+                    else f"{r['kv_slope_predicted_s'] * 1e6:.2f} µs",
                     kv, _pct(r["rms_rel_err"], False),
                     "; ".join(f"{w.split('@t')[0]} {_pct(e)}" for w, e in r["holdout"].items()) or "—"])
     return out
@@ -342,13 +344,14 @@ def arith_svgs(rows: list[dict], colors: dict) -> list[tuple[str, list[str]]]:
                            (r["format"], c, [(p[x], p["fit_tok_s"]) for p in pts], "line"),
                            (r["format"], c, [(p[x], p["roofline_tok_s"]) for p in pts], "dash")]
             if len({p["batch"] for p in zero}) > 1:
-                marks += [(r["knee_predicted"], f"{r['format']} knee predicted {_knee(r['knee_predicted'])}", c, True),
+                marks += [(r["knee_predicted"], f"{r['format']} knee predicted {_knee(r['knee_predicted'])}",
+                           c, True),
                           (r["knee_fit"], f"{r['format']} knee fitted {_knee(r['knee_fit'])}", c, False)]
         if not depth and not batch:  # a ladder rung measured at one point: the ladder plot has it
             continue
         t = f", {threads} threads" if threads else ""
-        svgs = [plots.series_svg(f"depth-{slug}", f"Decode tok/s vs KV depth (batch 1{t})", "tokens in the KV cache",
-                                 "decode tok/s (log)", depth, y_log=True),
+        svgs = [plots.series_svg(f"depth-{slug}", f"Decode tok/s vs KV depth (batch 1{t})",
+                                 "tokens in the KV cache", "decode tok/s (log)", depth, y_log=True),
                 plots.series_svg(f"batch-{slug}", f"Decode tok/s vs batch (depth 0{t})", "batch (log)",
                                  "decode tok/s, all sequences (log)", batch, x_log=True, y_log=True,
                                  marks=[m for m in marks if num(m[0])])]

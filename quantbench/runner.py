@@ -238,7 +238,8 @@ def _run_model(suite: Suite, model, out: Output, done: set, env: dict, run_id: s
     bos = corpus.bos_id(model.dir)
     windows = corpus.windows(ids, suite.n_ctx, suite.ppl_windows, bos)
     # the depth sweeps cache the first D prompt tokens untimed and time the ones after them
-    longest = max(suite.prompt_lengths + (suite.n_ctx, suite.gen_prompt_tokens)) + max(suite.depths, default=0)
+    longest = max(suite.prompt_lengths + (suite.n_ctx, suite.gen_prompt_tokens))
+    longest += max(suite.depths, default=0)
     prompt = corpus.windows(ids, longest, 1, bos)[0]
     tok_key = cache.content_key("tokens", model.digest, ids.tobytes())  # a file: corpus may change
     tokens_path = cache.entry("tokens", f"ids-{tok_key}.npy")

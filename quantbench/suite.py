@@ -41,7 +41,8 @@ class Workload:
     def __str__(self) -> str:
         name = "load" if self.kind == "load" else \
             f"{self.kind}{self.tokens}" + (f"x{self.batch}" if self.batch > 1 else "")
-        return name + (f"@d{self.depth}" if self.depth else "") + (f"@t{self.threads}" if self.threads else "")
+        name += f"@d{self.depth}" if self.depth else ""
+        return name + (f"@t{self.threads}" if self.threads else "")
 
     @classmethod
     def parse(cls, name: str) -> Workload:
@@ -187,7 +188,8 @@ class Suite:
             return [self]
         out = []
         for m in self.models:
-            over = {k: tuple(v) if isinstance(v, list) else v for k, v in self.model_overrides.get(m, {}).items()}
+            over = {k: tuple(v) if isinstance(v, list) else v
+                    for k, v in self.model_overrides.get(m, {}).items()}
             try:
                 out.append(dataclasses.replace(self, model=m, models=(), model_overrides={}, **over))
             except UserError as e:
