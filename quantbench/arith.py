@@ -398,16 +398,16 @@ def roofline_s(flops: float, bytes_moved: float, peak_flop_s: float,
 def prefill_s(s: ModelShape, n_tokens: int, weights_bytes: int, peak_flop_s: float,
               bandwidth_bytes_s: float, batch: int = 1, kv_bytes_per_elem: float = 2,
               experts_bytes: int = 0, layout: str = "decompressed",
-              gather_bytes: int = 0, logits_kept: int | None = None) -> tuple[float, str]:
-    """Returns (seconds, bound) to prefill n_tokens per sequence for a batch.
+              gather_bytes: int = 0, logits_kept: int | None = None, n_past: int = 0) -> tuple[float, str]:
+    """Returns (seconds, bound) to prefill n_tokens per sequence for a batch after n_past cached.
 
     Reads the weights once (an MoE: the experts its batch · n_tokens tokens are expected to
-    reach, weights_read_bytes) and writes the prompt's KV cache; does batch · prefill_flops
-    (lm_head for `logits_kept` positions per sequence, default all).
+    reach, weights_read_bytes) and the n_past cached tokens' KV, and writes the prompt's KV
+    cache; does batch · prefill_flops (lm_head for `logits_kept` positions per sequence, default all).
     """
-    flops = batch * prefill_flops(s, n_tokens, layout=layout, logits_kept=logits_kept)
+    flops = batch * prefill_flops(s, n_tokens, n_past, layout=layout, logits_kept=logits_kept)
     read = weights_read_bytes(s, weights_bytes, experts_bytes, batch * n_tokens, gather_bytes)
-    kv = kv_bytes(s, n_tokens, batch, kv_bytes_per_elem, layout)
+    kv = kv_bytes(s, n_past + n_tokens, batch, kv_bytes_per_elem, layout)
     return roofline_s(flops, read + kv, peak_flop_s, bandwidth_bytes_s)
 
 
@@ -427,6 +427,19 @@ def decode_s_per_token(s: ModelShape, n_ctx: int, weights_bytes: int, peak_flop_
     read = weights_read_bytes(s, weights_bytes, experts_bytes, batch, gather_bytes)
     kv = kv_bytes(s, n_ctx, batch, kv_bytes_per_elem, layout)
     return roofline_s(flops, read + kv, peak_flop_s, bandwidth_bytes_s)
+
+
+def knee_batch(peak_flop_s: float, bandwidth_bytes_s: float, bytes_per_weight: float,
+               flops_per_weight: float = 2) -> float:
+    """Returns the decode batch B* where the step turns compute-bound: the device's FLOPs:byte
+    ratio × bytes read per weight ÷ FLOPs per weight per sequence.
+
+    One step reads each weight once (bytes_per_weight) and does flops_per_weight (2: multiply and
+    add) with it for each of B sequences; compute time B · 2 / peak overtakes bytes / bandwidth at
+    B* (KV reads ignored). Kipply: A100, 312 TFLOP/s fp16 ÷ 1.5 TB/s × 2 bytes ÷ 2 FLOPs = 208;
+    a 4-bit format reads 4× fewer bytes per weight, so its knee is 4× lower.
+    """
+    return ops_per_byte(peak_flop_s, bandwidth_bytes_s) * bytes_per_weight / flops_per_weight
 
 
 def max_kv_tokens(memory_bytes: float, weights_bytes: float, kv_bytes_per_token: float,
@@ -481,14 +494,17 @@ def peak_for(peaks: Peaks, compute_dtype: str | tuple[str, ...]) -> float:
 def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prompt: int = 0,
                      n_gen: int = 0, n_ctx: int = 0, batch: int = 1,
                      kv_bytes_per_elem: float = 2, kv_layout: str | None = None,
-                     bits_experts: float | None = None, compute_dtypes: tuple[str, ...] = ()) -> dict:
+                     bits_experts: float | None = None, compute_dtypes: tuple[str, ...] = (),
+                     depth: int = 0) -> dict:
     """Returns the *_predicted fields for one workload record (pp, tg, ppl or load).
 
-    KV cache is for the context the workload holds: n_prompt (pp), n_prompt + n_gen (tg), n_ctx
-    (ppl, load), each windowed layer capped at its window. Decode speed averages the step time
-    over the decoded tokens' contexts n_prompt .. n_prompt + n_gen − 1; an MoE step reads the
-    experts its batch is expected to reach. TTFT is the prefill of the prompt (at least one
-    token). An MLA cache is laid out as the format's backend keeps it unless kv_layout says.
+    KV cache is for the context the workload holds: depth + n_prompt (pp), depth + n_prompt +
+    n_gen (tg), n_ctx (ppl, load), each windowed layer capped at its window. Decode speed
+    averages the step time over the decoded tokens' contexts depth + n_prompt .. depth + n_prompt
+    + n_gen − 1, each step reading the weights (an MoE: the experts its batch is expected to
+    reach) and that many tokens of KV (decode_step_bytes/flops_predicted are their means). TTFT
+    is the prefill of the prompt (at least one token) after the depth's cached tokens. An MLA
+    cache is laid out as the format's backend keeps it unless kv_layout says.
     Prefill (pp, load, TTFT) keeps the last position's logits, as every backend's prefill does;
     ppl scores every position. The compute peak is the highest of `compute_dtypes`
     (formats.compute_dtypes: what the kernels really compute in), else the format's compute_dtype.
@@ -505,7 +521,7 @@ def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prom
     w = weights_bytes(s, fmt.bits_per_weight, fmt.bits_unquantized, bits_experts)
     ex = expert_weights_bytes(s, fmt.bits_per_weight if bits_experts is None else bits_experts,
                               fmt.bits_unquantized)
-    held = {"pp": n_prompt, "tg": n_prompt + n_gen}.get(kind, n_ctx)
+    held = {"pp": depth + n_prompt, "tg": depth + n_prompt + n_gen}.get(kind, n_ctx)
     gather = embedding_gather_bytes(s, fmt.bits_unquantized)
     opts = dict(batch=batch, kv_bytes_per_elem=kv_bytes_per_elem, experts_bytes=ex,
                 layout=kv_layout, gather_bytes=gather)
@@ -514,28 +530,36 @@ def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prom
         return kv_bytes(s, t, batch, kv_bytes_per_elem, kv_layout)
 
     out = {"weights_bytes_predicted": w, "kv_cache_bytes_predicted": kv(held), "peak_flop_s": peak,
-           "kv_cache_bytes_per_token_predicted": kv_bytes(s, 1, 1, kv_bytes_per_elem, kv_layout)}
+           "kv_cache_bytes_per_token_predicted": kv_bytes(s, 1, 1, kv_bytes_per_elem, kv_layout),
+           "params": params_total(s)}
     if kind == "tg":
-        ctxs = range(n_prompt, n_prompt + max(n_gen, 1))
+        ctxs = range(depth + n_prompt, depth + n_prompt + max(n_gen, 1))
         flops = sum(batch * flops_per_token(s, t, kv_layout) for t in ctxs)
         moved = sum(weights_read_bytes(s, w, ex, batch, gather) + kv(t) for t in ctxs)
         step_s = sum(decode_s_per_token(s, t, w, peak, bw, **opts)[0] for t in ctxs) / len(ctxs)
         out["flops_per_token"] = flops // (batch * len(ctxs))
         out["decode_tok_s_predicted"] = batch / step_s
-        bound = decode_s_per_token(s, n_prompt + len(ctxs) // 2, w, peak, bw, **opts)[1]
+        out["decode_step_bytes_predicted"] = moved / len(ctxs)
+        out["decode_step_flops_predicted"] = flops / len(ctxs)
+        # Kipply's knee for this model and format: bytes and FLOPs per weight over the whole model
+        n = params_total(s)
+        out["knee_batch_predicted"] = knee_batch(peak, bw, w / n, 2 * _matmul_params_active(s) / n)
+        bound = decode_s_per_token(s, depth + n_prompt + len(ctxs) // 2, w, peak, bw, **opts)[1]
     else:  # pp, ppl and load are one forward over their context
-        n = max(held, 1)
+        past = depth if kind == "pp" else 0
+        n = max(held - past, 1)
         kept = None if kind == "ppl" else 1
-        flops = batch * prefill_flops(s, n, layout=kv_layout, logits_kept=kept)
-        moved = weights_read_bytes(s, w, ex, batch * n, gather) + kv(n)
+        flops = batch * prefill_flops(s, n, past, layout=kv_layout, logits_kept=kept)
+        moved = weights_read_bytes(s, w, ex, batch * n, gather) + kv(past + n)
         out["flops_per_token"] = flops // (batch * n)
-        pre_s, bound = prefill_s(s, n, w, peak, bw, **opts, logits_kept=kept)
+        pre_s, bound = prefill_s(s, n, w, peak, bw, **opts, logits_kept=kept, n_past=past)
         if kind == "pp":
             out["prefill_tok_s_predicted"] = batch * n / pre_s
         if kind == "load":
             bound = "memory"  # loading moves bytes; nothing is computed
     if kind in ("pp", "tg"):
-        out["ttft_s_predicted"] = prefill_s(s, max(n_prompt, 1), w, peak, bw, **opts, logits_kept=1)[0]
+        out["ttft_s_predicted"] = prefill_s(s, max(n_prompt, 1), w, peak, bw, **opts, logits_kept=1,
+                                            n_past=depth)[0]
     out["arith_intensity"] = flops / moved
     out["bound"] = bound
     return out

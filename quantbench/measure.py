@@ -18,32 +18,39 @@ def _percentiles(samples_s: list[float]) -> dict:
     return {f"decode_p{q}_s": float(np.percentile(a, q)) for q in (50, 90, 99)}
 
 
-def time_prefill(b: Backend, ids: list[int], min_samples: int, budget_s: float) -> dict:
-    """Returns prefill_tok_s (median), ttft_s and the raw prefill_samples_s for a prompt."""
+def time_prefill(b: Backend, ids: list[int], min_samples: int, budget_s: float,
+                 fill: list[int] = ()) -> dict:
+    """Returns prefill_tok_s (median), ttft_s and the raw prefill_samples_s for a prompt; with
+    `fill`, each sample first caches those tokens untimed and times the prompt on top of them."""
     b.prefill(ids[: min(len(ids), 32)])  # warm-up on a short prompt: slow kernels stay affordable
     b.sync()
     samples, start = [], time.perf_counter()
     while len(samples) < min_samples:
+        if fill:
+            b.prefill(list(fill))
+            b.sync()
         t0 = time.perf_counter()
-        b.prefill(ids)
+        b.extend(ids) if fill else b.prefill(ids)
         b.sync()
         samples.append(time.perf_counter() - t0)
         if time.perf_counter() - start > budget_s:
             break
     med = float(np.median(samples))
-    return {"n_prompt": len(ids), "prefill_tok_s": len(ids) / med, "ttft_s": med,
+    return {"n_prompt": len(ids), "depth": len(fill), "prefill_tok_s": len(ids) / med, "ttft_s": med,
             "prefill_samples_s": samples}
 
 
 def time_decode(b: Backend, prompt: list[int], n_gen: int, min_samples: int,
-                budget_s: float, batch: int = 1) -> dict:
+                budget_s: float, batch: int = 1, fill: list[int] = ()) -> dict:
     """Returns decode_tok_s = batch / median step time, latency percentiles and raw step samples.
 
     `min_samples` repetitions of prompt + n_gen steps; the budget cuts a repetition short once
     at least `min_samples` steps are timed. With batch > 1, `batch` copies of the prompt are
-    decoded together: a step's latency is every sequence's per-token latency.
+    decoded together: a step's latency is every sequence's per-token latency. With `fill`, each
+    repetition first caches those tokens untimed (the depth), then times prompt and steps on top.
     """
     prefill = b.prefill if batch == 1 else (lambda ids: b.prefill_batch(ids, batch))
+    extend = b.extend if batch == 1 else (lambda ids: b.extend_batch(ids, batch))
     decode = b.decode if batch == 1 else b.decode_batch
     tok = prefill(prompt)
     for _ in range(2):
@@ -51,8 +58,11 @@ def time_decode(b: Backend, prompt: list[int], n_gen: int, min_samples: int,
     b.sync()
     steps, ttfts, start = [], [], time.perf_counter()
     for _rep in range(min_samples):
+        if fill:
+            prefill(list(fill))
+            b.sync()
         t0 = time.perf_counter()
-        tok = prefill(prompt)
+        tok = extend(prompt) if fill else prefill(prompt)
         b.sync()
         ttfts.append(time.perf_counter() - t0)
         for _ in range(n_gen - 1):
@@ -64,7 +74,7 @@ def time_decode(b: Backend, prompt: list[int], n_gen: int, min_samples: int,
                 break
         if time.perf_counter() - start > budget_s:
             break
-    return {"n_prompt": len(prompt), "n_gen": n_gen, "batch": batch,
+    return {"n_prompt": len(prompt), "n_gen": n_gen, "batch": batch, "depth": len(fill),
             "ttft_s": float(np.median(ttfts)), "decode_tok_s": batch / float(np.median(steps)),
             "decode_samples_s": steps, "decode_tokens_timed": len(steps) * batch,
             **_percentiles(steps)}

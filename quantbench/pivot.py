@@ -107,12 +107,16 @@ def _variant_row(key: tuple, recs: list[dict]) -> dict:
     dev = [num(r.get("peak_device_bytes")) for r in recs if num(r.get("peak_device_bytes"))]
     row["peak_device_bytes"] = max(dev) if dev else None
     by_kind: dict[str, list] = {"pp": [], "tg": [], "ppl": [], "batched": []}
+    parsed = []
     for r in recs:
         try:
-            w = Workload.parse(r["workload"])
+            parsed.append((Workload.parse(r["workload"]), r))
         except ValueError:
             continue
-        if w.kind in by_kind and not w.depth:
+    # sweeps: the table shows depth 0 on the most threads swept (quality runs at the first count)
+    most = max((w.threads for w, _ in parsed), default=0)
+    for w, r in parsed:
+        if w.kind in by_kind and not w.depth and (w.threads == most or w.kind == "ppl"):
             by_kind["batched" if w.batch > 1 else w.kind].append((w.tokens if w.batch == 1 else w.batch, r))
     row["roof_points"] = []
     row["prefill_sol_frac"] = row["prefill_sol_workload"] = row["prefill_bound"] = None

@@ -386,3 +386,49 @@ def latency_svg(plot_id: str, dists: list[tuple[str, list[float], str]]) -> str:
     parts.append(_legend([("p25–p75 box", "#999", "square"), ("median", "#333", "line"),
                           ("samples", "#999", "circle")]))
     return "\n".join(parts) + "</svg>"
+
+
+def series_svg(plot_id: str, title: str, x_label: str, y_label: str,
+               series: list[tuple[str, str, list[tuple[float, float]], str]], x_log: bool = False,
+               y_log: bool = False, marks: list[tuple[float, str, str, bool]] = ()) -> str:
+    """Returns an x/y chart of series (name, color, [(x, y)], style), style 'dots' (measured),
+    'line' (fitted), 'dash' (roofline) or 'join' (a plain line joining points); marks are vertical
+    lines (x, label, color, dashed)."""
+    def ok(x, y) -> bool:
+        return _finite([x, y]) == [x, y] and (x > 0 or not x_log) and (y > 0 or not y_log)
+
+    series = [(n, c, [(x, y) for x, y in pts if ok(x, y)], st) for n, c, pts, st in series]
+    series = [s for s in series if s[2]]
+    if not series:
+        return _empty(plot_id, title, "no points")
+    xs = [x for s in series for x, _ in s[2]] + [m[0] for m in marks if _finite([m[0]])]
+    ys = [y for s in series for _, y in s[2]]
+    ax = Axes(*data_range(xs, x_log), *data_range(ys, y_log, include_zero=not y_log),
+              x_log=x_log, y_log=y_log)
+    parts = _frame(ax, plot_id, title, x_label, y_label)
+    for name, color, pts, style in series:
+        pts = sorted(pts)
+        if style == "dots":
+            parts += [_dot(ax, x, y, color, f"{name}: {fmt_num(y)} at {fmt_num(x)}") for x, y in pts]
+        elif len(pts) > 1:
+            d = "M" + "L".join(f"{ax.px(x):.1f},{ax.py(y):.1f}" for x, y in pts)
+            dash = ' stroke-dasharray="6,3"' if style == "dash" else ""
+            what = {"dash": "roofline", "line": "fitted"}.get(style, "joined")
+            parts.append(f'<path class="{style}" d="{d}" fill="none" stroke="{color}" '
+                         f'stroke-width="1.5"{dash}><title>{escape(name)} ({what})</title></path>')
+    top, bottom = MARGIN_PX["top"], HEIGHT_PX - MARGIN_PX["bottom"]
+    for x, label, color, dashed in marks:
+        if not _finite([x]) or not (ax.x_lo <= x <= ax.x_hi):
+            continue
+        dash = ' stroke-dasharray="3,3"' if dashed else ""
+        parts.append(f'<line class="mark" x1="{ax.px(x):.1f}" y1="{top}" x2="{ax.px(x):.1f}" y2="{bottom}" '
+                     f'stroke="{color}"{dash}><title>{escape(label)}</title></line>')
+    legend = list(dict.fromkeys((n, c, "circle") for n, c, _, _ in series))
+    styles = {s[3] for s in series}
+    keys = (("dots", ("measured: dots", "#333", "circle")), ("line", ("fitted", "#333", "line")),
+            ("dash", ("roofline: dashed", "#999", "line")))
+    legend += [e for st, e in keys if st in styles]
+    if marks:
+        legend.append(("knee: dotted pred., solid fit", "#333", "line"))
+    parts.append(_legend(legend[:16]))
+    return "\n".join(parts) + "</svg>"

@@ -102,6 +102,8 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("n_prompt", "int", "token", "prompt tokens (pp, tg)"),
     _f("n_gen", "int", "token", "generated tokens (tg)"),
     _f("batch", "int", "", "sequences decoded together (tg: 1; tg<N>x<B>: B); decode_tok_s counts all of them"),
+    _f("depth", "int", "token", "tokens already in the KV cache before the timed region (workload @d<D>), "
+       "cached by an untimed prefill"),
     _f("prefill_tok_s", "float", "tok/s", "prompt tokens per second, median of the samples"),
     _f("prefill_samples_s", "list[float]", "s", "raw prefill times"),
     _f("ttft_s", "float", "s", "time to first token, median"),
@@ -139,6 +141,7 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("peaks", "dict", "", "calibrated peaks of this machine: name, flop_s per dtype, bandwidth_bytes_s, "
        "memory_bytes, source, threads (the calibration's), load_avg_1m, others_busy_pct, suspect"),
     _f("peaks_spec", "dict", "", "spec-sheet peaks of the GPU (CUDA devices whose name is in the devices table)"),
+    _f("params", "int", "", "the model's parameter count (the arithmetic's params_total)"),
     _f("weights_bytes_predicted", "int", "byte", "the arithmetic's weights_bytes"),
     _f("kv_cache_bytes_predicted", "int", "byte", "the arithmetic's kv_cache_bytes (2·L·H_kv·h·b·T·B)"),
     _f("kv_cache_bytes_per_token_predicted", "float", "byte", "the arithmetic's KV bytes per cached token"),
@@ -158,6 +161,24 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("flops_per_token", "int", "FLOP", "FLOPs per token of the workload"),
     _f("arith_intensity", "float", "FLOP/byte", "FLOPs per byte moved"),
     _f("bound", "str", "", "which roofline term won: memory or compute"),
+    _f("decode_step_bytes_predicted", "float", "byte", "bytes one decode step reads: weights + batch × "
+       "context tokens of KV, mean over the timed steps"),
+    _f("decode_step_flops_predicted", "float", "FLOP", "FLOPs of one decode step (batch × flops_per_token), "
+       "mean over the timed steps"),
+    _f("knee_batch_predicted", "float", "", "decode batch where the roofline turns compute-bound: "
+       "peak/bandwidth × bytes per weight ÷ FLOPs per weight (Kipply's 208 on an A100)"),
+    # the step-time fit over a variant's decode sweep (quantbench/fit.py), on its tg records
+    _f("fit_fixed_s", "float", "s", "fitted time per decode step outside the memory/compute terms"),
+    _f("fit_bandwidth_bytes_s", "float", "byte/s", "fitted effective bandwidth of the decode step"),
+    _f("fit_peak_flop_s", "float", "FLOP/s", "fitted effective compute peak (absent: no point fitted "
+       "compute-bound)"),
+    _f("fit_points", "int", "", "decode points the fit used"),
+    _f("fit_step_s", "float", "s", "fitted step time of this workload"),
+    _f("fit_rel_err", "float", "", "(fitted − measured) / measured step time of this workload"),
+    _f("holdout_rel_err", "float", "", "same, from a fit that left out the deepest depth and the largest "
+       "batch (present on those held-out workloads only)"),
+    _f("knee_batch_fit", "float", "", "batch where the fitted compute term overtakes the memory term"),
+    _f("knee_batch_plateau", "int", "", "smallest measured batch reaching 90 % of the best decode tok/s"),
 ]}
 FIELDS = {name: f.meaning for name, f in SCHEMA.items()}  # name -> meaning (README, older callers)
 

@@ -294,6 +294,150 @@ def plot_svgs(df, p) -> list[tuple[str, list[str]]]:
 
 
 
+def _clean(rec: dict) -> dict:
+    return {k: v for k, v in rec.items() if not (isinstance(v, float) and v != v)}
+
+
+def arith_rows(df) -> tuple[list[dict], list[dict]]:
+    """Returns (per-variant fit summaries, ladder held-out rows) of the records that carry a fit."""
+    from quantbench import fit
+
+    rows = fit.summaries([_clean(r) for r in prepare(df).to_dict("records")])
+    ladder = fit.ladder_holdout(rows)
+    if not any(r["fixed_s"] is not None for r in rows):  # no sweep in these records: no section
+        return [], []
+    rows = [r for r in rows if r["fixed_s"] is not None or len({x["model"] for x in rows}) > 1]
+    rows.sort(key=lambda r: (str(r["host"]), str(r["device"]), r["threads"] or 0, r["params"] or 0,
+                             str(r["model"]), format_order(r["format"])))
+    return rows, ladder
+
+
+def _pct(v, signed=True) -> str:
+    return "—" if num(v) is None else format(100 * v, "+.1f" if signed else ".0f") + " %"
+
+
+def _knee(v, max_batch=None) -> str:
+    if num(v) is None:
+        return "—"
+    return (f"≥{max_batch}" if max_batch and v >= max_batch else f"{v:.3g}")
+
+
+ARITH_HEADERS = ("model", "format", "threads", "overhead ms/step", "share at d0", "BW_eff GB/s",
+                 "BW_eff / calibrated", "peak_eff GFLOP/s", "knee predicted", "knee fitted", "knee 90 %",
+                 "KV s/token measured", "KV s/token predicted", "KV bytes = pred.", "fit RMS err",
+                 "held-out errors")
+
+
+def arith_table(rows: list[dict]) -> list[list[str]]:
+    """Returns the cells of the per-variant "Arithmetic vs measurement" table."""
+    out = []
+    for r in rows:
+        bw, cal = r["bandwidth_bytes_s"], r["bandwidth_cal_bytes_s"]
+        kv = "—" if r["kv_bytes_match"] is None else ("yes" if r["kv_bytes_match"] else "NO")
+        out.append([str(r["model"]), r["format"], str(r["threads"] or ""),
+                    "—" if num(r["fixed_s"]) is None else f"{r['fixed_s'] * 1e3:.1f}",
+                    _pct(r["overhead_share"], False), "—" if not num(bw) else f"{bw / 1e9:.2f}",
+                    _pct(bw / cal if num(bw) and cal else None, False),
+                    "—" if not num(r["peak_flop_s"]) else f"{r['peak_flop_s'] / 1e9:.1f}",
+                    _knee(r["knee_predicted"]), _knee(r["knee_fit"]),
+                    _knee(r["knee_plateau"], r["max_batch"]),
+                    "—" if num(r["kv_slope_s"]) is None else f"{r['kv_slope_s'] * 1e6:.2f} µs",
+                    "—" if num(r["kv_slope_predicted_s"]) is None
+                    else f"{r['kv_slope_predicted_s'] * 1e6:.2f} µs",
+                    kv, _pct(r["rms_rel_err"], False),
+                    "; ".join(f"{w.split('@t')[0]} {_pct(e)}" for w, e in r["holdout"].items()) or "—"])
+    return out
+
+
+def arith_svgs(rows: list[dict], colors: dict) -> list[tuple[str, list[str]]]:
+    """Returns (heading, SVGs) per (model, host, device, threads): decode tok/s against depth and
+    against batch; then per (host, device, threads) with several models, SoL against parameters."""
+    out, by = [], {}
+    for r in rows:
+        by.setdefault((r["model"], r["host"], r["device"], r["threads"]), []).append(r)
+    for (model, host, device, threads), rs in by.items():
+        slug = _slug(f"{model}-{host}-{device}-t{threads}")
+        depth, batch, marks = [], [], []
+        for r in rs:
+            c = colors.get(r["format"], "#333")
+            one = [p for p in r["points"] if p["batch"] == 1]
+            zero = [p for p in r["points"] if p["depth"] == 0]
+            for pts, x, target in ((one, "depth", depth), (zero, "batch", batch)):
+                if len({p[x] for p in pts}) < 2:
+                    continue
+                target += [(r["format"], c, [(p[x], p["tok_s"]) for p in pts], "dots"),
+                           (r["format"], c, [(p[x], p["fit_tok_s"]) for p in pts], "line"),
+                           (r["format"], c, [(p[x], p["roofline_tok_s"]) for p in pts], "dash")]
+            if len({p["batch"] for p in zero}) > 1:
+                marks += [(r["knee_predicted"], f"{r['format']} knee predicted {_knee(r['knee_predicted'])}",
+                           c, True),
+                          (r["knee_fit"], f"{r['format']} knee fitted {_knee(r['knee_fit'])}", c, False)]
+        if not depth and not batch:  # a ladder rung measured at one point: the ladder plot has it
+            continue
+        t = f", {threads} threads" if threads else ""
+        svgs = [plots.series_svg(f"depth-{slug}", f"Decode tok/s vs KV depth (batch 1{t})",
+                                 "tokens in the KV cache", "decode tok/s (log)", depth, y_log=True),
+                plots.series_svg(f"batch-{slug}", f"Decode tok/s vs batch (depth 0{t})", "batch (log)",
+                                 "decode tok/s, all sequences (log)", batch, x_log=True, y_log=True,
+                                 marks=[m for m in marks if num(m[0])])]
+        out.append((f"{model} on {device}{t}" + (f" ({host})" if host else ""), svgs))
+    ladder = {}
+    for r in rows:
+        ladder.setdefault((r["host"], r["device"], r["threads"]), {}).setdefault(r["format"], []).append(r)
+    for (host, device, threads), fmts in ladder.items():
+        if max(len(v) for v in fmts.values()) < 2:
+            continue
+        series = [(f, colors.get(f, "#333"), [(r["params"], r["sol0"]) for r in rs], st)
+                  for f, rs in fmts.items() for st in ("dots", "join")]
+        t = f", {threads} threads" if threads else ""
+        out.append((f"size ladder on {device}{t}", [plots.series_svg(
+            _slug(f"ladder-{host}-{device}-t{threads}"), "Decode SoL vs parameters (batch 1, depth 0)",
+            "parameters (log)", "decode tok/s ÷ roofline", series, x_log=True)]))
+    return out
+
+
+def arith_html(df, colors: dict) -> str:
+    """Returns the "Arithmetic vs measurement" section, or '' when no record carries a fit."""
+    rows, ladder = arith_rows(df)
+    if not rows:
+        return ""
+    h = ["<h2>Arithmetic vs measurement</h2>",
+         "<p>Each variant's decode sweep is fitted with t_step = t_fixed + max(bytes / BW_eff, FLOPs / "
+         "peak_eff), bytes and FLOPs from the arithmetic (weights + B·D tokens of KV). Fitted overhead = "
+         "t_fixed; its share is of the fitted step at depth 0, batch 1. Knee: predicted = calibrated "
+         "FLOP/s ÷ bandwidth × bytes per weight ÷ FLOPs per weight (Kipply's 208 on an A100); fitted = "
+         "where the fitted compute term overtakes the memory term; 90 % = smallest batch reaching 90 % "
+         "of the best tok/s (≥B: not reached). KV s/token: the decode step's slope over depth, measured "
+         "and predicted (KV bytes per token ÷ calibrated bandwidth). Held-out errors: the deepest depth "
+         "and the largest batch predicted by a fit that did not see them.</p>",
+         '<div class="scroll"><table id="arith"><thead><tr>'
+         + "".join(f"<th>{escape(x)}</th>" for x in ARITH_HEADERS) + "</tr></thead><tbody>"]
+    h += ["<tr>" + "".join(f'<td{" class=s" if i < 2 else ""}>{escape(c)}</td>' for i, c in enumerate(cells))
+          + "</tr>" for cells in arith_table(rows)]
+    h.append("</tbody></table></div>")
+    if ladder:
+        h.append("<p>Size ladder, held out: " + "; ".join(
+            f"{x['format']}: {x['held_out']} predicted from {', '.join(x['fitted_on'])} "
+            f"{_pct(x['rel_err'])}" for x in ladder) + "</p>")
+    for heading, svgs in arith_svgs(rows, colors):
+        h.append(f"<h3>{escape(heading)}</h3><div class=\"plots\">" +
+                 "".join(f"<figure>{x}</figure>" for x in svgs) + "</div>")
+    return "\n".join(h)
+
+
+def arith_markdown(df) -> list[str]:
+    """Returns the "Arithmetic vs measurement" table as markdown lines ([] without a fit)."""
+    rows, ladder = arith_rows(df)
+    if not rows:
+        return []
+    out = ["## Arithmetic vs measurement", "", "| " + " | ".join(ARITH_HEADERS) + " |",
+           "|" + "|".join("---" if i < 2 else "---:" for i in range(len(ARITH_HEADERS))) + "|"]
+    out += ["| " + " | ".join(arith_table([r])[0]) + " |" for r in rows]
+    out += [""] + [f"- ladder held out: {x['format']}: {x['held_out']} predicted from "
+                   f"{', '.join(x['fitted_on'])} {_pct(x['rel_err'])}" for x in ladder]
+    return out + [""]
+
+
 CSS = """body{font:14px/1.45 system-ui,sans-serif;color:#222;margin:0;background:#fafafa}
 main{max-width:1320px;margin:auto;padding:16px 24px}h1{font-size:22px;margin:8px 0}
 h2{font-size:17px;border-bottom:1px solid #ddd;padding-bottom:3px;margin-top:26px}h3{font-size:15px}
@@ -403,6 +547,8 @@ def render_html(df, title: str = "", *, p=None) -> str:
                                                       ("format", "device", "workloads", "status", "reason"))
         + f"</tr></thead><tbody>{rows}</tbody></table>"
         if rows else "<p>none</p>"))
+    colors = {f: plots.color_for(i) for i, f in enumerate(sorted(p["format"].unique(), key=format_order))}
+    h.append(arith_html(df, colors))
     h.append("<h2>Plots</h2>")
     for heading, svgs in plot_svgs(df, p):
         h.append(f"<h3>{escape(heading)}</h3><div class=\"plots\">" +
@@ -426,6 +572,7 @@ def render_markdown(df, *, p=None) -> str:
     out += [""] + [f"- {r['format']} on {r['device']}" + (f" ({r['host']})" if "host" in r else "")
                    + f": {text}" for r, text in details if text]
     out += [""] + [x for f in footnotes(p) for x in (f, "")]
+    out += arith_markdown(df)
     probs = _problems(p)
     out += ["## Skipped and failed", ""] + ([f"- {f} on {d}, {w}: {s} — {why}" for f, d, w, s, why in probs]
                                            or ["none"])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quantbench import cache, corpus, records
+from quantbench import cache, corpus, fit, records
 from quantbench.errors import UserError
 from quantbench.formats import REFERENCE_ORDER, get_format, with_kv_types
 from quantbench.models import resolve
@@ -84,7 +84,7 @@ class Output:
         records.append(self.path, recs)
 
 
-def _done(path: Path, suite: Suite, model_name: str, env: dict) -> set[tuple]:
+def _done(path: Path, suite: Suite, model_names: set[str], env: dict) -> set[tuple]:
     """Returns the keys already ok in a results file being resumed; refuses, in one line, a file
     written by another suite, model or machine (its figures would be mixed with these)."""
     if not path.exists():
@@ -95,8 +95,8 @@ def _done(path: Path, suite: Suite, model_name: str, env: dict) -> set[tuple]:
         mine = {k: env.get(k) for k in MACHINE_KEYS}
         if r.get("suite_hash") != suite.suite_hash:
             why = f"suite hash {r.get('suite_hash')}, this suite's is {suite.suite_hash}: settings differ"
-        elif r["model"] != model_name:
-            why = f"model {r['model']}, not {model_name}"
+        elif r["model"] not in model_names:
+            why = f"model {r['model']}, not {' or '.join(sorted(model_names))}"
         elif theirs != mine:
             why = "another machine: " + ", ".join(f"{k} {theirs[k]} vs {mine[k]}" for k in MACHINE_KEYS
                                                   if theirs[k] != mine[k])
@@ -125,6 +125,8 @@ def _rotate(path: Path) -> None:
 def _peaks(device: str, threads: int) -> dict | None:
     """Returns the device's calibrated peaks at the variants' thread count (None without torch)."""
     try:
+        import torch  # noqa: F401  (hardware calibrates with it)
+
         from quantbench import hardware
     except ImportError:
         return None
@@ -175,10 +177,11 @@ class _Run:
     base: dict  # fields every record of the run carries
     workloads: list[Workload]
     tmp: Path  # job files and partial records, removed at the end
+    suite_hash: str  # the whole suite's (all its models), which every record carries
     data_path: Path  # windows + prompt token ids
     tokens_path: Path  # the whole tokenized corpus (calibration reads after the windows)
     tok_key: str
-    peaks_by_device: dict
+    peaks_by_device: dict  # (device, threads) -> calibrated peaks
 
 
 def _check_cache_writable() -> None:
@@ -204,21 +207,38 @@ def _on_sigterm(signum, frame):
 
 
 def run(suite: Suite, out_path: str | os.PathLike, resume: bool = False, after_variant=None) -> Path:
-    """Runs every variant of the suite, appending records to out_path; returns the path.
-    after_variant(): called after each variant's records are written (the CLI re-renders its
-    report there, so the first formats can be read while later ones still build)."""
+    """Runs every variant of the suite (each of its models in turn), appending records to
+    out_path; returns the path. after_variant(): called after each variant's records are written
+    (the CLI re-renders its report there, so the first formats can be read while later ones build)."""
     out_path = Path(out_path)
     out = Output(out_path, resume)
     check_devices(suite.devices)
     _check_cache_writable()
-    model = resolve(suite.model)
+    subs = suite.per_model()
+    models = [resolve(s.model) for s in subs]
     env = records.environment()
-    done = _done(out_path, suite, model.name, env) if resume else set()
+    done = _done(out_path, suite, {m.name for m in models}, env) if resume else set()
+    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        for sub, model in zip(subs, models, strict=True):
+            _run_model(sub, model, out, done, env, run_id, suite, after_variant)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return out_path
+
+
+def _run_model(suite: Suite, model, out: Output, done: set, env: dict, run_id: str, whole: Suite,
+               after_variant=None) -> None:
+    """Runs every variant of one model of the suite."""
     ids = corpus.token_ids(model.dir, model.digest, suite.corpus)
     # None unless the model adds BOS (llama.cpp's rule; a GGUF-born model: the file's flag)
     bos = corpus.bos_first(model.dir, model.spec if model.spec.endswith(".gguf") else "")
     windows = corpus.windows(ids, suite.n_ctx, suite.ppl_windows, bos)
-    prompt = corpus.windows(ids, max(suite.prompt_lengths + (suite.n_ctx,)), 1, bos)[0]
+    # the depth sweeps cache the first D prompt tokens untimed and time the ones after them
+    longest = max(suite.prompt_lengths + (suite.n_ctx, suite.gen_prompt_tokens))
+    longest += max(suite.depths, default=0)
+    prompt = corpus.windows(ids, longest, 1, bos)[0]
     tok_key = cache.content_key("tokens", model.digest, ids.tobytes())  # a file: corpus may change
     tokens_path = cache.entry("tokens", f"ids-{tok_key}.npy")
     if not cache.valid_npy(tokens_path, len(ids)):
@@ -226,23 +246,19 @@ def run(suite: Suite, out_path: str | os.PathLike, resume: bool = False, after_v
         tmp_npy = tokens_path.with_suffix(f".{os.getpid()}.tmp.npy")
         np.save(tmp_npy, ids)
         tmp_npy.rename(tokens_path)
-    base = {"schema_version": records.SCHEMA_VERSION, "model": model.name,
-            "run_id": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}",
-            "suite": suite.name, "suite_hash": suite.suite_hash, "corpus": suite.corpus,
+    base = {"schema_version": records.SCHEMA_VERSION, "model": model.name, "run_id": run_id,
+            "suite": whole.name, "suite_hash": whole.suite_hash, "corpus": suite.corpus,
             "model_note": model.note, "env": env}
-    peaks = {d: _peaks(d, suite.thread_count()) for d in suite.devices}
+    peaks = {(d, t): _peaks(d, suite.thread_count(t)) for d in suite.devices for t in suite.thread_list}
     tmp = Path(tempfile.mkdtemp(prefix="quantbench-"))
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         data_path = tmp / "data.npz"
         np.savez(data_path, windows=np.asarray(windows, dtype=np.int32),
                  prompt=np.asarray(prompt, dtype=np.int32), bos_first=bos is not None)
-        _run_variants(_Run(suite, model, out, done, base, suite.workloads(), tmp, data_path,
-                           tokens_path, tok_key, peaks), after_variant or (lambda: None))
+        _run_variants(_Run(suite, model, out, done, base, suite.workloads(), tmp, whole.suite_hash,
+                           data_path, tokens_path, tok_key, peaks), after_variant or (lambda: None))
     finally:
-        signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(tmp, ignore_errors=True)
-    return out_path
 
 
 def _announce_builds(r: _Run) -> None:
@@ -276,9 +292,9 @@ def _run_variants(r: _Run, after_variant) -> None:
     for device, fmt_name in plan(r.suite):
         fmt = get_format(fmt_name)
         # A +compiled twin's static cache holds one sequence: its batched decode is its eager format's.
-        todo = [w for w in r.workloads if (r.model.name, fmt_name, device, str(w)) not in r.done
-                and not (fmt.compiled and w.batch > 1)]
-        if not todo:
+        todo_all = [w for w in r.workloads if (r.model.name, fmt_name, device, str(w)) not in r.done
+                    and not (fmt.compiled and w.batch > 1)]
+        if not todo_all:
             print(f"[{fmt_name}/{device}] already in {r.out.path}, skipped (--resume)", flush=True)
             if fmt_name in REFERENCE_ORDER and device not in references:
                 references[device] = fmt_name
@@ -286,21 +302,28 @@ def _run_variants(r: _Run, after_variant) -> None:
         rec_base = {**r.base, "format": fmt_name, "device": device}
         if device.split(":")[0] not in fmt.devices:
             r.out.append([{**rec_base, "workload": str(w), "status": "skipped", "timestamp": records.now(),
-                           "reason": f"{fmt_name} does not run on {device}"} for w in todo])
+                           "reason": f"{fmt_name} does not run on {device}"} for w in todo_all])
             continue
         ref_fmt = references.setdefault(device, fmt_name) if fmt_name in REFERENCE_ORDER else \
             references.get(device)
-        job = _job(r, device, fmt_name, todo, ref_fmt)
-        job_path = r.tmp / f"{fmt_name}-{device}.json"
-        job_path.write_text(job.to_json())
-        why = _spawn(job_path, job)
-        if why == RESPAWN:  # it built the artifact; measure in a fresh process
+        sweep = len(r.suite.thread_list) > 1  # workloads then carry their thread count (@t<N>)
+        for threads in r.suite.thread_list:
+            todo = [w for w in todo_all if not sweep or w.threads == threads]
+            if not todo:
+                continue
+            job = _job(r, device, fmt_name, todo, ref_fmt, threads)
+            tag = f"{fmt_name}-{device}" + (f"-t{threads}" if sweep else "")
+            job_path = r.tmp / f"{tag}.json"
+            job_path.write_text(job.to_json())
             why = _spawn(job_path, job)
-        _collect(job, r.out, rec_base, why)
-        after_variant()
+            if why == RESPAWN:  # it built the artifact; measure in a fresh process
+                why = _spawn(job_path, job)
+            _collect(job, r.out, rec_base, why)
+            after_variant()
 
 
-def _job(r: _Run, device: str, fmt_name: str, todo: list[Workload], ref_fmt: str | None) -> Job:
+def _job(r: _Run, device: str, fmt_name: str, todo: list[Workload], ref_fmt: str | None,
+         threads: int = 0) -> Job:
     """Returns the worker's job: one variant, its workloads, and where its reference log-probs are."""
     s = r.suite
     ref_key = cache.content_key("ref", corpus.WINDOWS_PROTOCOL, r.model.digest, r.tok_key, s.n_ctx,
@@ -314,12 +337,13 @@ def _job(r: _Run, device: str, fmt_name: str, todo: list[Workload], ref_fmt: str
                                      f"rerun {ref_fmt} (without --resume) to rewrite them")
     return Job(model_name=r.model.name, model_dir=r.model.dir, model_digest=r.model.digest,
                random_weights=r.model.random_weights, format=fmt_name, device=device,
-               threads=s.thread_count(), suite=s, workloads=tuple(todo), data=str(r.data_path),
+               threads=s.thread_count(threads), suite=s, workloads=tuple(todo), data=str(r.data_path),
                tokens_path=str(r.tokens_path), calib_start=s.n_ctx * s.ppl_windows,
-               corpus_key=r.tok_key, reference=ref, partial=str(r.tmp / f"{fmt_name}-{device}.jsonl"),
-               base={**r.base, "peaks": r.peaks_by_device[device],
+               corpus_key=r.tok_key, reference=ref,
+               partial=str(r.tmp / f"{fmt_name}-{device}-t{threads}.jsonl"),
+               base={**r.base, "peaks": r.peaks_by_device[device, threads],
                      "peaks_spec": _spec(device, r.base["env"])},
-               peaks=r.peaks_by_device[device])
+               peaks=r.peaks_by_device[device, threads])
 
 
 def _spawn(job_path: Path, job: Job) -> str | int:
@@ -351,5 +375,6 @@ def _collect(job: Job, out: Output, rec_base: dict, crash: str) -> None:
     reason = crash or "worker ended without a record"
     missing = [{**rec_base, "workload": str(w), "status": "failed", "reason": reason,
                 "timestamp": records.now()} for w in job.workloads if str(w) not in have]
+    fit.annotate(got)  # the step-time fit over this variant's decode sweep, on its records
     out.append(got + missing)
     print(f"[{job.format}/{job.device}] done" + (f"; {reason}" if missing else ""), flush=True)

@@ -85,6 +85,14 @@ KNOWN_SHAPES: dict[str, dict] = {
         model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
         num_attention_heads=9, num_key_value_heads=3, head_dim=64, vocab_size=49152,
         tie_word_embeddings=True, max_position_embeddings=8192, rope_theta=100000.0),
+    "smollm2-360m": dict(  # HuggingFaceTB/SmolLM2-360M: 361,821,120 params
+        model_type="llama", hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
+        num_attention_heads=15, num_key_value_heads=5, head_dim=64, vocab_size=49152,
+        tie_word_embeddings=True, max_position_embeddings=8192, rope_theta=100000.0),
+    "qwen2.5-0.5b": dict(  # Qwen/Qwen2.5-0.5B: 494,032,768 params (q/k/v carry biases)
+        model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+        num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
+        tie_word_embeddings=True, max_position_embeddings=32768, rope_theta=1000000.0),
     "llama-3.2-1b": dict(  # meta-llama/Llama-3.2-1B: 1,235,814,400 params
         model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
         num_attention_heads=32, num_key_value_heads=8, head_dim=64, vocab_size=128256,

@@ -23,52 +23,66 @@ from quantbench.formats import LLAMA_KV_TYPES, get_format
 class Workload:
     """One measurement of a variant, named as llama-bench does: `load`, `pp512` (prefill 512 tokens),
     `tg64` (decode 64 tokens), `tg64x8` (decode 64 tokens of 8 sequences together), `ppl512` (quality
-    on 512-token windows). Parsed once from its name; str() gives the name back."""
+    on 512-token windows); `@d4096` after a name: with 4096 tokens already in the KV cache (llama-bench
+    `-d`), `@t2`: on 2 threads (only when a suite sweeps threads). Parsed once from its name; str()
+    gives the name back."""
     kind: str  # load, pp, tg, ppl
     tokens: int = 0  # prompt tokens (pp), decoded tokens (tg), window length (ppl)
     batch: int = 1  # sequences decoded together (tg)
-    depth: int = 0  # tokens already in the KV cache before the timed region (reserved for sweeps)
+    depth: int = 0  # tokens already in the KV cache before the timed region, filled untimed
+    threads: int = 0  # CPU threads when the suite sweeps them; 0: the suite's one thread count
 
     def __post_init__(self):
         if self.kind not in ("load", "pp", "tg", "ppl"):
             raise ValueError(f"unknown workload kind {self.kind!r}")
-        if self.kind != "load" and self.tokens < 1 or self.batch < 1 or self.depth < 0:
+        if self.kind != "load" and self.tokens < 1 or self.batch < 1 or self.depth < 0 or self.threads < 0:
             raise ValueError(f"degenerate workload {self!r}")
 
     def __str__(self) -> str:
-        if self.kind == "load":
-            return "load"
-        name = f"{self.kind}{self.tokens}" + (f"x{self.batch}" if self.batch > 1 else "")
-        return name + (f"@d{self.depth}" if self.depth else "")
+        name = "load" if self.kind == "load" else \
+            f"{self.kind}{self.tokens}" + (f"x{self.batch}" if self.batch > 1 else "")
+        name += f"@d{self.depth}" if self.depth else ""
+        return name + (f"@t{self.threads}" if self.threads else "")
 
     @classmethod
     def parse(cls, name: str) -> Workload:
         """Returns the Workload a name such as tg64x8 stands for; ValueError when it is none."""
         m = _WORKLOAD.match(str(name))
         if not m:
-            raise ValueError(f"'{name}' is not a workload name (load, pp<N>, tg<N>, tg<N>x<B>, ppl<N>)")
+            raise ValueError(f"'{name}' is not a workload name (load, pp<N>, tg<N>, tg<N>x<B>, ppl<N>, "
+                             "then @d<DEPTH> and @t<THREADS>)")
+        threads = int(m["threads"] or 0)
         if m["load"]:
-            return cls("load")
-        return cls(m["kind"], int(m["tokens"]), int(m["batch"] or 1), int(m["depth"] or 0))
+            return cls("load", threads=threads)
+        return cls(m["kind"], int(m["tokens"]), int(m["batch"] or 1), int(m["depth"] or 0), threads)
 
 
 _WORKLOAD = re.compile(r"^(?:(?P<load>load)|(?P<kind>pp|tg|ppl)(?P<tokens>\d+)(?:x(?P<batch>\d+))?"
-                       r"(?:@d(?P<depth>\d+))?)$")
+                       r"(?:@d(?P<depth>\d+))?)(?:@t(?P<threads>\d+))?$")
 
 
 @dataclass(frozen=True)
 class Suite:
     name: str = "default"
     model: str = "embedded:smollm2-135m"
+    # Several models in one run (a size ladder); each runs the suite, changed by its
+    # [model_overrides."NAME"] table (any suite keys but model/models/name).
+    models: tuple[str, ...] = ()
+    model_overrides: dict[str, dict] = field(default_factory=dict)
     formats: tuple[str, ...] = ("fp32", "bf16", "fp16", "bnb-int8", "bnb-nf4")
     devices: tuple[str, ...] = ("cpu",)
     corpus: str = "pydoc"
-    threads: int = 0  # 0: physical cores
+    threads: int | tuple[int, ...] = 0  # 0: physical cores; a list sweeps them (workloads @t<N>)
     # Throughput (llama-bench's pp/tg): prefill lengths, decode length after a short prompt.
     prompt_lengths: tuple[int, ...] = (128, 512)
     gen_tokens: int = 64
     # More decode batch sizes: B sequences decoded together, workload tg<N>x<B>, tok/s over all B.
     decode_batches: tuple[int, ...] = ()
+    # KV-cache depths (llama-bench -d): pp and tg again after D tokens are cached by an untimed
+    # prefill, workloads pp<N>@d<D>, tg<N>@d<D>. Batched decode runs at depth 0 unless
+    # cross_batches_depths (memory and fill time grow with B x D).
+    depths: tuple[int, ...] = ()
+    cross_batches_depths: bool = False
     gen_prompt_tokens: int = 16
     # 5: the least that lets the timing gate fire (Mann-Whitney's smallest p at 3 vs 3 is 0.04 > 0.01).
     min_samples: int = 5
@@ -99,7 +113,10 @@ class Suite:
             raise UserError(f"{where}: formats is empty; name at least one (`quantbench formats` lists them)")
         if not self.devices:
             raise UserError(f"{where}: devices is empty; use ['cpu'] or ['cuda']")
-        for key in ("formats", "devices", "prompt_lengths", "decode_batches"):
+        if isinstance(self.threads, list):
+            object.__setattr__(self, "threads", tuple(self.threads))
+        for key in ("formats", "devices", "prompt_lengths", "decode_batches", "depths", "models",
+                    "thread_list"):
             seen = getattr(self, key)
             dup = sorted({x for x in seen if seen.count(x) > 1})
             if dup:
@@ -111,10 +128,24 @@ class Suite:
                 raise UserError(f"{where}: unknown device '{d}'; use 'cpu', 'cuda' or 'cuda:N'")
         lows = {"gen_tokens": 2, "min_samples": 1, "n_ctx": 8, "ppl_windows": 1, "calib_samples": 1,
                 "calib_tokens": 1, "group_size": 1, "gen_prompt_tokens": 1, "awq_calib_samples": 1,
-                "awq_calib_tokens": 1, "kld_tokens": 0, "threads": 0}
+                "awq_calib_tokens": 1, "kld_tokens": 0}
         for key, low in lows.items():
             if getattr(self, key) < low:
                 raise UserError(f"{where}: {key} must be >= {low}, got {getattr(self, key)}")
+        if not self.thread_list or any(t < 0 for t in self.thread_list) or \
+                (len(self.thread_list) > 1 and 0 in self.thread_list):
+            raise UserError(f"{where}: threads must be 0 (physical cores), a count >= 1, or a list of "
+                            f"counts >= 1; got {self.threads!r}")
+        if any(d < 1 for d in self.depths):
+            raise UserError(f"{where}: depths must be >= 1 (depth 0 is always measured), "
+                            f"got {list(self.depths)}")
+        for m, over in self.model_overrides.items():
+            if m not in self.models:
+                raise UserError(f"{where}: [model_overrides] names '{m}', which is not in models "
+                                f"{list(self.models)}; add it there or drop the table")
+            bad = [k for k in over if k in ("model", "models", "model_overrides", "name")]
+            if bad:
+                raise UserError(f"{where}: [model_overrides.\"{m}\"] cannot set {', '.join(bad)}")
         for key in ("time_budget_s", "quality_budget_s"):
             if not getattr(self, key) > 0:
                 raise UserError(f"{where}: {key} must be > 0 seconds, got {getattr(self, key)}")
@@ -137,11 +168,38 @@ class Suite:
         if bad:
             raise UserError(f"{where}: kv_types {bad} unknown; use {', '.join(LLAMA_KV_TYPES)}")
 
+    @property
+    def thread_list(self) -> tuple[int, ...]:
+        """Returns the thread counts as a tuple (a plain int is a list of one)."""
+        return self.threads if isinstance(self.threads, tuple) else (self.threads,)
+
     def workloads(self) -> list[Workload]:
-        """Returns the workloads of every variant: load, pp<N>..., tg<N>, tg<N>x<B>..., ppl<N_CTX>."""
-        return ([Workload("load")] + [Workload("pp", n) for n in self.prompt_lengths]
-                + [Workload("tg", self.gen_tokens, b) for b in (1, *self.decode_batches)]
-                + [Workload("ppl", self.n_ctx)])
+        """Returns the workloads of every variant: load, pp<N>[@d<D>]..., tg<N>[x<B>][@d<D>]...,
+        ppl<N_CTX>; with several thread counts each gets @t<T> (quality only at the first)."""
+        depths = (0, *self.depths)
+        one = ([Workload("load")] + [Workload("pp", n, 1, d) for d in depths for n in self.prompt_lengths]
+               + [Workload("tg", self.gen_tokens, b, d) for d in depths for b in (1, *self.decode_batches)
+                  if d == 0 or b == 1 or self.cross_batches_depths]
+               + [Workload("ppl", self.n_ctx)])
+        if len(self.thread_list) == 1:
+            return one
+        return [dataclasses.replace(w, threads=t) for t in self.thread_list for w in one
+                if w.kind != "ppl" or t == self.thread_list[0]]
+
+    def per_model(self) -> list[Suite]:
+        """Returns one single-model suite per model (`models`, else `model`), overrides applied.
+        The runner stamps the records of all of them with this suite's hash."""
+        if not self.models:
+            return [self]
+        out = []
+        for m in self.models:
+            over = {k: tuple(v) if isinstance(v, list) else v
+                    for k, v in self.model_overrides.get(m, {}).items()}
+            try:
+                out.append(dataclasses.replace(self, model=m, models=(), model_overrides={}, **over))
+            except UserError as e:
+                raise UserError(f"[model_overrides.\"{m}\"]: {e}") from None
+        return out
 
     @property
     def suite_hash(self) -> str:
@@ -149,11 +207,11 @@ class Suite:
         blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
-    def thread_count(self) -> int:
-        """Returns the thread count to use: the suite's, or the physical cores."""
+    def thread_count(self, threads: int | None = None) -> int:
+        """Returns the thread count to use: `threads` or the suite's first, 0 meaning the physical cores."""
         from quantbench.records import physical_cores
 
-        return self.threads or physical_cores()
+        return (self.thread_list[0] if threads is None else threads) or physical_cores()
 
     def with_overrides(self, **kw) -> Suite:
         """Returns a copy with the non-None keyword values replaced (CLI flags)."""
@@ -165,7 +223,23 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Suite)}
 EMPTY_LIST_ELEM = {"kv_types": str}
 
 
+# Keys whose default does not show their type: empty lists of strings, int-or-list, tables of tables.
+_STR_LISTS = ("models",)
+
+
 def _check_type(path: str, key: str, value, default):
+    if key == "threads" and isinstance(value, list):
+        default = (1,)
+    if key in _STR_LISTS:
+        default = ("",)
+    if key == "model_overrides":
+        if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+            raise UserError(f"{path}: key '{key}' must be a table of tables, e.g. "
+                            '[model_overrides."shape:llama-3.2-1b"] formats = ["bf16"]')
+        for m, over in value.items():
+            for k, v in over.items():
+                _check_key(f'{path} [model_overrides."{m}"]', k, v)
+        return
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, float):

@@ -172,12 +172,14 @@ def run_workload(job: Job, backend, w: Workload, data, shape) -> dict:
         backend.prefill(prompt_src[: s.n_ctx])
         return {"kv_cache_bytes": backend.kv_cache_bytes(),
                 **_predict(job, shape, backend.info, "load", n_ctx=s.n_ctx)}
+    # depth: the first D prompt tokens are cached untimed, the timed prompt follows them
+    fill, src = prompt_src[: w.depth], prompt_src[w.depth:]
     if w.kind == "tg":
-        out = time_decode(backend, prompt_src[: s.gen_prompt_tokens], w.tokens, s.min_samples,
-                          s.time_budget_s, w.batch)
-        if w.batch > 1:
+        out = time_decode(backend, src[: s.gen_prompt_tokens], w.tokens, s.min_samples,
+                          s.time_budget_s, w.batch, fill)
+        if w.batch > 1 or w.depth:
             out["kv_cache_bytes"] = backend.kv_cache_bytes()
-        kw = {"n_prompt": s.gen_prompt_tokens, "n_gen": w.tokens, "batch": w.batch}
+        kw = {"n_prompt": s.gen_prompt_tokens, "n_gen": w.tokens, "batch": w.batch, "depth": w.depth}
         out.update(_predict(job, shape, backend.info, "tg", **kw))
         spec = job.base.get("peaks_spec")  # the datasheet's bandwidth too (GPUs in the table)
         if spec and (twin := _predict(job, shape, backend.info, "tg", spec, **kw)):
@@ -211,9 +213,9 @@ def run_workload(job: Job, backend, w: Workload, data, shape) -> dict:
             out["bos_first"] = bool(data["bos_first"])
         return {**out, **_predict(job, shape, backend.info, "ppl", n_ctx=s.n_ctx)}
     # prefill
-    out = time_prefill(backend, prompt_src[: w.tokens], s.min_samples, s.time_budget_s)
+    out = time_prefill(backend, src[: w.tokens], s.min_samples, s.time_budget_s, fill)
     out["kv_cache_bytes"] = backend.kv_cache_bytes()
-    return {**out, **_predict(job, shape, backend.info, "pp", n_prompt=w.tokens)}
+    return {**out, **_predict(job, shape, backend.info, "pp", n_prompt=w.tokens, depth=w.depth)}
 
 
 def _vocab(backend, windows) -> int:
@@ -355,8 +357,8 @@ def main(job_path: str) -> int:
     tag = f"[{fmt.name}/{job.device}]"
 
     def emit(workload: Workload, fields: dict, status="ok", reason=""):
-        rec = {**base, **backend_info(), "workload": str(workload), "status": status,
-               "reason": reason, "timestamp": records.now(), **fields}
+        rec = {**base, **backend_info(), "workload": str(workload), "depth": workload.depth,
+               "status": status, "reason": reason, "timestamp": records.now(), **fields}
         if status == "ok":
             rec.update(peak_rss_bytes=peak_rss_bytes(), **_device_peak(job.device))
             _sol(rec)

@@ -84,6 +84,15 @@ class Backend:
         """Feeds one token after prefill/decode, returns the greedy next token id."""
         raise NotImplementedError
 
+    def extend(self, ids: list[int]) -> int:
+        """Feeds ids after what the cache holds (no reset), returns the greedy next token id: the
+        timed prefill after an untimed one fills the cache to a depth (llama-bench -d)."""
+        raise Skip(f"{type(self).__name__} cannot prefill on top of a filled KV cache (depth sweeps)")
+
+    def extend_batch(self, ids: list[int], batch: int) -> list[int]:
+        """Feeds ids to each of the `batch` sequences after what they hold; returns their next tokens."""
+        raise Skip(f"{type(self).__name__} cannot prefill a batch on top of a filled KV cache")
+
     def prefill_batch(self, ids: list[int], batch: int) -> list[int]:
         """Returns each sequence's next token after prefilling `batch` copies of ids together."""
         raise Skip(f"{type(self).__name__} has no batched decode")

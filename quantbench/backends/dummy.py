@@ -44,6 +44,13 @@ class DummyBackend(Backend):
         self.n_cached += 1
         return int(self.logits([token])[0].argmax())
 
+    def extend(self, ids):
+        self.n_cached += len(ids)
+        return int(self.logits(ids[-1:])[0].argmax())
+
+    def extend_batch(self, ids, batch):
+        return [self.extend(ids)] * batch
+
     def prefill_batch(self, ids, batch):
         return [self.prefill(ids)] * batch
 

@@ -244,7 +244,9 @@ class GGUFBackend(Backend):
                        "without CUDA (reinstall it with CMAKE_ARGS=-DGGML_CUDA=on), or its CUDA "
                        "runtime/cuBLAS not found or newer than the driver (see LD_LIBRARY_PATH)")
         s = self.ctx.suite
-        n_ctx = max(s.n_ctx, *s.prompt_lengths, s.gen_prompt_tokens + s.gen_tokens + CTX_SLACK)
+        depth = max(s.depths, default=0)  # the untimed fill sits in the same cells
+        n_ctx = max(s.n_ctx, depth + max(s.prompt_lengths), depth + s.gen_prompt_tokens + s.gen_tokens
+                    + CTX_SLACK)
         n_gpu_layers = -1 if cuda else 0
         # K and V in one type; quantized V needs flash attention, which is on below.
         self.kv_type = self.ctx.format.kv_type or "f16"
@@ -266,8 +268,7 @@ class GGUFBackend(Backend):
                          kernel=f"llama.cpp {self.kernel_types} ({'CUDA' if cuda else 'CPU'})",
                          kv_type=self.kv_type, kv_bytes_per_elem=KV_TYPE_BITS[self.kv_type] / 8,
                          kv_cache_source="computed from model metadata: 2 x n_layer x n_head_kv x "
-                                         "head_dim x n_ctx cells x bytes per element of kv_type, "
-                                         "allocated at load")
+                                         "head_dim x cells in use x bytes per element of kv_type")
         if self.kv_logged:  # llama.cpp's own account, beside the arithmetic's per-token figure
             self.info["kv_cache_bytes_per_token"] = self.kv_logged[0] / self.kv_logged[1]
 
@@ -300,6 +301,10 @@ class GGUFBackend(Backend):
     def decode(self, token: int) -> int:
         return self._decode([token])
 
+    def extend(self, ids: list[int]) -> int:
+        self.batched = False
+        return self._decode(ids)
+
     def prefill_batch(self, ids: list[int], batch: int) -> list[int]:
         """Prefills `batch` sequences in a context of their own (n_seq_max = batch), as
         llama-batched-bench does: one llama_batch with every prompt token, each tagged with its
@@ -308,9 +313,10 @@ class GGUFBackend(Backend):
         if self.bctx is None or self.bctx_batch != batch:
             self._free_batch_ctx()
             s = self.ctx.suite
+            depth = max(s.depths, default=0) if s.cross_batches_depths else 0
             p = lc.llama_context_default_params()
-            p.n_ctx = batch * (s.gen_prompt_tokens + s.gen_tokens + CTX_SLACK)
-            p.n_batch = p.n_ubatch = max(batch * len(ids), batch)
+            p.n_ctx = batch * (depth + s.gen_prompt_tokens + s.gen_tokens + CTX_SLACK)
+            p.n_batch = p.n_ubatch = max(batch * max(len(ids), depth, s.gen_prompt_tokens), batch)
             p.n_seq_max = batch
             p.n_threads = p.n_threads_batch = self.ctx.threads
             p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
@@ -323,6 +329,10 @@ class GGUFBackend(Backend):
         lc.llama_memory_clear(lc.llama_get_memory(self.bctx), True)
         self.bpos, self.batched = len(ids), True
         return self._decode_seqs([(seq, pos, t) for seq in range(batch) for pos, t in enumerate(ids)])
+
+    def extend_batch(self, ids: list[int], batch: int) -> list[int]:
+        start, self.bpos = self.bpos, self.bpos + len(ids)
+        return self._decode_seqs([(seq, start + pos, t) for seq in range(batch) for pos, t in enumerate(ids)])
 
     def decode_batch(self, tokens: list[int]) -> list[int]:
         self.bpos += 1
@@ -347,21 +357,27 @@ class GGUFBackend(Backend):
             self.llama_cpp.llama_free(self.bctx)
             self.bctx = None
 
-    def kv_cache_bytes(self) -> int | None:
-        """Returns the KV cache llama.cpp allocated for all n_ctx cells of the context last used.
+    def kv_cache_bytes(self, allocated: bool = False) -> int | None:
+        """Returns the bytes of the KV cells in use (allocated=True: of all n_ctx cells).
 
-        No public llama.cpp call gives it, so: 2 (K,V) x n_layer x n_head_kv x head_dim x n_ctx
-        cells x bytes per element of kv_type (q8_0 8.5/8, q4_0 4.5/8: rows are whole blocks of
-        32); on SmolLM2 this equals llama.cpp's "llama_kv_cache: size" log line, which
-        info["kv_cache_bytes_per_token"] keeps, for f16, q8_0 and q4_0. Sliding-window and
-        recurrent caches are not modelled.
+        No public llama.cpp call gives bytes, so: 2 (K,V) x n_layer x n_head_kv x head_dim x cells
+        x bytes per element of kv_type (q8_0 8.5/8, q4_0 4.5/8: rows are whole blocks of 32);
+        cells in use = Σ over sequences of (highest cached position + 1). For all n_ctx cells this
+        equals llama.cpp's "llama_kv_cache: size" log line (info["kv_cache_bytes_per_token"] keeps
+        it) on SmolLM2 for f16, q8_0 and q4_0. Sliding-window and recurrent caches are not modelled.
         """
         lc, m, meta = self.llama_cpp, self.llm.model, self.llm.metadata
         arch, head = meta.get("general.architecture"), lc.llama_model_n_embd(m) // lc.llama_model_n_head(m)
         k_plus_v = sum(int(meta.get(f"{arch}.attention.{x}_length", head)) for x in ("key", "value"))
         ctx = self.bctx if self.batched else self.llm.ctx  # the one last used
-        return round(lc.llama_model_n_layer(m) * lc.llama_model_n_head_kv(m) * k_plus_v
-                     * lc.llama_n_ctx(ctx) * self.info["kv_bytes_per_elem"])
+        if allocated:
+            cells = lc.llama_n_ctx(ctx)
+        else:
+            mem = lc.llama_get_memory(ctx)
+            seqs = self.bctx_batch if self.batched else 1
+            cells = sum(lc.llama_memory_seq_pos_max(mem, q) + 1 for q in range(seqs))
+        return round(lc.llama_model_n_layer(m) * lc.llama_model_n_head_kv(m) * k_plus_v * cells
+                     * self.info["kv_bytes_per_elem"])
 
     def sync(self) -> None:
         if self.ctx.device.startswith("cuda"):

@@ -122,6 +122,19 @@ class HFBackend(Backend):
                              use_cache=True, logits_to_keep=1, **{self.cache_kw: self.cache})
         return out.logits[:, -1].argmax(-1).tolist()
 
+    def extend(self, ids: list[int]) -> int:
+        return self.extend_batch(ids, 1)[0]
+
+    def extend_batch(self, ids: list[int], batch: int) -> list[int]:
+        """Returns each sequence's next token after feeding ids on top of the DynamicCache."""
+        if self.ctx.format.compiled:
+            raise Skip("depth sweeps run eager only: the static cache is sized for the suite's prompts")
+        torch = self._torch()
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([ids] * batch, device=self.ctx.device),
+                             use_cache=True, logits_to_keep=1, **{self.cache_kw: self.cache})
+        return out.logits[:, -1].argmax(-1).tolist()
+
     def decode_batch(self, tokens: list[int]) -> list[int]:
         torch = self._torch()
         with torch.inference_mode():

@@ -1,0 +1,293 @@
+"""Sweep axes (depths, batches, models, threads), the fitted step-time model and the knee."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from quantbench import arith, fit, records, runner
+from quantbench.errors import UserError
+from quantbench.formats import get_format
+from quantbench.hardware import Peaks
+from quantbench.shapes import shape_from_config
+from quantbench.suite import Suite, Workload, load_suite
+
+
+def test_workload_names_round_trip():
+    for name in ("load", "pp512", "pp512@d4096", "tg64", "tg64x8", "tg64@d4096", "tg64x8@d1024@t2",
+                 "load@t1", "ppl512@t2"):
+        assert str(Workload.parse(name)) == name
+    assert Workload.parse("tg64x8@d4096@t2") == Workload("tg", 64, 8, 4096, 2)
+    with pytest.raises(ValueError):
+        Workload.parse("tg64@t2@d4096")  # depth comes before threads
+
+
+def test_depths_and_batches_expand_like_llama_bench():
+    s = Suite(prompt_lengths=(128,), gen_tokens=64, decode_batches=(8,), depths=(1024, 4096), n_ctx=512)
+    assert [str(w) for w in s.workloads()] == [
+        "load", "pp128", "pp128@d1024", "pp128@d4096", "tg64", "tg64x8", "tg64@d1024", "tg64@d4096",
+        "ppl512"]
+    crossed = dataclasses.replace(s, cross_batches_depths=True)
+    assert "tg64x8@d4096" in [str(w) for w in crossed.workloads()]
+    assert len(crossed.workloads()) == len(s.workloads()) + 2
+
+
+def test_threads_list_tags_workloads_and_quality_runs_once():
+    s = Suite(prompt_lengths=(32,), gen_tokens=8, n_ctx=64, threads=(1, 2))
+    assert [str(w) for w in s.workloads()] == ["load@t1", "pp32@t1", "tg8@t1", "ppl64@t1",
+                                              "load@t2", "pp32@t2", "tg8@t2"]
+    assert s.thread_list == (1, 2) and s.thread_count() == 1 and s.thread_count(2) == 2
+    assert Suite(threads=3).thread_list == (3,)
+    assert [str(w) for w in Suite(threads=3).workloads()][0] == "load"
+
+
+def test_suite_file_with_every_axis(tmp_path):
+    p = tmp_path / "arith.toml"
+    p.write_text('models = ["tiny", "shape:smollm2-360m"]\nthreads = [1, 2]\ndepths = [256]\n'
+                 'decode_batches = [4, 64]\nformats = ["bf16", "gguf-q4_0"]\n'
+                 '[model_overrides."shape:smollm2-360m"]\nformats = ["gguf-q4_0"]\ndepths = []\n')
+    s = load_suite(p)
+    assert s.threads == (1, 2) and s.models == ("tiny", "shape:smollm2-360m")
+    a, b = s.per_model()
+    assert (a.model, a.formats, a.depths) == ("tiny", ("bf16", "gguf-q4_0"), (256,))
+    assert (b.model, b.formats, b.depths) == ("shape:smollm2-360m", ("gguf-q4_0",), ())
+    assert b.decode_batches == (4, 64) and b.threads == (1, 2)
+    assert s.suite_hash != dataclasses.replace(s, model_overrides={}).suite_hash
+
+
+@pytest.mark.parametrize("body,msg", [
+    ("threads = [0, 2]", "threads must be 0"),
+    ('threads = ["2"]', "key 'threads' must be a list"),
+    ("depths = [0, 1024]", "depths must be >= 1"),
+    ("depths = [1024, 1024]", "depths lists 1024 twice"),
+    ('models = ["tiny"]\n[model_overrides.other]\nformats = ["bf16"]', "names 'other', which is not in"),
+    ('models = ["tiny"]\n[model_overrides.tiny]\nn_ctxx = 3', "unknown key 'n_ctxx'"),
+    ('models = ["tiny"]\n[model_overrides.tiny]\nmodel = "x"', "cannot set model"),
+    ("models = [1]", "key 'models' must be a list"),
+])
+def test_bad_axes_are_one_line_errors(tmp_path, body, msg):
+    p = tmp_path / "bad.toml"
+    p.write_text(body + "\n")
+    with pytest.raises(UserError, match=msg):
+        load_suite(p)
+
+
+def test_known_ladder_shapes():
+    # parameter counts of the real checkpoints (config.json on the Hub, counted on the meta device)
+    for name, params in (("smollm2-135m", 134_515_008), ("smollm2-360m", 361_821_120),
+                         ("qwen2.5-0.5b", 494_032_768), ("llama-3.2-1b", 1_235_814_400)):
+        assert arith.params_total(shape_from_config(f"shape:{name}", exact=False)) == params
+
+
+# --- the arithmetic at depth, and the knee
+
+def test_knee_reproduces_kipply_208():
+    # A100: 312 TFLOP/s fp16 over 1.5 TB/s; fp16 weights, 2 bytes read and 2 FLOPs per weight
+    assert arith.knee_batch(312e12, 1.5e12, 2) == pytest.approx(208)
+    assert arith.knee_batch(312e12, 1.5e12, 0.5) == pytest.approx(52)  # 4-bit: a 4x lower knee
+
+
+def test_predicted_step_reads_weights_plus_depth_of_kv():
+    s = shape_from_config("shape:smollm2-135m", exact=False)
+    fmt = get_format("bf16")
+    peaks = Peaks("cpu", {"fp32": 1e11, "bf16": 1e11}, 1e10, 1e11, "measured")
+    w = arith.weights_bytes(s, 16, 16)
+    kv_token = 23_040  # 2 x 30 layers x 3 KV heads x 64 x 2 bytes
+    r = arith.predicted_fields(s, fmt, peaks, "tg", n_prompt=16, n_gen=2, depth=4096)
+    # two steps at contexts 4112 and 4113: mean bytes = weights + 4112.5 tokens of KV
+    assert r["decode_step_bytes_predicted"] == pytest.approx(w + 4112.5 * kv_token)
+    assert r["kv_cache_bytes_predicted"] == (4096 + 18) * kv_token
+    r0 = arith.predicted_fields(s, fmt, peaks, "tg", n_prompt=16, n_gen=2)
+    slope = (1 / r["decode_tok_s_predicted"] - 1 / r0["decode_tok_s_predicted"]) / 4096
+    assert slope == pytest.approx(kv_token / 1e10)  # seconds per cached token: its KV over bandwidth
+    pp = arith.predicted_fields(s, fmt, peaks, "pp", n_prompt=512, depth=1024)
+    assert pp["kv_cache_bytes_predicted"] == 1536 * kv_token
+    assert pp["flops_per_token"] == arith.prefill_flops(s, 512, 1024, logits_kept=1) // 512
+    # knee: peak/bw x bytes per weight / FLOPs per weight; bf16 on 10 FLOP/byte ~ 10
+    assert r0["knee_batch_predicted"] == pytest.approx(10 * w / (2 * (arith.flops_per_token(s, 0) / 2)),
+                                                       rel=1e-9)
+
+
+# --- the fit
+
+W, KV, F = 270_000_000, 23_040, 2 * 134e6
+TRUE = fit.Fit(0.012, 6e9, 40e9, 0)
+
+
+def _points(noise: float, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    out = []
+    for d, b in [(0, 1), (0, 2), (0, 4), (0, 8), (0, 16), (0, 32), (0, 64), (1024, 1), (2048, 1),
+                 (4096, 1), (8192, 1)]:
+        byt, fl = W + b * (d + 40) * KV, b * (F + 4 * 30 * (d + 40) * 576)
+        t = TRUE.step_s(byt, fl) * (1 + noise * rng.standard_normal())
+        out.append(fit.Point(f"tg64x{b}@d{d}", d, b, byt, fl, t))
+    return out
+
+
+def test_fit_recovers_known_parameters():
+    exact = fit.fit(_points(0.0))
+    assert exact.fixed_s == pytest.approx(0.012, rel=1e-6)
+    assert exact.bandwidth_bytes_s == pytest.approx(6e9, rel=1e-6)
+    assert exact.peak_flop_s == pytest.approx(40e9, rel=1e-4)
+    for seed in range(5):  # 1 % noise on every point
+        f = fit.fit(_points(0.01, seed))
+        # t_fixed is the least determined: only the KV slope over depth tells it from weights / BW
+        assert f.fixed_s == pytest.approx(0.012, rel=0.2)
+        assert f.bandwidth_bytes_s == pytest.approx(6e9, rel=0.05)
+        assert f.peak_flop_s == pytest.approx(40e9, rel=0.05)
+
+
+def test_fit_without_compute_bound_points_has_no_peak():
+    f = fit.fit([p for p in _points(0.0) if p.batch <= 2])
+    assert f.peak_flop_s is None and f.bandwidth_bytes_s == pytest.approx(6e9, rel=1e-6)
+
+
+def test_held_out_points_and_their_errors():
+    pts = _points(0.0)
+    assert [p.workload for p in fit.held_out(pts)] == ["tg64x64@d0", "tg64x1@d8192"]
+    # exact points: the fit on the other 9 predicts both to rounding
+    errs = fit.holdout_errors(pts)
+    assert set(errs) == {"tg64x64@d0", "tg64x1@d8192"} and max(map(abs, errs.values())) < 1e-6
+    # one held-out point off by +10 %: its error is -1/11 of the prediction, the fit never saw it
+    bumped = [dataclasses.replace(p, step_s=p.step_s * 1.1) if p.workload == "tg64x1@d8192" else p
+              for p in pts]
+    assert fit.holdout_errors(bumped)["tg64x1@d8192"] == pytest.approx(1 / 1.1 - 1, abs=1e-6)
+
+
+def test_knees_of_the_fit_and_the_plateau():
+    # compute overtakes memory where (W + B·kv)/BW = B·f/peak
+    f = fit.Fit(0.0, 6e9, 40e9, 0)
+    b = f.knee_batch(W, 40 * KV, F)
+    assert (W + b * 40 * KV) / 6e9 == pytest.approx(b * F / 40e9)
+    assert fit.plateau_knee({1: 10, 2: 19, 4: 30, 8: 36, 16: 39, 32: 40}) == 8  # 36 >= 0.9 x 40
+    assert fit.plateau_knee({1: 10}) is None
+
+
+def test_annotate_writes_fit_fields_on_decode_records():
+    recs = [{"status": "ok", "workload": p.workload, "depth": p.depth, "batch": p.batch,
+             "decode_step_bytes_predicted": p.bytes, "decode_step_flops_predicted": p.flops,
+             "decode_tok_s": p.batch / p.step_s, "weights_bytes_predicted": W} for p in _points(0.0)]
+    recs.append({"status": "ok", "workload": "pp128"})
+    fit.annotate(recs)
+    assert recs[0]["fit_fixed_s"] == pytest.approx(0.012) and recs[0]["fit_points"] == 11
+    assert abs(recs[3]["fit_rel_err"]) < 1e-6 and "holdout_rel_err" not in recs[3]
+    assert abs(recs[6]["holdout_rel_err"]) < 1e-6  # tg64x64, held out
+    f_knee = TRUE.knee_batch(W, 40 * KV, F + 4 * 30 * 40 * 576)  # per-sequence FLOPs at 40 tokens
+    assert recs[0]["knee_batch_fit"] == pytest.approx(f_knee, rel=1e-3)
+    assert 4 < f_knee < 8 and recs[0]["knee_batch_plateau"] == 16
+    assert "fit_fixed_s" not in recs[-1]
+    for r in recs:  # every field is in the schema
+        records.validate({"schema_version": 2, "model": "m", "format": "f", "device": "cpu", **r})
+
+
+# --- end to end: the dummy backend through the runner, and real KV bytes at depth on `tiny`
+
+def test_runner_sweeps_threads_and_depths(tmp_path, tiny):
+    suite = Suite(name="sw", model="tiny", formats=("dummy",), prompt_lengths=(16,), gen_tokens=4,
+                  gen_prompt_tokens=4, min_samples=2, time_budget_s=1.0, n_ctx=32, ppl_windows=1,
+                  kld_tokens=0, decode_batches=(2, 4), depths=(64,), threads=(1, 2))
+    out = runner.run(suite, tmp_path / "r.jsonl")
+    got = {r["workload"]: r for r in records.read(out)}
+    assert set(got) == {str(w) for w in suite.workloads()}
+    assert all(r["status"] == "ok" for r in got.values()), {k: r["reason"] for k, r in got.items()}
+    assert got["tg4@d64@t2"]["threads"] == 2 and got["tg4@d64@t1"]["threads"] == 1
+    assert got["tg4@d64@t2"]["depth"] == 64 and got["load@t1"]["depth"] == 0
+    assert got["pp16@d64@t1"]["n_prompt"] == 16
+    # every decode record of a variant carries the fit over its 4 points; the held-out ones theirs
+    assert all(got[f"{w}@t1"]["fit_points"] == 4 for w in ("tg4", "tg4x2", "tg4x4", "tg4@d64"))
+    assert {w for w in got if "holdout_rel_err" in got[w]} == {"tg4x4@t1", "tg4@d64@t1", "tg4x4@t2",
+                                                              "tg4@d64@t2"}
+    assert got["tg4@t1"]["peaks"]["name"].endswith("-1t") and got["tg4@t2"]["peaks"]["name"].endswith("-2t")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["bf16", "gguf-q8_0"])
+def test_kv_bytes_at_depth_equal_the_prediction(tiny, fmt):
+    from quantbench.backends import Context, get_backend_class
+
+    suite = Suite(prompt_lengths=(32,), gen_tokens=8, n_ctx=64, depths=(200,), decode_batches=(3,),
+                  cross_batches_depths=True)
+    f = get_format(fmt)
+    if f.backend == "gguf":
+        pytest.importorskip("llama_cpp")
+    b = get_backend_class(f.backend)(Context(tiny.name, tiny.dir, tiny.digest, f, "cpu", 2, suite))
+    b.build()
+    b.load()
+    ids = list(range(100, 400))
+    try:
+        def predicted(tokens, batch=1):  # tiny: 2 layers x 3 KV heads x 64, 16-bit cache
+            return arith.kv_cache_bytes(2, 3, 64, tokens, batch, 2)
+
+        b.prefill(ids[:200])
+        assert b.kv_cache_bytes() == predicted(200)
+        tok = b.extend(ids[200:232])
+        assert b.kv_cache_bytes() == predicted(232) == 232 * 1536
+        b.decode(tok)
+        assert b.kv_cache_bytes() == predicted(233)
+        b.prefill_batch(ids[:200], 3)
+        toks = b.extend_batch(ids[200:216], 3)
+        assert b.kv_cache_bytes() == predicted(216, 3)
+        b.decode_batch(toks)
+        assert b.kv_cache_bytes() == predicted(217, 3)
+        # the same greedy token whether the prompt came at once or on top of a filled cache
+        assert tok == b.prefill(ids[:232])
+    finally:
+        b.close()
+
+
+# --- the report section, from synthetic sweep records written through the schema check
+
+def _sweep_records(model, fmt, params, weights, bw_cal=10e9, sweep=True):
+    """Decode records of one variant made by a known step model (t_fixed 12 ms, BW_eff 6 GB/s,
+    peak_eff 40 GFLOP/s), fitted by fit.annotate as the runner does."""
+    truth = fit.Fit(0.012, 6e9, 40e9, 0)
+    grid = [(0, 1), (0, 4), (0, 16), (0, 64), (1024, 1), (4096, 1)] if sweep else [(0, 1)]
+    peaks = {"name": "local-cpu-2t", "flop_s": {"fp32": 80e9}, "bandwidth_bytes_s": bw_cal,
+             "memory_bytes": 8e9, "source": "measured"}
+    out = []
+    for d, b in grid:
+        byt, fl = weights + b * (d + 40) * KV, b * (2 * params + 4 * 30 * (d + 40) * 576)
+        t = truth.step_s(byt, fl)
+        out.append({"schema_version": 2, "model": model, "format": fmt, "device": "cpu", "status": "ok",
+                    "workload": str(Workload("tg", 32, b, d)), "depth": d, "batch": b, "threads": 2,
+                    "env": {"host": "h"}, "peaks": peaks, "params": params,
+                    "weights_bytes_predicted": weights, "decode_step_bytes_predicted": byt,
+                    "decode_step_flops_predicted": fl, "decode_tok_s": b / t,
+                    "decode_tok_s_predicted": b / max(byt / bw_cal, fl / 80e9),
+                    "decode_sol_frac": max(byt / bw_cal, fl / 80e9) / t,
+                    "knee_batch_predicted": 80e9 / bw_cal * weights / (2 * params),
+                    "timestamp": "2026-11-30T00:00:00Z"})
+    out.append({"schema_version": 2, "model": model, "format": fmt, "device": "cpu", "status": "ok",
+                "workload": "pp128@d1024", "depth": 1024, "threads": 2, "env": {"host": "h"},
+                "kv_cache_bytes": 1152 * KV, "kv_cache_bytes_predicted": 1152 * KV})
+    fit.annotate(out)
+    return out
+
+
+def test_report_section_arithmetic_vs_measurement(tmp_path):
+    from quantbench.report import arith_rows, write_report
+
+    path = tmp_path / "sweep.jsonl"
+    records.append(path, _sweep_records("embedded:smollm2-135m", "bf16", 134_515_008, 270_000_000))
+    records.append(path, _sweep_records("embedded:smollm2-135m", "gguf-q4_0", 134_515_008, 90_000_000))
+    for model, params in (("shape:smollm2-360m", 361_821_120), ("shape:llama-3.2-1b", 1_235_814_400)):
+        records.append(path, _sweep_records(model, "bf16", params, 2 * params, sweep=False))
+    rows, ladder = arith_rows(records.read_results(path))
+    bf16 = next(r for r in rows if r["format"] == "bf16" and r["model"] == "embedded:smollm2-135m")
+    assert bf16["fixed_s"] == pytest.approx(0.012, rel=1e-3)
+    assert bf16["bandwidth_bytes_s"] / bf16["bandwidth_cal_bytes_s"] == pytest.approx(0.6, rel=1e-3)
+    # the KV slope: 23,040 bytes per cached token at 6 GB/s measured, at 10 GB/s predicted
+    assert bf16["kv_slope_s"] == pytest.approx(KV / 6e9, rel=1e-3)
+    assert bf16["kv_slope_predicted_s"] == pytest.approx(KV / 10e9, rel=1e-6)
+    assert bf16["kv_bytes_match"] is True and set(bf16["holdout"]) == {"tg32x64", "tg32@d4096"}
+    assert max(abs(e) for e in bf16["holdout"].values()) < 1e-6
+    # the ladder: 135M, 360M fitted (t_fixed + bytes / BW_eff), the 1B predicted
+    (lad,) = [x for x in ladder if x["format"] == "bf16"]
+    assert lad["held_out"] == "shape:llama-3.2-1b" and lad["rel_err"] == pytest.approx(0, abs=1e-6)
+    html = open(write_report([str(path)], str(tmp_path / "r.html"))[0]).read()
+    assert "<h2>Arithmetic vs measurement</h2>" in html and 'id="arith"' in html
+    for plot in ("depth-embedded-smollm2-135m-h-cpu-t2", "batch-embedded-smollm2-135m-h-cpu-t2",
+                 "ladder-h-cpu-t2"):
+        assert f'id="{plot}"' in html
+    md = (tmp_path / "r.md").read_text()
+    assert "## Arithmetic vs measurement" in md and "| embedded:smollm2-135m | bf16 | 2 | 12.0 |" in md
