@@ -293,9 +293,12 @@ def local_peaks(device: str = "cpu", refresh: bool = False, threads: int = 0) ->
     threads = threads or torch.get_num_threads()
     path, old = _calibration_path(device, threads), None
     if path.exists() and not refresh:
-        cached = json.loads(path.read_text())
-        old = Peaks(**cached["peaks"])
-        why = drift(cached["probe"], probe(device, threads))
+        try:
+            cached = json.loads(path.read_text())
+            old = Peaks(**cached["peaks"])
+            why = drift(cached["probe"], probe(device, threads))
+        except (ValueError, TypeError, KeyError, AttributeError) as e:  # truncated or foreign file
+            old, why = None, f"unreadable ({type(e).__name__})"
         if not why:
             return old
         _say(f"calibration {path.name}: {why}; recalibrating")

@@ -195,3 +195,18 @@ def test_report_marks_suspect_sol(tmp_path):
             "40% of the CPUs)") in md
     html = report.render_html(pd.json_normalize(recs))
     assert html.count('class="ok suspect"') == 2
+
+
+def test_a_corrupt_cached_calibration_is_recalibrated(tmp_path, monkeypatch, capsys):
+    # issue 11 case 9: a corrupted calibration JSON was a traceback (after the results moved)
+    from quantbench import hardware
+
+    monkeypatch.setenv("QUANTBENCH_CACHE", str(tmp_path))
+    path = hardware._calibration_path("cpu", 1)
+    path.parent.mkdir(parents=True)
+    path.write_text('{"peaks": {"name": "cpu", "flop_s"')
+    fresh = hardware.Peaks("cpu", {"fp32": 1e11}, 2e10, 2**34, "measured", threads=1)
+    monkeypatch.setattr(hardware, "calibrate", lambda device, threads: fresh)
+    monkeypatch.setattr(hardware, "probe", lambda device, threads: {"bandwidth_bytes_s": 2e10})
+    assert hardware.local_peaks("cpu", threads=1) == fresh
+    assert "unreadable (JSONDecodeError); recalibrating" in capsys.readouterr().err
