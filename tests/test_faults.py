@@ -137,7 +137,7 @@ def _children(pid: int) -> list[psutil.Process]:
 
 def _start_slow_run(out: Path, *extra) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "quantbench", "run", *S, "--out", str(out), *extra],
-                            env={**os.environ, "QUANTBENCH_DUMMY_STEP_S": "0.05"},
+                            env={**os.environ, "QUANTBENCH_DUMMY_STEP_S": "0.5"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -323,7 +323,7 @@ def test_runner_suite_validation_unit():
 # 15: Ctrl-C reaches the whole process group: one message, no worker traceback, records kept
 def test_ctrl_c_prints_one_message_not_a_traceback(tmp_path, tiny):
     proc = subprocess.Popen([sys.executable, "-m", "quantbench", "run", *S, "--out", str(tmp_path / "r.jsonl")],
-                            env={**os.environ, "QUANTBENCH_DUMMY_STEP_S": "0.05"}, start_new_session=True,
+                            env={**os.environ, "QUANTBENCH_DUMMY_STEP_S": "0.5"}, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     workers = _wait_for_worker(proc)
     time.sleep(1.0)

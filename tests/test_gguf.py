@@ -159,10 +159,11 @@ def test_kv_types(tiny, built, kv, bytes_per_token):
     b.load()
     try:
         assert b.info["kv_type"] == kv and b.info["kv_bytes_per_elem"] * 768 == bytes_per_token
-        assert b.kv_cache_bytes() == bytes_per_token * 256  # n_ctx 128 padded to 256 cells
+        assert b.kv_cache_bytes(allocated=True) == bytes_per_token * 256  # n_ctx 128 padded to 256 cells
         # llama.cpp's own log line, to its 0.01 MiB
         assert b.info["kv_cache_bytes_per_token"] == pytest.approx(bytes_per_token, abs=0.01 * 2**20 / 256)
         assert b.prefill(list(range(100, 140))) >= 0  # quantized V runs (flash attention on)
+        assert b.kv_cache_bytes() == bytes_per_token * 40  # the cells in use
         assert b.prefill_batch(list(range(100, 110)), 2)
     finally:
         b.close()
