@@ -236,7 +236,8 @@ def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prom
     def kv(t: int) -> int:
         return kv_cache_bytes(s.n_layers, s.n_kv_heads, s.head_dim, t, batch, kv_bytes_per_elem)
 
-    out = {"weights_bytes_predicted": w, "kv_cache_bytes_predicted": kv(held), "params": params_total(s)}
+    out = {"weights_bytes_predicted": w, "kv_cache_bytes_predicted": kv(held), "params": params_total(s),
+           "n_layers": s.n_layers}
     if kind == "tg":
         ctxs = range(depth + n_prompt, depth + n_prompt + max(n_gen, 1))
         flops = sum(batch * flops_per_token(s, t) for t in ctxs)
