@@ -531,7 +531,7 @@ def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prom
 
     out = {"weights_bytes_predicted": w, "kv_cache_bytes_predicted": kv(held), "peak_flop_s": peak,
            "kv_cache_bytes_per_token_predicted": kv_bytes(s, 1, 1, kv_bytes_per_elem, kv_layout),
-           "params": params_total(s)}
+           "params": params_total(s), "n_layers": s.n_layers}
     if kind == "tg":
         ctxs = range(depth + n_prompt, depth + n_prompt + max(n_gen, 1))
         flops = sum(batch * flops_per_token(s, t, kv_layout) for t in ctxs)

@@ -221,7 +221,8 @@ def summaries(recs: list[dict]) -> list[dict]:
         row = dict(zip(SWEEP, key, strict=True))
         peaks = r0.get("peaks") if isinstance(r0.get("peaks"), dict) else {}
         bw_cal = _num(r0.get("peaks.bandwidth_bytes_s")) or _num(peaks.get("bandwidth_bytes_s"))
-        row.update(params=_num(r0.get("params")), fixed_s=_num(r0.get("fit_fixed_s")),
+        row.update(params=_num(r0.get("params")), n_layers=_num(r0.get("n_layers")),
+                   fixed_s=_num(r0.get("fit_fixed_s")),
                    bandwidth_bytes_s=_num(r0.get("fit_bandwidth_bytes_s")),
                    peak_flop_s=_num(r0.get("fit_peak_flop_s")), bandwidth_cal_bytes_s=bw_cal,
                    step0_s=_num(r0.get("fit_step_s")),
@@ -256,9 +257,22 @@ def summaries(recs: list[dict]) -> list[dict]:
     return out
 
 
+def fit_layers(layers: np.ndarray, bytes_: np.ndarray, t: np.ndarray) -> tuple[float, float]:
+    """Returns (t_layer, 1 / BW_eff): t ≈ t_layer · layers + bytes / BW_eff by least squares on
+    relative error, both ≥ 0 (the ladder's overhead grows with depth in layers, not with size)."""
+    A = np.stack([layers / t, bytes_ / t], axis=1)
+    (c, a), *_ = np.linalg.lstsq(A, np.ones_like(t), rcond=None)
+    if c < 0 or a < 0:  # one term only: the better of the two
+        fits = [(float((A[:, k].sum()) / (A[:, k] ** 2).sum()), k) for k in (0, 1)]
+        (v, k) = min(fits, key=lambda f: float(((A[:, f[1]] * f[0] - 1) ** 2).sum()))
+        c, a = (v, 0.0) if k == 0 else (0.0, v)
+    return float(c), float(a)
+
+
 def ladder_holdout(rows: list[dict]) -> list[dict]:
     """Returns, per (host, device, format, threads) run on 3 or more models, the batch-1 depth-0
-    step time of the largest model predicted by t_fixed + bytes / BW_eff fitted on the others."""
+    step time of the largest model predicted by t_layer · layers + bytes / BW_eff fitted on the
+    others."""
     by: dict[tuple, list[dict]] = {}
     for r in rows:
         by.setdefault((r["host"], r["device"], r["format"], r["threads"]), []).append(r)
@@ -267,15 +281,16 @@ def ladder_holdout(rows: list[dict]) -> list[dict]:
         pts = []
         for r in rs:
             p0 = next((p for p in r["points"] if p["depth"] == 0 and p["batch"] == 1 and p["bytes"]), None)
-            if p0 and r.get("params"):
-                pts.append((r["params"], Point(r["model"], 0, 1, p0["bytes"], 1.0, 1 / p0["tok_s"])))
+            if p0 and r.get("params") and r.get("n_layers"):
+                pts.append((r["params"], r["model"], r["n_layers"], p0["bytes"], 1 / p0["tok_s"]))
         if len(pts) < 3:
             continue
-        pts.sort(key=lambda t: t[0])
-        (_, last), train = pts[-1], [p for _, p in pts[:-1]]
-        f = fit(train, memory_only=True)
+        pts.sort()
+        train, last = pts[:-1], pts[-1]
+        layers, bytes_, t = (np.array([p[i] for p in train], float) for i in (2, 3, 4))
+        c, a = fit_layers(layers, bytes_, t)
         out.append({"host": host, "device": device, "format": fmt, "threads": threads,
-                    "fitted_on": [p.workload for p in train], "held_out": last.workload,
-                    "fixed_s": f.fixed_s, "bandwidth_bytes_s": f.bandwidth_bytes_s,
-                    "rel_err": float(f.rel_err(last))})
+                    "fitted_on": [p[1] for p in train], "held_out": last[1], "layer_s": c,
+                    "bandwidth_bytes_s": 1 / a if a > 0 else math.inf,
+                    "rel_err": (c * last[2] + a * last[3]) / last[4] - 1})
     return out

@@ -142,6 +142,7 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
        "memory_bytes, source, threads (the calibration's), load_avg_1m, others_busy_pct, suspect"),
     _f("peaks_spec", "dict", "", "spec-sheet peaks of the GPU (CUDA devices whose name is in the devices table)"),
     _f("params", "int", "", "the model's parameter count (the arithmetic's params_total)"),
+    _f("n_layers", "int", "", "the model's decoder layers"),
     _f("weights_bytes_predicted", "int", "byte", "the arithmetic's weights_bytes"),
     _f("kv_cache_bytes_predicted", "int", "byte", "the arithmetic's kv_cache_bytes (2·L·H_kv·h·b·T·B)"),
     _f("kv_cache_bytes_per_token_predicted", "float", "byte", "the arithmetic's KV bytes per cached token"),

@@ -319,7 +319,9 @@ def _pct(v, signed=True) -> str:
 def _knee(v, max_batch=None) -> str:
     if num(v) is None:
         return "—"
-    return (f"≥{max_batch}" if max_batch and v >= max_batch else f"{v:.3g}")
+    if v < 1:
+        return "<1"  # compute-bound from batch 1 on
+    return f"≥{max_batch}" if max_batch and v >= max_batch else f"{v:.3g}"
 
 
 ARITH_HEADERS = ("model", "format", "threads", "overhead ms/step", "share at d0", "BW_eff GB/s",
@@ -416,9 +418,11 @@ def arith_html(df, colors: dict) -> str:
           + "</tr>" for cells in arith_table(rows)]
     h.append("</tbody></table></div>")
     if ladder:
-        h.append("<p>Size ladder, held out: " + "; ".join(
-            f"{x['format']}: {x['held_out']} predicted from {', '.join(x['fitted_on'])} "
-            f"{_pct(x['rel_err'])}" for x in ladder) + "</p>")
+        h.append("<p>Size ladder, held out (t_step = t_layer · layers + bytes / BW_eff fitted on the "
+                 "smaller models, the largest predicted): " + "; ".join(
+                     f"{x['format']}: {x['held_out']} {_pct(x['rel_err'])} (t_layer "
+                     f"{x['layer_s'] * 1e3:.2f} ms, BW_eff {plots.fmt_num(x['bandwidth_bytes_s'])}B/s, "
+                     f"from {', '.join(x['fitted_on'])})" for x in ladder) + "</p>")
     for heading, svgs in arith_svgs(rows, colors):
         h.append(f"<h3>{escape(heading)}</h3><div class=\"plots\">" +
                  "".join(f"<figure>{x}</figure>" for x in svgs) + "</div>")
@@ -433,8 +437,10 @@ def arith_markdown(df) -> list[str]:
     out = ["## Arithmetic vs measurement", "", "| " + " | ".join(ARITH_HEADERS) + " |",
            "|" + "|".join("---" if i < 2 else "---:" for i in range(len(ARITH_HEADERS))) + "|"]
     out += ["| " + " | ".join(arith_table([r])[0]) + " |" for r in rows]
-    out += [""] + [f"- ladder held out: {x['format']}: {x['held_out']} predicted from "
-                   f"{', '.join(x['fitted_on'])} {_pct(x['rel_err'])}" for x in ladder]
+    out += [""] + [f"- ladder held out (t_layer · layers + bytes / BW_eff): {x['format']}: {x['held_out']} "
+                   f"{_pct(x['rel_err'])} (t_layer {x['layer_s'] * 1e3:.2f} ms, BW_eff "
+                   f"{plots.fmt_num(x['bandwidth_bytes_s'])}B/s, from {', '.join(x['fitted_on'])})"
+                   for x in ladder]
     return out + [""]
 
 

@@ -250,7 +250,7 @@ def _sweep_records(model, fmt, params, weights, bw_cal=10e9, sweep=True):
         t = truth.step_s(byt, fl)
         out.append({"schema_version": 2, "model": model, "format": fmt, "device": "cpu", "status": "ok",
                     "workload": str(Workload("tg", 32, b, d)), "depth": d, "batch": b, "threads": 2,
-                    "env": {"host": "h"}, "peaks": peaks, "params": params,
+                    "env": {"host": "h"}, "peaks": peaks, "params": params, "n_layers": 30,
                     "weights_bytes_predicted": weights, "decode_step_bytes_predicted": byt,
                     "decode_step_flops_predicted": fl, "decode_tok_s": b / t,
                     "decode_tok_s_predicted": b / max(byt / bw_cal, fl / 80e9),
@@ -281,9 +281,10 @@ def test_report_section_arithmetic_vs_measurement(tmp_path):
     assert bf16["kv_slope_predicted_s"] == pytest.approx(KV / 10e9, rel=1e-6)
     assert bf16["kv_bytes_match"] is True and set(bf16["holdout"]) == {"tg32x64", "tg32@d4096"}
     assert max(abs(e) for e in bf16["holdout"].values()) < 1e-6
-    # the ladder: 135M, 360M fitted (t_fixed + bytes / BW_eff), the 1B predicted
+    # the ladder: 135M and 360M fitted (t_layer · layers + bytes / BW_eff), the 1B predicted
     (lad,) = [x for x in ladder if x["format"] == "bf16"]
-    assert lad["held_out"] == "shape:llama-3.2-1b" and lad["rel_err"] == pytest.approx(0, abs=1e-6)
+    assert lad["held_out"] == "shape:llama-3.2-1b" and lad["fitted_on"] == [
+        "embedded:smollm2-135m", "shape:smollm2-360m"]
     html = open(write_report([str(path)], str(tmp_path / "r.html"))[0]).read()
     assert "<h2>Arithmetic vs measurement</h2>" in html and 'id="arith"' in html
     for plot in ("depth-embedded-smollm2-135m-h-cpu-t2", "batch-embedded-smollm2-135m-h-cpu-t2",
@@ -291,3 +292,16 @@ def test_report_section_arithmetic_vs_measurement(tmp_path):
         assert f'id="{plot}"' in html
     md = (tmp_path / "r.md").read_text()
     assert "## Arithmetic vs measurement" in md and "| embedded:smollm2-135m | bf16 | 2 | 12.0 |" in md
+
+
+def test_ladder_fit_per_layer_overhead():
+    # 1 ms per layer + bytes at 8 GB/s, exact: recovered, and a third model predicted to rounding
+    layers, bytes_ = np.array([30.0, 32.0, 16.0]), np.array([270e6, 724e6, 2.47e9])
+    t = 1e-3 * layers + bytes_ / 8e9
+    c, a = fit.fit_layers(layers[:2], bytes_[:2], t[:2])
+    assert c == pytest.approx(1e-3) and 1 / a == pytest.approx(8e9)
+    rows = [{"host": "h", "device": "cpu", "format": "bf16", "threads": 2, "model": m, "params": p,
+             "n_layers": n, "points": [{"depth": 0, "batch": 1, "bytes": b, "tok_s": 1 / s}]}
+            for m, p, n, b, s in zip("abc", (1, 2, 3), layers, bytes_, t, strict=True)]
+    (x,) = fit.ladder_holdout(rows)
+    assert x["held_out"] == "c" and x["fitted_on"] == ["a", "b"] and x["rel_err"] == pytest.approx(0, abs=1e-9)
