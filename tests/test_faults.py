@@ -324,6 +324,8 @@ def test_runner_suite_validation_unit():
 def test_ctrl_c_prints_one_message_not_a_traceback(tmp_path, tiny):
     proc = subprocess.Popen([sys.executable, "-m", "quantbench", "run", *S, "--out", str(tmp_path / "r.jsonl")],
                             env={**os.environ, "QUANTBENCH_DUMMY_STEP_S": "0.5"}, start_new_session=True,
+                            # a job started in the background (CI under `&`) inherits SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     workers = _wait_for_worker(proc)
     time.sleep(1.0)
