@@ -279,6 +279,6 @@ def ladder_holdout(rows: list[dict]) -> list[dict]:
         c, a = fit_layers(layers, bytes_, t)
         out.append({"host": host, "device": device, "format": fmt, "threads": threads,
                     "fitted_on": [p[1] for p in train], "held_out": last[1], "layer_s": c,
-                    "bandwidth_bytes_s": 1 / a if a > 0 else math.inf,
+                    "bandwidth_bytes_s": 1 / a if a > 0 else None,
                     "rel_err": (c * last[2] + a * last[3]) / last[4] - 1})
     return out

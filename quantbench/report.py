@@ -299,10 +299,15 @@ def _knee(v, max_batch=None) -> str:
     return f"≥{max_batch}" if max_batch and v >= max_batch else f"{v:.3g}"
 
 
-ARITH_HEADERS = ("model", "format", "threads", "fixed ms/step", "weights at cal. BW ms", "overhead share at d0",
-                 "BW_eff ≥ GB/s", "BW_eff / calibrated", "KV s/token measured", "KV s/token predicted",
+ARITH_HEADERS = ("model", "format", "threads", "fixed ms/step", "weights at cal. BW ms",
+                 "overhead share at d0", "BW_eff ≥ GB/s", "BW_eff / calibrated", "KV s/token measured",
+                 "KV s/token predicted",
                  "BW_kv / calibrated", "peak_eff GFLOP/s", "knee predicted", "knee fitted", "knee 90 %",
                  "KV bytes = pred.", "fit RMS err", "held-out errors")
+
+
+def _rate(v, unit: str) -> str:
+    return f"{plots.fmt_num(v)}{unit}" if num(v) is not None else "— (no bytes term fitted)"
 
 
 def _ms(v) -> str:
@@ -319,7 +324,8 @@ def arith_table(rows: list[dict]) -> list[list[str]]:
     for r in rows:
         bw, cal, kvbw = r["bandwidth_bytes_s"], r["bandwidth_cal_bytes_s"], r["kv_bandwidth_bytes_s"]
         kv = "—" if r["kv_bytes_match"] is None else ("yes" if r["kv_bytes_match"] else "NO")
-        out.append([str(r["model"]), r["format"], str(r["threads"] or ""), _ms(r["fixed_s"]), _ms(r["weights_s"]),
+        out.append([str(r["model"]), r["format"], str(r["threads"] or ""), _ms(r["fixed_s"]),
+                    _ms(r["weights_s"]),
                     _pct(r["overhead_share"], False), "—" if not num(bw) else f"{bw / 1e9:.2f}",
                     _pct(bw / cal if num(bw) and cal else None, False),
                     _us(r["kv_slope_s"]), _us(r["kv_slope_predicted_s"]),
@@ -405,7 +411,7 @@ def arith_html(df, colors: dict) -> str:
         h.append("<p>Size ladder, held out (t_step = t_layer · layers + bytes / BW_eff fitted on the "
                  "smaller models, the largest predicted): " + "; ".join(
                      f"{x['format']}: {x['held_out']} {_pct(x['rel_err'])} (t_layer "
-                     f"{x['layer_s'] * 1e3:.2f} ms, BW_eff {plots.fmt_num(x['bandwidth_bytes_s'])}B/s, "
+                     f"{x['layer_s'] * 1e3:.2f} ms, BW_eff {_rate(x['bandwidth_bytes_s'], 'B/s')}, "
                      f"from {', '.join(x['fitted_on'])})" for x in ladder) + "</p>")
     for heading, svgs in arith_svgs(rows, colors):
         h.append(f"<h3>{escape(heading)}</h3><div class=\"plots\">" +
@@ -421,9 +427,9 @@ def arith_markdown(df) -> list[str]:
     out = ["## Arithmetic vs measurement", "", "| " + " | ".join(ARITH_HEADERS) + " |",
            "|" + "|".join("---" if i < 2 else "---:" for i in range(len(ARITH_HEADERS))) + "|"]
     out += ["| " + " | ".join(arith_table([r])[0]) + " |" for r in rows]
-    out += [""] + [f"- ladder held out (t_layer · layers + bytes / BW_eff): {x['format']}: {x['held_out']} "
-                   f"{_pct(x['rel_err'])} (t_layer {x['layer_s'] * 1e3:.2f} ms, BW_eff "
-                   f"{plots.fmt_num(x['bandwidth_bytes_s'])}B/s, from {', '.join(x['fitted_on'])})"
+    out += [""] + [f"- ladder held out (t_layer · layers + bytes / BW_eff): {x['format']}: "
+                   f"{x['held_out']} {_pct(x['rel_err'])} (t_layer {x['layer_s'] * 1e3:.2f} ms, BW_eff "
+                   f"{_rate(x['bandwidth_bytes_s'], 'B/s')}, from {', '.join(x['fitted_on'])})"
                    for x in ladder]
     return out + [""]
 
