@@ -1,19 +1,24 @@
 """A fitted model of one decode step beside the roofline bound, its held-out test, and the knee.
 
 The roofline (`*_predicted`) is a bound: every byte at the calibrated bandwidth, every FLOP at the
-calibrated peak, nothing else. What a framework adds is fitted, per (model, format, device,
-threads), from the decode sweep over depth D and batch B:
+calibrated peak, nothing else. What a framework does instead is fitted, per (model, format,
+device, threads), from its decode sweep over depth D and batch B:
 
-    t_step(D, B) = t_fixed + max(bytes(D, B) / BW_eff, flops(D, B) / peak_eff)
+    t_step(D, B) = t_fixed + B · ctx · kv_bytes_per_token / BW_kv + B · flops_per_seq / peak_eff
 
-bytes and flops are the arithmetic's own (the records' decode_step_bytes/flops_predicted: the
-weights plus B·D tokens of KV; B · flops_per_token); t_fixed is time outside the traffic (Python,
-kernel launches, sampling), BW_eff and peak_eff what the kernels reach. Least squares on relative
-error. Held out: the deepest depth and the largest batch are predicted by a fit that never saw them.
-Pure Python + numpy, no torch.
+t_fixed is what one step costs whatever D and B: reading the weights plus the framework's
+overhead (Python, dispatch, thread wake-ups). Within one model's sweep the weights' read time is a
+constant, so it cannot be told apart from overhead; the size ladder separates them
+(`fit_layers`: t_layer · layers + weights / BW_eff). BW_kv is what reading the KV cache really
+costs (attention kernels, not a copy), peak_eff what the matmuls reach as B grows. The terms add:
+the CPU kernels run one after the other, and the first sweeps here fitted a max(memory, compute)
+form worse. Least squares on relative error, every term ≥ 0 (exact: all subsets of the three
+terms, the best feasible one wins). Held out: the deepest depth and the largest batch are predicted
+by a fit that never saw them. Pure Python + numpy, no torch.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -24,94 +29,68 @@ KNEE_PLATEAU_FRAC = 0.9  # measured knee: the smallest batch reaching 90 % of th
 
 @dataclass(frozen=True)
 class Point:
-    """One decode measurement: the step's predicted traffic and work, and its median time."""
+    """One decode measurement: the step's predicted KV bytes and FLOPs, and its median time."""
     workload: str
     depth: int
     batch: int
-    bytes: float
-    flops: float
+    kv_bytes: float  # B · ctx · KV bytes per token: what the step reads beyond the weights
+    flops: float  # B · flops_per_token(ctx)
     step_s: float
 
     def __post_init__(self):
-        if not (self.bytes > 0 and self.flops > 0 and self.step_s > 0):
-            raise ValueError(f"{self.workload}: bytes, flops and step_s must be > 0, got {self}")
+        if not (self.kv_bytes >= 0 and self.flops > 0 and self.step_s > 0):
+            raise ValueError(f"{self.workload}: kv_bytes >= 0, flops and step_s > 0 needed, got {self}")
 
 
 @dataclass(frozen=True)
 class Fit:
     fixed_s: float
-    bandwidth_bytes_s: float
-    peak_flop_s: float | None  # None: no point fitted compute-bound, so the data cannot tell it
+    kv_bandwidth_bytes_s: float | None  # None: the KV term fitted to 0 (no cost seen)
+    peak_flop_s: float | None  # None: the compute term fitted to 0
     n_points: int
 
-    def step_s(self, bytes_: float, flops: float) -> float:
-        """Returns the fitted step time for a step reading bytes_ and doing flops."""
-        compute = flops / self.peak_flop_s if self.peak_flop_s else 0.0
-        return self.fixed_s + max(bytes_ / self.bandwidth_bytes_s, compute)
+    def step_s(self, kv_bytes: float, flops: float) -> float:
+        """Returns the fitted step time."""
+        kv = kv_bytes / self.kv_bandwidth_bytes_s if self.kv_bandwidth_bytes_s else 0.0
+        return self.fixed_s + kv + (flops / self.peak_flop_s if self.peak_flop_s else 0.0)
 
     def rel_err(self, p: Point) -> float:
         """Returns (fitted − measured) / measured step time of one point."""
-        return self.step_s(p.bytes, p.flops) / p.step_s - 1
+        return self.step_s(p.kv_bytes, p.flops) / p.step_s - 1
 
-    def knee_batch(self, weights_bytes: float, kv_bytes_per_seq: float, flops_per_seq: float) -> float | None:
-        """Returns the batch where the compute term overtakes the memory term:
-        (W + B·kv) / BW = B·f / peak, so B = (W / BW) / (f / peak − kv / BW); None without a peak
-        or when compute never wins."""
-        if not self.peak_flop_s:
-            return None
-        per_seq = flops_per_seq / self.peak_flop_s - kv_bytes_per_seq / self.bandwidth_bytes_s
-        return weights_bytes / self.bandwidth_bytes_s / per_seq if per_seq > 0 else None
+    def knee_batch(self, flops_per_seq: float) -> float | None:
+        """Returns the batch whose compute term equals the fixed term (weights + overhead):
+        t_fixed · peak_eff / flops per sequence; None without a compute term."""
+        return self.fixed_s * self.peak_flop_s / flops_per_seq if self.peak_flop_s else None
 
 
-def _solve(z: np.ndarray, t: np.ndarray) -> tuple[float, float, float]:
-    """Returns (t0, a, loss): t ≈ t0 + a·z minimizing Σ((t0 + a·z − t) / t)², t0 ≥ 0, a ≥ 0."""
-    A = np.stack([1 / t, z / t], axis=1)
-    (t0, a), *_ = np.linalg.lstsq(A, np.ones_like(t), rcond=None)
-    if t0 < 0:  # time cannot be saved per step: refit through the origin
-        t0, a = 0.0, float((z / t).sum() / ((z / t) ** 2).sum())
-    if a <= 0:  # no traffic term at all: a constant step
-        t0, a = float((1 / t).sum() / ((1 / t) ** 2).sum()), 0.0
-    rel = (t0 + a * z - t) / t
-    return float(t0), float(a), float(rel @ rel)
+def _nnls(A: np.ndarray) -> tuple[np.ndarray, float]:
+    """Returns (x ≥ 0, loss) minimizing |A x − 1|², trying every subset of columns."""
+    best = (np.zeros(A.shape[1]), float(A.shape[0]))
+    for k in range(1, A.shape[1] + 1):
+        for cols in itertools.combinations(range(A.shape[1]), k):
+            x_sub, *_ = np.linalg.lstsq(A[:, cols], np.ones(A.shape[0]), rcond=None)
+            if (x_sub < 0).any():
+                continue
+            x = np.zeros(A.shape[1])
+            x[list(cols)] = x_sub
+            loss = float(((A @ x - 1) ** 2).sum())
+            if loss < best[1]:
+                best = (x, loss)
+    return best
 
 
-def fit(points: list[Point], memory_only: bool = False) -> Fit:
-    """Returns the least-squares Fit (relative error) of t_fixed, BW_eff and peak_eff.
-
-    For a fixed ratio r = BW_eff / peak_eff the model is t0 + max(bytes, r · flops) / BW_eff, linear
-    in (t0, 1 / BW_eff): r is scanned over every value where some point switches term (and r = 0,
-    memory only), each solved exactly, and the best r refined by golden-section search.
-    memory_only fits t_fixed and BW_eff alone (r = 0).
-    """
+def fit(points: list[Point]) -> Fit:
+    """Returns the least-squares Fit (relative error) of t_fixed, BW_kv and peak_eff."""
     if len(points) < 2:
         raise ValueError(f"a fit needs at least 2 points, got {len(points)}")
-    x = np.array([p.bytes for p in points], float)
-    y = np.array([p.flops for p in points], float)
     t = np.array([p.step_s for p in points], float)
-    switch = x / y  # r above which a point's compute term wins
-    lo, hi = switch.min() / 2, switch.max() * 4
-
-    def loss(r: float) -> float:
-        return _solve(np.maximum(x, r * y), t)[2]
-
-    grid = [0.0] + ([] if memory_only else list(np.geomspace(lo, hi, 240)))
-    losses = [loss(r) for r in grid]
-    i = int(np.argmin(losses))
-    best = grid[i]
-    if i > 0:  # golden-section between the neighbours of the best grid value
-        a, b = grid[max(i - 1, 1)], grid[min(i + 1, len(grid) - 1)]
-        g = (math.sqrt(5) - 1) / 2
-        for _ in range(60):
-            c, d = b - g * (b - a), a + g * (b - a)
-            if loss(c) < loss(d):
-                b = d
-            else:
-                a = c
-        best = min((best, (a + b) / 2), key=loss)
-    t0, inv_bw, _ = _solve(np.maximum(x, best * y), t)
-    bw = 1 / inv_bw if inv_bw > 0 else math.inf
-    compute_wins = best > 0 and bool((best * y > x).any())
-    return Fit(t0, bw, float(bw / best) if compute_wins else None, len(points))
+    cols = np.array([[1.0, p.kv_bytes, p.flops] for p in points], float)
+    scale = cols.max(axis=0)  # columns of 1, ~1e8 bytes and ~1e10 FLOPs: solve on one scale
+    x, _ = _nnls(cols / scale / t[:, None])
+    t0, inv_kv, inv_peak = x / scale
+    return Fit(float(t0), float(1 / inv_kv) if inv_kv > 0 else None,
+               float(1 / inv_peak) if inv_peak > 0 else None, len(points))
 
 
 def held_out(points: list[Point]) -> list[Point]:
@@ -124,10 +103,10 @@ def held_out(points: list[Point]) -> list[Point]:
 
 def holdout_errors(points: list[Point]) -> dict[str, float]:
     """Returns {workload: relative error} of the held-out points predicted by a fit on the rest
-    ({} when fewer than 2 points remain to fit)."""
+    ({} when fewer than 3 points remain to fit)."""
     out = held_out(points)
     train = [p for p in points if p not in out]
-    if not out or len(train) < 2:
+    if not out or len(train) < 3:
         return {}
     f = fit(train)
     return {p.workload: float(f.rel_err(p)) for p in out}
@@ -147,38 +126,38 @@ def points_from_records(recs: list[dict]) -> list[Point]:
     for r in recs:
         if r.get("status") != "ok" or not str(r.get("workload", "")).startswith("tg"):
             continue
-        b, f, tok_s = (r.get(k) for k in ("decode_step_bytes_predicted", "decode_step_flops_predicted",
-                                          "decode_tok_s"))
-        if not all(isinstance(v, (int, float)) and v > 0 for v in (b, f, tok_s)):
+        b, w, f, tok_s = (r.get(k) for k in ("decode_step_bytes_predicted", "weights_bytes_predicted",
+                                             "decode_step_flops_predicted", "decode_tok_s"))
+        if not all(isinstance(v, (int, float)) and v > 0 for v in (b, w, f, tok_s)):
             continue
         batch = int(r.get("batch") or 1)
-        out.append(Point(r["workload"], int(r.get("depth") or 0), batch, float(b), float(f), batch / tok_s))
+        out.append(Point(r["workload"], int(r.get("depth") or 0), batch, max(float(b) - w, 0.0), float(f),
+                         batch / tok_s))
     return out
 
 
 def annotate(recs: list[dict]) -> None:
     """Adds the fit's fields to the decode records of one variant (one model, format, device and
     thread count), in place: fit_* parameters, each point's fit_rel_err, holdout_rel_err on the
-    held-out points, and the measured knees at depth 0."""
+    held-out points, and the knees measured at depth 0."""
     pts = points_from_records(recs)
-    if len(pts) < 3:  # two points fit exactly: nothing would be tested
+    if len(pts) < 4:  # three terms: fewer points fit exactly and test nothing
         return
     f, hold = fit(pts), holdout_errors(pts)
     by_name = {p.workload: p for p in pts}
     base = {p.batch: p for p in pts if p.depth == 0}
     knee = plateau_knee({b: b / p.step_s for b, p in base.items()})
     one = base.get(1)
-    w = next((r.get("weights_bytes_predicted") for r in recs if r.get("weights_bytes_predicted")), None)
-    fit_knee = None
-    if one is not None and w:
-        fit_knee = f.knee_batch(w, one.bytes - w, one.flops)
+    fit_knee = f.knee_batch(one.flops) if one is not None else None
     for r in recs:
         p = by_name.get(r.get("workload")) if r.get("status") == "ok" else None
         if p is None:
             continue
-        r.update(fit_fixed_s=f.fixed_s, fit_bandwidth_bytes_s=f.bandwidth_bytes_s,
+        r.update(fit_fixed_s=f.fixed_s, fit_kv_bandwidth_bytes_s=f.kv_bandwidth_bytes_s,
                  fit_peak_flop_s=f.peak_flop_s, fit_points=f.n_points, fit_rel_err=float(f.rel_err(p)),
-                 fit_step_s=f.step_s(p.bytes, p.flops))
+                 fit_step_s=f.step_s(p.kv_bytes, p.flops))
+        if r.get("weights_bytes_predicted") and f.fixed_s > 0:
+            r["fit_bandwidth_bytes_s"] = r["weights_bytes_predicted"] / f.fixed_s
         if p.workload in hold:
             r["holdout_rel_err"] = hold[p.workload]
         if fit_knee is not None:
@@ -214,6 +193,8 @@ def summaries(recs: list[dict]) -> list[dict]:
             groups.setdefault(tuple(r.get(k) for k in SWEEP), []).append(r)
     out = []
     for key, rs in groups.items():
+        rs = [dict(r) for r in rs]
+        annotate(rs)  # refitted with this code, so older records read the same as new ones
         tg = [r for r in rs if str(r.get("workload", "")).startswith("tg") and _num(r.get("decode_tok_s"))]
         if not tg:
             continue
@@ -224,6 +205,8 @@ def summaries(recs: list[dict]) -> list[dict]:
         row.update(params=_num(r0.get("params")), n_layers=_num(r0.get("n_layers")),
                    fixed_s=_num(r0.get("fit_fixed_s")),
                    bandwidth_bytes_s=_num(r0.get("fit_bandwidth_bytes_s")),
+                   kv_bandwidth_bytes_s=_num(r0.get("fit_kv_bandwidth_bytes_s")),
+                   weights_bytes=_num(r0.get("weights_bytes_predicted")),
                    peak_flop_s=_num(r0.get("fit_peak_flop_s")), bandwidth_cal_bytes_s=bw_cal,
                    step0_s=_num(r0.get("fit_step_s")),
                    measured0_s=(r0.get("batch") or 1) / r0["decode_tok_s"],
@@ -236,7 +219,12 @@ def summaries(recs: list[dict]) -> list[dict]:
                             if _num(r.get("holdout_rel_err")) is not None})
         errs = [r["fit_rel_err"] ** 2 for r in tg if _num(r.get("fit_rel_err")) is not None]
         row["rms_rel_err"] = float(np.sqrt(np.mean(errs))) if errs else None
-        row["overhead_share"] = row["fixed_s"] / row["step0_s"] if row["step0_s"] and row["fixed_s"] else None
+        # overhead: the fixed time beyond reading the weights at the calibrated bandwidth
+        w_s = row["weights_bytes"] / bw_cal if row["weights_bytes"] and bw_cal else None
+        row["weights_s"] = w_s
+        row["overhead_s"] = max(row["fixed_s"] - w_s, 0.0) if row["fixed_s"] is not None and w_s else None
+        row["overhead_share"] = (row["overhead_s"] / row["step0_s"] if row["step0_s"]
+                                 and row["overhead_s"] is not None else None)
         pts = [{"depth": int(r.get("depth") or 0), "batch": int(r.get("batch") or 1),
                 "tok_s": r["decode_tok_s"], "roofline_tok_s": _num(r.get("decode_tok_s_predicted")),
                 "fit_tok_s": (r.get("batch") or 1) / r["fit_step_s"] if _num(r.get("fit_step_s")) else None,
@@ -291,6 +279,6 @@ def ladder_holdout(rows: list[dict]) -> list[dict]:
         c, a = fit_layers(layers, bytes_, t)
         out.append({"host": host, "device": device, "format": fmt, "threads": threads,
                     "fitted_on": [p[1] for p in train], "held_out": last[1], "layer_s": c,
-                    "bandwidth_bytes_s": 1 / a if a > 0 else math.inf,
+                    "bandwidth_bytes_s": 1 / a if a > 0 else None,
                     "rel_err": (c * last[2] + a * last[3]) / last[4] - 1})
     return out

@@ -169,16 +169,21 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("knee_batch_predicted", "float", "", "decode batch where the roofline turns compute-bound: "
        "peak/bandwidth × bytes per weight ÷ FLOPs per weight (Kipply's 208 on an A100)"),
     # the step-time fit over a variant's decode sweep (quantbench/fit.py), on its tg records
-    _f("fit_fixed_s", "float", "s", "fitted time per decode step outside the memory/compute terms"),
-    _f("fit_bandwidth_bytes_s", "float", "byte/s", "fitted effective bandwidth of the decode step"),
-    _f("fit_peak_flop_s", "float", "FLOP/s", "fitted effective compute peak (absent: no point fitted "
-       "compute-bound)"),
+    _f("fit_fixed_s", "float", "s", "fitted time of a decode step whatever its depth and batch: reading "
+       "the weights + overhead"),
+    _f("fit_bandwidth_bytes_s", "float", "byte/s", "weights_bytes_predicted / fit_fixed_s: the weights' "
+       "effective bandwidth if the fixed time were all weight reads (a lower bound)"),
+    _f("fit_kv_bandwidth_bytes_s", "float", "byte/s", "fitted cost of reading the KV cache, as bytes per "
+       "second (absent: no KV cost fitted)"),
+    _f("fit_peak_flop_s", "float", "FLOP/s", "fitted effective compute rate of the batch term (absent: no "
+       "compute cost fitted)"),
     _f("fit_points", "int", "", "decode points the fit used"),
     _f("fit_step_s", "float", "s", "fitted step time of this workload"),
     _f("fit_rel_err", "float", "", "(fitted − measured) / measured step time of this workload"),
     _f("holdout_rel_err", "float", "", "same, from a fit that left out the deepest depth and the largest "
        "batch (present on those held-out workloads only)"),
-    _f("knee_batch_fit", "float", "", "batch where the fitted compute term overtakes the memory term"),
+    _f("knee_batch_fit", "float", "", "batch where the fitted compute term equals the fixed term "
+       "(weights + overhead)"),
     _f("knee_batch_plateau", "int", "", "smallest measured batch reaching 90 % of the best decode tok/s"),
 ]}
 FIELDS = {name: f.meaning for name, f in SCHEMA.items()}  # name -> meaning (README, older callers)

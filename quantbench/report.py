@@ -324,28 +324,40 @@ def _knee(v, max_batch=None) -> str:
     return f"≥{max_batch}" if max_batch and v >= max_batch else f"{v:.3g}"
 
 
-ARITH_HEADERS = ("model", "format", "threads", "overhead ms/step", "share at d0", "BW_eff GB/s",
-                 "BW_eff / calibrated", "peak_eff GFLOP/s", "knee predicted", "knee fitted", "knee 90 %",
-                 "KV s/token measured", "KV s/token predicted", "KV bytes = pred.", "fit RMS err",
-                 "held-out errors")
+ARITH_HEADERS = ("model", "format", "threads", "fixed ms/step", "weights at cal. BW ms",
+                 "overhead share at d0", "BW_eff ≥ GB/s", "BW_eff / calibrated", "KV s/token measured",
+                 "KV s/token predicted",
+                 "BW_kv / calibrated", "peak_eff GFLOP/s", "knee predicted", "knee fitted", "knee 90 %",
+                 "KV bytes = pred.", "fit RMS err", "held-out errors")
+
+
+def _rate(v, unit: str) -> str:
+    return f"{plots.fmt_num(v)}{unit}" if num(v) is not None else "— (no bytes term fitted)"
+
+
+def _ms(v) -> str:
+    return "—" if num(v) is None else f"{v * 1e3:.1f}"
+
+
+def _us(v) -> str:
+    return "—" if num(v) is None else f"{v * 1e6:.2f} µs"
 
 
 def arith_table(rows: list[dict]) -> list[list[str]]:
     """Returns the cells of the per-variant "Arithmetic vs measurement" table."""
     out = []
     for r in rows:
-        bw, cal = r["bandwidth_bytes_s"], r["bandwidth_cal_bytes_s"]
+        bw, cal, kvbw = r["bandwidth_bytes_s"], r["bandwidth_cal_bytes_s"], r["kv_bandwidth_bytes_s"]
         kv = "—" if r["kv_bytes_match"] is None else ("yes" if r["kv_bytes_match"] else "NO")
-        out.append([str(r["model"]), r["format"], str(r["threads"] or ""),
-                    "—" if num(r["fixed_s"]) is None else f"{r['fixed_s'] * 1e3:.1f}",
+        out.append([str(r["model"]), r["format"], str(r["threads"] or ""), _ms(r["fixed_s"]),
+                    _ms(r["weights_s"]),
                     _pct(r["overhead_share"], False), "—" if not num(bw) else f"{bw / 1e9:.2f}",
                     _pct(bw / cal if num(bw) and cal else None, False),
+                    _us(r["kv_slope_s"]), _us(r["kv_slope_predicted_s"]),
+                    _pct(kvbw / cal if num(kvbw) and cal else None, False),
                     "—" if not num(r["peak_flop_s"]) else f"{r['peak_flop_s'] / 1e9:.1f}",
                     _knee(r["knee_predicted"]), _knee(r["knee_fit"]),
                     _knee(r["knee_plateau"], r["max_batch"]),
-                    "—" if num(r["kv_slope_s"]) is None else f"{r['kv_slope_s'] * 1e6:.2f} µs",
-                    "—" if num(r["kv_slope_predicted_s"]) is None
-                    else f"{r['kv_slope_predicted_s'] * 1e6:.2f} µs",
                     kv, _pct(r["rms_rel_err"], False),
                     "; ".join(f"{w.split('@t')[0]} {_pct(e)}" for w, e in r["holdout"].items()) or "—"])
     return out
@@ -404,14 +416,17 @@ def arith_html(df, colors: dict) -> str:
     if not rows:
         return ""
     h = ["<h2>Arithmetic vs measurement</h2>",
-         "<p>Each variant's decode sweep is fitted with t_step = t_fixed + max(bytes / BW_eff, FLOPs / "
-         "peak_eff), bytes and FLOPs from the arithmetic (weights + B·D tokens of KV). Fitted overhead = "
-         "t_fixed; its share is of the fitted step at depth 0, batch 1. Knee: predicted = calibrated "
-         "FLOP/s ÷ bandwidth × bytes per weight ÷ FLOPs per weight (Kipply's 208 on an A100); fitted = "
-         "where the fitted compute term overtakes the memory term; 90 % = smallest batch reaching 90 % "
-         "of the best tok/s (≥B: not reached). KV s/token: the decode step's slope over depth, measured "
-         "and predicted (KV bytes per token ÷ calibrated bandwidth). Held-out errors: the deepest depth "
-         "and the largest batch predicted by a fit that did not see them.</p>",
+         "<p>Each variant's decode sweep is fitted with t_step = t_fixed + B·ctx·KV bytes per token / "
+         "BW_kv + B·FLOPs per sequence / peak_eff (KV bytes and FLOPs from the arithmetic; least squares "
+         "on relative error, terms ≥ 0). t_fixed holds the weights' read time and the framework's "
+         "overhead: the overhead is t_fixed minus the weights at the calibrated bandwidth, its share of "
+         "the fitted step at depth 0, batch 1. BW_eff ≥ weights ÷ t_fixed (the bandwidth if the fixed "
+         "time were all weight reads). KV s/token: the decode step's slope over depth, measured, and "
+         "predicted as KV bytes per token ÷ calibrated bandwidth. Knee: predicted = calibrated FLOP/s ÷ "
+         "bandwidth × bytes per weight ÷ FLOPs per weight (Kipply's 208 on an A100); fitted = the batch "
+         "whose compute term equals t_fixed; 90 % = smallest batch reaching 90 % of the best tok/s "
+         "(≥B: not reached). Held-out errors: the deepest depth and the largest batch predicted by a fit "
+         "that did not see them.</p>",
          '<div class="scroll"><table id="arith"><thead><tr>'
          + "".join(f"<th>{escape(x)}</th>" for x in ARITH_HEADERS) + "</tr></thead><tbody>"]
     h += ["<tr>" + "".join(f'<td{" class=s" if i < 2 else ""}>{escape(c)}</td>' for i, c in enumerate(cells))
@@ -421,7 +436,7 @@ def arith_html(df, colors: dict) -> str:
         h.append("<p>Size ladder, held out (t_step = t_layer · layers + bytes / BW_eff fitted on the "
                  "smaller models, the largest predicted): " + "; ".join(
                      f"{x['format']}: {x['held_out']} {_pct(x['rel_err'])} (t_layer "
-                     f"{x['layer_s'] * 1e3:.2f} ms, BW_eff {plots.fmt_num(x['bandwidth_bytes_s'])}B/s, "
+                     f"{x['layer_s'] * 1e3:.2f} ms, BW_eff {_rate(x['bandwidth_bytes_s'], 'B/s')}, "
                      f"from {', '.join(x['fitted_on'])})" for x in ladder) + "</p>")
     for heading, svgs in arith_svgs(rows, colors):
         h.append(f"<h3>{escape(heading)}</h3><div class=\"plots\">" +
@@ -437,9 +452,9 @@ def arith_markdown(df) -> list[str]:
     out = ["## Arithmetic vs measurement", "", "| " + " | ".join(ARITH_HEADERS) + " |",
            "|" + "|".join("---" if i < 2 else "---:" for i in range(len(ARITH_HEADERS))) + "|"]
     out += ["| " + " | ".join(arith_table([r])[0]) + " |" for r in rows]
-    out += [""] + [f"- ladder held out (t_layer · layers + bytes / BW_eff): {x['format']}: {x['held_out']} "
-                   f"{_pct(x['rel_err'])} (t_layer {x['layer_s'] * 1e3:.2f} ms, BW_eff "
-                   f"{plots.fmt_num(x['bandwidth_bytes_s'])}B/s, from {', '.join(x['fitted_on'])})"
+    out += [""] + [f"- ladder held out (t_layer · layers + bytes / BW_eff): {x['format']}: "
+                   f"{x['held_out']} {_pct(x['rel_err'])} (t_layer {x['layer_s'] * 1e3:.2f} ms, BW_eff "
+                   f"{_rate(x['bandwidth_bytes_s'], 'B/s')}, from {', '.join(x['fitted_on'])})"
                    for x in ladder]
     return out + [""]
 
