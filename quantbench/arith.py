@@ -185,15 +185,6 @@ def knee_batch(peak_flop_s: float, bandwidth_bytes_s: float, bytes_per_weight: f
     return ops_per_byte(peak_flop_s, bandwidth_bytes_s) * bytes_per_weight / flops_per_weight
 
 
-def decode_step(s: ModelShape, weights_bytes: float, n_ctx: float, batch: int = 1,
-                kv_bytes_per_elem: float = 2) -> tuple[float, float]:
-    """Returns (bytes read, FLOPs) of one decode step of `batch` sequences holding n_ctx tokens:
-    the weights once plus every sequence's KV, and batch · flops_per_token(n_ctx)."""
-    kv_token = kv_cache_bytes(s.n_layers, s.n_kv_heads, s.head_dim, 1, 1, kv_bytes_per_elem)
-    flops = 2 * _matmul_params(s) + 4 * s.n_layers * n_ctx * s.n_heads * s.head_dim
-    return weights_bytes + batch * n_ctx * kv_token, batch * flops
-
-
 def max_kv_tokens(memory_bytes: float, weights_bytes: float, kv_bytes_per_token: float,
                   n_devices: int = 1, reserve_bytes: float = 0) -> int:
     """Returns how many tokens of KV cache fit beside the weights, over all devices.

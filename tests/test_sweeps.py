@@ -187,7 +187,7 @@ def test_annotate_writes_fit_fields_on_decode_records():
 def test_runner_sweeps_threads_and_depths(tmp_path, tiny):
     suite = Suite(name="sw", model="tiny", formats=("dummy",), prompt_lengths=(16,), gen_tokens=4,
                   gen_prompt_tokens=4, min_samples=2, time_budget_s=1.0, n_ctx=32, ppl_windows=1,
-                  kld_tokens=0, decode_batches=(2, 4), depths=(64,), threads=(1, 2))
+                  kld_tokens=0, decode_batches=(2, 4, 8), depths=(64,), threads=(1, 2))
     out = runner.run(suite, tmp_path / "r.jsonl")
     got = {r["workload"]: r for r in records.read(out)}
     assert set(got) == {str(w) for w in suite.workloads()}
@@ -195,9 +195,9 @@ def test_runner_sweeps_threads_and_depths(tmp_path, tiny):
     assert got["tg4@d64@t2"]["threads"] == 2 and got["tg4@d64@t1"]["threads"] == 1
     assert got["tg4@d64@t2"]["depth"] == 64 and got["load@t1"]["depth"] == 0
     assert got["pp16@d64@t1"]["n_prompt"] == 16
-    # every decode record of a variant carries the fit over its 4 points; the held-out ones theirs
-    assert all(got[f"{w}@t1"]["fit_points"] == 4 for w in ("tg4", "tg4x2", "tg4x4", "tg4@d64"))
-    assert {w for w in got if "holdout_rel_err" in got[w]} == {"tg4x4@t1", "tg4@d64@t1", "tg4x4@t2",
+    # every decode record of a variant carries the fit over its 5 points; the held-out ones theirs
+    assert all(got[f"{w}@t1"]["fit_points"] == 5 for w in ("tg4", "tg4x2", "tg4x4", "tg4x8", "tg4@d64"))
+    assert {w for w in got if "holdout_rel_err" in got[w]} == {"tg4x8@t1", "tg4@d64@t1", "tg4x8@t2",
                                                               "tg4@d64@t2"}
     assert got["tg4@t1"]["peaks"]["name"].endswith("-1t") and got["tg4@t2"]["peaks"]["name"].endswith("-2t")
 
