@@ -71,13 +71,6 @@ def token_ids(model_dir: str, model_digest: str, corpus: str) -> np.ndarray:
     return ids
 
 
-def bos_id(model_dir: str) -> int | None:
-    """Returns the tokenizer's BOS id (None when the model has none)."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_dir).bos_token_id
-
-
 def bos_first(model_dir: str, gguf_path: str = "") -> int | None:
     """Returns the BOS id when the model puts BOS first (add_bos_token), else None.
 

@@ -29,11 +29,6 @@ VARIANT_TIMEOUT_S = int(os.environ.get("QUANTBENCH_VARIANT_TIMEOUT_S", 3 * 3600)
 MACHINE_KEYS = ("cpu", "cpu_physical_cores", "ram_bytes", "gpu")
 
 
-def workloads(suite: Suite) -> list[str]:
-    """Returns the workload names of a suite: load, pp<N>..., tg<N>, tg<N>x<B>..., ppl<N_CTX>."""
-    return [str(w) for w in suite.workloads()]
-
-
 def check_devices(devices) -> None:
     """Raises UserError when a CUDA device is asked for and torch sees none."""
     if not any(d.startswith("cuda") for d in devices):

@@ -21,7 +21,7 @@ def tiny_run(tmp_path_factory, tiny):
 
 def test_plan_puts_the_reference_first():
     assert [f for _, f in runner.plan(TINY)] == ["fp32", "bf16", "fp16", "bnb-int8", "bnb-nf4"]
-    assert runner.workloads(TINY) == ["load", "pp32", "tg8", "ppl64"]
+    assert [str(w) for w in TINY.workloads()] == ["load", "pp32", "tg8", "ppl64"]
 
 
 def test_every_variant_and_workload_ok(tiny_run):
@@ -85,8 +85,8 @@ def test_crash_leaves_failed_record_and_keeps_others(tmp_path, tiny, monkeypatch
     suite = TINY.with_overrides(formats=["fp32", "dummy"], ppl_windows=1)
     runner.run(suite, out)
     got = {(r["format"], r["workload"]): r for r in records.read(out)}
-    assert all(got[("fp32", w)]["status"] == "ok" for w in runner.workloads(suite))
-    dummy = [got[("dummy", w)] for w in runner.workloads(suite)]
+    assert all(got[("fp32", w)]["status"] == "ok" for w in [str(w) for w in suite.workloads()])
+    dummy = [got[("dummy", w)] for w in [str(w) for w in suite.workloads()]]
     assert all(r["status"] == "failed" and "SIGKILL" in r["reason"] for r in dummy)
 
 
@@ -191,7 +191,7 @@ def test_batched_decode_beside_batch_one(tmp_path, tiny):
     out = tmp_path / "r.jsonl"
     suite = TINY.with_overrides(formats=["fp32", "fp32+compiled", "gguf-f16"], decode_batches=[4],
                                 ppl_windows=1)
-    assert runner.workloads(suite) == ["load", "pp32", "tg8", "tg8x4", "ppl64"]
+    assert [str(w) for w in suite.workloads()] == ["load", "pp32", "tg8", "tg8x4", "ppl64"]
     runner.run(suite, out)
     got = {(r["format"], r["workload"]): r for r in records.read(out)}
     for fmt in ("fp32", "gguf-f16"):
