@@ -1,4 +1,4 @@
-"""nox sessions: tests (CI), bench, report, lint, perf, gpu.
+"""nox sessions: tests (CI), bench, report, lint, perf, parity, gpu.
 
 Installs are pinned here, on the first screen:
 - torch 2.13.0 CPU build (an unpinned torch pulls a multi-GB CUDA build); override with
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import time
 from pathlib import Path
 
 import nox
@@ -22,6 +23,7 @@ nox.options.default_venv_backend = "venv"
 PYTHON = "3.11"
 TORCH = os.environ.get("QUANTBENCH_TORCH", "torch==2.13.0")
 LLAMA_CPP_VERSION = "0.3.36"
+WHEEL_BUILD_S = 12 * 60  # its compile on this 2-core machine (11 min measured), for the ETA line
 GPTQMODEL_VERSION = "7.7.0"
 GPTQ_REQS = ["accelerate>=1.15.0", "safetensors>=0.8.0", "threadpoolctl>=3.7.0", "packaging",
              "device-smi>=0.5.7", "protobuf", "pillow", "requests", "pypcre>=0.6.4",
@@ -43,8 +45,10 @@ def llama_wheel(session: nox.Session, flavour: str = "cpu", cmake_args: str = ""
     house = cache_dir() / "wheelhouse" / flavour
     found = sorted(house.glob(f"llama_cpp_python-{LLAMA_CPP_VERSION}-*.whl"))
     if not found:
-        session.log(f"compiling llama-cpp-python {LLAMA_CPP_VERSION} ({flavour}) once into {house}"
-                    " (~12 min on 2 cores)")
+        done = time.strftime("%H:%M", time.localtime(time.time() + WHEEL_BUILD_S))
+        session.log(f"compiling llama-cpp-python {LLAMA_CPP_VERSION} ({flavour}) once into {house}: "
+                    f"~{WHEEL_BUILD_S // 60} min on 2 cores, done about {done}; pip prints no progress "
+                    "meanwhile")
         env = {"CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
         if cmake_args:
             env["CMAKE_ARGS"] = cmake_args
@@ -124,6 +128,17 @@ def perf(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", "tests/test_perf.py", "--benchmark-enable",
                 "--benchmark-autosave", "--benchmark-save-data", *compare, *session.posargs,
                 env=CPU_ENV)
+
+
+@nox.session(python=PYTHON)
+def parity(session: nox.Session) -> None:
+    """quantbench against llama-bench, llama-perplexity and a bare torch loop, interleaved A/B/A/B
+    -> reports/parity.html (+ parity-table.md). Compiles llama.cpp's two tools once (~4 min), into
+    the cache beside the wheelhouse. Not part of CI. Pass `quantbench parity` flags after --."""
+    install(session)
+    # The suite's omp_wait_policy decides for both sides, not this session's environment.
+    env = {k: v for k, v in CPU_ENV.items() if k != "OMP_WAIT_POLICY"}
+    session.run("quantbench", "parity", *session.posargs, env=env)
 
 
 @nox.session(python=PYTHON)

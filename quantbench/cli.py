@@ -1,4 +1,4 @@
-"""`quantbench` command line: run, report, compare, track, trend, formats, devices, estimate.
+"""`quantbench` command line: run, report, compare, track, trend, parity, formats, devices, estimate.
 
 Every subcommand's arguments are wired here, and one handler (main) turns bad input into one line
 on stderr naming the problem and its fix, and exit code 2.
@@ -222,6 +222,36 @@ def _devices_parser(subparsers) -> None:
     p.set_defaults(func=cli_arith.cmd_devices)
 
 
+def cmd_parity(args) -> int:
+    """Runs quantbench A/B/A/B against llama-bench, llama-perplexity and a bare torch loop; writes the
+    parity table (markdown) and the report with a parity section. Exit 1 when a target is missed."""
+    import pandas as pd
+
+    from quantbench import parity
+    from quantbench.report import write_report
+
+    t, _ = parity.run(args.suite, args.rounds, args.out_dir)
+    if t.empty:
+        raise UserError("parity measured nothing (every variant failed or was skipped); see the output above")
+    md = parity.parity_markdown(t) + "\n" + parity.PARITY_NOTE + "\n"
+    html_path = Path(args.out)
+    paths = write_report([str(Path(args.out_dir) / "quantbench-r1.jsonl")], str(html_path),
+                         "quantbench parity: " + Path(args.suite).stem,
+                         sections=[("Parity with the engines' own benchmarks", md)])
+    md_path = html_path.with_name(html_path.stem + "-table.md")
+    md_path.write_text(md, encoding="utf-8")
+    print(md)
+    print("wrote " + ", ".join([str(md_path), *paths]))
+    missed = t[~t["ok"]]
+    if len(missed):
+        print(f"parity: {len(missed)} of {len(t)} targets missed: " + "; ".join(
+            f"{r.format} {r.metric} {r.ratio:.3f} (target {r.target})" for r in missed.itertuples()),
+            file=sys.stderr)
+        return 1
+    print(f"parity: all {len(t)} targets met")
+    return 0 if pd.notna(t["ratio"]).all() else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quantbench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -260,6 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="gates a step must cross, as in compare (default: compare's defaults)")
     tr.add_argument("--alpha", type=float, default=ALPHA, help="significance for timing steps (default %(default)s)")
     tr.set_defaults(func=cmd_trend)
+    pa = sub.add_parser("parity", help="quantbench against llama-bench, llama-perplexity and a bare "
+                                        "torch loop, A/B/A/B (nox -s parity)")
+    pa.add_argument("--suite", default="suites/parity.toml", help="suite TOML (default %(default)s)")
+    pa.add_argument("--rounds", type=int, default=2, help="A/B rounds (default %(default)s)")
+    pa.add_argument("--out-dir", default="results/parity", help="records and measures (default %(default)s)")
+    pa.add_argument("-o", "--out", default="reports/parity.html",
+                    help="report with the parity section (default %(default)s); the table goes beside it")
+    pa.set_defaults(func=cmd_parity)
     _estimate_parser(sub)
     _devices_parser(sub)
     return p

@@ -24,20 +24,32 @@ def time_prefill(b: Backend, ids: list[int], min_samples: int, budget_s: float,
     `fill`, each sample first caches those tokens untimed and times the prompt on top of them."""
     b.prefill(ids[: min(len(ids), 32)])  # warm-up on a short prompt: slow kernels stay affordable
     b.sync()
-    samples, start = [], time.perf_counter()
+    samples, engine, start = [], [], time.perf_counter()
     while len(samples) < min_samples:
         if fill:
             b.prefill(list(fill))
             b.sync()
-        t0 = time.perf_counter()
+        e0, t0 = b.engine_s(), time.perf_counter()
         b.extend(ids) if fill else b.prefill(ids)
         b.sync()
         samples.append(time.perf_counter() - t0)
+        if e0 is not None:
+            engine.append(b.engine_s() - e0)
         if time.perf_counter() - start > budget_s:
             break
     med = float(np.median(samples))
     return {"n_prompt": len(ids), "depth": len(fill), "prefill_tok_s": len(ids) / med, "ttft_s": med,
-            "prefill_samples_s": samples}
+            "prefill_samples_s": samples, **_engine_fields("prefill", samples, engine)}
+
+
+def _engine_fields(kind: str, wall_s: list[float], engine_s: list[float]) -> dict:
+    """Returns the engine's own time per timed step beside the wall clock's: engine_<kind>_s (median),
+    harness_<kind>_s (median of wall - engine per step: what the harness adds), the raw samples."""
+    if not engine_s:
+        return {}
+    over = np.asarray(wall_s) - np.asarray(engine_s)
+    return {f"engine_{kind}_s": float(np.median(engine_s)), f"harness_{kind}_s": float(np.median(over)),
+            f"engine_{kind}_samples_s": [float(x) for x in engine_s]}
 
 
 def time_decode(b: Backend, prompt: list[int], n_gen: int, min_samples: int,
@@ -56,7 +68,7 @@ def time_decode(b: Backend, prompt: list[int], n_gen: int, min_samples: int,
     for _ in range(2):
         tok = decode(tok)
     b.sync()
-    steps, ttfts, start = [], [], time.perf_counter()
+    steps, engine, ttfts, start = [], [], [], time.perf_counter()
     for _rep in range(min_samples):
         if fill:
             prefill(list(fill))
@@ -66,10 +78,12 @@ def time_decode(b: Backend, prompt: list[int], n_gen: int, min_samples: int,
         b.sync()
         ttfts.append(time.perf_counter() - t0)
         for _ in range(n_gen - 1):
-            t0 = time.perf_counter()
+            e0, t0 = b.engine_s(), time.perf_counter()
             tok = decode(tok)
             b.sync()
             steps.append(time.perf_counter() - t0)
+            if e0 is not None:
+                engine.append(b.engine_s() - e0)
             if time.perf_counter() - start > budget_s and len(steps) >= min_samples:
                 break
         if time.perf_counter() - start > budget_s:
@@ -77,7 +91,7 @@ def time_decode(b: Backend, prompt: list[int], n_gen: int, min_samples: int,
     return {"n_prompt": len(prompt), "n_gen": n_gen, "batch": batch, "depth": len(fill),
             "ttft_s": float(np.median(ttfts)), "decode_tok_s": batch / float(np.median(steps)),
             "decode_samples_s": steps, "decode_tokens_timed": len(steps) * batch,
-            **_percentiles(steps)}
+            **_percentiles(steps), **_engine_fields("decode", steps, engine)}
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -132,7 +132,7 @@ def _variant_row(key: tuple, recs: list[dict]) -> dict:
         row[f"decode_tok_s@b{b}"] = num(r.get("decode_tok_s"))
     tg = dict(max(by_kind["tg"], key=lambda t: t[0])[1]) if by_kind["tg"] else {}
     for col in ("decode_tok_s", "decode_tok_s_predicted", "decode_p50_s",
-                "decode_p90_s", "decode_p99_s", "decode_samples_s"):
+                "decode_p90_s", "decode_p99_s", "decode_samples_s", "engine_decode_s", "harness_decode_s"):
         row[col] = tg.get(col)
     row["decode_sol_frac"] = sol_frac(tg, "decode_tok_s")
     row["decode_sol_frac_spec"] = num(tg.get("decode_sol_frac_spec"))

@@ -113,6 +113,17 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("decode_p90_s", "float", "s", "per-step latency percentile 90"),
     _f("decode_p99_s", "float", "s", "per-step latency percentile 99"),
     _f("decode_tokens_timed", "int", "token", "decode tokens timed (fewer than asked when the time budget hit)"),
+    _f("engine_prefill_s", "float", "s", "the engine's own time for the timed prompt, median (llama.cpp: "
+       "llama_perf_context t_p_eval, as llama-bench counts; transformers: wall time inside model.forward)"),
+    _f("harness_prefill_s", "float", "s", "median of (wall − engine) per timed prompt: what quantbench adds"),
+    _f("engine_prefill_samples_s", "list[float]", "s", "raw engine times of the timed prompts"),
+    _f("engine_decode_s", "float", "s", "the engine's own time per decode step, median (llama.cpp: "
+       "llama_perf_context t_eval; transformers: wall time inside model.forward)"),
+    _f("harness_decode_s", "float", "s", "median of (wall − engine) per decode step: what quantbench adds "
+       "(batch building, logits copy, argmax, timers)"),
+    _f("engine_decode_samples_s", "list[float]", "s", "raw engine times of the decode steps"),
+    _f("omp_wait_policy", "str", "", "OMP_WAIT_POLICY the variant's process ran under (suite key "
+       "omp_wait_policy; 'default' when unset: OpenMP's own spin-then-sleep)"),
     # quality
     _f("n_ctx", "int", "token", "window length (ppl)"),
     _f("ppl", "float", "", "perplexity, llama.cpp protocol (second half of each window scored), over "

@@ -60,6 +60,10 @@ def table(p):
              **{c: num(r.get(c)) for c in b_cols},
              "decode_p50_ms": num(r.get("decode_p50_s")) and r["decode_p50_s"] * 1e3,
              "decode_p90_ms": num(r.get("decode_p90_s")) and r["decode_p90_s"] * 1e3,
+             # the engine's own time per step (llama.cpp's counters, model.forward) and what the
+             # harness adds on top of it: wall = engine + harness
+             "engine_decode_ms": num(r.get("engine_decode_s")) and r["engine_decode_s"] * 1e3,
+             "harness_decode_ms": num(r.get("harness_decode_s")) and r["harness_decode_s"] * 1e3,
              "ttft_ms": num(r.get("ttft_s")) and r["ttft_s"] * 1e3,
              # ppl over the windows every variant of the group scored; its stderr only when those
              # are all the windows this variant scored
@@ -108,7 +112,9 @@ HEADERS = {"format": ("format", ""), "device": ("device", ""), "host": ("host", 
            "bits_per_weight": ("bits per weight", ".2f"), "weights_mb": ("weights MB", ".1f"),
            "peak_rss_mb": ("peak RSS MB", ".0f"), "peak_device_mb": ("peak GPU MB", ".0f"),
            "decode_tok_s": ("decode tok/s", "rate"), "decode_p50_ms": ("p50 ms", ".1f"),
-           "decode_p90_ms": ("p90 ms", ".1f"), "ttft_ms": ("TTFT ms", ".0f"), "ppl": ("ppl ± stderr³", ".3f"),
+           "decode_p90_ms": ("p90 ms", ".1f"), "engine_decode_ms": ("engine ms/step⁴", ".2f"),
+           "harness_decode_ms": ("harness ms/step⁴", ".2f"), "ttft_ms": ("TTFT ms", ".0f"),
+           "ppl": ("ppl ± stderr³", ".3f"),
            "dppl_pct": ("Δppl %¹", "+.2f"), "kld_mean": ("KLD", ".4f"), "top1_agree_pct": ("top-1 %", ".1f"),
            "prefill_sol_frac": ("prefill SoL²", ".2f"), "decode_sol_frac": ("decode SoL²", ".2f"),
            "decode_sol_frac_spec": ("decode SoL (spec)", ".2f"), "status": ("status", "")}
@@ -206,7 +212,11 @@ def footnotes(p) -> list[str]:
         "³ ppl is computed on the windows every variant of its model and device scored "
         f"({', '.join(common) or '—'} windows), so a variant whose quality budget ran out early "
         "(marked partial) is not compared on other text than the rest; the records keep each "
-        "variant's own ppl over its own windows."]
+        "variant's own ppl over its own windows.",
+        "⁴ A decode step's wall time = engine + harness. Engine: llama.cpp's own counter "
+        "(llama_perf_context, what llama-bench times) or the wall time inside model.forward; "
+        "harness: what quantbench adds around it (batch building, logits copy, argmax, timers). "
+        "`nox -s parity` compares both with llama-bench and a bare torch loop."]
 
 
 def header_facts(df) -> list[tuple[str, str]]:
@@ -544,7 +554,39 @@ def _problems(p) -> list[tuple[str, str, str, str, str]]:
 
 
 
-def render_html(df, title: str = "", *, p=None) -> str:
+def _md_table_html(md: str) -> str:
+    """Returns a markdown section (pipe tables and paragraphs, **bold**) as HTML."""
+    out, rows = [], []
+
+    def cells(line):
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+
+    def flush():
+        if rows:
+            head, body = rows[0], [r for r in rows[2:]]
+            out.append('<div class="scroll"><table><thead><tr>' + "".join(f"<th>{escape(c)}</th>" for c in head)
+                       + "</tr></thead><tbody>" + "".join(
+                           "<tr>" + "".join(f"<td>{_bold(c)}</td>" for c in r) + "</tr>" for r in body)
+                       + "</tbody></table></div>")
+            rows.clear()
+
+    for line in md.splitlines():
+        if line.startswith("|"):
+            rows.append(cells(line))
+            continue
+        flush()
+        if line.strip():
+            out.append(f'<p class="foot">{_bold(line)}</p>')
+    flush()
+    return "".join(out)
+
+
+def _bold(text: str) -> str:
+    parts = escape(text).split("**")
+    return "".join(f"<b>{x}</b>" if i % 2 else x for i, x in enumerate(parts))
+
+
+def render_html(df, title: str = "", *, p=None, sections: list[tuple[str, str]] = ()) -> str:
     """Returns the self-contained HTML report (inline CSS, JS and SVG; no external assets);
     p is pivot(df) when the caller has it already."""
     if df.empty:
@@ -559,6 +601,7 @@ def render_html(df, title: str = "", *, p=None) -> str:
     h += [f'<div class="note"><b>Note:</b> {escape(n)}.</div>' for n in model_notes(df)]
     h.append("<h2>Verdict</h2>" + "".join(f"<p>{escape(v)}</p>" for v in verdicts(p)))
     h += [f'<p class="check">Cross-backend: {escape(line)}</p>' for line in cross_backend(p)]
+    h += [f"<h2>{escape(head)}</h2>" + _md_table_html(md) for head, md in sections]
     h.append('<h2>Variants</h2><div class="scroll">' + _table_html(table(p)) + "</div>")
     h += [f'<p class="foot">{escape(f)}</p>' for f in footnotes(p)]
     rows = "".join("<tr>" + "".join(f'<td class="s">{escape(str(x))}</td>' for x in pr) + "</tr>"
@@ -579,7 +622,7 @@ def render_html(df, title: str = "", *, p=None) -> str:
     return "\n".join(h)
 
 
-def render_markdown(df, *, p=None) -> str:
+def render_markdown(df, *, p=None, sections: list[tuple[str, str]] = ()) -> str:
     """Returns the report as markdown: header, verdict, the variants table, details, footnotes,
     problems; p is pivot(df) when the caller has it already."""
     p = pivot(df) if p is None else p
@@ -589,6 +632,7 @@ def render_markdown(df, *, p=None) -> str:
     out += [f"- **{k}**: {v}" for k, v in header_facts(df)] + [""]
     out += [x for n in model_notes(df) for x in (f"> **Note:** {n}.", "")]
     out += _summary_lines(p, t, cols)
+    out += [x for head, md in sections for x in ("", f"## {head}", "", md.rstrip())]
     details = [(r, details_text(r)) for r in t.to_dict("records")]
     out += [""] + [f"- {r['format']} on {r['device']}" + (f" ({r['host']})" if "host" in r else "")
                    + f": {text}" for r, text in details if text]
@@ -623,8 +667,10 @@ def render_csv(df, *, p=None) -> str:
     return table(pivot(df) if p is None else p).to_csv(index=False)
 
 
-def write_report(result_paths: list[str], out_html: str, title: str = "") -> list[str]:
-    """Writes out_html plus .md and .csv beside it from JSONL files or directories; returns the paths."""
+def write_report(result_paths: list[str], out_html: str, title: str = "",
+                 sections: list[tuple[str, str]] = ()) -> list[str]:
+    """Writes out_html plus .md and .csv beside it from JSONL files or directories; returns the paths.
+    `sections`: (heading, markdown) shown after the verdict (the parity table)."""
     from quantbench.records import read_results
 
     df = read_results(*result_paths)
@@ -634,7 +680,8 @@ def write_report(result_paths: list[str], out_html: str, title: str = "") -> lis
     html_path = Path(out_html)
     html_path.parent.mkdir(parents=True, exist_ok=True)
     paths = [html_path, html_path.with_suffix(".md"), html_path.with_suffix(".csv")]
-    texts = (render_html(df, title, p=p), render_markdown(df, p=p), render_csv(df, p=p))
+    texts = (render_html(df, title, p=p, sections=sections), render_markdown(df, p=p, sections=sections),
+             render_csv(df, p=p))
     for path, text in zip(paths, texts, strict=True):
         path.write_text(text, encoding="utf-8")
     return [str(x) for x in paths]

@@ -57,6 +57,8 @@ class Workload:
         return cls(m["kind"], int(m["tokens"]), int(m["batch"] or 1), int(m["depth"] or 0), threads)
 
 
+OMP_WAIT_POLICIES = ("default", "passive", "active")
+
 _WORKLOAD = re.compile(r"^(?:(?P<load>load)|(?P<kind>pp|tg|ppl)(?P<tokens>\d+)(?:x(?P<batch>\d+))?"
                        r"(?:@d(?P<depth>\d+))?)(?:@t(?P<threads>\d+))?$")
 
@@ -104,6 +106,10 @@ class Suite:
     awq_kernel: str = "auto"
     # llama.cpp KV cache types: each gguf format also runs as `<format>+kv-<type>` per non-f16 type.
     kv_types: tuple[str, ...] = ()
+    # OMP_WAIT_POLICY of the worker processes (llama.cpp's and torch's OpenMP threads): "default"
+    # leaves it unset (OpenMP spins briefly, then sleeps: what users of llama.cpp get), "passive"
+    # sleeps at once (kind to a shared CI machine), "active" spins. Each record says which.
+    omp_wait_policy: str = "default"
     # Pre-made artifacts: format name -> local path or hub id (GPTQ/AWQ checkpoint, GGUF file).
     artifacts: dict[str, str] = field(default_factory=dict)
 
@@ -164,6 +170,9 @@ class Suite:
             if get_format(f).backend in ("hf", "bnb"):
                 raise UserError(f"{where}: [artifacts] '{f}': {f} is built at load time from the model; "
                                 "artifacts apply to gptq-*, awq-* and gguf-* formats only")
+        if self.omp_wait_policy not in OMP_WAIT_POLICIES:
+            raise UserError(f"{where}: omp_wait_policy '{self.omp_wait_policy}' unknown; use "
+                            f"{', '.join(OMP_WAIT_POLICIES)}")
         bad = [t for t in self.kv_types if t not in LLAMA_KV_TYPES]
         if bad:
             raise UserError(f"{where}: kv_types {bad} unknown; use {', '.join(LLAMA_KV_TYPES)}")

@@ -353,7 +353,8 @@ def main(job_path: str) -> int:
     suite = job.suite
     data = np.load(job.data)
     base = {**job.base, "format": fmt.name, "device": job.device, "backend": fmt.backend,
-            "threads": job.threads, "bits_per_weight": fmt.bits_per_weight}
+            "threads": job.threads, "bits_per_weight": fmt.bits_per_weight,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default").lower()}
     tag = f"[{fmt.name}/{job.device}]"
 
     def emit(workload: Workload, fields: dict, status="ok", reason=""):

@@ -90,6 +90,28 @@ def test_crash_leaves_failed_record_and_keeps_others(tmp_path, tiny, monkeypatch
     assert all(r["status"] == "failed" and "SIGKILL" in r["reason"] for r in dummy)
 
 
+def test_engine_time_beside_wall_time(tiny_run):
+    """Every HF step's time inside model.forward is recorded beside its wall time, and is part of it."""
+    for fmt in ("bf16", "fp32", "bnb-int8"):
+        tg, pp = tiny_run[(fmt, "tg8")], tiny_run[(fmt, "pp32")]
+        assert len(tg["engine_decode_samples_s"]) == len(tg["decode_samples_s"])
+        assert all(0 < e <= w for e, w in zip(tg["engine_decode_samples_s"], tg["decode_samples_s"], strict=True))
+        assert 0 < tg["engine_decode_s"] <= tg["decode_p99_s"] and tg["harness_decode_s"] >= 0
+        assert all(0 < e <= w for e, w in zip(pp["engine_prefill_samples_s"], pp["prefill_samples_s"],
+                                               strict=True))
+        assert tg["omp_wait_policy"] == "default"  # TINY leaves the suite key at its default
+
+
+def test_omp_wait_policy_reaches_the_worker(tmp_path, tiny, monkeypatch):
+    """The suite key, not the caller's environment, sets the worker's OMP_WAIT_POLICY."""
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    out = tmp_path / "r.jsonl"
+    runner.run(TINY.with_overrides(formats=["dummy"], ppl_windows=1, omp_wait_policy="passive"), out)
+    assert {r["omp_wait_policy"] for r in records.read(out) if r["status"] == "ok"} == {"passive"}
+    runner.run(TINY.with_overrides(formats=["dummy"], ppl_windows=1), out)
+    assert {r["omp_wait_policy"] for r in records.read(out) if r["status"] == "ok"} == {"default"}
+
+
 def test_resume_skips_finished_and_new_run_rotates(tmp_path, tiny, capsys):
     out = tmp_path / "r.jsonl"
     suite = TINY.with_overrides(formats=["dummy"], ppl_windows=1)

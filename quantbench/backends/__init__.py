@@ -108,6 +108,12 @@ class Backend:
     def sync(self) -> None:
         """Waits for queued device work (CUDA) so a timer reads real time."""
 
+    def engine_s(self) -> float | None:
+        """Returns the engine's own cumulative compute time in seconds (llama.cpp's perf counters,
+        the wall time inside model.forward), or None when unknown. The harness's cost per step is
+        wall time minus this."""
+        return None
+
     def close(self) -> None:
         """Frees what load() took."""
 

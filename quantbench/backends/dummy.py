@@ -28,13 +28,20 @@ class DummyBackend(Backend):
         self.info["kernel"] = "numpy bigram"
         self.last = 0
         self.n_cached = 0
+        self.engine_total_s = 0.0
 
     def weights_bytes(self) -> int:
         return self.emb.nbytes + self.out.nbytes
 
     def logits(self, ids):
+        t0 = time.perf_counter()
         time.sleep(float(os.environ.get("QUANTBENCH_DUMMY_STEP_S", "0")))
-        return self.emb[np.asarray(ids) % self.vocab] @ self.out
+        out = self.emb[np.asarray(ids) % self.vocab] @ self.out
+        self.engine_total_s += time.perf_counter() - t0
+        return out
+
+    def engine_s(self) -> float:
+        return self.engine_total_s
 
     def prefill(self, ids):
         self.n_cached = len(ids)

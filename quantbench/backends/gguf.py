@@ -33,7 +33,6 @@ CTX_SLACK = 8
 
 def _llama_cpp():
     """Returns the llama_cpp module, imported quietly; Skip when it is not installed."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # idle OpenMP threads must not spin
     try:
         import llama_cpp
     except ImportError:
@@ -378,6 +377,16 @@ class GGUFBackend(Backend):
             cells = sum(lc.llama_memory_seq_pos_max(mem, q) + 1 for q in range(seqs))
         return round(lc.llama_model_n_layer(m) * lc.llama_model_n_head_kv(m) * k_plus_v * cells
                      * self.info["kv_bytes_per_elem"])
+
+    def engine_s(self) -> float:
+        """Returns llama.cpp's own time in llama_decode up to its synchronize, summed over both
+        contexts: llama_perf_context's t_p_eval + t_eval (what llama-bench's timings cover)."""
+        total = 0.0
+        for c in (self.llm.ctx, self.bctx):
+            if c is not None:
+                p = self.llama_cpp.llama_perf_context(c)
+                total += (p.t_p_eval_ms + p.t_eval_ms) / 1e3
+        return total
 
     def sync(self) -> None:
         if self.ctx.device.startswith("cuda"):

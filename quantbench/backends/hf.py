@@ -5,6 +5,7 @@ The bitsandbytes and GPTQModel backends reuse this one and override only how the
 from __future__ import annotations
 
 import inspect
+import time
 
 import numpy as np
 
@@ -37,7 +38,7 @@ class HFBackend(Backend):
         torch.set_num_threads(self.ctx.threads)
         torch.manual_seed(0)
         self.model = self.load_model().eval()
-        self.cache = None
+        self.cache, self.engine_total_s = None, 0.0
         # transformers renamed past_key_values to cache (5.24); accept both.
         params = inspect.signature(self.model.forward).parameters
         self.cache_kw = "cache" if "cache" in params else "past_key_values"
@@ -60,6 +61,20 @@ class HFBackend(Backend):
                 total += s.nbytes()
         return total
 
+    def _forward(self, fn, **kw):
+        """Returns fn(**kw) under inference_mode, its wall time (device synced) added to the
+        engine clock: what the model's forward costs, apart from the harness's tensors and argmax."""
+        torch = self._torch()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = fn(**kw)
+        self.sync()
+        self.engine_total_s += time.perf_counter() - t0
+        return out
+
+    def engine_s(self) -> float:
+        return self.engine_total_s
+
     def _ids(self, ids):
         return self._torch().tensor([ids], dtype=self._torch().long, device=self.ctx.device)
 
@@ -67,7 +82,7 @@ class HFBackend(Backend):
         torch = self._torch()
         with torch.inference_mode():
             out = self.model(input_ids=self._ids(ids), use_cache=False)
-        return out.logits[0].float().cpu().numpy()
+            return out.logits[0].float().cpu().numpy()
 
     def _setup_compiled(self) -> None:
         """Static KV cache + torch.compile'd decode step, as gpt-fast does (CUDA graphs on GPU)."""
@@ -84,19 +99,18 @@ class HFBackend(Backend):
         torch = self._torch()
         self.cache, self.pos = self.static, len(ids)
         pos = torch.arange(len(ids), device=self.ctx.device)
-        with torch.inference_mode():
+        with torch.inference_mode():  # its tensors were made in inference mode
             self.static.reset()
-            out = self.model(input_ids=self._ids(ids), cache_position=pos, use_cache=True,
-                             logits_to_keep=1, **{self.cache_kw: self.static})
+        out = self._forward(self.model, input_ids=self._ids(ids), cache_position=pos, use_cache=True,
+                            logits_to_keep=1, **{self.cache_kw: self.static})
         return int(out.logits[0, -1].argmax())
 
     def _decode_static(self, token: int) -> int:
         torch = self._torch()
         pos = torch.tensor([self.pos], device=self.ctx.device)
         self.pos += 1
-        with torch.inference_mode():
-            out = self.step(input_ids=self._ids([token]), cache_position=pos, use_cache=True,
-                            **{self.cache_kw: self.static})
+        out = self._forward(self.step, input_ids=self._ids([token]), cache_position=pos,
+                            use_cache=True, **{self.cache_kw: self.static})
         return int(out.logits[0, -1].argmax())
 
     def prefill(self, ids: list[int]) -> int:
@@ -117,9 +131,8 @@ class HFBackend(Backend):
             raise Skip("batched decode runs eager only: the static cache is sized for one sequence")
         torch = self._torch()
         self.cache = DynamicCache(config=self.model.config)
-        with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([ids] * batch, device=self.ctx.device),
-                             use_cache=True, logits_to_keep=1, **{self.cache_kw: self.cache})
+        out = self._forward(self.model, input_ids=torch.tensor([ids] * batch, device=self.ctx.device),
+                            use_cache=True, logits_to_keep=1, **{self.cache_kw: self.cache})
         return out.logits[:, -1].argmax(-1).tolist()
 
     def extend(self, ids: list[int]) -> int:
@@ -130,16 +143,14 @@ class HFBackend(Backend):
         if self.ctx.format.compiled:
             raise Skip("depth sweeps run eager only: the static cache is sized for the suite's prompts")
         torch = self._torch()
-        with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([ids] * batch, device=self.ctx.device),
-                             use_cache=True, logits_to_keep=1, **{self.cache_kw: self.cache})
+        out = self._forward(self.model, input_ids=torch.tensor([ids] * batch, device=self.ctx.device),
+                            use_cache=True, logits_to_keep=1, **{self.cache_kw: self.cache})
         return out.logits[:, -1].argmax(-1).tolist()
 
     def decode_batch(self, tokens: list[int]) -> list[int]:
         torch = self._torch()
-        with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([[t] for t in tokens], device=self.ctx.device),
-                             use_cache=True, **{self.cache_kw: self.cache})
+        out = self._forward(self.model, input_ids=torch.tensor([[t] for t in tokens], device=self.ctx.device),
+                            use_cache=True, **{self.cache_kw: self.cache})
         return out.logits[:, -1].argmax(-1).tolist()
 
     def kv_cache_bytes(self) -> int | None:

@@ -1,0 +1,410 @@
+"""Parity with the engines' own benchmarks on the same machine, files, threads and windows.
+
+- GGUF formats against llama-bench (pp, tg) and llama-perplexity (ppl, KLD against the F16 file),
+  both built once from the installed llama-cpp-python's source distribution and run on the
+  wheel's own shared libraries (LD_LIBRARY_PATH), so the engine under test is the same binary code.
+- transformers formats against a bare greedy loop in plain torch (quantbench/bare_loop.py), in a
+  fresh process like quantbench's worker.
+- Rounds are interleaved, quantbench then the engine's tool, A/B/A/B; each side's figure is the
+  median over its rounds. Ratios are quantbench / reference (≥ 0.97 is parity for speed).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from quantbench import cache
+from quantbench.errors import UserError
+
+TOOLS = ("llama-bench", "llama-perplexity")
+BUILD_ETA_S = 5 * 60  # the tools' compile: 3.5 min on this 2-core machine (ggml, llama, common, two tools)
+SPEED_TARGET = 0.97  # quantbench / engine tok/s
+PPL_TARGET = 0.005  # |ppl / llama-perplexity − 1|
+KLD_TARGET = 0.10  # |kld / llama-perplexity's − 1|
+
+
+def wheel_lib_dir() -> Path:
+    """Returns the directory of the installed llama-cpp-python's shared libraries (libllama.so ...)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise UserError("llama_cpp not installed; install quantbench[gguf] (nox -s parity installs "
+                        "it from the wheelhouse)") from None
+    return Path(llama_cpp.__file__).parent / "lib"
+
+
+def _cuda_wheel() -> bool:
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def tools_dir(version: str, say=print) -> Path:
+    """Returns a directory with bin/llama-bench and bin/llama-perplexity built from llama-cpp-python
+    `version`'s sdist (CUDA when the installed wheel has GPU offload), compiling them the first time."""
+    flavour = "cuda" if _cuda_wheel() else "cpu"
+    final = cache.entry("llama-tools", f"{version}-{flavour}")
+    if cache.verified(final) and all((final / "bin" / t).exists() for t in TOOLS):
+        return final
+    for tool in ("cmake", "c++"):
+        if not shutil.which(tool):
+            raise UserError(f"building llama-bench needs '{tool}' on PATH; install it (apt install "
+                            "cmake g++), or skip the llama.cpp half of parity")
+    eta = time.strftime("%H:%M", time.localtime(time.time() + BUILD_ETA_S))
+    say(f"[parity] compiling llama-bench and llama-perplexity from llama-cpp-python {version} "
+        f"({flavour}) once into {final}: ~{BUILD_ETA_S // 60} min on 2 cores, done about {eta}")
+    t0 = time.perf_counter()
+    with cache.atomic_dir(final) as tmp:
+        src = _sdist_tree(version, tmp)
+        build = tmp / "build"
+        flags = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON", "-DCMAKE_SKIP_BUILD_RPATH=ON",
+                 "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+                 "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_TOOLS=ON"]
+        if flavour == "cuda":
+            flags.append("-DGGML_CUDA=on")
+        gen = ["-G", "Ninja"] if shutil.which("ninja") else []
+        log = tmp / "build.log"
+        with log.open("w") as f:
+            for cmd in (["cmake", "-S", str(src), "-B", str(build), *gen, *flags],
+                        ["cmake", "--build", str(build), "--target", *TOOLS, "-j", str(os.cpu_count() or 2)]):
+                if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode:
+                    tail = log.read_text(errors="replace").splitlines()[-15:]
+                    raise UserError(f"building llama.cpp's tools failed ({' '.join(cmd[:3])}); "
+                                    "last lines:\n" + "\n".join(tail))
+        (tmp / "bin").mkdir()
+        for t in TOOLS:
+            shutil.copy2(next(build.rglob(t)), tmp / "bin" / t)
+        (tmp / "lib").mkdir()
+        for so in build.rglob("*.so*"):  # what the wheel lacks (the common library); the wheel's own come first
+            shutil.copy2(so, tmp / "lib" / so.name, follow_symlinks=True)
+        shutil.rmtree(build)
+        shutil.rmtree(src)
+    say(f"[parity] llama.cpp tools built in {(time.perf_counter() - t0) / 60:.1f} min")
+    return final
+
+
+def _sdist_tree(version: str, into: Path) -> Path:
+    """Returns vendor/llama.cpp of llama-cpp-python `version`'s sdist, unpacked under `into`."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "--quiet",
+           f"llama-cpp-python=={version}", "-d", str(into)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    sdists = list(into.glob("*.tar.gz"))
+    if r.returncode or not sdists:
+        raise UserError(f"could not download the llama-cpp-python {version} sdist (needs the package "
+                        f"index once): {(r.stderr or r.stdout).strip()[-300:]}")
+    with tarfile.open(sdists[0]) as tf:
+        root = tf.getnames()[0].split("/")[0]
+        keep = [m for m in tf.getmembers() if m.name.startswith(f"{root}/vendor/llama.cpp/")]
+        tf.extractall(into, members=keep, filter="data")
+    sdists[0].unlink()
+    return into / root / "vendor" / "llama.cpp"
+
+
+def tool_env(tools: Path, omp_wait_policy: str = "default") -> dict:
+    """Returns the environment the tools run in: the wheel's libraries first, then the build's own;
+    OMP_WAIT_POLICY as the suite sets it for quantbench's workers."""
+    env = {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(
+        [str(wheel_lib_dir()), str(tools / "lib"), os.environ.get("LD_LIBRARY_PATH", "")])}
+    env.pop("OMP_WAIT_POLICY", None)
+    if omp_wait_policy != "default":
+        env["OMP_WAIT_POLICY"] = omp_wait_policy.upper()
+    return env
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    """One llama-bench invocation's settings, as quantbench's suite has them."""
+    model: str
+    threads: int
+    n_prompt: int
+    n_gen: int
+    reps: int = 5
+    n_gpu_layers: int = 0
+
+    def argv(self, tools: Path) -> list[str]:
+        return [str(tools / "bin" / "llama-bench"), "-m", self.model, "-t", str(self.threads),
+                "-p", str(self.n_prompt), "-n", str(self.n_gen), "-fa", "1", "-r", str(self.reps),
+                "-ngl", str(self.n_gpu_layers), "-o", "json"]
+
+
+def parse_llama_bench(text: str) -> dict[str, dict]:
+    """Returns {"pp512": {tok_s, samples_ts, ...}, "tg64": {...}} from llama-bench's `-o json` output:
+    tok_s is the median of its per-repetition samples_ts (quantbench's figures are medians too)."""
+    start = text.find("[")
+    try:
+        rows = json.loads(text[start:]) if start >= 0 else None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"llama-bench printed no JSON array ({e}): {text[:200]!r}") from None
+    if not isinstance(rows, list):
+        raise ValueError(f"llama-bench printed no JSON array: {text[:200]!r}")
+    out = {}
+    for r in rows:
+        name = f"pp{r['n_prompt']}" if r["n_gen"] == 0 else f"tg{r['n_gen']}"
+        if r.get("n_depth"):
+            name += f"@d{r['n_depth']}"
+        samples = [float(x) for x in r.get("samples_ts") or [r["avg_ts"]]]
+        out[name] = {"tok_s": float(np.median(samples)), "samples_ts": samples,
+                     "threads": int(r["n_threads"]), "model_filename": r.get("model_filename", ""),
+                     "build_commit": r.get("build_commit", "")}
+    return out
+
+
+def run_llama_bench(tools: Path, run: BenchRun, env: dict) -> dict[str, dict]:
+    r = subprocess.run(run.argv(tools), capture_output=True, text=True, env=env)
+    if r.returncode:
+        raise RuntimeError(f"llama-bench failed on {run.model}: {r.stderr.strip()[-400:]}")
+    return parse_llama_bench(r.stdout)
+
+
+FINAL_PPL = re.compile(r"Final estimate: PPL = ([\d.]+) \+/- ([\d.]+)")
+MEAN_PPL_Q = re.compile(r"Mean PPL\(Q\)\s*:\s*([\d.]+)\s*±\s*([\d.]+)")
+MEAN_KLD = re.compile(r"Mean\s+KLD:\s*([\d.eE+-]+)\s*±\s*([\d.eE+-]+)")
+SAME_TOP = re.compile(r"Same top p:\s*([\d.]+)\s*±")
+CHUNKS = re.compile(r"(?:calculating perplexity|computing) over (\d+) chunks, n_ctx=(\d+)")
+
+
+def parse_llama_perplexity(text: str) -> dict:
+    """Returns {ppl, ppl_stderr, chunks, n_ctx[, kld_mean, top1_agree]} from llama-perplexity's log."""
+    out = {}
+    if m := CHUNKS.search(text):
+        out.update(chunks=int(m[1]), n_ctx=int(m[2]))
+    if m := FINAL_PPL.search(text) or MEAN_PPL_Q.search(text):
+        out.update(ppl=float(m[1]), ppl_stderr=float(m[2]))
+    if m := MEAN_KLD.search(text):
+        out["kld_mean"] = float(m[1])
+    if m := SAME_TOP.search(text):
+        out["top1_agree"] = float(m[1]) / 100
+    if "ppl" not in out:
+        raise ValueError(f"no perplexity in llama-perplexity's output: {text.strip()[-300:]!r}")
+    return out
+
+
+def run_llama_perplexity(tools: Path, model: str, text_file: Path, n_ctx: int, chunks: int, threads: int,
+                         env: dict, kld_base: Path | None = None, write_base: bool = False) -> dict:
+    """Runs llama-perplexity on `text_file` (n_ctx windows, `chunks` of them, flash attention as
+    quantbench's backend has it); with kld_base, writes (write_base) or compares against F16 logits."""
+    argv = [str(tools / "bin" / "llama-perplexity"), "-m", model, "-f", str(text_file), "-c", str(n_ctx),
+            "-b", str(n_ctx), "--chunks", str(chunks), "-t", str(threads), "-fa", "on", "-ngl", "0"]
+    if kld_base is not None:
+        argv += ["--kl-divergence-base", str(kld_base)] + ([] if write_base else ["--kl-divergence"])
+    r = subprocess.run(argv, capture_output=True, text=True, env=env)
+    if r.returncode:
+        raise RuntimeError(f"llama-perplexity failed on {model}: {(r.stderr or r.stdout).strip()[-400:]}")
+    return parse_llama_perplexity(r.stdout + r.stderr)
+
+
+# -- the table: one Measure per figure, side and round; medians over rounds; ratio and verdict --
+
+@dataclass(frozen=True)
+class Measure:
+    """One figure of one side in one round: side is quantbench, engine (quantbench's own record of
+    the engine's time: what the harness would read with no harness cost) or reference (the tool)."""
+    format: str
+    metric: str  # pp512, tg64, ppl, kld
+    side: str
+    round: int
+    value: float
+    tool: str = ""  # the reference's name: llama-bench, llama-perplexity, bare torch loop
+
+
+def _target(metric: str) -> tuple[str, callable]:
+    if metric in ("ppl", "kld"):
+        tol = PPL_TARGET if metric == "ppl" else KLD_TARGET
+        return f"within {tol:.1%}", lambda ratio: abs(ratio - 1) <= tol
+    return f"≥ {SPEED_TARGET}", lambda ratio: ratio >= SPEED_TARGET
+
+
+def quantbench_measures(recs: list[dict], round_: int) -> list[Measure]:
+    """Returns the figures of quantbench's ok records that parity compares: pp<N> and tg<N> at batch
+    1, depth 0 (speed, and the engine's own time beside it), ppl and KLD."""
+    from quantbench.suite import Workload
+
+    out = []
+    for r in recs:
+        if r.get("status") != "ok":
+            continue
+        w, f = Workload.parse(r["workload"]), r["format"]
+        if w.batch > 1 or w.depth:
+            continue
+        if w.kind == "pp" and r.get("prefill_tok_s"):
+            out.append(Measure(f, f"pp{w.tokens}", "quantbench", round_, r["prefill_tok_s"]))
+            if r.get("engine_prefill_s"):
+                out.append(Measure(f, f"pp{w.tokens}", "engine", round_, w.tokens / r["engine_prefill_s"]))
+        elif w.kind == "tg" and r.get("decode_tok_s"):
+            out.append(Measure(f, f"tg{w.tokens}", "quantbench", round_, r["decode_tok_s"]))
+            if r.get("engine_decode_s"):
+                out.append(Measure(f, f"tg{w.tokens}", "engine", round_, 1 / r["engine_decode_s"]))
+        elif w.kind == "ppl" and r.get("ppl"):
+            out.append(Measure(f, "ppl", "quantbench", round_, r["ppl"]))
+            if r.get("kld_reference") not in (None, f) and r.get("kld_mean") is not None:
+                out.append(Measure(f, "kld", "quantbench", round_, r["kld_mean"]))
+    return out
+
+
+def parity_table(measures: list[Measure]):
+    """Returns a DataFrame, one row per (format, metric): the median of each side over its rounds,
+    rounds per side, ratio = quantbench / reference, the target and whether it is met."""
+    import pandas as pd
+
+    df = pd.DataFrame([m.__dict__ for m in measures])
+    if df.empty:
+        return df
+    med = df.pivot_table(index=["format", "metric"], columns="side", values="value", aggfunc="median")
+    n = df.pivot_table(index=["format", "metric"], columns="side", values="round", aggfunc="nunique")
+    tools = df[df.side == "reference"].groupby(["format", "metric"])["tool"].first()
+    rows = []
+    for (fmt, metric), r in med.iterrows():
+        ref, qb = r.get("reference"), r.get("quantbench")
+        if pd.isna(ref) or pd.isna(qb):
+            continue
+        target, ok = _target(metric)
+        ratio = qb / ref if ref else float("nan")
+        rows.append({"format": fmt, "metric": metric, "tool": tools.get((fmt, metric), ""),
+                     "quantbench": qb, "engine": r.get("engine"), "reference": ref, "ratio": ratio,
+                     "target": target, "ok": bool(ok(ratio)),
+                     "rounds": int(min(n.loc[(fmt, metric)].get("quantbench", 0),
+                                       n.loc[(fmt, metric)].get("reference", 0)))})
+    return pd.DataFrame(rows)
+
+
+def _num(v: float, metric: str) -> str:
+    if v is None or v != v:
+        return "—"
+    if metric == "kld":
+        return f"{v:.5f}"
+    return f"{v:.4f}" if metric == "ppl" else (f"{v:.1f}" if v < 100 else f"{v:.0f}")
+
+
+def parity_markdown(t) -> str:
+    """Returns the parity table as markdown (the parity report and README show it)."""
+    head = ("| format | metric | reference | quantbench | engine only⁵ | reference value | ratio | target | |\n"
+            "|---|---|---|---:|---:|---:|---:|---|---|\n")
+    rows = [f"| {r.format} | {r.metric} | {r.tool} | {_num(r.quantbench, r.metric)} | "
+            f"{_num(r.engine, r.metric)} | {_num(r.reference, r.metric)} | {r.ratio:.3f} | {r.target} | "
+            f"{'ok' if r.ok else '**MISS**'} |" for r in t.itertuples()]
+    return head + "\n".join(rows) + "\n"
+
+
+PARITY_NOTE = ("⁵ quantbench's record of the engine's own time (llama.cpp's perf counters, the wall "
+               "time inside model.forward): what quantbench would report with no harness cost. Speed "
+               "is tok/s, medians over rounds run A/B/A/B (quantbench, then the reference); ppl and "
+               "KLD from the first round, on the same text, n_ctx and number of windows.")
+
+
+# -- the driver: `quantbench parity` (nox -s parity) --
+
+def _qb_run(suite_path: str, out: Path, sets: list[str], say) -> list[dict]:
+    from quantbench import records
+
+    cmd = [sys.executable, "-m", "quantbench", "run", "--suite", suite_path, "--out", str(out)]
+    for s in sets:
+        cmd += ["--set", s]
+    say(f"[parity] quantbench: {' '.join(cmd[2:])}")
+    if subprocess.run(cmd).returncode:
+        raise UserError(f"quantbench run failed for the parity suite; see its output above ({out})")
+    return records.read(out)
+
+
+def _bare_loop(model_dir: str, fmt, device: str, threads: int, suite, env: dict) -> dict:
+    cmd = [sys.executable, "-m", "quantbench.bare_loop", model_dir, fmt.param, device, str(threads),
+           str(max(suite.prompt_lengths)), str(suite.gen_tokens), str(suite.min_samples),
+           str(suite.gen_prompt_tokens)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode:
+        raise RuntimeError(f"the bare torch loop failed for {fmt.name}: {r.stderr.strip()[-400:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def run(suite_path: str, rounds: int, out_dir: str, say=print) -> tuple:
+    """Runs the parity check; returns (table DataFrame, paths written). Rounds alternate quantbench and
+    the references (A/B/A/B). GGUF formats meet llama-bench and llama-perplexity, transformers
+    formats (fp32, bf16, fp16 without compile) a bare torch loop."""
+    from quantbench import records
+    from quantbench.backends.gguf import _version
+    from quantbench.corpus import load_text
+    from quantbench.formats import get_format
+    from quantbench.models import resolve
+    from quantbench.suite import load_suite
+
+    suite = load_suite(suite_path)
+    if rounds < 1:
+        raise UserError(f"--rounds must be >= 1, got {rounds}")
+    fmts = [get_format(f) for f in suite.formats]
+    unsupported = [f.name for f in fmts if f.backend not in ("gguf", "hf") or f.compiled or f.kv_type]
+    if unsupported:
+        raise UserError(f"parity compares gguf-* formats with llama.cpp's tools and fp32/bf16/fp16 with "
+                        f"a bare torch loop; drop {', '.join(unsupported)} from {suite_path}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    gguf = any(f.backend == "gguf" for f in fmts)
+    tools = tools_dir(_version(), say) if gguf else None
+    env = tool_env(tools, suite.omp_wait_policy) if tools else \
+        {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if suite.omp_wait_policy != "default":
+        env["OMP_WAIT_POLICY"] = suite.omp_wait_policy.upper()
+    model = resolve(suite.model)
+    n_prompt, n_gen = max(suite.prompt_lengths), suite.gen_tokens
+    measures: list[Measure] = []
+    for rnd in range(1, rounds + 1):
+        # quality once: later rounds score a single window (they time, not judge)
+        recs = _qb_run(suite_path, out / f"quantbench-r{rnd}.jsonl", [] if rnd == 1 else ["ppl_windows=1"], say)
+        got_qb = quantbench_measures(recs, rnd)
+        measures += got_qb if rnd == 1 else [m for m in got_qb if m.metric not in ("ppl", "kld")]
+        by_fmt = {r["format"]: r for r in recs if r.get("status") == "ok" and r["workload"] == "load"}
+        for f in fmts:
+            rec = by_fmt.get(f.name)
+            if rec is None:
+                say(f"[parity] {f.name}: no ok record from quantbench; skipped")
+                continue
+            threads = int(rec["threads"])
+            if f.backend == "gguf":
+                say(f"[parity] round {rnd}/{rounds}: llama-bench {f.name} pp{n_prompt} tg{n_gen}, {threads} threads")
+                got = run_llama_bench(tools, BenchRun(rec["artifact"], threads, n_prompt, n_gen,
+                                                      suite.min_samples), env)
+                measures += [Measure(f.name, k, "reference", rnd, v["tok_s"], "llama-bench")
+                             for k, v in got.items()]
+            else:
+                say(f"[parity] round {rnd}/{rounds}: bare torch loop {f.name} pp{n_prompt} tg{n_gen}, "
+                    f"{threads} threads")
+                got = _bare_loop(model.dir, f, rec["device"], threads, suite, env)
+                measures += [Measure(f.name, f"pp{n_prompt}", "reference", rnd, got["prefill_tok_s"],
+                                     "bare torch loop"),
+                             Measure(f.name, f"tg{n_gen}", "reference", rnd, got["decode_tok_s"],
+                                     "bare torch loop")]
+        if rnd == 1 and gguf:
+            measures += _perplexity(tools, suite, recs, load_text(suite.corpus), out, env, say)
+    (out / "measures.jsonl").write_text("".join(json.dumps(m.__dict__) + "\n" for m in measures))
+    return parity_table(measures), records.read(out / "quantbench-r1.jsonl")
+
+
+def _perplexity(tools: Path, suite, recs: list[dict], text: str, out: Path, env: dict, say) -> list[Measure]:
+    """llama-perplexity on every GGUF of the run, on the corpus text quantbench tokenized: F16 first,
+    saving its logits as the KLD base, then each other file against it."""
+    text_file = out / "corpus.txt"
+    text_file.write_text(text, encoding="utf-8")
+    files = {r["format"]: (r["artifact"], int(r["threads"])) for r in recs
+             if r.get("status") == "ok" and r["workload"] == "load" and r.get("backend") == "gguf"}
+    base = out / "f16.kld" if "gguf-f16" in files else None
+    order = sorted(files, key=lambda f: f != "gguf-f16")
+    measures = []
+    for f in order:
+        path, threads = files[f]
+        say(f"[parity] llama-perplexity {f}: {suite.ppl_windows} chunks of {suite.n_ctx}")
+        got = run_llama_perplexity(tools, path, text_file, suite.n_ctx, suite.ppl_windows, threads, env,
+                                   kld_base=base, write_base=f == "gguf-f16")
+        measures.append(Measure(f, "ppl", "reference", 1, got["ppl"], "llama-perplexity"))
+        if "kld_mean" in got and f != "gguf-f16":
+            measures.append(Measure(f, "kld", "reference", 1, got["kld_mean"], "llama-perplexity"))
+    if base is not None:
+        base.unlink(missing_ok=True)  # F16 logits of every window: hundreds of MB
+    return measures

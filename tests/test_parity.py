@@ -1,0 +1,95 @@
+"""Parity's table logic on canned output of llama-bench and llama-perplexity (this machine's, 0.3.36)."""
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from quantbench import parity
+from quantbench.parity import Measure
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_llama_bench_json_gives_median_tok_s():
+    text = (DATA / "llama-bench-q4_0.json").read_text()
+    raw = {("pp512" if r["n_gen"] == 0 else "tg64"): r["samples_ts"] for r in json.loads(text)}
+    got = parity.parse_llama_bench("main: some banner line\n" + text)  # chatter before the JSON
+    assert set(got) == {"pp512", "tg64"}
+    for k in got:
+        assert got[k]["tok_s"] == statistics.median(raw[k]) and got[k]["threads"] == 2
+    assert got["tg64"]["model_filename"].endswith("model-Q4_0.gguf")
+    with pytest.raises(ValueError, match="no JSON array"):
+        parity.parse_llama_bench("error: failed to load model")
+
+
+def test_llama_perplexity_logs_give_ppl_kld_and_top1():
+    f16 = parity.parse_llama_perplexity((DATA / "llama-perplexity-f16.log").read_text())
+    assert f16 == {"chunks": 3, "n_ctx": 512, "ppl": 11.23, "ppl_stderr": 1.05305}
+    q4 = parity.parse_llama_perplexity((DATA / "llama-perplexity-q4_0-kld.log").read_text())
+    assert q4["ppl"] == 13.884604 and q4["kld_mean"] == 0.238888 and q4["chunks"] == 3
+    assert math.isclose(q4["top1_agree"], 0.76993)
+    with pytest.raises(ValueError, match="no perplexity"):
+        parity.parse_llama_perplexity("main: error: unable to load model")
+
+
+def _rec(fmt, workload, **kw):
+    return {"format": fmt, "workload": workload, "status": "ok", **kw}
+
+
+def test_quantbench_measures_take_batch_one_depth_zero_and_the_engine_time():
+    recs = [_rec("gguf-q4_0", "pp512", prefill_tok_s=900.0, engine_prefill_s=0.5),
+            _rec("gguf-q4_0", "tg64", decode_tok_s=200.0, engine_decode_s=0.0049),
+            _rec("gguf-q4_0", "tg64x4", decode_tok_s=500.0),
+            _rec("gguf-q4_0", "tg64@d512", decode_tok_s=150.0),
+            _rec("gguf-q4_0", "ppl512", ppl=13.9, kld_reference="gguf-f16", kld_mean=0.24),
+            _rec("gguf-f16", "ppl512", ppl=11.2, kld_reference="gguf-f16", kld_mean=0.0),
+            {**_rec("bf16", "tg64", decode_tok_s=30.0), "status": "failed"}]
+    got = {(m.format, m.metric, m.side): m.value for m in parity.quantbench_measures(recs, 1)}
+    assert got == {("gguf-q4_0", "pp512", "quantbench"): 900.0, ("gguf-q4_0", "pp512", "engine"): 1024.0,
+                   ("gguf-q4_0", "tg64", "quantbench"): 200.0, ("gguf-q4_0", "tg64", "engine"): 1 / 0.0049,
+                   ("gguf-q4_0", "ppl", "quantbench"): 13.9, ("gguf-q4_0", "kld", "quantbench"): 0.24,
+                   ("gguf-f16", "ppl", "quantbench"): 11.2}  # the reference's own KLD is no comparison
+
+
+def test_table_medians_over_rounds_ratio_and_targets():
+    bench = parity.parse_llama_bench((DATA / "llama-bench-q4_0.json").read_text())
+    ms = [Measure("gguf-q4_0", k, "reference", rnd, v["tok_s"] * f, "llama-bench")
+          for rnd, f in ((1, 1.0), (2, 1.02), (3, 0.98)) for k, v in bench.items()]
+    # quantbench: decode at parity, prefill 10 % short (a miss), three rounds each
+    ms += [Measure("gguf-q4_0", "tg64", "quantbench", r, bench["tg64"]["tok_s"] * x) for r, x in
+           ((1, 0.99), (2, 1.0), (3, 0.5))]
+    ms += [Measure("gguf-q4_0", "pp512", "quantbench", r, bench["pp512"]["tok_s"] * 0.9) for r in (1, 2, 3)]
+    ms += [Measure("gguf-q4_0", "ppl", "quantbench", 1, 13.90), Measure("gguf-q4_0", "ppl", "reference", 1,
+                                                                       13.884604, "llama-perplexity"),
+           Measure("gguf-q4_0", "kld", "quantbench", 1, 0.27), Measure("gguf-q4_0", "kld", "reference", 1,
+                                                                      0.238888, "llama-perplexity"),
+           Measure("bf16", "tg64", "quantbench", 1, 30.0)]  # no reference: no row
+    t = parity.parity_table(ms).set_index(["format", "metric"])
+    assert len(t) == 4
+    tg = t.loc[("gguf-q4_0", "tg64")]
+    assert math.isclose(tg.ratio, 0.99) and tg.ok and tg.rounds == 3 and tg.tool == "llama-bench"
+    assert math.isclose(t.loc[("gguf-q4_0", "pp512")].ratio, 0.9) and not t.loc[("gguf-q4_0", "pp512")].ok
+    assert t.loc[("gguf-q4_0", "ppl")].ok  # 0.11 % off, within 0.5 %
+    assert not t.loc[("gguf-q4_0", "kld")].ok  # 13 % off, outside 10 %
+    md = parity.parity_markdown(t.reset_index())
+    assert md.count("**MISS**") == 2 and "| gguf-q4_0 | tg64 | llama-bench |" in md
+
+
+def test_bench_argv_matches_quantbenchs_protocol(tmp_path):
+    argv = parity.BenchRun("m.gguf", 2, 512, 64).argv(tmp_path)
+    assert argv[0] == str(tmp_path / "bin" / "llama-bench")
+    flags = dict(zip(argv[1::2], argv[2::2], strict=True))
+    assert flags == {"-m": "m.gguf", "-t": "2", "-p": "512", "-n": "64", "-fa": "1", "-r": "5", "-ngl": "0",
+                     "-o": "json"}
+
+
+def test_parity_refuses_formats_it_cannot_compare(tmp_path):
+    suite = tmp_path / "p.toml"
+    suite.write_text('name = "p"\nmodel = "tiny"\nformats = ["gguf-q4_0", "bnb-int8"]\n')
+    r = subprocess.run([sys.executable, "-m", "quantbench", "parity", "--suite", str(suite),
+                        "--out-dir", str(tmp_path / "out")], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "drop bnb-int8" in r.stderr
