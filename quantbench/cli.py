@@ -230,12 +230,12 @@ def cmd_parity(args) -> int:
     from quantbench import parity
     from quantbench.report import write_report
 
-    t, _ = parity.run(args.suite, args.rounds, args.out_dir)
+    t, first = parity.run(args.suite, args.rounds, args.out_dir)
     if t.empty:
         raise UserError("parity measured nothing (every variant failed or was skipped); see the output above")
     md = parity.parity_markdown(t) + "\n" + parity.PARITY_NOTE + "\n"
     html_path = Path(args.out)
-    paths = write_report([str(Path(args.out_dir) / "quantbench-r1.jsonl")], str(html_path),
+    paths = write_report([str(p) for p in first], str(html_path),
                          "quantbench parity: " + Path(args.suite).stem,
                          sections=[("Parity with the engines' own benchmarks", md)])
     md_path = html_path.with_name(html_path.stem + "-table.md")

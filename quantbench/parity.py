@@ -83,10 +83,10 @@ def tools_dir(version: str, say=print) -> Path:
                                     "last lines:\n" + "\n".join(tail))
         (tmp / "bin").mkdir()
         for t in TOOLS:
-            shutil.copy2(next(build.rglob(t)), tmp / "bin" / t)
+            shutil.copy2(build / "bin" / t, tmp / "bin" / t)
         (tmp / "lib").mkdir()
-        for so in build.rglob("*.so*"):  # what the wheel lacks (the common library); the wheel's own come first
-            shutil.copy2(so, tmp / "lib" / so.name, follow_symlinks=True)
+        for so in (build / "bin").glob("*.so*"):  # what the wheel lacks (llama-common, the tools'
+            shutil.copy2(so, tmp / "lib" / so.name)  # -impl libraries); the wheel's own come first
         shutil.rmtree(build)
         shutil.rmtree(src)
     say(f"[parity] llama.cpp tools built in {(time.perf_counter() - t0) / 60:.1f} min")
@@ -326,10 +326,9 @@ def _bare_loop(model_dir: str, fmt, device: str, threads: int, suite, env: dict)
 
 
 def run(suite_path: str, rounds: int, out_dir: str, say=print) -> tuple:
-    """Runs the parity check; returns (table DataFrame, paths written). Rounds alternate quantbench and
-    the references (A/B/A/B). GGUF formats meet llama-bench and llama-perplexity, transformers
-    formats (fp32, bf16, fp16 without compile) a bare torch loop."""
-    from quantbench import records
+    """Runs the parity check; returns (table DataFrame, quantbench's round-1 results files). Rounds
+    alternate quantbench and the references (A/B/A/B). GGUF formats meet llama-bench and
+    llama-perplexity, transformers formats (fp32, bf16, fp16 without compile) a bare torch loop."""
     from quantbench.backends.gguf import _version
     from quantbench.corpus import load_text
     from quantbench.formats import get_format
@@ -347,44 +346,56 @@ def run(suite_path: str, rounds: int, out_dir: str, say=print) -> tuple:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     gguf = any(f.backend == "gguf" for f in fmts)
-    tools = tools_dir(_version(), say) if gguf else None
+    tools = tools_dir(_version(), say) if gguf and wheel_lib_dir() else None
     env = tool_env(tools, suite.omp_wait_policy) if tools else \
         {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if suite.omp_wait_policy != "default":
         env["OMP_WAIT_POLICY"] = suite.omp_wait_policy.upper()
     model = resolve(suite.model)
-    n_prompt, n_gen = max(suite.prompt_lengths), suite.gen_tokens
     measures: list[Measure] = []
+    groups = {b: [f for f in fmts if f.backend == b] for b in ("gguf", "hf")}
+    groups = {b: fs for b, fs in groups.items() if fs}  # one quantbench run each: gguf-f16 is then the
+    first: list[Path] = []                              # GGUF files' KLD reference, as llama-perplexity's
     for rnd in range(1, rounds + 1):
-        # quality once: later rounds score a single window (they time, not judge)
-        recs = _qb_run(suite_path, out / f"quantbench-r{rnd}.jsonl", [] if rnd == 1 else ["ppl_windows=1"], say)
-        got_qb = quantbench_measures(recs, rnd)
-        measures += got_qb if rnd == 1 else [m for m in got_qb if m.metric not in ("ppl", "kld")]
-        by_fmt = {r["format"]: r for r in recs if r.get("status") == "ok" and r["workload"] == "load"}
-        for f in fmts:
-            rec = by_fmt.get(f.name)
-            if rec is None:
-                say(f"[parity] {f.name}: no ok record from quantbench; skipped")
-                continue
-            threads = int(rec["threads"])
-            if f.backend == "gguf":
-                say(f"[parity] round {rnd}/{rounds}: llama-bench {f.name} pp{n_prompt} tg{n_gen}, {threads} threads")
-                got = run_llama_bench(tools, BenchRun(rec["artifact"], threads, n_prompt, n_gen,
-                                                      suite.min_samples), env)
-                measures += [Measure(f.name, k, "reference", rnd, v["tok_s"], "llama-bench")
-                             for k, v in got.items()]
-            else:
-                say(f"[parity] round {rnd}/{rounds}: bare torch loop {f.name} pp{n_prompt} tg{n_gen}, "
-                    f"{threads} threads")
-                got = _bare_loop(model.dir, f, rec["device"], threads, suite, env)
-                measures += [Measure(f.name, f"pp{n_prompt}", "reference", rnd, got["prefill_tok_s"],
-                                     "bare torch loop"),
-                             Measure(f.name, f"tg{n_gen}", "reference", rnd, got["decode_tok_s"],
-                                     "bare torch loop")]
-        if rnd == 1 and gguf:
-            measures += _perplexity(tools, suite, recs, load_text(suite.corpus), out, env, say)
+        for backend, group in groups.items():
+            path = out / f"quantbench-r{rnd}-{backend}.jsonl"
+            # quality once: later rounds score a single window (they time, not judge)
+            sets = [f"formats={json.dumps([f.name for f in group])}"] + ([] if rnd == 1 else ["ppl_windows=1"])
+            recs = _qb_run(suite_path, path, sets, say)
+            first += [path] if rnd == 1 else []
+            got_qb = quantbench_measures(recs, rnd)
+            measures += got_qb if rnd == 1 else [m for m in got_qb if m.metric not in ("ppl", "kld")]
+            measures += _references(group, recs, rnd, rounds, tools, model.dir, suite, env, say)
+            if rnd == 1 and backend == "gguf":
+                measures += _perplexity(tools, suite, recs, load_text(suite.corpus), out, env, say)
     (out / "measures.jsonl").write_text("".join(json.dumps(m.__dict__) + "\n" for m in measures))
-    return parity_table(measures), records.read(out / "quantbench-r1.jsonl")
+    return parity_table(measures), first
+
+
+def _references(group, recs: list[dict], rnd: int, rounds: int, tools: Path | None, model_dir: str, suite,
+                env: dict, say) -> list[Measure]:
+    """The reference side of one round: llama-bench on each GGUF file quantbench ran, the bare torch
+    loop for each transformers format, on the threads quantbench used."""
+    n_prompt, n_gen = max(suite.prompt_lengths), suite.gen_tokens
+    by_fmt = {r["format"]: r for r in recs if r.get("status") == "ok" and r["workload"] == "load"}
+    measures = []
+    for f in group:
+        rec = by_fmt.get(f.name)
+        if rec is None:
+            say(f"[parity] {f.name}: no ok record from quantbench; skipped")
+            continue
+        threads = int(rec["threads"])
+        tool = "llama-bench" if f.backend == "gguf" else "bare torch loop"
+        say(f"[parity] round {rnd}/{rounds}: {tool} {f.name} pp{n_prompt} tg{n_gen}, {threads} threads")
+        if f.backend == "gguf":
+            got = run_llama_bench(tools, BenchRun(rec["artifact"], threads, n_prompt, n_gen, suite.min_samples),
+                                  env)
+            measures += [Measure(f.name, k, "reference", rnd, v["tok_s"], tool) for k, v in got.items()]
+        else:
+            got = _bare_loop(model_dir, f, rec["device"], threads, suite, env)
+            measures += [Measure(f.name, f"pp{n_prompt}", "reference", rnd, got["prefill_tok_s"], tool),
+                         Measure(f.name, f"tg{n_gen}", "reference", rnd, got["decode_tok_s"], tool)]
+    return measures
 
 
 def _perplexity(tools: Path, suite, recs: list[dict], text: str, out: Path, env: dict, say) -> list[Measure]:
