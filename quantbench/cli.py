@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa = sub.add_parser("parity", help="quantbench against llama-bench, llama-perplexity and a bare "
                                         "torch loop, A/B/A/B (nox -s parity)")
     pa.add_argument("--suite", default="suites/parity.toml", help="suite TOML (default %(default)s)")
-    pa.add_argument("--rounds", type=int, default=2, help="A/B rounds (default %(default)s)")
+    pa.add_argument("--rounds", type=int, default=3, help="A/B rounds (default %(default)s)")
     pa.add_argument("--out-dir", default="results/parity", help="records and measures (default %(default)s)")
     pa.add_argument("-o", "--out", default="reports/parity.html",
                     help="report with the parity section (default %(default)s); the table goes beside it")

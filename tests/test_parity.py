@@ -71,7 +71,10 @@ def test_table_medians_over_rounds_ratio_and_targets():
     t = parity.parity_table(ms).set_index(["format", "metric"])
     assert len(t) == 4
     tg = t.loc[("gguf-q4_0", "tg64")]
-    assert math.isclose(tg.ratio, 0.99) and tg.ok and tg.rounds == 3 and tg.tool == "llama-bench"
+    # the ratio pairs each round with its own reference: 0.99/1.0, 1.0/1.02, 0.5/0.98 -> median 1/1.02;
+    # the slow third round does not drag it below the target, the medians of the sides alone would
+    assert math.isclose(tg.ratio, 1 / 1.02) and tg.ok and tg.rounds == 3 and tg.tool == "llama-bench"
+    assert math.isclose(tg.quantbench / tg.reference, 0.99)
     assert math.isclose(t.loc[("gguf-q4_0", "pp512")].ratio, 0.9) and not t.loc[("gguf-q4_0", "pp512")].ok
     assert t.loc[("gguf-q4_0", "ppl")].ok  # 0.11 % off, within 0.5 %
     assert not t.loc[("gguf-q4_0", "kld")].ok  # 13 % off, outside 10 %
@@ -93,3 +96,15 @@ def test_parity_refuses_formats_it_cannot_compare(tmp_path):
     r = subprocess.run([sys.executable, "-m", "quantbench", "parity", "--suite", str(suite),
                         "--out-dir", str(tmp_path / "out")], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "drop bnb-int8" in r.stderr
+
+
+def test_per_run_rate_is_llama_benchs_estimator():
+    """tokens / total time per repetition, median over repetitions; a slow step lowers it, unlike
+    quantbench's 1 / median step."""
+    steps = [0.01, 0.01, 0.01, 0.01, 0.01, 0.04, 0.01, 0.01, 0.01]  # three repetitions of 3 steps
+    assert math.isclose(parity._per_run_tok_s(steps, 3), 100.0)  # rates 100, 50, 100
+    recs = [_rec("gguf-q4_0", "tg4", decode_tok_s=100.0, decode_samples_s=steps)]
+    got = {m.side: m.value for m in parity.quantbench_measures(recs, 1)}
+    assert got == {"quantbench": 100.0, "per_run": 100.0}
+    recs[0]["decode_samples_s"] = [0.01, 0.01, 0.04, 0.01, 0.01, 0.04]
+    assert math.isclose(parity.quantbench_measures(recs, 1)[1].value, 50.0)
