@@ -256,12 +256,24 @@ def _run_model(suite: Suite, model, out: Output, done: set, env: dict, run_id: s
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# Measuring one variant (process start, load, every timing, quality) on this project's 2-core
+# machine: 26-51 s per variant of the 135M embedded model in the default suite, 128 s for fp16 (no
+# fp16 GEMM on this CPU), about 10 s between variants; scaled by parameters and workloads elsewhere.
+MEASURE_S_FIXED, MEASURE_S_PER_PARAM_WORKLOAD = 10.0, 6.2e-8
+
+
+def measure_estimate_s(params: float, n_variants: int, n_workloads: int) -> float:
+    """Returns about how long measuring n_variants variants of n_workloads workloads takes here."""
+    return n_variants * (MEASURE_S_FIXED + MEASURE_S_PER_PARAM_WORKLOAD * params * n_workloads)
+
+
 def _announce_builds(r: _Run) -> None:
-    """Prints the slow builds ahead (GPTQ/AWQ calibration) and about how long they take here, so a
-    cold first run says where its time goes before it spends it."""
+    """Prints the run's expected length at the start, from the cache state and the suite: the
+    slow builds ahead (GPTQ/AWQ calibration) and the measuring, at this project's reference speed,
+    so a cold first run says where its time goes before it spends it."""
     from quantbench.backends import Context, get_backend_class
 
-    ahead, seen = [], set()
+    ahead, seen, build_s = [], set(), 0.0
     for device, fmt_name in plan(r.suite):
         fmt = get_format(fmt_name)
         if fmt.backend != "gptq" or (fmt.base, device) in seen:
@@ -275,10 +287,21 @@ def _announce_builds(r: _Run) -> None:
         except Exception:  # a missing library or a shape it cannot read: the variant will say why
             continue
         if est:
+            build_s += est
             ahead.append(f"{fmt.base} ~{est / 60:.0f} min" if est >= 60 else f"{fmt.base} ~{est:.0f} s")
-    if ahead:
-        print(f"[quantbench] to build first (cache miss): {', '.join(ahead)} at this project's "
-              "reference speed (2 cores); each shows its layer progress and ETA", flush=True)
+    try:
+        from quantbench.arith import params_total
+        from quantbench.shapes import shape_from_config
+
+        params = params_total(shape_from_config(r.model.dir, exact=False))
+    except Exception:  # no readable shape: no estimate, the run goes on
+        return
+    todo = [v for v in plan(r.suite) if any((r.model.name, v[1], v[0], str(w)) not in r.done for w in r.workloads)]
+    measure_s = measure_estimate_s(params, len(todo), len(r.workloads))
+    builds = f"; to build first (cache miss): {', '.join(ahead)}" if ahead else ""
+    print(f"[quantbench] this run: ~{(measure_s + build_s) / 60:.0f} min (measuring {len(todo)} variants "
+          f"~{measure_s / 60:.0f} min{builds}) at this project's reference speed (2 cores); builds show "
+          "their layer progress and ETA", flush=True)
 
 
 def _run_variants(r: _Run, after_variant) -> None:
