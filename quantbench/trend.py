@@ -34,6 +34,7 @@ METRICS = {  # metric -> (label, workloads it is read from: a prefix, or "load" 
     "weights_bytes": ("weights bytes", "load"),
 }
 PENALTY = 3.0          # x ln(n), in noise variances: BIC's 2 ln(n) plus a margin (fewer noise candidates)
+SHORT_SERIES = 5  # runs; up to this many, every boundary is a candidate
 SIGMA_FLOOR = 1e-6     # noise floor (log units) when values repeat exactly (deterministic metrics)
 MAX_X_LABELS = 24      # commit labels under a panel; every k-th beyond that
 LEGEND_CHARS = 23      # what the 180 px legend margin holds at 11 px
@@ -99,6 +100,10 @@ def change_points(values) -> list[int]:
     y = np.asarray(values, float)
     if len(y) < 2:
         return []
+    if len(y) <= SHORT_SERIES:
+        # Too few runs for a noise estimate from their differences (a step at the last run would
+        # set it): every boundary is a candidate, and compare's statistics on the raw samples judge.
+        return list(range(1, len(y)))
     y = np.log(y) if (y > 0).all() else y
     sigma = max(1.4826 * float(np.median(np.abs(np.diff(y)))) / math.sqrt(2), SIGMA_FLOOR)
     import ruptures

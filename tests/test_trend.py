@@ -24,6 +24,23 @@ def test_change_points_by_hand():
     assert trend.change_points([0.0] * 5 + [0.5] * 5) == [5]  # zeros: no log, still found
 
 
+def test_short_history_every_boundary_is_a_candidate():
+    # three runs, the last one slow: the differences' MAD would be the step itself, so PELT alone
+    # finds nothing; every boundary goes to compare instead (measured: bench, bench, bench + hog)
+    assert trend.change_points([231.5, 233.8, 104.2]) == [1, 2]
+    assert trend.change_points([10.0] * 6 + [5.0]) == [6]  # past SHORT_SERIES: PELT again
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_three_runs_step_at_the_last_only(tmp_path, seed):
+    """`nox -s bench` twice, then once beside a CPU hog: the step is at the third run, nowhere else."""
+    hist = write_history(tmp_path, 3, lambda i: {"slow": 2.0} if i == 2 else {}, seed=seed)
+    t = trend.analyse(hist)
+    assert t.steps and all((s.before.run, s.after.run) == (1, 2) and s.verdict == "REGRESSION" for s in t.steps)
+    assert {s.metric for s in t.steps} >= {"decode_tok_s"}
+    assert any(f"{commit(0)}->{commit(1)}: compare says" in u for u in t.unconfirmed)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_planted_ten_percent_decode_step_found_at_k(tmp_path, seed):
     hist = write_history(tmp_path, 30, lambda i: {"slow": 1.10} if i >= STEP_AT else {}, seed=seed)
