@@ -288,7 +288,7 @@ def _announce_builds(r: _Run) -> None:
             continue
         if est:
             build_s += est
-            ahead.append(f"{fmt.base} ~{est / 60:.0f} min" if est >= 60 else f"{fmt.base} ~{est:.0f} s")
+            ahead.append(f"{fmt.base} {_about(est)}")
     try:
         from quantbench.arith import params_total
         from quantbench.shapes import shape_from_config
@@ -299,9 +299,13 @@ def _announce_builds(r: _Run) -> None:
     todo = [v for v in plan(r.suite) if any((r.model.name, v[1], v[0], str(w)) not in r.done for w in r.workloads)]
     measure_s = measure_estimate_s(params, len(todo), len(r.workloads))
     builds = f"; to build first (cache miss): {', '.join(ahead)}" if ahead else ""
-    print(f"[quantbench] this run: ~{(measure_s + build_s) / 60:.0f} min (measuring {len(todo)} variants "
-          f"~{measure_s / 60:.0f} min{builds}) at this project's reference speed (2 cores); builds show "
+    print(f"[quantbench] this run: {_about(measure_s + build_s)} (measuring {len(todo)} variants "
+          f"{_about(measure_s)}{builds}) at this project's reference speed (2 cores); builds show "
           "their layer progress and ETA", flush=True)
+
+
+def _about(seconds: float) -> str:
+    return f"~{seconds / 60:.0f} min" if seconds >= 90 else f"~{seconds:.0f} s"
 
 
 def _run_variants(r: _Run, after_variant) -> None:
