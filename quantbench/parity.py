@@ -95,29 +95,24 @@ def tools_dir(version: str, say=print) -> Path:
 
 def _sdist_tree(version: str, into: Path) -> Path:
     """Returns vendor/llama.cpp of llama-cpp-python `version`'s sdist, unpacked under `into`."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "--quiet",
-           f"llama-cpp-python=={version}", "-d", str(into)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    sdists = list(into.glob("*.tar.gz"))
-    if r.returncode or not sdists:
-        raise UserError(f"could not download the llama-cpp-python {version} sdist (needs the package "
-                        f"index once): {(r.stderr or r.stdout).strip()[-300:]}")
-    with tarfile.open(sdists[0]) as tf:
+    from quantbench.backends.gguf import download_sdist
+
+    sdist = download_sdist(version, into, "or skip the llama.cpp half of parity")
+    with tarfile.open(sdist) as tf:
         root = tf.getnames()[0].split("/")[0]
         keep = [m for m in tf.getmembers() if m.name.startswith(f"{root}/vendor/llama.cpp/")]
         tf.extractall(into, members=keep, filter="data")
-    sdists[0].unlink()
+    sdist.unlink()
     return into / root / "vendor" / "llama.cpp"
 
 
-def tool_env(tools: Path, omp_wait_policy: str = "default") -> dict:
-    """Returns the environment the tools run in: the wheel's libraries first, then the build's own;
-    OMP_WAIT_POLICY as the suite sets it for quantbench's workers."""
-    env = {**os.environ, "LD_LIBRARY_PATH": os.pathsep.join(
-        [str(wheel_lib_dir()), str(tools / "lib"), os.environ.get("LD_LIBRARY_PATH", "")])}
-    env.pop("OMP_WAIT_POLICY", None)
-    if omp_wait_policy != "default":
-        env["OMP_WAIT_POLICY"] = omp_wait_policy.upper()
+def tool_env(tools: Path | None, suite) -> dict:
+    """Returns the environment the references run in: OMP_WAIT_POLICY as the suite sets it for
+    quantbench's workers; for llama.cpp's tools the wheel's libraries first, then the build's own."""
+    env = suite.omp_env(dict(os.environ))
+    if tools is not None:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            [str(wheel_lib_dir()), str(tools / "lib"), os.environ.get("LD_LIBRARY_PATH", "")])
     return env
 
 
@@ -379,10 +374,7 @@ def run(suite_path: str, rounds: int, out_dir: str, say=print) -> tuple:
     out.mkdir(parents=True, exist_ok=True)
     gguf = any(f.backend == "gguf" for f in fmts)
     tools = tools_dir(_version(), say) if gguf and wheel_lib_dir() else None
-    env = tool_env(tools, suite.omp_wait_policy) if tools else \
-        {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if suite.omp_wait_policy != "default":
-        env["OMP_WAIT_POLICY"] = suite.omp_wait_policy.upper()
+    env = tool_env(tools, suite)
     model = resolve(suite.model)
     measures: list[Measure] = []
     groups = {b: [f for f in fmts if f.backend == b] for b in ("gguf", "hf")}

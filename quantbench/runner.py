@@ -370,11 +370,8 @@ def _job(r: _Run, device: str, fmt_name: str, todo: list[Workload], ref_fmt: str
 
 def _spawn(job_path: Path, job: Job) -> str | int:
     """Runs the worker on a job; returns '' on a clean exit, RESPAWN, or why it died."""
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(job.threads),
-           "QUANTBENCH_RUNNER_PID": str(os.getpid())}
-    env.pop("OMP_WAIT_POLICY", None)  # the suite's key decides, whatever the caller exported
-    if job.suite.omp_wait_policy != "default":
-        env["OMP_WAIT_POLICY"] = job.suite.omp_wait_policy.upper()
+    env = job.suite.omp_env({**os.environ, "TOKENIZERS_PARALLELISM": "false",
+                             "OMP_NUM_THREADS": str(job.threads), "QUANTBENCH_RUNNER_PID": str(os.getpid())})
     ooms = _oom_kills()
     proc = subprocess.Popen([sys.executable, "-m", "quantbench.worker", str(job_path)], env=env)
     timed_out = False

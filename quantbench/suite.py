@@ -177,6 +177,14 @@ class Suite:
         if bad:
             raise UserError(f"{where}: kv_types {bad} unknown; use {', '.join(LLAMA_KV_TYPES)}")
 
+    def omp_env(self, env: dict) -> dict:
+        """Returns env with OMP_WAIT_POLICY as this suite's omp_wait_policy sets it (unset for
+        "default"), whatever the caller exported: quantbench's workers and the parity tools alike."""
+        env = {k: v for k, v in env.items() if k != "OMP_WAIT_POLICY"}
+        if self.omp_wait_policy != "default":
+            env["OMP_WAIT_POLICY"] = self.omp_wait_policy.upper()
+        return env
+
     @property
     def thread_list(self) -> tuple[int, ...]:
         """Returns the thread counts as a tuple (a plain int is a list of one)."""

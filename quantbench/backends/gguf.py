@@ -74,6 +74,19 @@ def _version() -> str:
     return importlib.metadata.version("llama-cpp-python").split("+")[0]
 
 
+def download_sdist(version: str, into: Path, fix: str) -> Path:
+    """Returns the llama-cpp-python `version` source distribution, downloaded into `into` (the
+    package index once); a UserError naming `fix` when it cannot be had."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "--quiet",
+           f"llama-cpp-python=={version}", "-d", str(into)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    sdists = list(into.glob("*.tar.gz"))
+    if r.returncode or not sdists:
+        raise UserError(f"could not download the llama-cpp-python {version} sdist (needs the package "
+                        f"index once): {(r.stderr or r.stdout).strip()[-300:]}; {fix}")
+    return sdists[0]
+
+
 def llama_src(version: str) -> Path:
     """Returns llama.cpp's python tree (converter, conversion/, gguf-py/) from the sdist, cached."""
     final = cache.entry("llama-src", version)
@@ -82,15 +95,8 @@ def llama_src(version: str) -> Path:
     say(f"[gguf] downloading the llama-cpp-python {version} sdist for convert_hf_to_gguf.py "
         "(once) ...")
     with cache.atomic_dir(final) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
-               "--quiet", f"llama-cpp-python=={version}", "-d", str(tmp)]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        sdists = list(tmp.glob("*.tar.gz"))
-        if r.returncode or not sdists:
-            raise UserError(f"could not download the llama-cpp-python {version} sdist (needs "
-                            f"internet once): {(r.stderr or r.stdout).strip()[-300:]}; or give a "
-                            "ready .gguf in the suite's [artifacts]")
-        with tarfile.open(sdists[0]) as tf:
+        sdist = download_sdist(version, tmp, "or give a ready .gguf in the suite's [artifacts]")
+        with tarfile.open(sdist) as tf:
             keep = []
             for m in tf.getmembers():
                 parts = m.name.split("/", 3)  # root/vendor/llama.cpp/rest
@@ -100,7 +106,7 @@ def llama_src(version: str) -> Path:
                     m.name = "llama.cpp/" + parts[3]
                     keep.append(m)
             tf.extractall(tmp, members=keep, filter="data")
-        sdists[0].unlink()  # 75 MB of C++ sources we do not need
+        sdist.unlink()  # 75 MB of C++ sources we do not need
     return final / "llama.cpp"
 
 
