@@ -330,6 +330,16 @@ def machine_warnings(base_records: list[dict], new_records: list[dict],
     return out
 
 
+def _additive(versions: set) -> bool:
+    """Returns whether records of these schema versions compare field by field: the newest only
+    added fields to the others (records.SCHEMA_ADDITIVE)."""
+    try:
+        newest = max(int(v) for v in versions)
+    except (TypeError, ValueError):
+        return False
+    return all(int(v) == newest or int(v) in records.SCHEMA_ADDITIVE.get(newest, ()) for v in versions)
+
+
 def compare(base_records: list[dict], new_records: list[dict], fail: list[str] | None = None,
             alpha: float = ALPHA, labels: tuple[str, str] = ("base", "new"),
             strict_machine: bool = False) -> CompareResult:
@@ -347,7 +357,7 @@ def compare(base_records: list[dict], new_records: list[dict], fail: list[str] |
     base, new = _frame(base_records), _frame(new_records)
     vb = sorted(map(str, set(base.schema_version)))
     vn = sorted(map(str, set(new.schema_version)))
-    if vb and vn and vb != vn:
+    if vb and vn and vb != vn and not _additive(set(base.schema_version) | set(new.schema_version)):
         raise UserError(f"schema mismatch: {labels[0]} has schema_version {', '.join(vb)} but "
                         f"{labels[1]} has {', '.join(vn)}; re-run the older one with this quantbench")
     joined = base.merge(new, on=list(records.IDENTITY), how="outer", suffixes=("_b", "_n"),

@@ -36,11 +36,14 @@ class Format:
     compiled: bool = False
     # `<gguf name>+kv-<type>`: the same weights with llama.cpp's KV cache in that type; "" = f16.
     kv_type: str = ""
+    # `<name>+path-<kernel path>`: the same weights on another engine kernel path (KERNEL_PATHS);
+    # "" = whatever the engine picks by default.
+    kernel_path: str = ""
 
     @property
     def base(self) -> str:
-        """Returns the name without the +compiled / +kv- suffix (the artifact it shares)."""
-        return self.name.removesuffix(COMPILED).partition(KV_SUFFIX)[0]
+        """Returns the name without the +path- / +compiled / +kv- suffixes (the artifact it shares)."""
+        return self.name.partition(PATH_SUFFIX)[0].removesuffix(COMPILED).partition(KV_SUFFIX)[0]
 
 
 def _gguf(name: str, ftype: str, bpw: float, caveat: str = "") -> Format:
@@ -126,6 +129,49 @@ def with_kv_types(formats, kv_types) -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class KernelPath:
+    """An engine code path a suite can cross formats with (`kernel_paths`), or the runner falls
+    back to when the default path crashes: how it is asked for and what it changes."""
+    name: str
+    backends: tuple[str, ...]  # backends that offer it
+    env: tuple[tuple[str, str], ...]  # environment the worker process starts with
+    what: str  # what changes, for the docs and the console line
+    upstream: str = ""  # the engine's own switch for the same path (parity runs it)
+
+
+# The safer paths. llama.cpp's extra buffer types hold weights repacked for its AMX and
+# CPU_REPACK (AVX2/AVX512 interleaved) kernels; off, every weight stays in a plain CPU buffer
+# (llama-bench --repack 0). oneDNN and ATen pick the widest ISA the CPU has (AMX tiles for bf16 and
+# int8 matmuls on Sapphire Rapids and later); ONEDNN_MAX_CPU_ISA caps oneDNN, ATEN_CPU_CAPABILITY
+# caps ATen's vectorized kernels (and with it bitsandbytes' CPU kernel choice, which asks ATen).
+KERNEL_PATHS: dict[str, KernelPath] = {k.name: k for k in [
+    KernelPath("norepack", ("gguf",), (), "llama.cpp extra buffer types off (use_extra_bufts = "
+               "false): no AMX or CPU_REPACK weight layouts", "llama-bench --repack 0"),
+    KernelPath("noamx", ("hf", "bnb", "gptq"), (("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_FP16"),),
+               "oneDNN capped below AMX (ONEDNN_MAX_CPU_ISA=AVX512_CORE_FP16)"),
+    KernelPath("avx2", ("hf", "bnb", "gptq"), (("ONEDNN_MAX_CPU_ISA", "AVX2"),
+                                               ("ATEN_CPU_CAPABILITY", "avx2")),
+               "oneDNN and ATen capped at AVX2 (ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2)"),
+]}
+PATH_SUFFIX = "+path-"
+# Where a worker dies by a signal inside the engine, the runner retries the variant once on this
+# path (suite key kernel_fallback = false turns that off).
+SAFER_PATH = {"gguf": "norepack", "hf": "avx2", "bnb": "avx2", "gptq": "avx2"}
+
+
+def with_kernel_paths(formats, paths) -> list[str]:
+    """Returns formats with a `+path-<p>` twin after each format whose backend offers path p
+    (a suite's kernel_paths axis); "default" in paths names the engine's own choice, always run."""
+    out = []
+    for f in formats:
+        out.append(f)
+        backend = get_format(f).backend
+        out += [f"{f}{PATH_SUFFIX}{p}" for p in paths
+                if p != "default" and backend in KERNEL_PATHS[p].backends]
+    return out
+
+
 # llama.cpp type names a user may ask for as `gguf-<type>` beyond the table (bits per weight).
 GGUF_EXTRA_BPW = {"Q4_1": 5.0, "Q5_0": 5.5, "Q5_1": 6.0, "Q5_K_M": 5.69, "Q6_K": 6.5625,
                   "Q3_K_M": 3.91, "Q2_K": 2.625, "IQ4_NL": 4.5, "BF16": 16.0}
@@ -134,6 +180,15 @@ GGUF_EXTRA_BPW = {"Q4_1": 5.0, "Q5_0": 5.5, "Q5_1": 6.0, "Q5_K_M": 5.69, "Q6_K":
 def get_format(name: str) -> Format:
     """Returns the Format for `name`, including any `gguf-<llama.cpp type>` and `<name>+compiled`;
     unknown names raise."""
+    if PATH_SUFFIX in name:
+        inner, _, path = name.rpartition(PATH_SUFFIX)
+        base = get_format(inner)
+        kp = KERNEL_PATHS.get(path)
+        if kp is None or base.backend not in kp.backends:
+            offered = [k for k, v in KERNEL_PATHS.items() if base.backend in v.backends]
+            raise UserError(f"format '{name}': kernel path '{path}' is not one {base.library} offers; "
+                            f"use {', '.join(offered) or 'none (it has one path)'}")
+        return dataclasses.replace(base, name=name, kernel_path=path)
     if KV_SUFFIX in name:
         base_name, _, kv = name.partition(KV_SUFFIX)
         base = get_format(base_name)

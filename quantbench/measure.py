@@ -52,8 +52,58 @@ def _engine_fields(kind: str, wall_s: list[float], engine_s: list[float]) -> dic
             f"engine_{kind}_samples_s": [float(x) for x in engine_s]}
 
 
+class EnergyMeter:
+    """A GPU's energy counter (NVML's total energy since the driver loaded, mJ), read around timed
+    regions, and its idle draw, so that energy per token is net of what the card burns anyway.
+
+    `reason` says why there is no meter (no NVML, a card without the counter: pre-Volta, some
+    virtualised GPUs); then every read is None and records say energy was skipped and why.
+    """
+
+    IDLE_S = 1.0  # how long the idle draw is sampled, the card synced and quiet
+
+    def __init__(self, device: str):
+        self.handle, self.reason, self.idle_w = None, "", None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            index = int(device.split(":")[1]) if ":" in device else 0
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            self._read = lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle) / 1e3
+            self._read()
+        except Exception as e:  # ImportError, NVMLError_NotSupported, ...
+            self.handle, self.reason = None, f"NVML energy counter unavailable: {type(e).__name__}: {e}"[:200]
+
+    def read(self) -> float | None:
+        """Returns the counter in joules (None without a meter)."""
+        return self._read() if self.handle is not None else None
+
+    def measure_idle(self) -> float | None:
+        """Returns (and keeps) the card's idle draw in watts over IDLE_S of doing nothing."""
+        if self.handle is None:
+            return None
+        e0, t0 = self.read(), time.perf_counter()
+        time.sleep(self.IDLE_S)
+        self.idle_w = (self.read() - e0) / (time.perf_counter() - t0)
+        return self.idle_w
+
+
+def energy_fields(kind: str, joules: float, seconds: float, tokens: int, meter: EnergyMeter) -> dict:
+    """Returns <kind>_energy_j_per_tok (net of the idle draw over the same seconds), the gross
+    figure, the mean power and the idle draw it was netted against."""
+    if meter.handle is None:
+        return {"energy_reason": meter.reason}
+    if not tokens or seconds <= 0:
+        return {"energy_reason": "no timed tokens"}
+    idle = meter.idle_w or 0.0
+    return {f"{kind}_energy_j_per_tok": (joules - idle * seconds) / tokens,
+            f"{kind}_energy_gross_j_per_tok": joules / tokens, f"{kind}_power_w": joules / seconds,
+            "gpu_idle_w": idle, "energy_source": "NVML nvmlDeviceGetTotalEnergyConsumption"}
+
+
 def time_decode(b: Backend, prompt: list[int], n_gen: int, min_samples: int,
-                budget_s: float, batch: int = 1, fill: list[int] = ()) -> dict:
+                budget_s: float, batch: int = 1, fill: list[int] = (), energy: EnergyMeter | None = None) -> dict:
     """Returns decode_tok_s = batch / median step time, latency percentiles and raw step samples.
 
     `min_samples` repetitions of prompt + n_gen steps; the budget cuts a repetition short once
@@ -69,6 +119,7 @@ def time_decode(b: Backend, prompt: list[int], n_gen: int, min_samples: int,
         tok = decode(tok)
     b.sync()
     steps, engine, ttfts, start = [], [], [], time.perf_counter()
+    joules, region_s = 0.0, 0.0  # energy over the decode steps only (the counter read around them)
     for _rep in range(min_samples):
         if fill:
             prefill(list(fill))
@@ -77,6 +128,7 @@ def time_decode(b: Backend, prompt: list[int], n_gen: int, min_samples: int,
         tok = extend(prompt) if fill else prefill(prompt)
         b.sync()
         ttfts.append(time.perf_counter() - t0)
+        j0, r0 = (energy.read(), time.perf_counter()) if energy else (None, 0.0)
         for _ in range(n_gen - 1):
             e0, t0 = b.engine_s(), time.perf_counter()
             tok = decode(tok)
@@ -86,12 +138,18 @@ def time_decode(b: Backend, prompt: list[int], n_gen: int, min_samples: int,
                 engine.append(b.engine_s() - e0)
             if time.perf_counter() - start > budget_s and len(steps) >= min_samples:
                 break
+        if j0 is not None:
+            joules += energy.read() - j0
+            region_s += time.perf_counter() - r0
         if time.perf_counter() - start > budget_s:
             break
-    return {"n_prompt": len(prompt), "n_gen": n_gen, "batch": batch, "depth": len(fill),
-            "ttft_s": float(np.median(ttfts)), "decode_tok_s": batch / float(np.median(steps)),
-            "decode_samples_s": steps, "decode_tokens_timed": len(steps) * batch,
-            **_percentiles(steps), **_engine_fields("decode", steps, engine)}
+    out = {"n_prompt": len(prompt), "n_gen": n_gen, "batch": batch, "depth": len(fill),
+           "ttft_s": float(np.median(ttfts)), "decode_tok_s": batch / float(np.median(steps)),
+           "decode_samples_s": steps, "decode_tokens_timed": len(steps) * batch,
+           **_percentiles(steps), **_engine_fields("decode", steps, engine)}
+    if energy is not None:
+        out.update(energy_fields("decode", joules, region_s, len(steps) * batch, energy))
+    return out
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -125,11 +125,18 @@ class BenchRun:
     n_gen: int
     reps: int = 5
     n_gpu_layers: int = 0
+    repack: bool = True  # llama.cpp's extra buffer types (AMX, CPU_REPACK): the harness's kernel path
 
     def argv(self, tools: Path) -> list[str]:
         return [str(tools / "bin" / "llama-bench"), "-m", self.model, "-t", str(self.threads),
                 "-p", str(self.n_prompt), "-n", str(self.n_gen), "-fa", "1", "-r", str(self.reps),
-                "-ngl", str(self.n_gpu_layers), "-o", "json"]
+                "-ngl", str(self.n_gpu_layers), "--repack", str(int(self.repack)), "-o", "json"]
+
+
+def repacks(rec: dict) -> bool:
+    """Returns whether the harness variant ran with llama.cpp's extra buffer types on (its
+    kernel_detail says; records older than that field ran the default, on)."""
+    return (rec.get("kernel_detail") or {}).get("extra_bufts", True) is not False
 
 
 def parse_llama_bench(text: str) -> dict[str, dict]:
@@ -185,11 +192,13 @@ def parse_llama_perplexity(text: str) -> dict:
 
 
 def run_llama_perplexity(tools: Path, model: str, text_file: Path, n_ctx: int, chunks: int, threads: int,
-                         env: dict, kld_base: Path | None = None, write_base: bool = False) -> dict:
+                         env: dict, kld_base: Path | None = None, write_base: bool = False,
+                         repack: bool = True) -> dict:
     """Runs llama-perplexity on `text_file` (n_ctx windows, `chunks` of them, flash attention as
     quantbench's backend has it); with kld_base, writes (write_base) or compares against F16 logits."""
     argv = [str(tools / "bin" / "llama-perplexity"), "-m", model, "-f", str(text_file), "-c", str(n_ctx),
             "-b", str(n_ctx), "--chunks", str(chunks), "-t", str(threads), "-fa", "on", "-ngl", "0"]
+    argv += [] if repack else ["--no-repack"]  # the harness variant's kernel path
     if kld_base is not None:
         argv += ["--kl-divergence-base", str(kld_base)] + ([] if write_base else ["--kl-divergence"])
     r = subprocess.run(argv, capture_output=True, text=True, env=env)
@@ -410,10 +419,13 @@ def _references(group, recs: list[dict], rnd: int, rounds: int, tools: Path | No
             continue
         threads = int(rec["threads"])
         tool = "llama-bench" if f.backend == "gguf" else "bare torch loop"
-        say(f"[parity] round {rnd}/{rounds}: {tool} {f.name} pp{n_prompt} tg{n_gen}, {threads} threads")
+        path = f" on {rec.get('kernel') or 'the default path'} (--repack {int(repacks(rec))})" \
+            if f.backend == "gguf" else ""
+        say(f"[parity] round {rnd}/{rounds}: {tool} {f.name} pp{n_prompt} tg{n_gen}, {threads} threads{path}")
         if f.backend == "gguf":
-            got = run_llama_bench(tools, BenchRun(rec["artifact"], threads, n_prompt, n_gen, suite.min_samples),
-                                  env)
+            got = run_llama_bench(tools, BenchRun(rec["artifact"], threads, n_prompt, n_gen, suite.min_samples,
+                                                  repack=repacks(rec)), env)
+            tool = f"llama-bench --repack {int(repacks(rec))}"
             measures += [Measure(f.name, k, "reference", rnd, v["tok_s"], tool) for k, v in got.items()]
         else:
             got = _bare_loop(model_dir, f, rec["device"], threads, suite, env)
@@ -427,16 +439,17 @@ def _perplexity(tools: Path, suite, recs: list[dict], text: str, out: Path, env:
     saving its logits as the KLD base, then each other file against it."""
     text_file = out / "corpus.txt"
     text_file.write_text(text, encoding="utf-8")
-    files = {r["format"]: (r["artifact"], int(r["threads"])) for r in recs
+    files = {r["format"]: (r["artifact"], int(r["threads"]), repacks(r)) for r in recs
              if r.get("status") == "ok" and r["workload"] == "load" and r.get("backend") == "gguf"}
     base = out / "f16.kld" if "gguf-f16" in files else None
     order = sorted(files, key=lambda f: f != "gguf-f16")
     measures = []
     for f in order:
-        path, threads = files[f]
-        say(f"[parity] llama-perplexity {f}: {suite.ppl_windows} chunks of {suite.n_ctx}")
+        path, threads, repack = files[f]
+        say(f"[parity] llama-perplexity {f}: {suite.ppl_windows} chunks of {suite.n_ctx}"
+            + ("" if repack else ", --no-repack (the harness variant's path)"))
         got = run_llama_perplexity(tools, path, text_file, suite.n_ctx, suite.ppl_windows, threads, env,
-                                   kld_base=base, write_base=f == "gguf-f16")
+                                   kld_base=base, write_base=f == "gguf-f16", repack=repack)
         measures.append(Measure(f, "ppl", "reference", 1, got["ppl"], "llama-perplexity"))
         if "kld_mean" in got and f != "gguf-f16":
             measures.append(Measure(f, "kld", "reference", 1, got["kld_mean"], "llama-perplexity"))

@@ -89,7 +89,7 @@ def _variant_row(key: tuple, recs: list[dict]) -> dict:
     row["reason"] = (next(iter(by_reason)) if len(by_reason) == 1 and "ok" not in statuses else
                      "; ".join(f"{', '.join(ws)}: {why}" for why, ws in by_reason.items()))
     for col in ("bits_per_weight", "weights_bytes_predicted", "kv_cache_bytes_predicted", "backend",
-                "kernel", "group_size", "suite"):
+                "kernel", "group_size", "suite", "kernel_fallback", "crash_signal", "crash_upstream"):
         row[col] = first(recs, col)
     recs = [r for r in recs if r["status"] == "ok"]  # measurements only from workloads that ran
     for col in ("weights_bytes", "load_s", "build_s"):
@@ -132,7 +132,8 @@ def _variant_row(key: tuple, recs: list[dict]) -> dict:
         row[f"decode_tok_s@b{b}"] = num(r.get("decode_tok_s"))
     tg = dict(max(by_kind["tg"], key=lambda t: t[0])[1]) if by_kind["tg"] else {}
     for col in ("decode_tok_s", "decode_tok_s_predicted", "decode_p50_s",
-                "decode_p90_s", "decode_p99_s", "decode_samples_s", "engine_decode_s", "harness_decode_s"):
+                "decode_p90_s", "decode_p99_s", "decode_samples_s", "engine_decode_s", "harness_decode_s",
+                "decode_energy_j_per_tok", "decode_power_w", "gpu_idle_w", "energy_reason"):
         row[col] = tg.get(col)
     row["decode_sol_frac"] = sol_frac(tg, "decode_tok_s")
     row["decode_sol_frac_spec"] = num(tg.get("decode_sol_frac_spec"))

@@ -23,7 +23,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Versions whose records compare with this one: each later version only added fields, and every
+# field of the earlier keeps its meaning. 3 added the kernel path fields (kernel_path,
+# kernel_detail, kernel_fallback) and the crash fields.
+SCHEMA_ADDITIVE = {3: (2,)}
 IDENTITY = ("model", "format", "device", "workload")
 LIBRARIES = ("torch", "transformers", "bitsandbytes", "gptqmodel", "llama_cpp_python", "gguf",
              "numpy", "pandas")
@@ -40,7 +44,7 @@ class Field:
 
 
 _PY = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "list[float]": (list,),
-       "dict": (dict,)}
+       "list[str]": (list,), "dict": (dict,)}
 
 
 def _f(name, type_, unit, meaning, required=False) -> Field:
@@ -70,7 +74,25 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("env", "dict", "", "machine, libraries, git commit"),
     # how it ran
     _f("backend", "str", "", "backend that ran it (hf, bnb, gptq, gguf, dummy)"),
-    _f("kernel", "str", "", "kernel or code path that ran (e.g. TorchQuantLinear, llama.cpp CPU)"),
+    _f("kernel", "str", "", "kernel path that ran, named from the engine's own report: llama.cpp:AMX, "
+       "llama.cpp:CPU_REPACK, llama.cpp:CPU, llama.cpp:CUDA, torch:onednn-amx-bf16, bnb:cpu-avx512, "
+       "the QuantLinear class GPTQModel chose, ..."),
+    _f("kernel_detail", "dict", "", "the evidence: llama.cpp buffer types and bytes, ISA flags, torch's "
+       "CPU capability, oneDNN's implementation, CUDA kernel names, fallback warnings"),
+    _f("kernel_path", "str", "", "engine path asked for: default, or a formats.KERNEL_PATHS name "
+       "(norepack, noamx, avx2); the format's +path- suffix"),
+    _f("kernel_fallback", "str", "", "empty, or the slower path taken and why (a crash on the "
+       "default path, a kernel the engine could not use)"),
+    _f("decode_energy_j_per_tok", "float", "J", "GPU energy per decoded token over the timed steps, "
+       "net of the idle draw (NVML total-energy counter)"),
+    _f("decode_energy_gross_j_per_tok", "float", "J", "the same before the idle draw is taken off"),
+    _f("decode_power_w", "float", "W", "mean board power over the timed decode steps"),
+    _f("gpu_idle_w", "float", "W", "the card's idle draw, sampled for 1 s after load"),
+    _f("energy_source", "str", "", "the counter energy was read from"),
+    _f("energy_reason", "str", "", "why a GPU record has no energy figures"),
+    _f("crash_signal", "str", "", "signal that killed the worker inside the engine (SIGSEGV, ...)"),
+    _f("crash_upstream", "str", "", "the upstream issue of a known engine crash"),
+    _f("engine_log_tail", "list[str]", "", "the engine's last log lines before the crash"),
     _f("threads", "int", "", "CPU threads used"),
     _f("bits_per_weight", "float", "bit", "effective bits per quantized weight (GGUF: measured from the file)"),
     _f("bits_unquantized", "float", "bit", "bits per weight of the tensors the format leaves unquantized"),

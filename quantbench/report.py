@@ -65,6 +65,7 @@ def table(p):
              "engine_decode_ms": num(r.get("engine_decode_s")) and r["engine_decode_s"] * 1e3,
              "harness_decode_ms": num(r.get("harness_decode_s")) and r["harness_decode_s"] * 1e3,
              "ttft_ms": num(r.get("ttft_s")) and r["ttft_s"] * 1e3,
+             "decode_mj_per_tok": num(r.get("decode_energy_j_per_tok")) and r["decode_energy_j_per_tok"] * 1e3,
              # ppl over the windows every variant of the group scored; its stderr only when those
              # are all the windows this variant scored
              "ppl": num(r.get("ppl_common")), "ppl_windows": r.get("ppl_common_windows"),
@@ -82,14 +83,16 @@ def table(p):
              "overhead_bound": bool(r.get("overhead_bound")), "pareto": bool(r.get("pareto")),
              "decode_vs_eager": num(r.get("decode_vs_eager")),
              **{c: first([r], c) or "" for c in ("kernel", "decode_bound", "prefill_bound",
-                                                  "prefill_sol_workload")},
+                                                  "prefill_sol_workload", "kernel_fallback",
+                                                  "crash_signal", "crash_upstream")},
              "load_s": num(r.get("load_s")),
              "build_s": num(r.get("build_s")), "gguf_type_mix": r.get("type_mix") or ""}
         out.append(t)
     t = pd.DataFrame(out)
     drop = [c for c, keep in (("host", p["host"].nunique() > 1), ("model", p["model"].nunique() > 1),
                               ("peak_device_mb", t["peak_device_mb"].notna().any()),
-                              ("decode_sol_frac_spec", t["decode_sol_frac_spec"].notna().any())) if not keep]
+                              ("decode_sol_frac_spec", t["decode_sol_frac_spec"].notna().any()),
+                              ("decode_mj_per_tok", t["decode_mj_per_tok"].notna().any())) if not keep]
     return t.drop(columns=drop)
 
 
@@ -114,10 +117,12 @@ HEADERS = {"format": ("format", ""), "device": ("device", ""), "host": ("host", 
            "decode_tok_s": ("decode tok/s", "rate"), "decode_p50_ms": ("p50 ms", ".1f"),
            "decode_p90_ms": ("p90 ms", ".1f"), "engine_decode_ms": ("engine ms/step⁴", ".2f"),
            "harness_decode_ms": ("harness ms/step⁴", ".2f"), "ttft_ms": ("TTFT ms", ".0f"),
+           "decode_mj_per_tok": ("decode mJ/token", ".3g"),
            "ppl": ("ppl ± stderr³", ".3f"),
            "dppl_pct": ("Δppl %¹", "+.2f"), "kld_mean": ("KLD", ".4f"), "top1_agree_pct": ("top-1 %", ".1f"),
            "prefill_sol_frac": ("prefill SoL²", ".2f"), "decode_sol_frac": ("decode SoL²", ".2f"),
-           "decode_sol_frac_spec": ("decode SoL (spec)", ".2f"), "status": ("status", "")}
+           "decode_sol_frac_spec": ("decode SoL (spec)", ".2f"), "kernel": ("kernel⁵", ""),
+           "status": ("status", "")}
 
 
 def display_columns(t) -> list[tuple[str, str, str]]:
@@ -138,6 +143,8 @@ def cell_text(row: dict, col: str, fmt: str) -> str:
     v = row.get(col)
     if col == "status":  # the reason and the overhead-bound flag go in the details line
         return str(v)
+    if col == "kernel":  # a fallback is flagged where the kernel is read; its reason is in details
+        return f"{v or '—'} ⚠ fallback" if row.get("kernel_fallback") else str(v or "—")
     if col == "format":
         return f"{v} ★" if row.get("pareto") else str(v)
     if not fmt:
@@ -172,6 +179,11 @@ def details_text(row: dict) -> str:
         parts.append(f"overhead-bound: decode at {pct:.1f}% of its roofline, below {OVERHEAD_BOUND_SOL:.0%}")
     if row.get("sol_suspect"):
         parts.append(f"⚠ SoL suspect: {row['sol_suspect']}")
+    if row.get("crash_signal"):
+        known = f" (known upstream: {row['crash_upstream']})" if row.get("crash_upstream") else ""
+        parts.append(f"✖ engine crash: {row['crash_signal']} in {row.get('kernel') or 'the engine'}{known}")
+    if row.get("kernel_fallback"):
+        parts.append(f"⚠ kernel fallback: {row['kernel_fallback']}")
     if row.get("kernel"):
         parts.append(f"kernel: {row['kernel']}")
     if num(row.get("decode_vs_eager")):
@@ -216,7 +228,12 @@ def footnotes(p) -> list[str]:
         "⁴ A decode step's wall time = engine + harness. Engine: llama.cpp's own counter "
         "(llama_perf_context, what llama-bench times) or the wall time inside model.forward; "
         "harness: what quantbench adds around it (batch building, logits copy, argmax, timers). "
-        "`nox -s parity` compares both with llama-bench and a bare torch loop."]
+        "`nox -s parity` compares both with llama-bench and a bare torch loop.",
+        "⁵ The kernel path that ran, named from the engine's own report (llama.cpp's weight buffer "
+        "types, oneDNN's implementation, the profiler's ops or CUDA kernels, GPTQModel's QuantLinear "
+        "class), never from the format's name. ⚠ fallback: the engine crashed or could not use its "
+        "default path and this row ran on a safer one; `<format>+path-<p>` rows are that path. "
+        "The record's kernel_detail holds the evidence."]
 
 
 def header_facts(df) -> list[tuple[str, str]]:

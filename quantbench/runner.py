@@ -6,6 +6,7 @@ with its log-probs; everything else keeps suite order.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -18,8 +19,17 @@ from pathlib import Path
 import numpy as np
 
 from quantbench import cache, corpus, fit, records
+from quantbench.backends import ENGINE_LOG_ENV
 from quantbench.errors import UserError
-from quantbench.formats import REFERENCE_ORDER, get_format, with_kv_types
+from quantbench.formats import (
+    KERNEL_PATHS,
+    PATH_SUFFIX,
+    REFERENCE_ORDER,
+    SAFER_PATH,
+    get_format,
+    with_kernel_paths,
+    with_kv_types,
+)
 from quantbench.models import resolve
 from quantbench.suite import Suite, Workload
 from quantbench.worker import RESPAWN, Job, Reference
@@ -46,7 +56,7 @@ def plan(suite: Suite) -> list[tuple[str, str]]:
     """Returns (device, format) pairs in run order: each device's reference format first."""
     out = []
     for device in suite.devices:
-        fmts = with_kv_types(suite.formats, suite.kv_types)
+        fmts = with_kernel_paths(with_kv_types(suite.formats, suite.kv_types), suite.kernel_paths)
         ref = next((f for f in REFERENCE_ORDER if f in fmts), None)
         if ref:
             fmts.remove(ref)
@@ -136,6 +146,22 @@ def _spec(device: str, env: dict) -> dict | None:
 
     spec = hardware.spec_for_gpu(env["gpu"])
     return dataclasses.asdict(spec) if spec else None
+
+
+# Signals that say the engine's own code faulted (not a kill from outside, not the OOM killer).
+ENGINE_FAULTS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ended:
+    """How a worker process ended: its exit code (negative: the signal) and why, '' when cleanly."""
+    rc: int
+    reason: str = ""
+
+    @property
+    def engine_fault(self) -> bool:
+        """Returns whether the worker died by a fault signal: a crash inside an engine kernel."""
+        return self.rc < 0 and -self.rc in ENGINE_FAULTS
 
 
 def _crash_reason(rc: int, timed_out: bool, oom_kills: int = 0) -> str:
@@ -335,13 +361,65 @@ def _run_variants(r: _Run, after_variant) -> None:
                 continue
             job = _job(r, device, fmt_name, todo, ref_fmt, threads)
             tag = f"{fmt_name}-{device}" + (f"-t{threads}" if sweep else "")
-            job_path = r.tmp / f"{tag}.json"
-            job_path.write_text(job.to_json())
-            why = _spawn(job_path, job)
-            if why == RESPAWN:  # it built the artifact; measure in a fresh process
-                why = _spawn(job_path, job)
-            _collect(job, r.out, rec_base, why)
+            ended = _measure(r, job, tag)
+            if ended.engine_fault and r.suite.kernel_fallback and not fmt.kernel_path \
+                    and fmt.backend in SAFER_PATH:
+                twin = f"{fmt_name}{PATH_SUFFIX}{SAFER_PATH[fmt.backend]}"
+                crash = _crash_details(job, ended)
+                _collect(job, r.out, rec_base, ended.reason, crash)
+                print(_fallback_line(job, ended, crash, twin), flush=True)
+                if ref_fmt == fmt_name:  # the reference crashed: its twin writes the log-probs
+                    ref_fmt = references[device] = twin
+                why = f"{fmt_name} {ended.reason} on {crash.get('kernel') or 'its default path'}"
+                job = dataclasses.replace(_job(r, device, twin, todo, ref_fmt, threads), kernel_fallback=why)
+                ended = _measure(r, job, tag.replace(fmt_name, twin, 1))
+                _collect(job, r.out, {**rec_base, "format": twin}, ended.reason)
+            else:
+                _collect(job, r.out, rec_base, ended.reason)
             after_variant()
+
+
+def _measure(r: _Run, job: Job, tag: str) -> Ended:
+    """Returns how the worker ended after measuring `job` (a second process when the first built
+    the artifact)."""
+    job_path = r.tmp / f"{tag}.json"
+    job_path.write_text(job.to_json())
+    ended = _spawn(job_path, job)
+    if ended.rc == RESPAWN:  # it built the artifact; measure in a fresh process
+        ended = _spawn(job_path, job)
+    return ended
+
+
+# Engine crashes known upstream: (backend, kernel path that crashed) -> the issue to read.
+KNOWN_CRASHES = {
+    ("gguf", "llama.cpp:AMX"): "ggml-org/llama.cpp#20824 (segfault in ggml_backend_amx_mul_mat)",
+    ("gguf", "llama.cpp:CPU_REPACK"): "ggml-org/llama.cpp#20824 (repacked weights on AMX CPUs)",
+}
+ENGINE_LOG_TAIL = 8  # engine log lines kept in a crash record
+
+
+def _crash_details(job: Job, ended: Ended) -> dict:
+    """Returns the crash record's fields: the signal, the kernel path the worker had loaded (its
+    side file), the engine's last log lines, and the upstream issue where one is known."""
+    fmt = get_format(job.format)
+    side = Path(job.partial + ".kernel.json")
+    loaded = json.loads(side.read_text()) if side.exists() else {}
+    log = Path(job.partial + ".engine.log")
+    tail = log.read_text(errors="replace").splitlines()[-ENGINE_LOG_TAIL:] if log.exists() else []
+    out = {"crash_signal": signal.Signals(-ended.rc).name, "engine_log_tail": tail,
+           "kernel": loaded.get("kernel", ""), "kernel_detail": loaded.get("kernel_detail") or {}}
+    if known := KNOWN_CRASHES.get((fmt.backend, out["kernel"])):
+        out["crash_upstream"] = known
+    return out
+
+
+def _fallback_line(job: Job, ended: Ended, crash: dict, twin: str) -> str:
+    """Returns the one console line that says an engine crashed and what runs instead."""
+    path = KERNEL_PATHS[get_format(twin).kernel_path]
+    where = f" in {crash['kernel']}" if crash.get("kernel") else ""
+    known = f" (known upstream: {crash['crash_upstream']})" if crash.get("crash_upstream") else ""
+    return (f"[{job.format}/{job.device}] {ended.reason}{where}{known}; its records are kept as failed. "
+            f"Retrying once as {twin}: {path.what}. Suite key kernel_fallback = false turns this off.")
 
 
 def _job(r: _Run, device: str, fmt_name: str, todo: list[Workload], ref_fmt: str | None,
@@ -368,10 +446,12 @@ def _job(r: _Run, device: str, fmt_name: str, todo: list[Workload], ref_fmt: str
                peaks=r.peaks_by_device[device, threads])
 
 
-def _spawn(job_path: Path, job: Job) -> str | int:
-    """Runs the worker on a job; returns '' on a clean exit, RESPAWN, or why it died."""
+def _spawn(job_path: Path, job: Job) -> Ended:
+    """Runs the worker on a job; returns how it ended (rc RESPAWN: run it again to measure)."""
+    path = KERNEL_PATHS.get(get_format(job.format).kernel_path)
     env = job.suite.omp_env({**os.environ, "TOKENIZERS_PARALLELISM": "false",
-                             "OMP_NUM_THREADS": str(job.threads), "QUANTBENCH_RUNNER_PID": str(os.getpid())})
+                             "OMP_NUM_THREADS": str(job.threads), "QUANTBENCH_RUNNER_PID": str(os.getpid()),
+                             ENGINE_LOG_ENV: job.partial + ".engine.log", **dict(path.env if path else ())})
     ooms = _oom_kills()
     proc = subprocess.Popen([sys.executable, "-m", "quantbench.worker", str(job_path)], env=env)
     timed_out = False
@@ -384,18 +464,21 @@ def _spawn(job_path: Path, job: Job) -> str | int:
         proc.kill()
         proc.wait()
         raise
-    if rc == RESPAWN and not timed_out:
-        return RESPAWN
-    return "" if rc == 0 and not timed_out else _crash_reason(rc, timed_out, _oom_kills() - ooms)
+    if timed_out:
+        return Ended(-signal.SIGKILL, _crash_reason(rc, timed_out))
+    if rc in (0, RESPAWN):
+        return Ended(rc)
+    return Ended(rc, _crash_reason(rc, timed_out, _oom_kills() - ooms))
 
 
-def _collect(job: Job, out: Output, rec_base: dict, crash: str) -> None:
-    """Appends the worker's records, plus `failed` ones for workloads it never reported."""
+def _collect(job: Job, out: Output, rec_base: dict, crash: str, details: dict | None = None) -> None:
+    """Appends the worker's records, plus `failed` ones (with the crash's `details`) for workloads
+    it never reported."""
     partial = Path(job.partial)
     got = records.read(partial, quiet=True) if partial.exists() else []
     have = {r["workload"] for r in got}
     reason = crash or "worker ended without a record"
-    missing = [{**rec_base, "workload": str(w), "status": "failed", "reason": reason,
+    missing = [{**rec_base, **(details or {}), "workload": str(w), "status": "failed", "reason": reason,
                 "timestamp": records.now()} for w in job.workloads if str(w) not in have]
     fit.annotate(got)  # the step-time fit over this variant's decode sweep, on its records
     out.append(got + missing)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quantbench.errors import UserError
-from quantbench.formats import LLAMA_KV_TYPES, get_format
+from quantbench.formats import KERNEL_PATHS, LLAMA_KV_TYPES, get_format
 
 
 @dataclass(frozen=True, order=True)
@@ -110,6 +110,12 @@ class Suite:
     # leaves it unset (OpenMP spins briefly, then sleeps: what users of llama.cpp get), "passive"
     # sleeps at once (kind to a shared CI machine), "active" spins. Each record says which.
     omp_wait_policy: str = "default"
+    # Engine kernel paths to cross every format with (formats.KERNEL_PATHS): each format whose
+    # backend offers a path also runs as `<format>+path-<path>`; "default" is the engine's choice.
+    kernel_paths: tuple[str, ...] = ()
+    # A worker killed by a signal inside an engine kernel is retried once on the backend's safer
+    # path (formats.SAFER_PATH), both outcomes kept; false: the crash stays a failure (strict CI).
+    kernel_fallback: bool = True
     # Pre-made artifacts: format name -> local path or hub id (GPTQ/AWQ checkpoint, GGUF file).
     artifacts: dict[str, str] = field(default_factory=dict)
 
@@ -173,6 +179,10 @@ class Suite:
         if self.omp_wait_policy not in OMP_WAIT_POLICIES:
             raise UserError(f"{where}: omp_wait_policy '{self.omp_wait_policy}' unknown; use "
                             f"{', '.join(OMP_WAIT_POLICIES)}")
+        bad = [p for p in self.kernel_paths if p != "default" and p not in KERNEL_PATHS]
+        if bad:
+            raise UserError(f"{where}: kernel_paths {bad} unknown; use default, "
+                            f"{', '.join(KERNEL_PATHS)}")
         bad = [t for t in self.kv_types if t not in LLAMA_KV_TYPES]
         if bad:
             raise UserError(f"{where}: kv_types {bad} unknown; use {', '.join(LLAMA_KV_TYPES)}")
@@ -237,7 +247,7 @@ class Suite:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Suite)}
-EMPTY_LIST_ELEM = {"kv_types": str}
+EMPTY_LIST_ELEM = {"kv_types": str, "kernel_paths": str}
 
 
 # Keys whose default does not show their type: empty lists of strings, int-or-list, tables of tables.

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from quantbench import cache, records
+from quantbench import backends, cache, records
 from quantbench.backends import CONSOLE_FD_ENV, Context, Skip, get_backend_class
 from quantbench.errors import MissingDependency, UserError
 from quantbench.formats import compute_dtypes, get_format
-from quantbench.measure import score_windows, time_decode, time_prefill
+from quantbench.measure import EnergyMeter, score_windows, time_decode, time_prefill
 from quantbench.suite import Suite, Workload
 
 
@@ -60,6 +60,7 @@ class Job:
     partial: str  # JSONL the worker appends its records to
     base: dict  # fields every record of this variant carries
     peaks: dict | None  # calibrated peaks of the device (hardware.Peaks as a dict)
+    kernel_fallback: str = ""  # why this variant runs on a safer path ('' when it was asked for)
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
@@ -164,7 +165,7 @@ def _reference(job: Job):
     return None
 
 
-def run_workload(job: Job, backend, w: Workload, data, shape) -> dict:
+def run_workload(job: Job, backend, w: Workload, data, shape, energy=None) -> dict:
     """Returns the measured fields of one workload."""
     s = job.suite
     prompt_src = [int(t) for t in data["prompt"]]
@@ -176,7 +177,7 @@ def run_workload(job: Job, backend, w: Workload, data, shape) -> dict:
     fill, src = prompt_src[: w.depth], prompt_src[w.depth:]
     if w.kind == "tg":
         out = time_decode(backend, src[: s.gen_prompt_tokens], w.tokens, s.min_samples,
-                          s.time_budget_s, w.batch, fill)
+                          s.time_budget_s, w.batch, fill, energy=energy)
         if w.batch > 1 or w.depth:
             out["kv_cache_bytes"] = backend.kv_cache_bytes()
         kw = {"n_prompt": s.gen_prompt_tokens, "n_gen": w.tokens, "batch": w.batch, "depth": w.depth}
@@ -348,13 +349,15 @@ def die_with_parent(parent_pid: int) -> None:
 
 def main(job_path: str) -> int:
     quiet_import_chatter()
+    backends.ISOLATED = True
     job = Job.from_json(Path(job_path).read_text())
     fmt = get_format(job.format)
     suite = job.suite
     data = np.load(job.data)
     base = {**job.base, "format": fmt.name, "device": job.device, "backend": fmt.backend,
             "threads": job.threads, "bits_per_weight": fmt.bits_per_weight,
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default").lower()}
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default").lower(),
+            "kernel_path": fmt.kernel_path or "default", "kernel_fallback": job.kernel_fallback}
     tag = f"[{fmt.name}/{job.device}]"
 
     def emit(workload: Workload, fields: dict, status="ok", reason=""):
@@ -390,6 +393,9 @@ def main(job_path: str) -> int:
         t0 = time.perf_counter()
         logged(backend.load, log, tag)
         load_s = time.perf_counter() - t0
+        # The path now loaded, for the runner's crash record should the engine die measuring.
+        Path(job.partial + ".kernel.json").write_text(json.dumps(
+            {k: backend.info.get(k) for k in ("kernel", "kernel_detail")}, default=str))
         if log.exists() and log.stat().st_size == 0:
             log.unlink()
     except (Skip, MissingDependency) as e:  # expected absences; any other ImportError is a bug
@@ -408,6 +414,10 @@ def main(job_path: str) -> int:
             emit(w, {}, "failed", reason)
         return 0
     shape = _shape(job)
+    energy = None
+    if job.device.startswith("cuda"):  # energy per token, net of the idle draw sampled now
+        energy = EnergyMeter(job.device)
+        energy.measure_idle()
     common = {"load_s": load_s, "weights_bytes": backend.weights_bytes()}
     base.update(common)
     for w in job.workloads:
@@ -415,7 +425,7 @@ def main(job_path: str) -> int:
             emit(w, {}, "skipped", f"{job.model_name} has random weights: quality is meaningless")
             continue
         try:
-            fields = run_workload(job, backend, w, data, shape)
+            fields = run_workload(job, backend, w, data, shape, energy)
         except Skip as e:  # e.g. no batched decode in this backend
             emit(w, {}, "skipped", str(e))
             continue

@@ -87,7 +87,12 @@ def test_bench_argv_matches_quantbenchs_protocol(tmp_path):
     assert argv[0] == str(tmp_path / "bin" / "llama-bench")
     flags = dict(zip(argv[1::2], argv[2::2], strict=True))
     assert flags == {"-m": "m.gguf", "-t": "2", "-p": "512", "-n": "64", "-fa": "1", "-r": "5", "-ngl": "0",
-                     "-o": "json"}
+                     "--repack": "1", "-o": "json"}
+    # the harness variant's kernel path: extra buffer types off -> llama-bench --repack 0
+    rec = {"kernel": "llama.cpp:CPU", "kernel_detail": {"extra_bufts": False}}
+    off = parity.BenchRun("m.gguf", 2, 512, 64, repack=parity.repacks(rec)).argv(tmp_path)
+    assert off[off.index("--repack") + 1] == "0"
+    assert parity.repacks({"kernel": "llama.cpp F16 (CPU)"})  # schema-2 records ran the default
 
 
 def test_parity_refuses_formats_it_cannot_compare(tmp_path):

@@ -17,6 +17,7 @@ installs the wheels into --target (no index, no deps); `tools/device-gpu.sh` doe
 
     python3 tools/devkit.py build            # -> .devkit/kit.tar.000 ... + manifest.json
     python3 tools/devkit.py have             # which chunks are present (cheap device call)
+    python3 tools/devkit.py llama-src        # -> .devkit/llama-src/ (llama.cpp's converter, 2 MB)
     python3 tools/devkit.py unpack --target /tmp/qb-site
 """
 from __future__ import annotations
@@ -184,7 +185,22 @@ def build(out: Path, chunk_mib: int, house: Path, llama_wheel: Path | None = Non
     shutil.copy2(llama, wheels)
     slim_llama_wheel(wheels / llama.name)
     pack(wheels, out, chunk_mib << 20)
+    add_llama_src(out)
     shutil.rmtree(work)
+
+
+def add_llama_src(out: Path) -> None:
+    """Copies llama.cpp's converter tree (convert_hf_to_gguf.py, gguf-py/, conversion/: 2 MB),
+    which quantbench takes from the llama-cpp-python sdist, into the kit: offline, the device
+    cannot download the sdist. device-gpu.sh puts it into the quantbench cache there."""
+    version = LLAMA_CPP.split("==")[1]
+    repo = Path(__file__).resolve().parent.parent
+    code = f"from quantbench.backends.gguf import llama_src; print(llama_src({version!r}))"
+    src = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(repo)}).stdout.strip().splitlines()[-1]
+    dst = out / "llama-src" / version
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(Path(src).parent, dst)
 
 
 def pack(wheels: Path, out: Path, chunk_bytes: int) -> dict:
@@ -245,7 +261,7 @@ def unpack(kit: Path, target: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("command", choices=["build", "have", "unpack"])
+    ap.add_argument("command", choices=["build", "have", "unpack", "llama-src"])
     ap.add_argument("--kit", type=Path, default=Path(".devkit"))
     ap.add_argument("--chunk-mib", type=int, default=60)
     ap.add_argument("--target", type=Path, default=Path("/tmp/qb-site"))
@@ -256,6 +272,8 @@ def main() -> None:
     a = ap.parse_args()
     if a.command == "build":
         build(a.kit, a.chunk_mib, a.wheelhouse, a.llama_wheel)
+    elif a.command == "llama-src":
+        add_llama_src(a.kit)
     elif a.command == "have":
         manifest, bad = present(a.kit)
         print(f"kit: {len(manifest['chunks']) - len(bad)}/{len(manifest['chunks'])} chunks present"

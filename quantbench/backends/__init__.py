@@ -12,6 +12,24 @@ from dataclasses import dataclass
 import numpy as np
 
 CONSOLE_FD_ENV = "QUANTBENCH_CONSOLE_FD"  # set by the worker while a build's output goes to a log
+# Where an engine appends its own log lines (llama.cpp's log callback), so that a worker killed
+# inside the engine leaves its last words for the crash record. Set by the runner per variant.
+ENGINE_LOG_ENV = "QUANTBENCH_ENGINE_LOG"
+# Test hook: "<backend>:<kernel path>" (path "default" or a formats.KERNEL_PATHS name) makes that
+# backend kill its own process with SIGSEGV on the first batched eval on that path, as llama.cpp's
+# AMX kernels do on some CPUs, so the crash handling is tested on machines that do not crash.
+CRASH_HOOK_ENV = "QUANTBENCH_TEST_CRASH"
+# True in a worker process, where an engine crash costs one variant (the runner retries it on a
+# safer path); False elsewhere (pytest, a notebook, parity), where backends avoid a path known to crash.
+ISOLATED = False
+
+
+def crash_hook(backend: str, kernel_path: str) -> None:
+    """Kills this process with SIGSEGV when the test hook names this backend and kernel path."""
+    if os.environ.get(CRASH_HOOK_ENV) == f"{backend}:{kernel_path or 'default'}":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGSEGV)
 
 
 def say(msg: str, end: str = "\n") -> None:

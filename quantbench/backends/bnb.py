@@ -29,8 +29,14 @@ class BnbBackend(HFBackend):
         device_map = {"": self.ctx.device if self.ctx.device != "cuda" else 0}
         model = AutoModelForCausalLM.from_pretrained(
             self.ctx.model_dir, quantization_config=cfg, dtype=dtype, device_map=device_map)
-        self.info["kernel"] = f"bitsandbytes {self.ctx.format.param} ({self.ctx.device})"
         return model
+
+    def kernel_name(self, kernel: str, detail: dict) -> str:
+        """Returns `bnb:cpu-<ATen capability>` (bitsandbytes registers its CPU int8 kernel only at
+        AVX512 and its fused NF4 one only with AVX512_BF16, asking ATen) or `bnb:cuda-<class>`."""
+        if self.ctx.device.startswith("cuda"):
+            return "bnb:cuda-" + kernel.removeprefix("torch:cuda-")
+        return f"bnb:cpu-{detail['cpu_capability'].lower()}"
 
     def weights_bytes(self) -> int:
         """Returns storage bytes plus 4-bit quant-state absmax tensors, which are not parameters."""

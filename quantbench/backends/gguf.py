@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from quantbench import cache
-from quantbench.backends import Backend, Skip, say
+from quantbench import backends, cache
+from quantbench.backends import CRASH_HOOK_ENV, ENGINE_LOG_ENV, Backend, Skip, crash_hook, say
 from quantbench.errors import UserError
 
 FLOAT_TYPES = {"F32", "F16", "BF16", "F64"}
@@ -48,21 +48,96 @@ def _llama_cpp():
 # 30 layers, 1/1 seqs), K (q8_0): 2.99 MiB, V (q8_0): 2.99 MiB" (0.01 MiB resolution: exact to
 # 0.1% on the embedded model's 512 cells, to 1.3% on tiny's 256).
 KV_LOG = re.compile(r"llama_kv_cache: size =\s*([\d.]+) MiB \(\s*(\d+) cells")
+# Where llama.cpp put the weights, one line per buffer (llama-model.cpp, load_tensors):
+# "load_tensors:   CPU_REPACK model buffer size =    34.50 MiB". The buffer type names the kernels
+# that read it: AMX (amx.cpp), CPU_REPACK (repack.cpp: interleaved rows for AVX2/AVX512/NEON
+# GEMMs), CPU / CPU_Mapped (the generic ggml-cpu kernels), CUDA0 (ggml-cuda).
+BUFFER_LOG = re.compile(r"(\S+) model buffer size =\s*([\d.]+) MiB")
 _kv_logged: list[tuple[int, int]] = []  # (bytes, cells) per context made, newest last
+_buffers: dict[str, int] = {}  # buffer type -> bytes, of the model loaded last
 _callback = None  # the ctypes callback must outlive every llama.cpp call
+_engine_log = None  # the file ENGINE_LOG_ENV names, line-buffered
 
 
 def _log_callback(llama_cpp):
-    global _callback
+    global _callback, _engine_log
     if _callback is None:
+        if path := os.environ.get(ENGINE_LOG_ENV):
+            _engine_log = open(path, "a", buffering=1)  # noqa: SIM115 (open for the process's life)
+
         @llama_cpp.llama_log_callback
         def _callback(level, text, user_data):
             line = text.decode("utf-8", "replace")
+            if _engine_log is not None:
+                _engine_log.write(line)
             if m := KV_LOG.search(line):
                 _kv_logged.append((round(float(m[1]) * 2**20), int(m[2])))
+            elif m := BUFFER_LOG.search(line):
+                _buffers[m[1]] = _buffers.get(m[1], 0) + round(float(m[2]) * 2**20)
             elif level == 4:  # GGML_LOG_LEVEL_ERROR
                 print(line, end="", file=sys.stderr, flush=True)
     return _callback
+
+
+# Buffer types in order of precedence: the kernel path is named by the most specialised buffer
+# holding weights (AMX and CPU_REPACK hold the quantized matrices, CPU_Mapped the rest).
+KERNEL_BUFFERS = (("AMX", "AMX"), ("CPU_REPACK", "CPU_REPACK"), ("CUDA", "CUDA"), ("CPU", "CPU"))
+
+
+def kernel_from_buffers(buffers: dict[str, int]) -> str:
+    """Returns llama.cpp's kernel path named from the buffers its weights landed in:
+    `llama.cpp:AMX`, `llama.cpp:CPU_REPACK`, `llama.cpp:CUDA` or `llama.cpp:CPU` ('' if none logged)."""
+    for prefix, name in KERNEL_BUFFERS:
+        if any(b.startswith(prefix) and n > 0 for b, n in buffers.items()):
+            return f"llama.cpp:{name}"
+    return ""
+
+
+def system_flags(info: str) -> dict[str, str]:
+    """Returns llama_print_system_info()'s 'NAME = value' pairs ("CPU : SSE3 = 1 | AMX_INT8 = 1 |
+    REPACK = 1 | CUDA : ARCHS = 900 |"), each backend's "NAME :" prefix dropped: the ISA and
+    build features the loaded ggml backends report."""
+    out = {}
+    for part in info.split("|"):
+        key, eq, value = part.partition("=")
+        if eq:
+            out[key.rpartition(":")[2].strip()] = value.strip()
+    return out
+
+
+def _no_extra_bufts(llama_cpp):
+    """Returns a stand-in for llama_model_default_params with extra buffer types off: Llama() takes
+    its model parameters from that call and has no argument for use_extra_bufts."""
+    default = llama_cpp.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+    return params
+
+
+def extra_bufts_crash(path: str, threads: int) -> bool:
+    """Returns whether a batched eval of `path` with extra buffer types on kills its process on this
+    machine (llama.cpp's AMX path segfaults on some virtualised Xeons: ggml-org/llama.cpp#20824).
+    Probed in a child process once per file, llama.cpp version and CPU; the answer is cached."""
+    flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "") \
+        if Path("/proc/cpuinfo").exists() else ""
+    st = Path(path).stat()
+    key = cache.content_key("xbuf-probe", _version(), flags, str(Path(path).resolve()), st.st_size,
+                            st.st_mtime_ns, os.environ.get(CRASH_HOOK_ENV, ""))
+    mark = cache.entry("probes", f"{key}.txt")
+    if mark.exists():
+        return mark.read_text() == "crash"
+    code = ("import llama_cpp; from quantbench.backends import crash_hook; "
+            "cb = llama_cpp.llama_log_callback(lambda *a: None); llama_cpp.llama_log_set(cb, None); "
+            f"m = llama_cpp.Llama({str(path)!r}, n_ctx=64, n_batch=64, n_threads={threads}, verbose=False); "
+            "crash_hook('gguf', ''); m.eval(list(range(100, 108)))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300)
+    crashed = r.returncode < 0
+    mark.parent.mkdir(parents=True, exist_ok=True)
+    mark.write_text("crash" if crashed else "ok")
+    return crashed
 
 
 # ggml type ids of the cache types (ggml.h enum ggml_type).
@@ -256,7 +331,60 @@ class GGUFBackend(Backend):
         # K and V in one type; quantized V needs flash attention, which is on below.
         self.kv_type = self.ctx.format.kv_type or "f16"
         kv_id = GGML_KV_TYPE[self.kv_type]
+        self.kernel_path = self.ctx.format.kernel_path
+        if not self.kernel_path and not cuda and not backends.ISOLATED \
+                and extra_bufts_crash(self.path, self.ctx.threads):
+            # In a process whose crash would take more than this variant (pytest, a notebook): the
+            # probe said the default path dies here, so take the safer one and say so.
+            self.kernel_path = "norepack"
+            self.info["kernel_fallback"] = ("extra buffer types crash a batched eval on this CPU "
+                                            "(probed in a child process); loaded with them off")
         _kv_logged.clear()
+        _buffers.clear()
+        # Llama() reads its defaults through the submodule (llama.py: import llama_cpp.llama_cpp)
+        api = sys.modules["llama_cpp.llama_cpp"]
+        real = api.llama_model_default_params
+        if self.kernel_path == "norepack":
+            api.llama_model_default_params = _no_extra_bufts(api)
+        try:
+            self._make_llama(llama_cpp, n_ctx, n_gpu_layers, kv_id)
+        finally:
+            api.llama_model_default_params = real
+        self.n_vocab = self.llm.n_vocab()
+        self.bctx, self.batched = None, False  # the batched-decode context, made on first use
+        self.kv_logged = _kv_logged[-1] if _kv_logged else None
+        from quantbench.arith import KV_TYPE_BITS
+
+        flags = system_flags(llama_cpp.llama_print_system_info().decode("utf-8", "replace"))
+        self.info.update(n_gpu_layers=n_gpu_layers,
+                         kernel=kernel_from_buffers(_buffers) or f"llama.cpp:{'CUDA' if cuda else 'CPU'}",
+                         kernel_detail={"buffers_bytes": dict(_buffers), "weight_types": self.kernel_types,
+                                        "extra_bufts": self.kernel_path != "norepack",
+                                        "system_info": {k: v for k, v in flags.items() if v != "0"},
+                                        "source": "llama.cpp load_tensors buffer log + llama_print_system_info"},
+                         kv_type=self.kv_type, kv_bytes_per_elem=KV_TYPE_BITS[self.kv_type] / 8,
+                         kv_cache_source="computed from model metadata: 2 x n_layer x n_head_kv x "
+                                         "head_dim x cells in use x bytes per element of kv_type")
+        if self.kv_logged:  # llama.cpp's own account, beside the arithmetic's per-token figure
+            self.info["kv_cache_bytes_per_token"] = self.kv_logged[0] / self.kv_logged[1]
+        if cuda:
+            self._probe_cuda()
+
+    def _probe_cuda(self) -> None:
+        """Adds the CUDA kernels an 8-token prefill and a decode step launched (CUPTI sees
+        llama.cpp's kernels too): MMQ/MMVQ for quantized types, cuBLAS or its own mat-vec for F16."""
+        from quantbench.backends import kernels
+
+        try:
+            ks = kernels.cuda_kernels(lambda: self.decode(self.prefill(list(range(100, 108)))))
+        except Exception as e:  # no torch or no CUPTI: the buffer log still names the path
+            self.info["kernel_detail"]["cuda_kernels_error"] = f"{type(e).__name__}: {e}"[:200]
+            return
+        self.info["kernel_detail"]["cuda_kernels"] = ks
+        if label := kernels.cuda_label(ks):
+            self.info["kernel"] = f"llama.cpp:CUDA-{label.removeprefix('llama.cpp-')}"
+
+    def _make_llama(self, llama_cpp, n_ctx: int, n_gpu_layers: int, kv_id: int) -> None:
         self.llm = llama_cpp.Llama(
             self.path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=self.ctx.threads,
             n_threads_batch=self.ctx.threads, n_gpu_layers=n_gpu_layers,
@@ -264,18 +392,6 @@ class GGUFBackend(Backend):
             split_mode=llama_cpp.LLAMA_SPLIT_MODE_NONE, main_gpu=int(self.ctx.device[5:] or 0),
             # Flash attention matches llama-perplexity's default; without it ppl moves in the 3rd digit.
             flash_attn=True, logits_all=True, seed=0, verbose=False, type_k=kv_id, type_v=kv_id)
-        self.n_vocab = self.llm.n_vocab()
-        self.bctx, self.batched = None, False  # the batched-decode context, made on first use
-        self.kv_logged = _kv_logged[-1] if _kv_logged else None
-        from quantbench.arith import KV_TYPE_BITS
-
-        self.info.update(n_gpu_layers=n_gpu_layers,
-                         kernel=f"llama.cpp {self.kernel_types} ({'CUDA' if cuda else 'CPU'})",
-                         kv_type=self.kv_type, kv_bytes_per_elem=KV_TYPE_BITS[self.kv_type] / 8,
-                         kv_cache_source="computed from model metadata: 2 x n_layer x n_head_kv x "
-                                         "head_dim x cells in use x bytes per element of kv_type")
-        if self.kv_logged:  # llama.cpp's own account, beside the arithmetic's per-token figure
-            self.info["kv_cache_bytes_per_token"] = self.kv_logged[0] / self.kv_logged[1]
 
     def weights_bytes(self) -> int:
         """Returns the GGUF's tensor data bytes (not the file size, which adds vocab and metadata)."""
@@ -285,12 +401,16 @@ class GGUFBackend(Backend):
         if len(ids) > self.llm.n_ctx():
             raise ValueError(f"window of {len(ids)} tokens exceeds n_ctx {self.llm.n_ctx()}")
         self.llm.reset()  # eval then drops every cached position from 0 on
+        if len(ids) > 1:
+            crash_hook("gguf", self.kernel_path)
         self.llm.eval(ids)  # the ids as given: no BOS added, no retokenizing
         return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
 
     def _decode(self, ids: list[int]) -> int:
         # llama_batch_get_one asks logits for the last token only: Llama.eval with logits_all
         # would also run lm_head on every prompt position, which llama-bench does not time.
+        if len(ids) > 1:
+            crash_hook("gguf", self.kernel_path)
         arr = (self.llama_cpp.llama_token * len(ids))(*ids)
         if rc := self.llama_cpp.llama_decode(self.llm.ctx,
                                              self.llama_cpp.llama_batch_get_one(arr, len(ids))):
@@ -346,6 +466,7 @@ class GGUFBackend(Backend):
     def _decode_seqs(self, items: list[tuple[int, int, int]]) -> list[int]:
         """Decodes (sequence, position, token) items; returns each sequence's argmax at its last item."""
         lc, b = self.llama_cpp, self.batch_buf
+        crash_hook("gguf", self.kernel_path)
         last = {seq: i for i, (seq, _, _) in enumerate(items)}
         for i, (seq, pos, tok) in enumerate(items):
             b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0] = tok, pos, 1, seq

@@ -230,14 +230,14 @@ class GPTQBackend(HFBackend):
         kernels = sorted({type(m).__name__ for m in model.modules() if hasattr(m, "qweight")})
         if not kernels:
             raise RuntimeError(f"{path}: loaded model has no quantized layers (not a GPTQ/AWQ checkpoint?)")
-        self.info["kernel"] = self.qlinear = "+".join(kernels)
+        self.qlinear = "+".join(kernels)
         self.info["bits_per_weight"] = runtime_bits_per_weight(model)
         return model
 
-    def load(self) -> None:
-        super().load()
-        if self.ctx.format.compiled:  # HFBackend names the compile mode; keep the kernel too
-            self.info["kernel"] = f"{self.qlinear} in {self.info['kernel']}"
+    def kernel_name(self, kernel: str, detail: dict) -> str:
+        """Returns `gptqmodel:<the QuantLinear class(es) it selected>`, GPTQModel's own choice."""
+        detail["quant_linear"] = self.qlinear
+        return f"gptqmodel:{self.qlinear}"
 
     def close(self) -> None:
         super().close()

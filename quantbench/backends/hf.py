@@ -12,6 +12,7 @@ import numpy as np
 from quantbench.backends import Backend, Skip
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 class HFBackend(Backend):
@@ -42,14 +43,37 @@ class HFBackend(Backend):
         # transformers renamed past_key_values to cache (5.24); accept both.
         params = inspect.signature(self.model.forward).parameters
         self.cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._probe_kernels()
         if self.ctx.format.compiled:
             self._setup_compiled()
-        self.info.setdefault("kernel", f"torch {self.ctx.format.param} eager")
         # What the loaded model really stores outside the quantized linears, and its KV dtype:
         # the arithmetic predicts from these (bnb-int8 on CPU keeps fp32 embeddings, say).
         emb = self.model.get_input_embeddings().weight
         self.info["bits_unquantized"] = emb.element_size() * 8
         self.info["kv_bytes_per_elem"] = torch.empty((), dtype=self.model.dtype).element_size()
+
+    def _probe_step(self) -> None:
+        """Runs an 8-token prefill and one cached decode step (what the kernel probe observes)."""
+        from transformers import DynamicCache
+
+        torch = self._torch()
+        ids = torch.arange(100, 108, device=self.ctx.device)[None]
+        cache = DynamicCache(config=self.model.config)
+        with torch.inference_mode():
+            self.model(input_ids=ids, use_cache=True, **{self.cache_kw: cache})
+            self.model(input_ids=ids[:, :1], use_cache=True, **{self.cache_kw: cache})
+
+    def _probe_kernels(self) -> None:
+        """Sets info kernel and kernel_detail from what the engine ran (backends.kernels)."""
+        from quantbench.backends import kernels
+
+        dtype = SHORT.get(self.ctx.format.param, self.ctx.format.param)
+        kernel, detail = kernels.probe(self._probe_step, self.ctx.device, dtype)
+        self.info["kernel"], self.info["kernel_detail"] = self.kernel_name(kernel, detail), detail
+
+    def kernel_name(self, kernel: str, detail: dict) -> str:
+        """Returns the record's kernel name from the probe's (subclasses name their own library)."""
+        return kernel
 
     def weights_bytes(self) -> int:
         """Returns bytes of unique parameter and buffer storages (tied weights counted once)."""
@@ -93,7 +117,9 @@ class HFBackend(Backend):
         self.static = StaticCache(config=self.model.config, max_cache_len=max_len)
         mode = "reduce-overhead" if self.ctx.device.startswith("cuda") else "default"
         self.step = torch.compile(self.model.forward, mode=mode, fullgraph=True)
-        self.info["kernel"] = f"torch.compile({mode}) static cache, {self.ctx.format.param}"
+        # the probe saw the eager kernels; the compiled graph fuses around the same matmuls
+        self.info["kernel_detail"]["eager_kernel"] = self.info["kernel"]
+        self.info["kernel"] = f"torch.compile({mode}):{self.info['kernel']}"
 
     def _prefill_static(self, ids: list[int]) -> int:
         torch = self._torch()
