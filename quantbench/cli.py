@@ -13,6 +13,7 @@ from pathlib import Path
 from quantbench.errors import UserError
 
 DEFAULT_SUITE = "suites/default.toml"
+DEFAULT_HISTORY = "results/history"  # `track` and `compare --baseline auto`
 
 
 def _suite(args):
@@ -110,7 +111,7 @@ def _compare_paths(args) -> tuple[str | None, str]:
         raise UserError("with --baseline auto give NEW alone (the baseline comes from --history)")
     from quantbench.history import baseline_for
 
-    run = baseline_for(args.history, load(args.base))
+    run = baseline_for(args.history or DEFAULT_HISTORY, load(args.base))
     if run is not None:
         print(f"baseline: {run.path}", file=sys.stderr)
     return (str(run.path) if run else None), args.base
@@ -122,12 +123,13 @@ def cmd_compare(args) -> int:
 
     base, new = _compare_paths(args)
     if base is None:
-        print(f"note: no baseline: {args.history} has no earlier run of this machine and suite "
+        print(f"note: no baseline: {args.history or DEFAULT_HISTORY} has no earlier run of this machine and suite "
               f"({new}); nothing compared. Track runs with `quantbench track` or "
               "`quantbench run --history`", file=sys.stderr)
         return 0
+    history_dir = args.history or (DEFAULT_HISTORY if args.baseline else None)
     result = compare(load(base), load(new), args.fail, args.alpha, labels=(str(base), str(new)),
-                     strict_machine=args.strict_machine)
+                     strict_machine=args.strict_machine, history_dir=history_dir)
     for line in result.warnings:
         print(f"warning: {line}", file=sys.stderr)
     md = result.markdown()
@@ -157,6 +159,8 @@ def cmd_trend(args) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(trend.render_html(t, args.history), encoding="utf-8")
+    for key, gate in trend.learnt(t):
+        print(f"gate: {key[1]}/{key[2]}/{key[3]} {key[4]} {key[5]} {gate.label()}")
     for s in t.steps:
         print(f"step: {s.line()}")
     print(f"{len(t.steps)} step(s) in {len(t.runs)} runs; trend: {out}")
@@ -172,8 +176,9 @@ def _compare_parser(sub) -> None:
     p.add_argument("--baseline", metavar="auto", choices=["auto"],
                    help="auto: the baseline is the latest earlier run in --history on the same "
                         "machine with the same suite hash; then give NEW alone")
-    p.add_argument("--history", metavar="DIR", default="results/history",
-                   help="history for --baseline auto (default %(default)s)")
+    p.add_argument("--history", metavar="DIR",
+                   help=f"run history: the baseline for --baseline auto (default {DEFAULT_HISTORY}), "
+                        "and the noise that raises a default gate to each metric's learnt floor")
     p.add_argument("--strict-machine", action="store_true",
                    help="exit 2 when base and new ran on different machines (default: a warning)")
     p.add_argument("--fail", nargs="+", action="extend", metavar="METRIC:THRESHOLD",
@@ -278,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     _compare_parser(sub)
     tp = sub.add_parser("track", help="add results files to a per-machine run history")
     tp.add_argument("results", nargs="+", help="results JSONL files to add")
-    tp.add_argument("--history", default="results/history", metavar="DIR",
+    tp.add_argument("--history", default=DEFAULT_HISTORY, metavar="DIR",
                     help="history directory (default %(default)s)")
     tp.set_defaults(func=cmd_track)
     from quantbench.compare import ALPHA

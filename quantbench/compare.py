@@ -6,8 +6,12 @@ Deterministic metrics (ppl, KLD, bytes) cross a gate when their change passes th
 Timing metrics are judged on raw samples, asv-style: a regression needs BOTH a one-sided
 Mann-Whitney U test at p < alpha (Mann & Whitney 1947; normal approximation with tie correction,
 as scipy.stats.mannwhitneyu(method="asymptotic")) AND a median change past the threshold, so a
-significant-but-small drift between two runs on a shared machine does not fail, while a large,
-consistent slowdown does. A seeded bootstrap CI of the median ratio is reported beside it.
+significant-but-small drift between two runs does not fail, while a consistent slowdown past the
+floor does. A seeded bootstrap CI of the median ratio is reported beside it.
+The default threshold of a timing is a small floor (5 %); a history of runs (`--history`) raises
+a default gate to the noise that metric showed on that machine and variant (`noise_floor`: a
+multiple of the robust spread of run-to-run changes), so a noisy metric (load RSS with
+bitsandbytes) gets its own learnt floor. `--fail` gates are fixed: nothing learnt moves them.
 A timing gate that cannot fire for its sample counts (the smallest p Mann-Whitney can give with
 n1 vs n2 samples is not below alpha) is `skipped: too few samples`, never a silent pass.
 `judge` is the one verdict on a (metric, base record, new record); `quantbench trend` calls it
@@ -21,7 +25,7 @@ import difflib
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +34,8 @@ from quantbench import records
 from quantbench.errors import UserError
 
 ALPHA = 0.01         # one-sided significance a timing regression needs
+FLOOR_Z = 3.0        # a learnt floor: this many robust SDs of the change between successive runs
+MIN_RUNS = 5         # runs of a series before its noise is learnt (4 successive changes)
 BOOTSTRAP = 2000     # resamples for the CI of the median ratio
 SEED = 0             # bootstrap seed: the same inputs always print the same CI
 
@@ -45,13 +51,14 @@ class Metric:
 
 
 METRICS = {
-    "prefill_tok_s": Metric(True, "-25%", "prefill_samples_s", "n_prompt/s"),
-    "decode_tok_s": Metric(True, "-25%", "decode_samples_s", "batch/s"),
+    # Timings: p < alpha on the samples AND past a 5% floor, raised by a history's noise.
+    "prefill_tok_s": Metric(True, "-5%", "prefill_samples_s", "n_prompt/s"),
+    "decode_tok_s": Metric(True, "-5%", "decode_samples_s", "batch/s"),
     # Same samples as the two above, so reported only; p90 also moves with one contended rep.
     "ttft_s": Metric(False, "", "prefill_samples_s"),
     "decode_p50_s": Metric(False, "", "decode_samples_s"),
     "decode_p90_s": Metric(False, "", "decode_samples_s", quantile=0.9),
-    "perf_s": Metric(False, "+25%", "perf_samples_s"),  # pytest-benchmark files
+    "perf_s": Metric(False, "+5%", "perf_samples_s"),  # pytest-benchmark files
     "ppl": Metric(False, "+0.5%"),
     "ppl_full": Metric(False, "+0.5%"),
     "kld_mean": Metric(False, "+10%", floor=1e-4),
@@ -65,17 +72,22 @@ SAMPLE_TO_METRIC = {"s": lambda s, rec: s, "batch/s": lambda s, rec: (rec.get("b
                     "n_prompt/s": lambda s, rec: rec["n_prompt"] / s}
 SKIPPED = "skipped: too few samples"
 VERDICT_ORDER = {"REGRESSION": 0, "noisy": 1, SKIPPED: 2, "improved": 3, "ok": 4, "-": 5}
-COLUMNS = ["key", "metric", "base", "new", "change", "ci_low", "ci_high", "p", "verdict"]
+COLUMNS = ["key", "metric", "base", "new", "change", "ci_low", "ci_high", "p", "gate", "verdict"]
 _SPEC = re.compile(r"^([a-z0-9_]+):([+-])(\d+(?:\.\d*)?|\.\d+)(%|pp)?$")
 
 
 @dataclass(frozen=True)
 class Gate:
-    """A threshold on one metric: signed (-0.05 = a 5% drop fails), relative or absolute."""
+    """A threshold on one metric: signed (-0.05 = a 5% drop fails), relative or absolute.
+
+    source: "default" (METRICS), "--fail" (the user's, fixed) or "noise" (a default raised to the
+    noise learnt from `runs` runs of a history)."""
     metric: str
     threshold: float
     relative: bool = True
     floor: float = 0.0
+    source: str = "default"
+    runs: int = 0
 
     def __post_init__(self):
         if self.metric not in METRICS:
@@ -96,6 +108,13 @@ class Gate:
         return f"{self.metric}:{self.threshold * 100:+g}%" if self.relative else \
             f"{self.metric}:{self.threshold:+g}"
 
+    def label(self) -> str:
+        """Returns the threshold and where it came from: '-5%', '-12.3% (noise, 20 runs)', '-60% (--fail)'."""
+        t = str(self).partition(":")[2]
+        if self.source == "noise":
+            return f"{t} (noise, {self.runs} runs)"
+        return f"{t} (--fail)" if self.source == "--fail" else t
+
     def change(self, base: float, new: float) -> float:
         """Returns the change the threshold is compared with: (new - base)/|base| or new - base."""
         if not self.relative:
@@ -114,7 +133,8 @@ class Gate:
             return None
         c = self.change(base, new)
         shown = f"{c:+.2%}" if self.relative else f"{c:+.4g}"
-        return f"{self.metric} {base:.5g} -> {new:.5g} ({shown}) crosses {self}"
+        learnt = f" (learnt from the noise of {self.runs} runs)" if self.source == "noise" else ""
+        return f"{self.metric} {base:.5g} -> {new:.5g} ({shown}) crosses {self}{learnt}"
 
     def improved(self, base: float, new: float) -> bool:
         """Returns True when new is better than base by more than the threshold."""
@@ -229,8 +249,9 @@ def _common_windows(name: str, b: dict, n: dict) -> tuple[float, float] | None:
 def judge(name: str, gate: Gate | None, b: dict, n: dict, alpha: float = ALPHA) -> dict | None:
     """Returns the verdict row of one metric between two ok records, or None when unmeasured.
 
-    Row: metric, base, new, change, ci_low, ci_high, p, verdict (REGRESSION, noisy, SKIPPED,
-    improved, ok, '-' when ungated), message (the crossed gate), n_samples ((n1, n2) or None).
+    Row: metric, base, new, change, ci_low, ci_high, p, gate (its label), verdict (REGRESSION,
+    noisy, SKIPPED, improved, ok, '-' when ungated), message (the crossed gate), n_samples
+    ((n1, n2) or None).
     """
     metric = METRICS[name]
     xs, ys = _samples(metric, b), _samples(metric, n)
@@ -246,7 +267,7 @@ def judge(name: str, gate: Gate | None, b: dict, n: dict, alpha: float = ALPHA) 
             return None
         if not _is_num(nv) or not math.isfinite(nv):  # a metric that went missing or NaN regressed
             return {"metric": name, "base": bv, "new": nv if _is_num(nv) else None, "change": None,
-                    "ci_low": None, "ci_high": None, "p": None,
+                    "ci_low": None, "ci_high": None, "p": None, "gate": gate.label() if gate else "",
                     "verdict": "REGRESSION" if gate else "-",
                     "message": f"{name} {bv:.5g} -> {'NaN' if _is_num(nv) else 'missing'}",
                     "n_samples": None}
@@ -265,7 +286,7 @@ def judge(name: str, gate: Gate | None, b: dict, n: dict, alpha: float = ALPHA) 
         verdict = "ok"
     return {"metric": name, "base": bv, "new": nv, "change": (nv - bv) / abs(bv) if bv else 0.0,
             "ci_low": ci[0] - 1 if ci else None, "ci_high": ci[1] - 1 if ci else None,
-            "p": p, "verdict": verdict, "message": msg,
+            "p": p, "gate": gate.label() if gate else "", "verdict": verdict, "message": msg,
             "n_samples": (len(xs), len(ys)) if p is not None else None}
 
 
@@ -287,14 +308,14 @@ class CompareResult:
                 return ""
             return v if isinstance(v, str) else f"{v:,}" if isinstance(v, int) else fmt.format(v)
 
-        lines = ["| key | metric | base | new | change | p | verdict |",
-                 "|---|---|---|---|---|---|---|"]
+        lines = ["| key | metric | base | new | change | p | gate | verdict |",
+                 "|---|---|---|---|---|---|---|---|"]
         for r in self.table.itertuples():
             change = num(r.change, "{:+.2%}")
             if r.ci_low is not None and r.ci_low == r.ci_low:
                 change += f" [{r.ci_low:+.1%}, {r.ci_high:+.1%}]"
             lines.append(f"| {r.key} | {r.metric} | {num(r.base)} | {num(r.new)} | {change} | "
-                         f"{num(r.p, '{:.2g}')} | {r.verdict} |")
+                         f"{num(r.p, '{:.2g}')} | {num(r.gate)} | {r.verdict} |")
         return "\n".join(lines) + "\n"
 
 
@@ -309,8 +330,66 @@ def _frame(recs: list[dict]):
 
 
 def gates_for(fail: list[str] | None = None) -> dict[str, Gate]:
-    """Returns metric -> Gate: the defaults overridden by the `--fail` specs."""
-    return default_gates() | {g.metric: g for g in map(parse_gate, fail or [])}
+    """Returns metric -> Gate: the defaults overridden by the `--fail` specs (fixed gates)."""
+    user = {g.metric: replace(g, source="--fail") for g in map(parse_gate, fail or [])}
+    return default_gates() | user
+
+
+@dataclass(frozen=True)
+class Floor:
+    """A relative noise floor learnt from one series (one variant's metric on one machine)."""
+    value: float  # relative change; FLOOR_Z robust SDs of the change between successive runs
+    runs: int     # runs it was learnt from
+
+
+def noise_floor(values) -> Floor | None:
+    """Returns FLOOR_Z x the robust SD of the relative change between successive runs, or None.
+
+    sd = 1.4826 x median |ln(v[i+1] / v[i])|: the MAD about zero of the successive log-changes,
+    scaled to a normal SD (Rousseeuw & Croux 1993); the median barely moves for a step or two in
+    the series, so a real step does not widen its own floor. Rounded up to 0.1 %. None with fewer
+    than MIN_RUNS values or a value <= 0 (no relative change). Runs 100, 102, 99, 101, 100:
+    changes 2.0, 2.9, 2.0, 1.0 % (log), median 2.0 %, floor 3 x 1.4826 x 1.98 % = 8.9 %.
+    """
+    v = np.asarray(list(values), float)
+    if len(v) < MIN_RUNS or not (v > 0).all():
+        return None
+    sd = 1.4826 * float(np.median(np.abs(np.diff(np.log(v)))))
+    return Floor(math.ceil(FLOOR_Z * sd * 1000 - 1e-9) / 1000, len(v))
+
+
+def floors_from_history(history_dir) -> dict[tuple, Floor]:
+    """Returns (hardware id, model, format, device, workload, metric) -> Floor of every series of
+    a history with enough runs (history.series)."""
+    from quantbench import history
+
+    out = {}
+    for key, pts in history.series(history.runs(history_dir), METRICS).items():
+        f = noise_floor(v for _, v, _ in pts)
+        if f is not None:
+            out[key] = f
+    return out
+
+
+def series_key(rec: dict, metric: str) -> tuple:
+    """Returns the key of a record's metric in a history's series (history.series)."""
+    from quantbench import history
+
+    hw = history.hardware_id(history.machine(rec.get("env")))
+    return (hw, *(rec[k] for k in records.IDENTITY), metric)
+
+
+def gate_for(name: str, gates: dict[str, Gate], floors: dict[tuple, Floor] | None,
+             rec: dict) -> Gate | None:
+    """Returns the gate metric `name` of `rec` is judged against: the default raised to the learnt
+    noise floor of its series when that is wider; a --fail gate or an absolute one as it is."""
+    gate = gates.get(name)
+    if gate is None or not floors or gate.source == "--fail" or not gate.relative:
+        return gate
+    f = floors.get(series_key(rec, name))
+    if f is None or f.value <= abs(gate.threshold):
+        return gate
+    return replace(gate, threshold=math.copysign(f.value, gate.threshold), source="noise", runs=f.runs)
 
 
 def machine_warnings(base_records: list[dict], new_records: list[dict],
@@ -342,14 +421,17 @@ def _additive(versions: set) -> bool:
 
 def compare(base_records: list[dict], new_records: list[dict], fail: list[str] | None = None,
             alpha: float = ALPHA, labels: tuple[str, str] = ("base", "new"),
-            strict_machine: bool = False) -> CompareResult:
+            strict_machine: bool = False, history_dir=None) -> CompareResult:
     """Returns the CompareResult of new against base under the default gates overridden by `fail`.
 
+    With history_dir, a default gate is raised to the noise floor its series shows there
+    (floors_from_history); each row's `gate` says what it was judged against.
     Raises UserError when strict_machine and the two sides ran on different machines.
     """
     import pandas as pd
 
     gates = gates_for(fail)
+    floors = floors_from_history(history_dir) if history_dir is not None else None
     warnings = machine_warnings(base_records, new_records, labels)
     if warnings and strict_machine:
         raise UserError(f"--strict-machine: {warnings[0]}; compare runs of one machine or drop "
@@ -375,11 +457,11 @@ def compare(base_records: list[dict], new_records: list[dict], fail: list[str] |
         if status != "ok":  # failed, skipped (a lost dependency is lost coverage) or missing
             why = "" if status == "missing" else f": {j.reason_n or 'no reason given'}"
             regressions.append(f"{where}: ok in base, {status} in new{why}")
-            rows.append({"key": k, "metric": "status", "base": "ok", "new": status,
+            rows.append({"key": k, "metric": "status", "base": "ok", "new": status, "gate": "",
                          "verdict": "REGRESSION"})
             continue
         for name in METRICS:
-            row = judge(name, gates.get(name), j.rec_b, j.rec_n, alpha)
+            row = judge(name, gate_for(name, gates, floors, j.rec_n), j.rec_b, j.rec_n, alpha)
             if row is not None:
                 rows.append({"key": k, **row})
                 if row["verdict"] == SKIPPED:

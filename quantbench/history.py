@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import time
@@ -159,6 +160,26 @@ def runs(history_dir: str | os.PathLike) -> list[Run]:
             date, _, commit = f.stem.partition("-")
             out.append(Run(f, info.parent.name, date, commit))
     return sorted(out, key=lambda r: (r.date, r.machine, r.commit))
+
+
+def series(all_runs: list[Run], metrics) -> dict[tuple, list[tuple[int, float, dict]]]:
+    """Returns (hardware id, model, format, device, workload, metric) -> [(run index, value,
+    record)], oldest first: each ok record's finite numeric values of `metrics`.
+
+    A series is one variant's metric on one machine's hardware (hardware_id), so a library
+    upgrade stays inside its series; the run index counts every run of the history."""
+    out: dict[tuple, list[tuple[int, float, dict]]] = {}
+    for i, run in enumerate(all_runs):
+        for r in run.records():
+            if r.get("status") != "ok":
+                continue
+            hw = hardware_id(machine(r.get("env")))
+            for metric in metrics:
+                v = r.get(metric)
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                    key = (hw, *(r[k] for k in records.IDENTITY), metric)
+                    out.setdefault(key, []).append((i, float(v), r))
+    return out
 
 
 def read_history(history_dir) -> pandas.DataFrame:  # noqa: F821

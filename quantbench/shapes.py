@@ -171,12 +171,14 @@ KNOWN_SHAPES: dict[str, dict] = {
 }
 
 
-# The fields a shape cannot do without, by their names across families; a config missing one would
-# otherwise get the family's defaults (a bare {"model_type": "llama"} is Llama-2-7B) silently.
+# The fields a config must name itself: transformers fills in the rest from its config class (a
+# Gemma-3 text_config ships no vocab_size, heads or layer pattern), but a bare
+# {"model_type": "llama"} would silently be Llama-2-7B, so width and depth must be written.
 REQUIRED_FIELDS = {"hidden size": ("hidden_size", "n_embd", "d_model"),
-                   "layer count": ("num_hidden_layers", "n_layer", "num_layers"),
-                   "attention heads": ("num_attention_heads", "n_head"),
-                   "vocabulary size": ("vocab_size",)}
+                   "layer count": ("num_hidden_layers", "n_layer", "num_layers")}
+# Without transformers' defaults (no config class for the model_type) these must be written too.
+REQUIRED_RAW = {**REQUIRED_FIELDS, "attention heads": ("num_attention_heads", "n_head"),
+                "vocabulary size": ("vocab_size",)}
 # Fields that, when present, must be whole numbers ≥ 1 (0 KV heads is not "full attention", and
 # an FFN width of 0 is not "4·d").
 POSITIVE_INTS = ("hidden_size", "n_embd", "d_model", "num_hidden_layers", "n_layer", "num_layers",
@@ -185,12 +187,13 @@ POSITIVE_INTS = ("hidden_size", "n_embd", "d_model", "num_hidden_layers", "n_lay
                  "num_local_experts", "num_experts", "n_routed_experts", "num_experts_per_tok")
 
 
-def check_config_dict(d, where: str) -> None:
-    """Raises UserError naming the first missing or degenerate shape field of a raw config."""
+def check_config_dict(d, where: str, required: dict = REQUIRED_FIELDS) -> None:
+    """Raises UserError naming the first missing or degenerate shape field of a config dict
+    (as written, or as transformers filled it in)."""
     if not isinstance(d, dict):
         raise UserError(f"{where}: a config must be a JSON object of fields, got a {type(d).__name__}")
-    for what, names in REQUIRED_FIELDS.items():
-        if not any(n in d for n in names):
+    for what, names in required.items():
+        if not any(d.get(n) is not None for n in names):
             raise UserError(f"{where}: no {what} ({' / '.join(names)}); pass the model's full config.json")
     for k in POSITIVE_INTS:
         v = d.get(k)
@@ -198,20 +201,44 @@ def check_config_dict(d, where: str) -> None:
             continue
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise UserError(f"{where}: '{k}' must be a whole number ≥ 1, got {v!r}")
-    d_model = next(d[n] for n in REQUIRED_FIELDS["hidden size"] if n in d)
-    heads = next(d[n] for n in REQUIRED_FIELDS["attention heads"] if n in d)
-    if not d.get("head_dim") and d_model % heads:
+    d_model = next((d[n] for n in ("hidden_size", "n_embd", "d_model") if d.get(n)), None)
+    heads = next((d[n] for n in ("num_attention_heads", "n_head") if d.get(n)), None)
+    if d_model and heads and not d.get("head_dim") and d_model % heads:
         raise UserError(f"{where}: hidden size {d_model} is not a multiple of {heads} attention heads "
                         "and no 'head_dim' is given")
     kv = d.get("num_key_value_heads")
-    if kv and heads % kv:
+    if kv and heads and heads % kv:
         raise UserError(f"{where}: {heads} attention heads do not split into {kv} KV-head groups "
                         "(num_key_value_heads must divide num_attention_heads)")
 
 
-def _config_from_dict(d: dict, where: str):
-    from transformers import CONFIG_MAPPING
+class RawConfig:
+    """A config dict read as written, attributes None where absent: the reader when transformers
+    has no config class for the model_type (so none of its defaults apply)."""
 
+    def __init__(self, d: dict):
+        self.__dict__.update(d)
+
+    def __getattr__(self, name):  # only called for attributes the dict did not set
+        return None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _config_class(kind: str):
+    """Returns transformers' config class for a model_type, or None (no transformers, or one too
+    old to know the type)."""
+    try:
+        from transformers import CONFIG_MAPPING
+    except ImportError:
+        return None
+    return CONFIG_MAPPING[kind] if kind in CONFIG_MAPPING else None
+
+
+def _config_from_dict(d: dict, where: str):
+    """Returns the config of a dict as the hub ships it, through transformers' config class for
+    its model_type (AutoConfig.for_model), so the fields it leaves out get transformers' defaults."""
     if not isinstance(d, dict):
         check_config_dict(d, where)
     kind = d.get("model_type")
@@ -223,12 +250,29 @@ def _config_from_dict(d: dict, where: str):
     if kind not in FAMILIES:
         raise UserError(f"{where}: model_type {kind!r} is not supported; "
                         f"supported: {', '.join([*FAMILIES, *TEXT_CONFIG_OF])}")
+    cls = _config_class(kind)
+    if cls is None:
+        import warnings
+
+        try:
+            from transformers import __version__ as version
+        except ImportError:
+            version = "not installed"
+        warnings.warn(f"{where}: transformers ({version}) has no config class for model_type "
+                      f"{kind!r}; reading the config as written, without transformers' defaults "
+                      "(upgrade transformers to read configs that leave fields out)", stacklevel=3)
+        check_config_dict(d, where, REQUIRED_RAW)
+        return RawConfig(d)
     check_config_dict(d, where)
     try:
-        return CONFIG_MAPPING[kind](**{k: v for k, v in d.items() if k != "model_type"})
+        config = cls(**{k: v for k, v in d.items() if k != "model_type"})
     except (TypeError, ValueError) as e:  # transformers' own validators, in one line
         cause = str(e.__cause__ or e).strip().splitlines()
         raise UserError(f"{where}: transformers rejects this {kind} config: {cause[-1] if cause else e}") from None
+    filled = {n: getattr(config, n, None) for n in ("hidden_size", "num_hidden_layers",
+                                                     "num_attention_heads", "vocab_size")}
+    check_config_dict(filled, f"{where} (with transformers' {kind} defaults)", REQUIRED_RAW)
+    return config
 
 
 def _cut(d: dict, spec: str, where: str) -> dict:

@@ -6,10 +6,11 @@ Change points come in two stages:
    series (one variant on one machine): log values (a step is relative), scaled by a robust
    noise estimate (MAD of successive differences / sqrt 2), penalty PENALTY x ln(n) per change.
 2. Each candidate is judged by `compare.judge` on the two runs either side of it, under the same
-   gates as `quantbench compare` (defaults, or --fail): timings by Mann-Whitney + bootstrap on the
-   raw samples and the threshold, ppl / KLD / bytes by the gate's tolerance alone. So a listed
-   step is exactly a pair that `quantbench compare BEFORE AFTER` calls, and compare never calls a
-   pair around a candidate that the trend leaves out.
+   gates as `quantbench compare --history` on this history (defaults raised to the series' learnt
+   noise floor, compare.gate_for; or fixed --fail gates): timings by Mann-Whitney + bootstrap on
+   the raw samples and the threshold, ppl / KLD / bytes by the gate's tolerance alone. So a listed
+   step is exactly a pair that `quantbench compare BEFORE AFTER --history HISTORY` calls, and
+   compare never calls a pair around a candidate that the trend leaves out.
 A series (and a colour) is one variant on the hardware part of the fingerprint
 (history.hardware_id), so a step a library upgrade caused is found and names the upgrade; the
 drawn line still breaks where the fingerprint changes, so no line joins two fingerprints.
@@ -62,6 +63,7 @@ class Step:
     p: float | None    # Mann-Whitney p of the pair (timings), None for deterministic metrics
     ci: tuple[float, float] | None = None  # bootstrap CI of the pair's median ratio - 1
     changed: tuple[str, ...] = ()          # software or suite that changed between the two runs
+    gate: str = ""                         # what the pair was judged against (compare.Gate.label)
 
     @property
     def change(self) -> float:
@@ -79,6 +81,7 @@ class Step:
     def line(self) -> str:
         """Returns 'gguf-q4_0 tg64 decode tok/s -9.1% between a1b2 and c3d4 (p=...; ...)'."""
         extra = [f"p={self.p:.2g}"] if self.p is not None else ["deterministic"]
+        extra.append(f"gate {self.gate}")
         if self.ci:
             extra.append(f"pair CI [{self.ci[0]:+.1%}, {self.ci[1]:+.1%}]")
         extra += [f"runs {self.before.run}->{self.after.run} on {self.machine}", *self.changed]
@@ -93,6 +96,7 @@ class Trend:
     series: dict[tuple, list[Point]]   # (machine, model, format, device, workload, metric) -> points
     steps: list[Step] = field(default_factory=list)
     unconfirmed: list[str] = field(default_factory=list)  # candidates compare does not call
+    gates: dict[tuple, compare.Gate] = field(default_factory=dict)  # series key -> its gate
 
 
 def change_points(values) -> list[int]:
@@ -114,21 +118,10 @@ def change_points(values) -> list[int]:
 
 
 def _series(runs: list[history.Run]) -> dict[tuple, list[Point]]:
-    out: dict[tuple, list[Point]] = {}
-    for i, run in enumerate(runs):
-        for r in run.records():
-            if r.get("status") != "ok":
-                continue
-            hw = history.hardware_id(history.machine(r.get("env")))
-            for metric, (_, source) in METRICS.items():
-                v = r.get(metric)
-                if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                    continue
-                if not r["workload"].startswith(source):  # bytes from `load`: one point per run
-                    continue
-                key = (hw, r["model"], r["format"], r["device"], r["workload"], metric)
-                out.setdefault(key, []).append(Point(i, float(v), r, run))
-    return out
+    """Returns history.series of METRICS, each metric read from its workloads only."""
+    return {key: [Point(i, v, r, runs[i]) for i, v, r in pts]
+            for key, pts in history.series(runs, METRICS).items()
+            if key[4].startswith(METRICS[key[5]][1])}  # bytes from `load`: one point per run
 
 
 def _changed(a: dict, b: dict) -> tuple[str, ...]:
@@ -148,22 +141,29 @@ def analyse(history_dir, fail: list[str] | None = None, alpha: float = compare.A
                         f"`quantbench track RESULTS --history {history_dir}`")
     gates = compare.gates_for(fail)
     trend = Trend(runs, _series(runs))
+    floors = {k: f for k, pts in trend.series.items()
+              if (f := compare.noise_floor(p.value for p in pts)) is not None}
     for key, pts in trend.series.items():
         hw, model, fmt, device, workload, metric = key
         variant = f"{model}/{fmt}/{device} {workload}"
+        # the same gate compare --history gives this series (its floor learnt from every run)
+        gate = trend.gates[key] = compare.gate_for(metric, gates, floors, pts[-1].rec)
+        label = gate.label() if gate else "none"
         cuts = change_points([p.value for p in pts])
         bounds = [0, *cuts, len(pts)]
         for j, i in enumerate(cuts):
-            row = compare.judge(metric, gates.get(metric), pts[i - 1].rec, pts[i].rec, alpha)
+            row = compare.judge(metric, gate, pts[i - 1].rec, pts[i].rec, alpha)
             where = f"{variant} {METRICS[metric][0]} at {pts[i - 1].where.commit}->{pts[i].where.commit}"
             if row is None or row["verdict"] not in ("REGRESSION", "improved"):
-                trend.unconfirmed.append(f"{where}: compare says {row['verdict'] if row else 'unmeasured'}")
+                said = row["verdict"] if row else "unmeasured"
+                trend.unconfirmed.append(f"{where}: compare says {said} (gate {label})")
                 continue
             lo = np.median([p.value for p in pts[bounds[j]:i]])
             hi = np.median([p.value for p in pts[i:bounds[j + 2]]])
             ci = (row["ci_low"], row["ci_high"]) if row["ci_low"] is not None else None
             trend.steps.append(Step(hw, variant, metric, pts[i - 1], pts[i], float(lo), float(hi),
-                                    row["verdict"], row["p"], ci, _changed(pts[i - 1].rec, pts[i].rec)))
+                                    row["verdict"], row["p"], ci, _changed(pts[i - 1].rec, pts[i].rec),
+                                    label))
     trend.steps.sort(key=lambda s: (s.verdict != "REGRESSION", s.after.run, s.variant, s.metric))
     return trend
 
@@ -253,9 +253,27 @@ def _ident(rec: dict) -> tuple:
 PAGE_CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 .panels{display:flex;flex-wrap:wrap;gap:8px}.steps li{margin:.2em 0}
 .REGRESSION{color:#a00}.improved{color:#070}svg.plot{border:1px solid #eee;max-width:100%;height:auto}
-details{margin:1em 0}code{background:#f4f4f4;padding:0 .2em}"""
+details{margin:1em 0}code{background:#f4f4f4;padding:0 .2em}
+.gates td,.gates th{padding:0 .6em;text-align:left}"""
 PAGE_JS = ("window.onerror=function(m){document.body.setAttribute('data-jserror',String(m))};"
            "window.addEventListener('load',function(){document.body.setAttribute('data-ready','1')});")
+
+
+def learnt(trend: Trend) -> list[tuple[tuple, compare.Gate]]:
+    """Returns (series key, gate) of every series whose gate a learnt noise floor raised."""
+    return [(k, g) for k, g in sorted(trend.gates.items()) if g is not None and g.source == "noise"]
+
+
+def _gates_html(trend: Trend) -> str:
+    """Returns the table of the gate each metric was judged against, per series (folded)."""
+    gated = sorted((k, g) for k, g in trend.gates.items() if g is not None)
+    rows = "".join(f"<tr><td>{escape(f'{k[1]}/{k[2]}/{k[3]} {k[4]}')}</td><td>{escape(METRICS[k[5]][0])}"
+                   f"</td><td>{escape(g.label())}</td><td><code>{escape(k[0])}</code></td></tr>"
+                   for k, g in gated)
+    return (f"<details class=\"gates\"><summary>Gates: what each series was judged against "
+            f"({len(learnt(trend))} of {len(gated)} raised to a learnt noise floor)</summary>"
+            "<table><tr><th>variant</th><th>metric</th><th>gate</th><th>machine</th></tr>"
+            f"{rows}</table></details>")
 
 
 def render_html(trend: Trend, source: str) -> str:
@@ -285,6 +303,7 @@ def render_html(trend: Trend, source: str) -> str:
                  "call (noise, or under the gate)"
                  "</summary><ul>" + "".join(f"<li>{escape(u)}</li>" for u in trend.unconfirmed)
                  + "</ul></details>")
+    h.append(_gates_html(trend))
     h.append('<div class="panels">')
     for metric in METRICS:
         for (m, workload), keys in groups.items():

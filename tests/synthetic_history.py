@@ -13,8 +13,10 @@ def commit(i: int) -> str:
     return f"c{i:03d}beef0a"  # unique per run in its first 7 characters (the x labels)
 
 
-def one_run(i: int, seed: int = 0, env: dict | None = None, suite_hash: str = "s1", **kw) -> list[dict]:
-    """Returns the records of run i (dated 2026-11-01 + i hours), ppl/slow etc. as run_records."""
+def one_run(i: int, seed: int = 0, env: dict | None = None, suite_hash: str = "s1",
+            load_rss: dict | None = None, **kw) -> list[dict]:
+    """Returns the records of run i (dated 2026-11-01 + i hours), ppl/slow etc. as run_records;
+    load_rss: format -> the load record's peak_rss_bytes (default 900 MB)."""
     recs = run_records(seed * 1000 + i, **kw)
     out = []
     for r in recs:
@@ -25,7 +27,8 @@ def one_run(i: int, seed: int = 0, env: dict | None = None, suite_hash: str = "s
         first = next(r for r in out if r["format"] == fmt)
         out.append({k: first[k] for k in ("schema_version", "run_id", "model", "format", "device",
                                            "status", "reason", "suite", "suite_hash", "env")}
-                   | {"workload": "load", "weights_bytes": 538_060_032, "peak_rss_bytes": 900_000_000})
+                   | {"workload": "load", "weights_bytes": 538_060_032,
+                      "peak_rss_bytes": (load_rss or {}).get(fmt, 900_000_000)})
     return out
 
 

@@ -5,14 +5,20 @@ import math
 import numpy as np
 import pytest
 
-from quantbench import records
+from quantbench import history, records
 from quantbench.compare import (
+    ALPHA,
+    Floor,
     Gate,
     bootstrap_ratio_ci,
     compare,
+    gate_for,
+    gates_for,
     mann_whitney_greater,
     min_p,
+    noise_floor,
     parse_gate,
+    series_key,
 )
 from quantbench.errors import UserError
 
@@ -111,22 +117,109 @@ def test_gate_check_returns_message_when_crossed():
 
 @pytest.mark.parametrize("seed", range(20))
 def test_same_commit_passes_with_defaults(seed):
-    # Harsher than the brief: per-repetition factor and whole-run drift of 5% on top of the jitter.
-    noise = dict(rep_sigma=0.05, drift=0.05)
-    result = compare(run_records(2 * seed, **noise), run_records(2 * seed + 1, **noise))
+    # 64 tokens x 3 reps, 15% jitter, 3% outliers: the medians of two runs differ by ~2%.
+    result = compare(run_records(2 * seed), run_records(2 * seed + 1))
     assert result.ok, result.regressions
 
 
-def test_one_contended_repetition_of_three_passes_with_defaults():
-    # Another job shared the cores for a whole repetition: 1 of 3 reps is 2x slower. That moves
-    # the median ~15% (see the table in the reply); the -25% default is there to absorb it.
+@pytest.mark.parametrize("slow", [0.97, 1.02, 1.03, 1.045])
+def test_few_percent_between_runs_with_tight_samples_is_not_called(slow):
+    # 3% jitter per token: a 2-4.5% shift is significant (p far below alpha) but under the floor.
+    base, new = run_records(0, jitter=0.03, outliers=0), run_records(1, slow=slow, jitter=0.03, outliers=0)
+    result = compare(base, new)
+    rows = result.table[result.table.metric == "decode_tok_s"]
+    worse = slow > 1
+    assert ((rows.p < ALPHA) == worse).all() and set(rows.gate) == {"-5%"}
+    assert result.ok and set(rows.verdict) == {"ok"}
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("drop", [0.10, 0.20])
+def test_ten_and_twenty_percent_decode_drops_fail_the_default_gate(seed, drop):
+    # tok/s x (1 - drop): per-token seconds x 1/(1 - drop)
+    result = compare(run_records(2 * seed), run_records(2 * seed + 1, slow=1 / (1 - drop)))
+    rows = result.table[result.table.metric == "decode_tok_s"]
+    assert set(rows.verdict) == {"REGRESSION"} and set(rows.gate) == {"-5%"}
+    assert all(-drop - 0.06 < c < -drop + 0.06 for c in rows.change)
+    assert sum("decode_tok_s" in r and "crosses decode_tok_s:-5%" in r for r in result.regressions) == 2
+
+
+def test_one_contended_repetition_of_three_needs_a_wider_gate():
+    # Another job shared the cores for a whole repetition: 1 of 3 reps is 2x slower, the median
+    # moves ~10%. Two runs cannot tell that from a regression, so the 5% default calls it; a
+    # fixed gate (CI's --fail) or a floor learnt from a history of such runs absorbs it.
     base = run_records(0)
     new = run_records(1)
     dec = np.array(new[0]["decode_samples_s"])
     dec[:64] *= 2.0
     new[0]["decode_samples_s"] = dec.tolist()
-    result = compare(base, new)
+    assert not compare(base, new).ok
+    result = compare(base, new, fail=["decode_tok_s:-25%"])
     assert result.ok, result.regressions
+    assert set(result.table.loc[result.table.metric == "decode_tok_s", "gate"]) == {"-25% (--fail)"}
+
+
+def test_noise_floor_by_hand():
+    # log-changes 1.98, -2.99, 2.00, -1.00 %: median |.| = (1.98 + 2.00)/2 %, x 1.4826 x 3, up to 0.1%
+    f = noise_floor([100, 102, 99, 101, 100])
+    by_hand = 3 * 1.4826 * (math.log(102 / 100) + math.log(101 / 99)) / 2
+    assert f == Floor(math.ceil(by_hand * 1000) / 1000, 5) == Floor(0.089, 5)
+    assert noise_floor([100, 102, 99, 101]) is None  # too few runs
+    assert noise_floor([0, 1, 2, 3, 4]) is None      # no relative change from 0
+    assert noise_floor([7.0] * 6) == Floor(0.0, 6)   # deterministic: never raises a gate
+    # a step in the series barely moves it: the median ignores one big change
+    assert noise_floor([100, 102, 99, 101, 100, 80, 81, 79, 80.5]).value < 0.1
+
+
+def test_learnt_floor_raises_defaults_only():
+    rec = run_records(0)[0]
+    key = series_key(rec, "decode_tok_s")
+    floors = {key: Floor(0.124, 20), series_key(rec, "top1_agree"): Floor(0.5, 20)}
+    gates = gates_for()
+    g = gate_for("decode_tok_s", gates, floors, rec)
+    assert g.threshold == -0.124 and g.label() == "-12.4% (noise, 20 runs)"
+    assert gate_for("decode_tok_s", gates_for(["decode_tok_s:-60%"]), floors, rec).label() == "-60% (--fail)"
+    assert gate_for("decode_tok_s", gates, {key: Floor(0.03, 20)}, rec).label() == "-5%"  # never lowered
+    assert gate_for("top1_agree", gates, floors, rec) == gates["top1_agree"]  # absolute: as it is
+
+
+def test_drifting_machine_passes_once_its_floor_is_learnt(tmp_path):
+    """Whole-run drift and per-repetition factors of 5%: a pair often moves past 5% with p far
+    below alpha. compare without a history calls some of them; with it, none."""
+    from synthetic_history import write_history
+
+    harsh = {"drift": 0.05, "rep_sigma": 0.05}
+    hist = write_history(tmp_path, 12, lambda i: harsh)
+    runs = [r.records() for r in history.runs(hist)]
+    plain = [compare(a, b) for a, b in zip(runs, runs[1:], strict=False)]
+    learnt = [compare(a, b, history_dir=hist) for a, b in zip(runs, runs[1:], strict=False)]
+    assert sum(not r.ok for r in plain) >= 2
+    assert all(r.ok for r in learnt), [r.regressions for r in learnt]
+    gates = set(learnt[0].table.loc[learnt[0].table.metric == "decode_tok_s", "gate"])
+    assert len(gates) == 2 and all(g.endswith("(noise, 12 runs)") for g in gates)
+    # ... and a -25% step still fails against it
+    slow = [{**r, "decode_samples_s": [s / 0.75 for s in r["decode_samples_s"]]} if "decode_samples_s" in r
+            else r for r in runs[-1]]
+    assert not compare(runs[-2], slow, history_dir=hist).ok
+
+
+def test_ci_gates_stay_the_authority_on_the_committed_baseline():
+    """noxfile's CI step: --fail decode/prefill -60% on a shared machine. A -30% decode and -40%
+    prefill run (a busy runner) passes; bytes and quality keep their default tolerances."""
+    from pathlib import Path
+
+    base = records.read(Path(__file__).parents[1] / "results/baselines/ci-cpu.jsonl")
+    ci = ["decode_tok_s:-60%", "prefill_tok_s:-60%"]
+    busy = [{**r, **{k: [s / f for s in r[k]] for k, f in (("decode_samples_s", 0.7),
+                                                            ("prefill_samples_s", 0.6)) if r.get(k)}}
+            for r in base]
+    result = compare(base, busy, fail=ci)
+    assert result.ok, result.regressions
+    t = result.table
+    assert set(t.loc[t.metric.isin(["decode_tok_s", "prefill_tok_s"]), "gate"]) == {"-60% (--fail)"}
+    assert set(t.loc[t.metric == "peak_rss_bytes", "gate"]) == {"+15%"}
+    assert set(t.loc[t.metric == "peak_rss_bytes", "verdict"]) == {"ok"}
+    assert not compare(base, busy).ok  # the 5% default would call a busy runner
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -139,11 +232,6 @@ def test_ten_percent_decode_slowdown_is_caught_below_its_size(seed, threshold, c
     result = compare(base, new, fail=[f"decode_tok_s:{threshold}"])
     assert ("REGRESSION" in verdicts(result, "decode_tok_s")) is caught
     assert any("decode_tok_s" in r for r in result.regressions) is caught
-
-
-def test_ten_percent_slowdown_passes_the_default_gate():
-    result = compare(run_records(0), run_records(1, slow=1.10))
-    assert result.ok and verdicts(result, "decode_tok_s") == {"ok"}
 
 
 def test_min_p_by_hand():
@@ -192,9 +280,10 @@ def test_user_threshold_overrides_default():
 
 def test_markdown_has_header_and_regression_row():
     md = compare(run_records(0), run_records(1, ppl=11.64 * 1.01)).markdown()
-    assert md.startswith("| key | metric | base | new | change | p | verdict |\n|---|")
+    assert md.startswith("| key | metric | base | new | change | p | gate | verdict |\n|---|")
     row = next(line for line in md.splitlines() if "REGRESSION" in line)
     assert row.startswith("| smollm2/") and "| ppl |" in row and "+1.00%" in row
+    assert row.endswith("| +0.5% | REGRESSION |")
 
 
 # --- CLI --------------------------------------------------------------------------------------
