@@ -63,61 +63,82 @@ _WORKLOAD = re.compile(r"^(?:(?P<load>load)|(?P<kind>pp|tg|ppl)(?P<tokens>\d+)(?
                        r"(?:@d(?P<depth>\d+))?)(?:@t(?P<threads>\d+))?$")
 
 
+def _key(default, doc: str):
+    """Returns a Suite field with its default and its one-line description (docs/suites.md is
+    generated from these; tests/test_docs.py fails on a key without one)."""
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
 @dataclass(frozen=True)
 class Suite:
-    name: str = "default"
-    model: str = "embedded:smollm2-135m"
-    # Several models in one run (a size ladder); each runs the suite, changed by its
-    # [model_overrides."NAME"] table (any suite keys but model/models/name).
-    models: tuple[str, ...] = ()
-    model_overrides: dict[str, dict] = field(default_factory=dict)
-    formats: tuple[str, ...] = ("fp32", "bf16", "fp16", "bnb-int8", "bnb-nf4")
-    devices: tuple[str, ...] = ("cpu",)
-    corpus: str = "pydoc"
-    threads: int | tuple[int, ...] = 0  # 0: physical cores; a list sweeps them (workloads @t<N>)
+    name: str = _key("default", "suite name (the file stem when read from a file); records carry it "
+                     "and a hash of every setting")
+    model: str = _key("embedded:smollm2-135m", "model source: `embedded:smollm2-135m`, `tiny`, a hub "
+                      "id, a local HF directory, a `.gguf` file, or `shape:NAME` (random weights)")
+    models: tuple[str, ...] = _key((), "several models in one run (a size ladder); each runs the whole "
+                                   "suite, changed by its `model_overrides` table")
+    model_overrides: dict[str, dict] = _key({}, "`[model_overrides.\"NAME\"]` tables: suite keys set for "
+                                            "one model of `models` (any key but model, models, name)")
+    formats: tuple[str, ...] = _key(("fp32", "bf16", "fp16", "bnb-int8", "bnb-nf4"),
+                                    "format names from `quantbench formats`")
+    devices: tuple[str, ...] = _key(("cpu",), "`cpu`, `cuda`, `cuda:N`; crossed with formats")
+    corpus: str = _key("pydoc", "`pydoc`, `wikitext2` or `file:PATH`")
+    threads: int | tuple[int, ...] = _key(0, "CPU threads; 0 = physical cores; a list (`[1, 2]`) sweeps "
+                                          "them: workloads get `@t<N>`, peaks are calibrated at each "
+                                          "count, quality runs at the first")
     # Throughput (llama-bench's pp/tg): prefill lengths, decode length after a short prompt.
-    prompt_lengths: tuple[int, ...] = (128, 512)
-    gen_tokens: int = 64
-    # More decode batch sizes: B sequences decoded together, workload tg<N>x<B>, tok/s over all B.
-    decode_batches: tuple[int, ...] = ()
-    # KV-cache depths (llama-bench -d): pp and tg again after D tokens are cached by an untimed
-    # prefill, workloads pp<N>@d<D>, tg<N>@d<D>. Batched decode runs at depth 0 unless
-    # cross_batches_depths (memory and fill time grow with B x D).
-    depths: tuple[int, ...] = ()
-    cross_batches_depths: bool = False
-    gen_prompt_tokens: int = 16
+    prompt_lengths: tuple[int, ...] = _key((128, 512), "prefill workloads `pp<N>` (prefill of N tokens)")
+    gen_tokens: int = _key(64, "decode workload `tg<N>`: tokens decoded after the prompt")
+    decode_batches: tuple[int, ...] = _key((), "more decode batch sizes (each ≥ 2): `tg<N>x<B>` decodes B "
+                                           "copies of the prompt together, tok/s over all B (`+compiled` "
+                                           "twins run batch 1 only)")
+    depths: tuple[int, ...] = _key((), "KV-cache depths (llama-bench `-d`): `pp<N>@d<D>` and "
+                                   "`tg<N>@d<D>` run after D tokens are cached by an untimed prefill")
+    cross_batches_depths: bool = _key(False, "also decode every batch at every depth (memory and fill "
+                                      "time grow with B × D); otherwise batched decode runs at depth 0")
+    gen_prompt_tokens: int = _key(16, "prompt tokens before the timed decode")
     # 5: the least that lets the timing gate fire (Mann-Whitney's smallest p at 3 vs 3 is 0.04 > 0.01).
-    min_samples: int = 5
-    time_budget_s: float = 20.0
+    min_samples: int = _key(5, "repetitions per timing; 5 is the fewest that lets the compare gate fire "
+                            "at p < 0.01 (3 vs 3 samples cannot)")
+    time_budget_s: float = _key(20.0, "seconds per timing; a slow kernel stops early and the record says "
+                                "how many samples it timed")
     # Quality (llama.cpp perplexity protocol): windows of n_ctx tokens, second half scored.
-    n_ctx: int = 512
-    ppl_windows: int = 20
-    quality_budget_s: float = 600.0
-    kld_tokens: int = 1024
+    n_ctx: int = _key(512, "perplexity window in tokens (even: its second half is scored)")
+    ppl_windows: int = _key(20, "perplexity windows scored")
+    quality_budget_s: float = _key(600.0, "seconds per variant for quality; windows are scored in order "
+                                   "until it is spent (at least one); a variant cut short is marked "
+                                   "`ppl_partial` and compared on common windows")
+    kld_tokens: int = _key(1024, "reference log-probs kept for KL-divergence")
     # Calibration for GPTQ/AWQ, taken from corpus tokens after the evaluation windows.
-    calib_samples: int = 128
-    calib_tokens: int = 512
-    awq_calib_samples: int = 16
-    awq_calib_tokens: int = 256
-    group_size: int = 128
-    # GPTQModel kernel (its BACKEND value, e.g. gptq_marlin, gptq_triton, awq_gemm_triton) or "auto":
-    # what the library selects. On an H100 auto picks Machete, whose JIT build downloads CUTLASS.
-    gptq_kernel: str = "auto"
-    awq_kernel: str = "auto"
-    # llama.cpp KV cache types: each gguf format also runs as `<format>+kv-<type>` per non-f16 type.
-    kv_types: tuple[str, ...] = ()
-    # OMP_WAIT_POLICY of the worker processes (llama.cpp's and torch's OpenMP threads): "default"
-    # leaves it unset (OpenMP spins briefly, then sleeps: what users of llama.cpp get), "passive"
-    # sleeps at once (kind to a shared CI machine), "active" spins. Each record says which.
-    omp_wait_policy: str = "default"
-    # Engine kernel paths to cross every format with (formats.KERNEL_PATHS): each format whose
-    # backend offers a path also runs as `<format>+path-<path>`; "default" is the engine's choice.
-    kernel_paths: tuple[str, ...] = ()
-    # A worker killed by a signal inside an engine kernel is retried once on the backend's safer
-    # path (formats.SAFER_PATH), both outcomes kept; false: the crash stays a failure (strict CI).
-    kernel_fallback: bool = True
-    # Pre-made artifacts: format name -> local path or hub id (GPTQ/AWQ checkpoint, GGUF file).
-    artifacts: dict[str, str] = field(default_factory=dict)
+    calib_samples: int = _key(128, "GPTQ calibration sequences")
+    calib_tokens: int = _key(512, "tokens per GPTQ calibration sequence")
+    awq_calib_samples: int = _key(16, "AWQ calibration sequences")
+    awq_calib_tokens: int = _key(256, "tokens per AWQ calibration sequence")
+    group_size: int = _key(128, "GPTQ/AWQ group size; falls back to 64 then 32 when it does not divide "
+                           "the layer widths")
+    # On an H100 auto picks Machete, whose JIT build downloads CUTLASS.
+    gptq_kernel: str = _key("auto", "GPTQModel kernel to load GPTQ with (a `BACKEND` value: "
+                            "`gptq_marlin`, `gptq_triton`, …); `auto` = what GPTQModel selects; the "
+                            "record's `kernel` names the class that ran")
+    awq_kernel: str = _key("auto", "GPTQModel kernel to load AWQ with (`awq_gemm_triton`, `awq_marlin`, "
+                           "…); `auto` = what GPTQModel selects")
+    kv_types: tuple[str, ...] = _key((), "llama.cpp KV cache types (`f16`, `q8_0`, `q4_0`, `bf16`, "
+                                     "`f32`): each `gguf-*` format also runs as `<format>+kv-<type>` per "
+                                     "non-f16 type (K and V in that type, flash attention on)")
+    omp_wait_policy: str = _key("default", "`OMP_WAIT_POLICY` of the worker processes: `default` leaves "
+                                "it unset (OpenMP spins briefly, then sleeps: what users get), `passive` "
+                                "sleeps at once (kind to a shared CI machine; costs up to 3.9× in "
+                                "llama.cpp decode), `active` spins; the caller's own is ignored")
+    kernel_paths: tuple[str, ...] = _key((), "engine kernel paths to cross every format with "
+                                         "(`norepack`, `noamx`, `avx2`; see formats): each format whose "
+                                         "backend offers a path also runs as `<format>+path-<p>`")
+    kernel_fallback: bool = _key(True, "a worker killed by a signal inside an engine kernel is retried "
+                                 "once on the backend's safer path, both outcomes kept; `false`: the "
+                                 "crash stays a failure (a CI that must fail loudly)")
+    artifacts: dict[str, str] = _key({}, "an `[artifacts]` table, format name -> local path or hub id "
+                                     "(GPTQ/AWQ checkpoint, GGUF file): measured instead of built")
 
     def __post_init__(self):
         where = f"suite '{self.name}'"
@@ -292,7 +313,7 @@ def _check_key(where: str, key: str, value):
     if key not in _FIELDS:
         close = difflib.get_close_matches(key, list(_FIELDS), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise UserError(f"{where}: unknown key '{key}'{hint}; the keys are listed in README 'Suites'")
+        raise UserError(f"{where}: unknown key '{key}'{hint}; the keys are listed in docs/suites.md")
     f = _FIELDS[key]
     _check_type(where, key, value, f.default if f.default is not dataclasses.MISSING else f.default_factory())
 
