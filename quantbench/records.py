@@ -52,8 +52,8 @@ def _f(name, type_, unit, meaning, required=False) -> Field:
 
 
 # The record schema: every field a record may carry. Records are validated against it when written
-# (records.append); README's field table is generated from it (tests/test_seams.py checks them
-# equal); the synthetic records of the report tests are written through the same check.
+# (records.append); docs/records.md's field table is generated from it (quantbench/reference.py,
+# checked by tests/test_docs.py); the synthetic records of the report tests are written through the same check.
 SCHEMA: dict[str, Field] = {f.name: f for f in [
     # identity and provenance
     _f("schema_version", "int", "", "record schema version", True),
@@ -219,7 +219,7 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
        "(weights + overhead)"),
     _f("knee_batch_plateau", "int", "", "smallest measured batch reaching 90 % of the best decode tok/s"),
 ]}
-FIELDS = {name: f.meaning for name, f in SCHEMA.items()}  # name -> meaning (README, older callers)
+FIELDS = {name: f.meaning for name, f in SCHEMA.items()}  # name -> meaning (older callers)
 
 
 class SchemaError(ValueError):
@@ -247,10 +247,11 @@ def validate(rec: dict) -> None:
 
 
 def schema_markdown() -> str:
-    """Returns README's record field table, generated from SCHEMA."""
+    """Returns the record field table of docs/records.md, generated from SCHEMA."""
     rows = ["| field | type | unit | meaning |", "|---|---|---|---|"]
-    rows += [f"| `{f.name}` | {f.type} | {f.unit} | {f.meaning}{' (always present)' if f.required else ''} |"
-             for f in SCHEMA.values()]
+    for f in SCHEMA.values():
+        meaning = f.meaning.replace("|", "\\|")  # a bare | would end the table cell
+        rows.append(f"| `{f.name}` | {f.type} | {f.unit} | {meaning}{' (always present)' if f.required else ''} |")
     return "\n".join(rows) + "\n"
 
 
