@@ -1,4 +1,4 @@
-"""nox sessions: tests (CI), bench, report, lint, perf, parity, gpu.
+"""nox sessions: tests (CI; it queues docs too), bench, report, docs, lint, perf, parity, gpu.
 
 Installs are pinned here, on the first screen:
 - torch 2.13.0 CPU build (an unpinned torch pulls a multi-GB CUDA build); override with
@@ -13,6 +13,7 @@ import hashlib
 import os
 import shlex
 import time
+import tomllib
 from pathlib import Path
 
 import nox
@@ -89,7 +90,10 @@ def _install(session: nox.Session, flavour: str) -> None:
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """The test suite on the tiny model (every backend), then the CI suite against its baseline."""
+    """The test suite on the tiny model (every backend), then the CI suite against its baseline;
+    a plain run (no posargs, as CI) also queues the docs build."""
+    if not session.posargs:
+        session.notify("docs")
     install(session)
     args = session.posargs or ["-m", "not gpu"]
     session.run("python", "-m", "pytest", *args, env=CPU_ENV)
@@ -125,6 +129,16 @@ def report(session: nox.Session) -> None:
     session.run("quantbench", "report", *files, "-o", "reports/latest.html")
     session.run("python", "-m", "pytest", "-m", "browser", "tests/test_browser.py",
                 env={**CPU_ENV, "QUANTBENCH_REPORT": "reports/latest.html"})
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """The documentation site -> site/ (mkdocs build --strict). Installs only pyproject's `docs`
+    extra (mkdocs-material, numpy), not quantbench: docs/hooks.py imports it from the checkout,
+    without torch, to generate the reference pages."""
+    extras = tomllib.loads(Path("pyproject.toml").read_text())["project"]["optional-dependencies"]
+    session.install(*extras["docs"])
+    session.run("mkdocs", "build", "--strict", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 @nox.session(python=PYTHON)

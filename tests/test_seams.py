@@ -155,11 +155,6 @@ def test_schema_rejects_unknown_fields_and_wrong_types():
         records.validate({k: v for k, v in ok.items() if k != "workload"})
 
 
-def test_readme_field_table_is_generated_from_the_schema():
-    readme = (ROOT / "README.md").read_text()
-    assert records.schema_markdown() in readme
-
-
 def test_synthetic_report_records_follow_the_schema(tmp_path):
     from synthetic import synthetic
 

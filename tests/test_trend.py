@@ -71,7 +71,7 @@ def test_planted_ten_percent_decode_step_found_at_k(tmp_path, seed):
 
 def test_bnb_rss_noise_gets_its_own_floor_and_steps_are_still_found(tmp_path):
     """bnb-nf4 quantizes at load: its peak RSS moves ~10% run to run (833-1126 MB measured, see
-    README). Under a fixed +15% gate that noise makes steps; its learnt floor makes none, and the
+    docs/tracking.md). Under a fixed +15% gate that noise makes steps; its learnt floor makes none, and the
     planted -10% decode step is still found."""
     rss = (980e6 * np.random.default_rng(1).lognormal(0, 0.12, 20)).astype(int)
 
@@ -250,8 +250,8 @@ def test_documented_commands_parse():
     from quantbench.cli import build_parser
 
     root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text()
-    section = readme[readme.index("## Tracking regressions"):readme.index("## Caching")]
+    page = (root / "docs" / "tracking.md").read_text()
+    section = page[page.index("## Tracking regressions"):]
     cmds = _commands(section) + _commands((root / "docs" / "ci-example.yml").read_text())
     assert [c[0] for c in cmds] == ["run", "track", "compare", "trend", "compare", "trend"]
     for argv in cmds:
