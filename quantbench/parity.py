@@ -313,7 +313,7 @@ def _num(v: float, metric: str) -> str:
 
 
 def parity_markdown(t) -> str:
-    """Returns the parity table as markdown (the parity report and README show it)."""
+    """Returns the parity table as markdown (the parity report and docs/results.md show it)."""
     head = ("| format | metric | reference | quantbench | engine only⁵ | reference value | ratio⁶ | target | "
             "| per-run rate⁷ | its ratio |\n|---|---|---|---:|---:|---:|---:|---|---|---:|---:|\n")
 

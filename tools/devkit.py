@@ -1,6 +1,6 @@
 """Packs what an offline GPU machine needs to run quantbench's GPU suite, in chunks that travel.
 
-The lent GPU machines (see README, "GPU") have CUDA torch, transformers, nvcc and pandas but no
+The lent GPU machines (see docs/gpu.md) have CUDA torch, transformers, nvcc and pandas but no
 internet, and each call ships at most 64 MiB. This script builds, on a machine with PyPI:
 
 - wheels for the device's Python (3.12, x86_64) of what its image lacks: bitsandbytes (only its

@@ -23,8 +23,8 @@ from quantbench.errors import UserError
 
 BITS = 4
 CALIB_BATCH = 8  # calibration samples per forward while quantizing
-# Build time on the reference 2-core machine (README "Timings": SmolLM2-135M, GPTQ 64 x 512 in
-# 182 s, AWQ 8 x 256 in 506 s), for the ETA a run prints before it builds: (seconds per
+# Build time on the reference 2-core machine (docs/results.md, "Timings": SmolLM2-135M, GPTQ
+# 64 x 512 in 182 s, AWQ 8 x 256 in 506 s), for the ETA a run prints before it builds: (seconds per
 # parameter, seconds per parameter x calibration token). GPTQ's time follows the tokens it runs;
 # AWQ's is its per-layer clipping search, nearly independent of the calibration size.
 BUILD_S_PER_PARAM = {"gptq": (0.0, 4.1e-11), "awq": (3.8e-6, 0.0)}
