@@ -105,6 +105,7 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("calib_tokens", "int", "token", "tokens per calibration sequence"),
     _f("artifact", "str", "", "path of the built or given artifact"),
     _f("build_s", "float", "s", "seconds to build the artifact (0 when cached)"),
+    _f("backend_env", "str", "", "the backend environment (its own venv) the worker ran in; absent: the main one"),
     _f("artifact_bytes", "int", "byte", "bytes of the artifact's weight files on disk (torchao, HQQ), "
        "beside weights_bytes in memory"),
     _f("load_s", "float", "s", "seconds to load the variant"),
