@@ -32,6 +32,9 @@ GPTQ_REQS = ["accelerate>=1.15.0", "safetensors>=0.8.0", "threadpoolctl>=3.7.0",
              "tokenicer>=0.0.14", "logbar>=0.4.15", "jinja2", "ninja", "maturin", "datasets",
              "pyarrow", "dill", "torchao>=0.18.0", "defuser>=0.0.28", "optimum>=2.3.0",
              "setuptools", "wheel"]
+# HQQ's sdist builds CUDA kernels unless DISABLE_CUDA=1, and declares no torch pin: --no-deps with
+# its two small requirements keeps the CPU torch (hqq-4b).
+HQQ = ["hqq==0.2.8.post1", "einops", "termcolor"]
 HISTORY = "results/history"  # every bench and CI run, per machine (`quantbench trend results/history`)
 CPU_ENV = {"OMP_WAIT_POLICY": "passive", "GPTQMODEL_CPU_WORKERS": "2",
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -64,7 +67,7 @@ def install(session: nox.Session, flavour: str = "cpu") -> None:
     """Installs quantbench with every CPU backend into the session venv, once: a stamp in the venv
     holds a hash of what was installed (these pins, pyproject.toml), and an unchanged one skips pip's
     ~1 min of re-checking (quantbench itself is installed editable, so code changes need no install)."""
-    spec = "\n".join([flavour, TORCH, LLAMA_CPP_VERSION, GPTQMODEL_VERSION, *GPTQ_REQS,
+    spec = "\n".join([flavour, TORCH, LLAMA_CPP_VERSION, GPTQMODEL_VERSION, *GPTQ_REQS, *HQQ,
                       Path("pyproject.toml").read_text()])
     stamp = Path(session.virtualenv.location) / ".quantbench-installed"
     key = hashlib.sha256(spec.encode()).hexdigest()
@@ -86,6 +89,7 @@ def _install(session: nox.Session, flavour: str) -> None:
     session.install(*GPTQ_REQS)
     session.install("--no-deps", "--no-build-isolation", f"gptqmodel=={GPTQMODEL_VERSION}",
                     env={"BUILD_CUDA_EXT": "0" if flavour == "cpu" else "1"})
+    session.install("--no-deps", *HQQ, env={"DISABLE_CUDA": "1" if flavour == "cpu" else "0"})
 
 
 @nox.session(python=PYTHON)

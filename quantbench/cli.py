@@ -303,9 +303,32 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("-o", "--out", default="reports/parity.html",
                     help="report with the parity section (default %(default)s); the table goes beside it")
     pa.set_defaults(func=cmd_parity)
+    ev = sub.add_parser("env", help="list or build the backend environments (own venvs) some formats run in")
+    ev.add_argument("action", choices=["list", "build"])
+    ev.add_argument("name", nargs="?", help="environment to build (see `quantbench env list`)")
+    ev.set_defaults(func=cmd_env)
     _estimate_parser(sub)
     _devices_parser(sub)
     return p
+
+
+def cmd_env(args) -> int:
+    """Lists the backend environments with their formats and state, or builds one."""
+    from quantbench import envs
+    from quantbench.formats import FORMATS
+
+    if args.action == "build":
+        if not args.name:
+            raise UserError("quantbench env build NAME: name one of `quantbench env list`")
+        print(envs.build(args.name))
+        return 0
+    for name, env in envs.ENVS.items():
+        fmts = ", ".join(f.name for f in FORMATS.values() if f.env == name)
+        state = envs.python(name) or f"not built: {envs.build_command(name)}"
+        print(f"{name:<20} {fmts:<30} {state}\n    {env.why}")
+    if not envs.ENVS:
+        print("no backend environments: every format runs in the main one")
+    return 0
 
 
 def main(argv=None) -> int:

@@ -39,6 +39,11 @@ class Format:
     # `<name>+path-<kernel path>`: the same weights on another engine kernel path (KERNEL_PATHS);
     # "" = whatever the engine picks by default.
     kernel_path: str = ""
+    # Weights per quantization group (scales/zeros per this many weights of a row), when the format
+    # fixes it; 0 = the suite's `group_size` (GPTQ/AWQ) or none. The record's `group_size`.
+    group_size: int = 0
+    # The backend environment (envs.ENVS) its worker runs in; "" = the one quantbench runs in.
+    env: str = ""
 
     @property
     def base(self) -> str:
@@ -46,11 +51,11 @@ class Format:
         return self.name.partition(PATH_SUFFIX)[0].removesuffix(COMPILED).partition(KV_SUFFIX)[0]
 
 
-def _gguf(name: str, ftype: str, bpw: float, caveat: str = "") -> Format:
+def _gguf(name: str, ftype: str, bpw: float, caveat: str = "", stores: str = "", group: int = 0) -> Format:
     # llama.cpp keeps token embeddings in the file's type but norms in F32; the unquantized
     # share is tiny and counted by the arithmetic from the real tensor list once built.
-    return Format(name, "gguf", "llama-cpp-python", f"GGUF {ftype}", bpw, 16.0,
-                  ("cpu", "cuda"), caveat, ftype, "int8")
+    return Format(name, "gguf", "llama-cpp-python", stores or f"GGUF {ftype}", bpw, 16.0,
+                  ("cpu", "cuda"), caveat, ftype, "int8", group_size=group)
 
 
 FORMATS: dict[str, Format] = {f.name: f for f in [
@@ -80,6 +85,25 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
     # Q4_K_M mixes Q4_K and Q6_K; rows not divisible by 256 fall back to Q5_0/Q8_0.
     _gguf("gguf-q4_k_m", "Q4_K_M", 4.85, "mixed types; rows not divisible by 256 fall back"),
     _gguf("gguf-q4_0", "Q4_0", 4.5),
+    # MXFP4 (OCP microscaling): 32 E2M1 codes + one E8M0 scale = 17 bytes per 32 weights. llama.cpp's
+    # only MXFP4 file type, MXFP4_MOE, puts MXFP4 on expert tensors and Q8_0 on the rest, so a dense
+    # model needs `pure` (every 2-D tensor, token embeddings included, in the default type).
+    _gguf("gguf-mxfp4", "MXFP4_MOE:pure", 4.25, "llama.cpp's MXFP4_MOE with pure = true: a dense "
+          "model would otherwise be all Q8_0; embeddings are MXFP4 too", "GGUF MXFP4, 32-weight blocks, "
+          "E8M0 scale", 32),
+    # torchao through transformers' TorchAoConfig. int8: one fp32 scale per output row (8 + 32/576
+    # on SmolLM2's 576-wide rows, 8 + 32/1536 on down_proj); int4: bf16 scale + zero per 64.
+    Format("torchao-int8wo", "torchao", "torchao", "int8 rows + fp32 row scales (weight-only)", 8.05, 32,
+           ("cpu", "cuda"), "eager mode dequantizes the weight on every call", param="int8wo"),
+    Format("torchao-w8a8", "torchao", "torchao", "int8 rows + row scales; activations int8 per token",
+           8.05, 32, ("cpu", "cuda"), "activations quantized per call", param="w8a8", compute_dtype="int8"),
+    Format("torchao-int4wo", "torchao", "torchao", "int4 packed + bf16 scale/zero per 64", 4.5, 16,
+           ("cpu", "cuda"), "group 64: at 128 torchao skips SmolLM2's 576-wide layers", param="int4wo",
+           compute_dtype="bf16", group_size=64),
+    # HQQ: 4-bit codes packed 2 per byte + a bf16 scale and zero per group of 64: 4 + 32/64.
+    Format("hqq-4b", "hqq", "hqq", "int4 codes + bf16 scale/zero per 64 (HQQ)", 4.5, 16, ("cpu", "cuda"),
+           "CPU: dequantized on every call (no fused kernel)", param="4", compute_dtype="bf16",
+           group_size=64),
     Format("dummy", "dummy", "numpy", "random bigram model (tests)", 32, 32, ("cpu",), param="float32"),
 ]}
 

@@ -96,12 +96,18 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("threads", "int", "", "CPU threads used"),
     _f("bits_per_weight", "float", "bit", "effective bits per quantized weight (GGUF: measured from the file)"),
     _f("bits_unquantized", "float", "bit", "bits per weight of the tensors the format leaves unquantized"),
-    _f("group_size", "int", "", "quantization group size used (GPTQ/AWQ)"),
+    _f("group_size", "int", "", "quantization group size used (GPTQ/AWQ; a format's own, e.g. 64; "
+       "GGUF MXFP4: its block)"),
+    _f("quantized_layers", "int", "", "decoder Linear layers the library really quantized (torchao, HQQ; "
+       "checked against all of them)"),
     _f("sym", "bool", "", "symmetric quantization (GPTQ/AWQ)"),
     _f("calib_samples", "int", "", "GPTQ/AWQ calibration sequences actually used"),
     _f("calib_tokens", "int", "token", "tokens per calibration sequence"),
     _f("artifact", "str", "", "path of the built or given artifact"),
     _f("build_s", "float", "s", "seconds to build the artifact (0 when cached)"),
+    _f("backend_env", "str", "", "the backend environment (its own venv) the worker ran in; absent: the main one"),
+    _f("artifact_bytes", "int", "byte", "bytes of the artifact's weight files on disk (torchao, HQQ), "
+       "beside weights_bytes in memory"),
     _f("load_s", "float", "s", "seconds to load the variant"),
     _f("gguf_type_mix", "dict", "", "GGUF tensor type -> tensor count"),
     _f("gguf_mixed", "bool", "", "more than one quantized tensor type in the GGUF file"),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quantbench import cache, corpus, fit, records
+from quantbench import cache, corpus, envs, fit, records
 from quantbench.backends import ENGINE_LOG_ENV
 from quantbench.errors import UserError
 from quantbench.formats import (
@@ -348,6 +348,12 @@ def _run_variants(r: _Run, after_variant) -> None:
                 references[device] = fmt_name
             continue
         rec_base = {**r.base, "format": fmt_name, "device": device}
+        if fmt.env and envs.python(fmt.env) is None:
+            r.out.append([{**rec_base, "workload": str(w), "status": "skipped", "timestamp": records.now(),
+                           "backend_env": fmt.env, "reason": envs.missing_reason(fmt_name, fmt.env)}
+                          for w in todo_all])
+            print(f"[{fmt_name}/{device}] skipped: {envs.missing_reason(fmt_name, fmt.env)}", flush=True)
+            continue
         if device.split(":")[0] not in fmt.devices:
             r.out.append([{**rec_base, "workload": str(w), "status": "skipped", "timestamp": records.now(),
                            "reason": f"{fmt_name} does not run on {device}"} for w in todo_all])
@@ -448,12 +454,15 @@ def _job(r: _Run, device: str, fmt_name: str, todo: list[Workload], ref_fmt: str
 
 def _spawn(job_path: Path, job: Job) -> Ended:
     """Runs the worker on a job; returns how it ended (rc RESPAWN: run it again to measure)."""
-    path = KERNEL_PATHS.get(get_format(job.format).kernel_path)
-    env = job.suite.omp_env({**os.environ, "TOKENIZERS_PARALLELISM": "false",
+    fmt = get_format(job.format)
+    path = KERNEL_PATHS.get(fmt.kernel_path)
+    # A format with its own environment (envs.ENVS) runs its worker under that venv's python.
+    exe, extra = envs.worker_command(fmt.env) if fmt.env else ([sys.executable], {})
+    env = job.suite.omp_env({**os.environ, **extra, "TOKENIZERS_PARALLELISM": "false",
                              "OMP_NUM_THREADS": str(job.threads), "QUANTBENCH_RUNNER_PID": str(os.getpid()),
                              ENGINE_LOG_ENV: job.partial + ".engine.log", **dict(path.env if path else ())})
     ooms = _oom_kills()
-    proc = subprocess.Popen([sys.executable, "-m", "quantbench.worker", str(job_path)], env=env)
+    proc = subprocess.Popen([*exe, "-m", "quantbench.worker", str(job_path)], env=env)
     timed_out = False
     try:
         rc = proc.wait(timeout=VARIANT_TIMEOUT_S)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quantbench import backends, cache, records
+from quantbench import backends, cache, envs, records
 from quantbench.backends import CONSOLE_FD_ENV, Context, Skip, get_backend_class
 from quantbench.errors import MissingDependency, UserError
 from quantbench.formats import compute_dtypes, get_format
@@ -358,6 +358,9 @@ def main(job_path: str) -> int:
             "threads": job.threads, "bits_per_weight": fmt.bits_per_weight,
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default").lower(),
             "kernel_path": fmt.kernel_path or "default", "kernel_fallback": job.kernel_fallback}
+    if env_name := os.environ.get(envs.ENV_VAR):  # under a backend environment: its own versions
+        base.update(backend_env=env_name, env={**base.get("env", {}), **records.library_versions(),
+                                               "python_executable": sys.executable})
     tag = f"[{fmt.name}/{job.device}]"
 
     def emit(workload: Workload, fields: dict, status="ok", reason=""):

@@ -42,6 +42,8 @@ BACKENDS = {
     "bnb": "quantbench.backends.bnb:BnbBackend",
     "gptq": "quantbench.backends.gptq:GPTQBackend",
     "gguf": "quantbench.backends.gguf:GGUFBackend",
+    "torchao": "quantbench.backends.torchao:TorchAOBackend",
+    "hqq": "quantbench.backends.hqq:HQQBackend",
     "dummy": "quantbench.backends.dummy:DummyBackend",
 }
 

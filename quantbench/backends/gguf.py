@@ -202,14 +202,16 @@ def convert_f16(model_dir: str, out: Path, version: str) -> None:
 
 
 def quantize(src: Path, dst: Path, ftype: str, threads: int) -> None:
-    """Writes `dst`: `src` quantized to llama.cpp file type `ftype` (Q4_K_M, Q8_0, ...)."""
+    """Writes `dst`: `src` quantized to llama.cpp file type `ftype` (Q4_K_M, Q8_0, ...; a ":pure"
+    suffix sets llama-quantize's --pure: every 2-D tensor in the type's default, no mix)."""
     llama_cpp = _llama_cpp()
+    ftype, _, mode = ftype.partition(":")
     const = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}", None)
     if const is None:
         raise UserError(f"llama-cpp-python {_version()} has no file type {ftype}")
-    say(f"[gguf] quantizing {src.name} -> {ftype} ({threads} threads) ...")
+    say(f"[gguf] quantizing {src.name} -> {ftype}{' (pure)' if mode else ''} ({threads} threads) ...")
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype, params.nthread = const, threads
+    params.ftype, params.nthread, params.pure = const, threads, mode == "pure"
     if llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)):
         raise RuntimeError(f"llama_model_quantize {src.name} -> {ftype} failed")
 
@@ -295,7 +297,7 @@ class GGUFBackend(Backend):
                              lambda out: convert_f16(self.ctx.model_dir, out, version))
         if ftype == "F16":
             return f16, fresh
-        return _cached(cache.content_key(f16_key, ftype, version), f"model-{ftype}.gguf",
+        return _cached(cache.content_key(f16_key, ftype, version), f"model-{ftype.replace(':', '-')}.gguf",
                        lambda out: quantize(f16, out, ftype, self.ctx.threads))
 
     def build(self) -> None:
@@ -311,6 +313,8 @@ class GGUFBackend(Backend):
                          # the arithmetic predicts from the file's real density, since llama.cpp
                          # picks per-tensor fallbacks (Q4_K_M on 576-wide rows is mostly Q5_0)
                          bits_unquantized=mix["bits_per_weight"])
+        if self.ctx.format.group_size:  # a block format (MXFP4: 32 weights per scale)
+            self.info["group_size"] = self.ctx.format.group_size
         say(f"[gguf] {path.name}: {mix['type_mix']}, {mix['bits_per_weight']:.3f} bits/weight"
             + (f", built in {self.info['build_s']:.1f} s" if fresh else " (cached)"))
         self.info["tokenizer_agree"] = tokenizer_agreement(

@@ -140,7 +140,7 @@ class GPTQBackend(HFBackend):
         """Returns (cache dir, group size, calibration samples, tokens); dir None when no group fits."""
         ctx, s = self.ctx, self.ctx.suite
         config = json.loads(Path(ctx.model_dir, "config.json").read_text())
-        group = pick_group_size(config, s.group_size)
+        group = pick_group_size(config, ctx.format.group_size or s.group_size)
         n, t = ((s.awq_calib_samples, s.awq_calib_tokens) if self.method == "awq"
                 else (s.calib_samples, s.calib_tokens))
         if group is None:

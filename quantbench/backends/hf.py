@@ -67,9 +67,12 @@ class HFBackend(Backend):
         """Sets info kernel and kernel_detail from what the engine ran (backends.kernels)."""
         from quantbench.backends import kernels
 
-        dtype = SHORT.get(self.ctx.format.param, self.ctx.format.param)
-        kernel, detail = kernels.probe(self._probe_step, self.ctx.device, dtype)
+        kernel, detail = kernels.probe(self._probe_step, self.ctx.device, self.probe_dtype())
         self.info["kernel"], self.info["kernel_detail"] = self.kernel_name(kernel, detail), detail
+
+    def probe_dtype(self) -> str:
+        """Returns the short name of the dtype the matmuls run in (fp32, bf16, fp16)."""
+        return SHORT.get(self.ctx.format.param, self.ctx.format.param)
 
     def kernel_name(self, kernel: str, detail: dict) -> str:
         """Returns the record's kernel name from the probe's (subclasses name their own library)."""
@@ -195,3 +198,130 @@ class HFBackend(Backend):
 
     def close(self) -> None:
         self.model = self.cache = None
+
+
+def tensor_bytes(t) -> int:
+    """Returns the bytes a tensor holds, looking inside tensor subclasses (torchao's quantized
+    weights wrap int8/int4 data and scales that have no storage of their own on the wrapper)."""
+    if hasattr(t, "__tensor_flatten__") and type(t).__name__ not in ("Parameter", "Tensor"):
+        names, _ = t.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(t, n)) for n in names if getattr(t, n) is not None)
+    return t.untyped_storage().nbytes()
+
+
+def files_bytes(path, patterns=("*.safetensors", "*.bin", "*.pt")) -> int:
+    """Returns the bytes of the weight files in an artifact directory (not its tokenizer/config)."""
+    from pathlib import Path
+
+    return sum(p.stat().st_size for pat in patterns for p in Path(path).glob(pat))
+
+
+class SavedQuantBackend(HFBackend):
+    """A transformers quantization config applied once to the checkpoint, the quantized model
+    saved to the cache (as GPTQ/AWQ are) and loaded from there. Subclasses name the library and
+    the config and say how many Linear layers really were quantized."""
+
+    library = ""  # import name, also the pip name in the skip reason
+    install = ""  # the command that installs it
+
+    def dtype(self):
+        raise NotImplementedError
+
+    def probe_dtype(self) -> str:
+        return SHORT[str(self.dtype()).removeprefix("torch.")]
+
+    def quant_config(self):
+        """Returns the transformers quantization config of ctx.format."""
+        raise NotImplementedError
+
+    def quantized_layers(self, model) -> list[str]:
+        """Returns the names of the Linear layers the library replaced or quantized."""
+        raise NotImplementedError
+
+    def _version(self) -> str:
+        import importlib.metadata
+        import importlib.util
+
+        if importlib.util.find_spec(self.library) is None:
+            raise Skip(f"{self.library} not installed; {self.install}")
+        return importlib.metadata.version(self.library)
+
+    def _target(self):
+        import transformers
+
+        from quantbench import cache
+
+        fmt = self.ctx.format
+        key = cache.content_key(self.ctx.model_digest, fmt.backend, fmt.param, fmt.group_size,
+                                f"{self.library} {self._version()}", f"transformers {transformers.__version__}")
+        return cache.entry("quant", key)
+
+    def build(self) -> None:
+        from quantbench import cache
+        from quantbench.backends import say
+
+        fmt, final = self.ctx.format, self._target()
+        if fmt.group_size:
+            self.info["group_size"] = fmt.group_size
+        self.info["artifact"] = str(final)
+        if cache.verified(final):
+            self.info["build_s"] = 0.0
+        else:
+            say(f"[quantbench] {fmt.name}: quantizing {self.ctx.model_name} with {self.library} "
+                f"{self._version()} ...")
+            t0 = time.perf_counter()
+            with cache.atomic_dir(final) as tmp:
+                self._quantize(tmp)
+            self.info["build_s"] = time.perf_counter() - t0
+            say(f"[quantbench] {fmt.name} built in {self.info['build_s']:.1f} s -> {final}")
+        self.info["artifact_bytes"] = files_bytes(final)
+
+    def _quantize(self, out) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self._torch().set_num_threads(self.ctx.threads)
+        model = AutoModelForCausalLM.from_pretrained(self.ctx.model_dir, dtype=self.dtype(),
+                                                     device_map=self.ctx.device,
+                                                     quantization_config=self.quant_config())
+        self._check(model, self.ctx.model_dir)
+        self.save(model, out)
+        AutoTokenizer.from_pretrained(self.ctx.model_dir).save_pretrained(str(out))
+
+    def save(self, model, out) -> None:
+        """Writes the quantized model into the cache entry `out` (subclasses may change how)."""
+        model.save_pretrained(str(out))
+
+    def _check(self, model, where: str) -> None:
+        """Raises unless every decoder Linear was quantized (a library may skip a layer whose width
+        its group size does not divide, and say so only at INFO level)."""
+        import torch
+
+        done = set(self.quantized_layers(model))
+        missed = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+                  and ".layers." in f".{n}" and n not in done]
+        if not done or missed:
+            raise RuntimeError(f"{self.ctx.format.name}: {self.library} left {len(missed)} decoder "
+                               f"Linear layers unquantized in {where} ({len(done)} quantized; e.g. "
+                               f"{missed[:2]}); group size {self.ctx.format.group_size or 'default'} "
+                               "must divide their in_features")
+        self.info["quantized_layers"] = len(done)
+
+    def load_model(self):
+        from transformers import AutoModelForCausalLM
+
+        path = self.info["artifact"]  # set by build()
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype(), device_map=self.ctx.device)
+        self._check(model, path)
+        self._torch().set_num_threads(self.ctx.threads)
+        return model
+
+    def weights_bytes(self) -> int:
+        """Returns bytes of unique parameters and buffers, inside tensor subclasses too."""
+        seen, total = set(), 0
+        for t in [*self.model.parameters(), *self.model.buffers()]:
+            key = id(t) if hasattr(t, "__tensor_flatten__") and type(t).__name__ != "Parameter" \
+                else t.untyped_storage().data_ptr()
+            if key not in seen:
+                seen.add(key)
+                total += tensor_bytes(t)
+        return total

@@ -1,0 +1,110 @@
+"""torchao backend: int8 weight-only, int8 dynamic-activation + int8 weight (W8A8) and int4
+weight-only, through transformers' `TorchAoConfig`, quantized once and cached.
+
+CPU kernels (torchao 0.18 on torch 2.13): W8A8 runs `torch._int_mm` on int8 activations quantized
+per token on every call; int4 runs `aten._weight_int4pack_mm_for_cpu` on the CPU packing
+(`Int4OpaqueTensor`, torchao's prototype int4 config; bf16 activations); int8 weight-only has no
+fused kernel in eager mode and dequantizes the weight on every call before a dense matmul. The
+record's kernel says which of these the profiler saw.
+"""
+from __future__ import annotations
+
+from quantbench.backends.hf import SavedQuantBackend
+
+# ctx.format.param -> (model dtype, torch dtype of activations). int4's CPU kernel takes bf16 only.
+DTYPE = {"int8wo": "float32", "w8a8": "float32", "int4wo": "bfloat16"}
+# Profiler ops that do the quantized matmul, and what they mean for the record.
+FUSED_OPS = {"aten::_int_mm": "int8 x int8 GEMM (torch._int_mm)",
+             "aten::_weight_int4pack_mm_for_cpu": "fused int4 GEMM (_weight_int4pack_mm_for_cpu)",
+             "aten::_weight_int4pack_mm": "fused int4 GEMM (tinygemm)"}
+
+
+class TorchAOBackend(SavedQuantBackend):
+    library = "torchao"
+    install = "pip install 'torchao>=0.18' (nox installs it with the GPTQ requirements)"
+
+    def dtype(self):
+        return getattr(self._torch(), DTYPE[self.ctx.format.param])
+
+    def quant_config(self):
+        from torchao.quantization import (
+            Int4WeightOnlyConfig,
+            Int8DynamicActivationInt8WeightConfig,
+            Int8WeightOnlyConfig,
+        )
+        from transformers import TorchAoConfig
+
+        param, group = self.ctx.format.param, self.ctx.format.group_size
+        if param == "int8wo":
+            cfg = Int8WeightOnlyConfig()
+        elif param == "w8a8":
+            cfg = Int8DynamicActivationInt8WeightConfig()
+        elif self.ctx.device.startswith("cuda"):
+            cfg = Int4WeightOnlyConfig(group_size=group, int4_packing_format="tile_packed_to_4d")
+        else:  # the CPU layout (Int4OpaqueTensor) lives in the prototype namespace in 0.18
+            from torchao.prototype.quantization.int4.inference_workflow import PrototypeInt4WeightOnlyConfig
+
+            cfg = PrototypeInt4WeightOnlyConfig(group_size=group)
+        return TorchAoConfig(quant_type=cfg)
+
+    def quantized_layers(self, model) -> list[str]:
+        import torch
+
+        return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+                and type(m.weight).__name__ not in ("Parameter", "Tensor")]
+
+    def kernel_name(self, kernel: str, detail: dict) -> str:
+        """Returns `torchao:<op>` for a fused quantized matmul the profiler saw, else
+        `torchao:dequantized per call (<dense kernel>)`."""
+        ops = [o["op"] for o in detail["top_ops"]]
+        fused = next((op for op in FUSED_OPS if op in ops), None)
+        detail["weight_type"] = sorted({type(m.weight).__name__ for m in self.model.modules()
+                                        if hasattr(m, "weight") and type(m.weight).__name__ not in
+                                        ("Parameter", "Tensor")})
+        if fused:
+            detail["execution"] = FUSED_OPS[fused]
+            return f"torchao:{fused.removeprefix('aten::')}"
+        detail["execution"] = "dequantized per call"
+        return f"torchao:dequantized per call ({kernel})"
+
+    # torchao 0.18 cannot write its CPU int4 layout (Int4OpaqueTensor) to safetensors, so that one
+    # artifact is the pickled state dict (torch.save) beside config.json, loaded into a skeleton
+    # made on the meta device: no fp32 weights are read or quantized again.
+    PICKLED = "model-state.pt"
+
+    def _pickled(self) -> bool:
+        return self.ctx.format.param == "int4wo" and not self.ctx.device.startswith("cuda")
+
+    def save(self, model, out) -> None:
+        if not self._pickled():
+            return super().save(model, out)
+        torch = self._torch()
+        model.config.save_pretrained(str(out))
+        torch.save(model.state_dict(), out / self.PICKLED)
+
+    def load_model(self):
+        if not self._pickled():
+            return super().load_model()
+        from pathlib import Path
+
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        torch, path = self._torch(), self.info["artifact"]
+        config = AutoConfig.from_pretrained(path)
+        config.quantization_config = None
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=self.dtype())
+        state = torch.load(Path(path, self.PICKLED), weights_only=False, map_location=self.ctx.device)
+        model.load_state_dict(state, assign=True, strict=False)
+        model.tie_weights()
+        # Non-persistent buffers (rotary inv_freq) are not in a state dict: remake their modules.
+        for name, m in list(model.named_modules()):
+            if any(b.is_meta for b in m.buffers(recurse=False)):
+                parent, _, attr = name.rpartition(".")
+                with torch.device(self.ctx.device):
+                    setattr(model.get_submodule(parent), attr, type(m)(config=model.config))
+        if missing := [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]:
+            raise RuntimeError(f"{path}: {self.PICKLED} lacks {missing[:3]}")
+        self._check(model, path)
+        torch.set_num_threads(self.ctx.threads)
+        return model

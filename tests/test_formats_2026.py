@@ -1,0 +1,126 @@
+"""torchao, HQQ and GGUF MXFP4 on the tiny model: build (cold cache) -> load -> forward -> ppl, the
+kernel each names, and predicted weight bytes against the artifact on disk."""
+import math
+
+import numpy as np
+import pytest
+
+from quantbench import arith, corpus
+from quantbench.backends import Context, Skip, get_backend_class
+from quantbench.formats import get_format
+from quantbench.measure import score_windows
+from quantbench.shapes import shape_from_config
+from quantbench.suite import Suite
+
+pytestmark = pytest.mark.slow
+
+SUITE = Suite(name="f2026-test", n_ctx=128, ppl_windows=3)
+# Tiny = SmolLM2-135M cut to 2 layers: 7,077,888 decoder Linear weights (see test_gptq.py),
+# 10,368 output rows; embeddings (tied) 49152 x 576.
+LINEAR_PARAMS = 7_077_888
+ROWS = 10_368
+EMBED = 49152 * 576
+
+
+@pytest.fixture(scope="module")
+def tokens_path(tiny, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tokens") / "ids.npy"
+    np.save(path, corpus.token_ids(tiny.dir, tiny.digest, SUITE.corpus))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def windows(tiny, tokens_path):
+    return corpus.windows(np.load(tokens_path), SUITE.n_ctx, SUITE.ppl_windows, corpus.bos_first(tiny.dir))
+
+
+@pytest.fixture(scope="module")
+def fresh_cache(tiny, tokens_path, tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("QUANTBENCH_CACHE", str(tmp_path_factory.mktemp("qb-cache")))
+        yield
+
+
+def backend(tiny, tokens_path, fmt: str):
+    f = get_format(fmt)
+    ctx = Context(tiny.name, tiny.dir, tiny.digest, f, "cpu", SUITE.thread_count(), SUITE, tokens_path,
+                  SUITE.n_ctx * SUITE.ppl_windows, corpus_key=SUITE.corpus)
+    return get_backend_class(f.backend)(ctx)
+
+
+@pytest.fixture(scope="module")
+def fp32_ppl(tiny, tokens_path, windows):
+    b = backend(tiny, tokens_path, "fp32")
+    b.load()
+    out = score_windows(b, windows, budget_s=1e9)
+    b.close()
+    return out["ppl"]
+
+
+# format -> (kernel, execution, ppl band against fp32, exact quantized-linear bytes)
+CASES = {
+    "torchao-int8wo": ("torchao:dequantized per call", "dequantized per call", 1.02,
+                       LINEAR_PARAMS + 4 * ROWS),
+    "torchao-w8a8": ("torchao:_int_mm", "int8 x int8 GEMM (torch._int_mm)", 1.02, LINEAR_PARAMS + 4 * ROWS),
+    "torchao-int4wo": ("torchao:_weight_int4pack_mm_for_cpu", "fused int4 GEMM (_weight_int4pack_mm_for_cpu)",
+                       1.35, LINEAR_PARAMS // 2 + 2 * 2 * LINEAR_PARAMS // 64),
+    "hqq-4b": ("hqq:PYTORCH dequantized per call", "dequantized per call", 1.35,
+               LINEAR_PARAMS // 2 + 2 * 2 * LINEAR_PARAMS // 64),
+}
+
+
+@pytest.fixture(scope="module")
+def built(tiny, tokens_path, fresh_cache):
+    out = {}
+    for fmt in CASES:
+        b = backend(tiny, tokens_path, fmt)
+        try:
+            b.build()
+        except Skip as e:
+            pytest.skip(str(e))
+        b.load()
+        out[fmt] = b
+    yield out
+    for b in out.values():
+        b.close()
+
+
+@pytest.mark.parametrize("fmt", list(CASES))
+def test_build_load_forward_ppl(built, fp32_ppl, windows, fmt):
+    b = built[fmt]
+    kernel, execution, band, _ = CASES[fmt]
+    assert b.info["kernel"].startswith(kernel) and b.info["kernel_detail"]["execution"] == execution
+    assert b.info["quantized_layers"] == 14  # 7 projections x 2 layers: none skipped
+    assert b.info.get("group_size", 0) == get_format(fmt).group_size  # 64 for int4/hqq; int8: per row
+    assert b.info["build_s"] > 0
+    ppl = score_windows(b, windows, budget_s=1e9)["ppl"]
+    # tiny's ppl is huge (2 layers) and moves both ways under quantization: only the upper band
+    assert math.isfinite(ppl) and ppl <= fp32_ppl * band, (ppl, fp32_ppl)
+
+
+@pytest.mark.parametrize("fmt", list(CASES))
+def test_predicted_bytes_match_the_artifact(tiny, built, fmt):
+    b, quantized = built[fmt], CASES[fmt][3]
+    f = get_format(fmt)
+    # The quantized linears hold exactly what their layout says (scale per row, or scale+zero per 64).
+    assert math.isclose(8 * quantized / LINEAR_PARAMS, f.bits_per_weight, rel_tol=0.01)
+    predicted = arith.weights_bytes(shape_from_config(tiny.dir), f.bits_per_weight, f.bits_unquantized)
+    assert abs(predicted / b.info["artifact_bytes"] - 1) < 0.02, (predicted, b.info["artifact_bytes"])
+    assert abs(predicted / b.weights_bytes() - 1) < 0.02, (predicted, b.weights_bytes())
+
+
+def test_second_build_is_a_cache_hit(tiny, tokens_path, built):
+    for fmt in CASES:
+        b = backend(tiny, tokens_path, fmt)
+        b.build()
+        assert (b.info["build_s"], b.info["artifact"]) == (0.0, built[fmt].info["artifact"])
+
+
+def test_group_size_that_skips_layers_fails_loudly(tiny, tokens_path, fresh_cache):
+    import dataclasses
+
+    b = backend(tiny, tokens_path, "torchao-int4wo")
+    b.ctx = dataclasses.replace(b.ctx, format=dataclasses.replace(b.ctx.format, group_size=128))
+    # 576-wide inputs are not divisible by 128: only the two down_proj (1536 wide) get quantized
+    with pytest.raises(RuntimeError, match=r"left 12 decoder Linear layers unquantized .* \(2 quantized"):
+        b.build()
