@@ -36,7 +36,7 @@ class BnbBackend(HFBackend):
         AVX512 and its fused NF4 one only with AVX512_BF16, asking ATen) or `bnb:cuda-<class>`."""
         if self.ctx.device.startswith("cuda"):
             return "bnb:cuda-" + kernel.removeprefix("torch:cuda-")
-        return f"bnb:cpu-{detail['cpu_capability'].lower()}"
+        return f"bnb:cpu-{detail.get('cpu_capability', 'unknown').lower()}"
 
     def weights_bytes(self) -> int:
         """Returns storage bytes plus 4-bit quant-state absmax tensors, which are not parameters."""

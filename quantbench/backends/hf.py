@@ -67,7 +67,12 @@ class HFBackend(Backend):
         """Sets info kernel and kernel_detail from what the engine ran (backends.kernels)."""
         from quantbench.backends import kernels
 
-        kernel, detail = kernels.probe(self._probe_step, self.ctx.device, self.probe_dtype())
+        try:
+            kernel, detail = kernels.probe(self._probe_step, self.ctx.device, self.probe_dtype())
+        except Exception as e:  # a profiler that cannot attach (CUPTI busy, a sandbox) fails no variant
+            self.info["kernel"] = f"torch:{self.probe_dtype()}"
+            self.info["kernel_detail"] = {"probe_error": f"{type(e).__name__}: {e}"[:200]}
+            return
         self.info["kernel"], self.info["kernel_detail"] = self.kernel_name(kernel, detail), detail
 
     def probe_dtype(self) -> str:
