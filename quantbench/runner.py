@@ -367,7 +367,7 @@ def _run_variants(r: _Run, after_variant) -> None:
                 continue
             job = _job(r, device, fmt_name, todo, ref_fmt, threads)
             tag = f"{fmt_name}-{device}" + (f"-t{threads}" if sweep else "")
-            ended = _measure(r, job, tag)
+            ended = _measure(r, job, tag, rec_base)
             if ended.engine_fault and r.suite.kernel_fallback and not fmt.kernel_path \
                     and fmt.backend in SAFER_PATH:
                 twin = f"{fmt_name}{PATH_SUFFIX}{SAFER_PATH[fmt.backend]}"
@@ -378,21 +378,29 @@ def _run_variants(r: _Run, after_variant) -> None:
                     ref_fmt = references[device] = twin
                 why = f"{fmt_name} {ended.reason} on {crash.get('kernel') or 'its default path'}"
                 job = dataclasses.replace(_job(r, device, twin, todo, ref_fmt, threads), kernel_fallback=why)
-                ended = _measure(r, job, tag.replace(fmt_name, twin, 1))
+                ended = _measure(r, job, tag.replace(fmt_name, twin, 1), {**rec_base, "format": twin})
                 _collect(job, r.out, {**rec_base, "format": twin}, ended.reason)
             else:
                 _collect(job, r.out, rec_base, ended.reason)
             after_variant()
 
 
-def _measure(r: _Run, job: Job, tag: str) -> Ended:
+INTERRUPTED = "run interrupted (Ctrl-C or SIGTERM) before this workload was measured"
+
+
+def _measure(r: _Run, job: Job, tag: str, rec_base: dict) -> Ended:
     """Returns how the worker ended after measuring `job` (a second process when the first built
-    the artifact)."""
+    the artifact). Interrupted, it first keeps the records the worker wrote (a time-boxed run keeps
+    the workloads it finished; --resume measures the rest)."""
     job_path = r.tmp / f"{tag}.json"
     job_path.write_text(job.to_json())
-    ended = _spawn(job_path, job)
-    if ended.rc == RESPAWN:  # it built the artifact; measure in a fresh process
+    try:
         ended = _spawn(job_path, job)
+        if ended.rc == RESPAWN:  # it built the artifact; measure in a fresh process
+            ended = _spawn(job_path, job)
+    except KeyboardInterrupt:
+        _collect(job, r.out, rec_base, INTERRUPTED)
+        raise
     return ended
 
 

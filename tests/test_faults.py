@@ -334,6 +334,13 @@ def test_ctrl_c_prints_one_message_not_a_traceback(tmp_path, tiny):
     assert proc.returncode == 130 and "records written so far are kept" in err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert _gone(workers)
+    # the variant in flight keeps what it measured; the rest say they were interrupted (--resume)
+    from quantbench.runner import INTERRUPTED
+
+    recs = records.read(tmp_path / "r.jsonl")
+    assert recs and {r["format"] for r in recs} == {"dummy"}
+    assert all(r["status"] == "ok" or r["reason"] == INTERRUPTED for r in recs)
+    assert any(r["reason"] == INTERRUPTED for r in recs)
 
 
 # 18: an unknown format under [artifacts] names the file and the key; hf formats take no artifact

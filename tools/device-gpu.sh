@@ -66,9 +66,9 @@ step() {
 # energy), fp16 eager vs compiled decode on a 1B shape (speed of light), the depth x batch sweep
 # the step-time model is fitted and judged on, then the GPU tests with what is left.
 step embedded "${QB_CAP_EMBEDDED:-270}" results/gpu/embedded-smollm2-135m.jsonl --suite suites/gpu-quick.toml $KERNELS
-step shape-fp16 "${QB_CAP_COMPILED:-150}" results/gpu/shape-llama-3.2-1b.jsonl --suite suites/gpu-compiled.toml \
+step shape-fp16 "${QB_CAP_COMPILED:-140}" results/gpu/shape-llama-3.2-1b.jsonl --suite suites/gpu-compiled.toml \
   --formats fp16,fp16+compiled --set decode_batches=[8]
-step sweep "${QB_CAP_SWEEP:-120}" results/gpu/sweep-llama-3.2-1b.jsonl --suite suites/gpu-sweep.toml
+step sweep "${QB_CAP_SWEEP:-110}" results/gpu/sweep-llama-3.2-1b.jsonl --suite suites/gpu-sweep.toml
 if [ "$(left)" -gt 90 ] && [ "$DEVICE" != cpu ]; then
   log "gpu tests"
   timeout -s INT "$(( $(left) - 40 ))" python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py \
