@@ -87,7 +87,7 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
        "net of the idle draw (NVML total-energy counter)"),
     _f("decode_energy_gross_j_per_tok", "float", "J", "the same before the idle draw is taken off"),
     _f("decode_power_w", "float", "W", "mean board power over the timed decode steps"),
-    _f("gpu_idle_w", "float", "W", "the card's idle draw, sampled for 1 s after load"),
+    _f("gpu_idle_w", "float", "W", "the card's idle draw, sampled for 1 s by the runner before any variant ran"),
     _f("energy_source", "str", "", "the counter energy was read from"),
     _f("energy_reason", "str", "", "why a GPU record has no energy figures"),
     _f("crash_signal", "str", "", "signal that killed the worker inside the engine (SIGSEGV, ...)"),

@@ -138,6 +138,17 @@ def _peaks(device: str, threads: int) -> dict | None:
     return dataclasses.asdict(hardware.local_peaks(device, threads=threads))
 
 
+def _idle_draw(devices) -> float | None:
+    """Returns the first CUDA device's idle board power (W), sampled before any variant runs, so
+    that energy per token is net of what the card draws doing nothing (None: no CUDA, no NVML)."""
+    cuda = [d for d in devices if d.startswith("cuda")]
+    if not cuda:
+        return None
+    from quantbench.measure import EnergyMeter
+
+    return EnergyMeter(cuda[0]).measure_idle()
+
+
 def _spec(device: str, env: dict) -> dict | None:
     """Returns the spec-sheet peaks of the GPU a CUDA device names (None on CPU or unknown)."""
     if not device.startswith("cuda") or not env.get("gpu"):
@@ -271,6 +282,8 @@ def _run_model(suite: Suite, model, out: Output, done: set, env: dict, run_id: s
             "suite": whole.name, "suite_hash": whole.suite_hash, "corpus": suite.corpus,
             "model_note": model.note, "env": env}
     peaks = {(d, t): _peaks(d, suite.thread_count(t)) for d in suite.devices for t in suite.thread_list}
+    if (idle := _idle_draw(suite.devices)) is not None:
+        base["gpu_idle_w"] = idle
     tmp = Path(tempfile.mkdtemp(prefix="quantbench-"))
     try:
         data_path = tmp / "data.npz"
@@ -381,7 +394,8 @@ def _run_variants(r: _Run, after_variant) -> None:
                 ended = _measure(r, job, tag.replace(fmt_name, twin, 1), {**rec_base, "format": twin})
                 _collect(job, r.out, {**rec_base, "format": twin}, ended.reason)
             else:
-                _collect(job, r.out, rec_base, ended.reason)
+                _collect(job, r.out, rec_base, ended.reason,
+                         _crash_details(job, ended) if ended.engine_fault else None)
             after_variant()
 
 

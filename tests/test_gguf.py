@@ -98,7 +98,10 @@ def test_logits_prefill_decode_and_kv(built, windows):
         assert b.kv_cache_bytes() == 2 * 2 * 3 * 64 * 65 * 2 == 99_840
         assert b.kv_cache_bytes(allocated=True) == 2 * 2 * 3 * 64 * 256 * 2 == 393_216
         assert b.weights_bytes() < 0.6 * built["gguf-f16"].weights_bytes()
-        assert b.info["kernel"] == "llama.cpp Q8_0 (CPU)"
+        # named from llama.cpp's buffer log: plain CPU buffers, or repacked ones where it repacks Q8_0
+        assert b.info["kernel"] in ("llama.cpp:CPU", "llama.cpp:CPU_REPACK", "llama.cpp:AMX")
+        assert b.info["kernel_detail"]["buffers_bytes"], b.info["kernel_detail"]
+        assert b.info["kernel_detail"]["weight_types"].startswith("Q8_0")
     finally:
         b.close()
 

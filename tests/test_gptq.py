@@ -134,7 +134,8 @@ def test_suite_picks_the_kernel(tiny, tokens_path, built, fmt, kernel, qlinear):
     b = GPTQBackend(dataclasses.replace(c, suite=SUITE.with_overrides(**{key: kernel})))
     b.build()
     b.load()
-    assert b.info["kernel"] == qlinear and b.info["kernel"] != built[fmt].info["kernel"]
+    assert b.info["kernel"] == f"gptqmodel:{qlinear}" and b.info["kernel"] != built[fmt].info["kernel"]
+    assert b.info["kernel_detail"]["quant_linear"] == qlinear
     b.close()
     with pytest.raises(UserError, match="unknown GPTQModel kernel 'gptq_tritn'; use auto or one of"):
         kernel_backend("gptq_tritn")

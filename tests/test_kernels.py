@@ -281,3 +281,19 @@ def test_energy_skipped_names_why(monkeypatch):
     assert meter.read() is None and meter.measure_idle() is None
     assert measure.energy_fields("decode", 1.0, 1.0, 10, meter) == {
         "energy_reason": "NVML energy counter unavailable: RuntimeError: Not Supported"}
+
+
+def test_restamp_writes_late_kernel_fields(tmp_path):
+    from quantbench import records
+    from quantbench.worker import restamp
+
+    part = tmp_path / "v.jsonl"
+    base = {"schema_version": records.SCHEMA_VERSION, "model": "m", "format": "bf16", "device": "cuda",
+            "status": "ok", "kernel": "torch:cuda-bf16"}
+    records.append(part, [{**base, "workload": w} for w in ("load", "tg8")])
+    late = {"kernel": "torch:cuda-cublas", "kernel_detail": {"cuda_kernels": [{"name": "nvjet", "pct": 90.0}]}}
+    restamp(part, late)
+    got = records.read(part)
+    assert [r["workload"] for r in got] == ["load", "tg8"]
+    assert all(r["kernel"] == "torch:cuda-cublas" and r["kernel_detail"] == late["kernel_detail"] for r in got)
+    assert not list(tmp_path.glob("*.restamp"))

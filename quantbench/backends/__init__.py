@@ -134,6 +134,12 @@ class Backend:
         wall time minus this."""
         return None
 
+    def probe_kernels(self) -> bool:
+        """Names the kernels that ran where naming them would disturb the timing (a CUDA profile
+        leaves CUPTI attached), after the timed regions; returns True when it changed the kernel
+        fields, which the worker then writes into the variant's records."""
+        return False
+
     def close(self) -> None:
         """Frees what load() took."""
 

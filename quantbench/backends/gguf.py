@@ -371,8 +371,13 @@ class GGUFBackend(Backend):
                                          "head_dim x cells in use x bytes per element of kv_type")
         if self.kv_logged:  # llama.cpp's own account, beside the arithmetic's per-token figure
             self.info["kv_cache_bytes_per_token"] = self.kv_logged[0] / self.kv_logged[1]
-        if cuda:
-            self._probe_cuda()
+
+    def probe_kernels(self) -> bool:
+        """On CUDA, adds the kernels CUPTI saw (after the timed regions: see Backend.probe_kernels)."""
+        if not self.ctx.device.startswith("cuda"):
+            return False
+        self._probe_cuda()
+        return True
 
     def _probe_cuda(self) -> None:
         """Adds the CUDA kernels an 8-token prefill and a decode step launched (CUPTI sees
