@@ -263,11 +263,19 @@ def schema_markdown() -> str:
 
 @functools.cache
 def git_commit() -> str:
-    """Returns the short git commit of the quantbench checkout, or '' outside git."""
+    """Returns the short git commit of the quantbench checkout, `+dirty` when tracked files differ
+    from it ('' outside git); QUANTBENCH_GIT_COMMIT overrides it (a copied tree whose .git is not
+    the one it came from, as on a lent device machine)."""
+    if env := os.environ.get("QUANTBENCH_GIT_COMMIT"):
+        return env
     try:
+        here = Path(__file__).parent
         out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                             text=True, cwd=Path(__file__).parent, timeout=5)
-        return out.stdout.strip()
+                             text=True, cwd=here, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, cwd=here, timeout=5)
+        commit = out.stdout.strip()
+        return commit + ("+dirty" if commit and dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return ""
 

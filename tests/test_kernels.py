@@ -85,6 +85,11 @@ CUDA_NAMES = {
     "void mul_mat_q<(ggml_type)2, 64, false>(char const*, int const*, ...)": "llama.cpp-mmq",
     "void flash_attn_ext_f16<64, 64, 8, 2, false>(char const*, ...)": "llama.cpp-fattn",
     "void kgemm_4bit_inference_naive<__nv_bfloat16, 128, 16>(int, int, int, ...)": "bnb",
+    # seen on the H200 (results/gpu/): bnb's NF4 GEMM, its int8 row quantizer, llama.cpp's F16 matmul
+    "void gemm_4bit_simt<__nv_bfloat16, 8>(__nv_bfloat16 const*, unsigned char const*, float const*)": "bnb",
+    "void kInt8VectorQuant<__half, 1024, 0>(__half*, signed char*, float*, float, int, int)": "bnb",
+    "void mul_mat_f<__half2, 32, 8, 5, false>(__half2 const*, float const*, int const*, float*)": "llama.cpp-mmf",
+    "nvjet_sm90_hsh_8x64_64x16_4x1_v_bz_TNN": "cublas",
     "triton_poi_fused_add_mul_0": "triton",
     "void at::native::elementwise_kernel<128, 2, ...>": "other",
     "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128>>": "flash-attention",

@@ -48,3 +48,19 @@ def test_environment_block():
               "git_commit"):
         assert k in env
     assert env["cpu_physical_cores"] >= 1 and env["ram_bytes"] > 1 << 30
+
+
+def test_git_commit_names_a_copied_tree(monkeypatch):
+    from quantbench import records
+
+    records.git_commit.cache_clear()
+    monkeypatch.setenv("QUANTBENCH_GIT_COMMIT", "93d8332abcde")
+    try:
+        assert records.git_commit() == "93d8332abcde"
+    finally:
+        records.git_commit.cache_clear()
+    monkeypatch.delenv("QUANTBENCH_GIT_COMMIT")
+    got = records.git_commit()
+    records.git_commit.cache_clear()
+    # a checkout: 12 hex digits, +dirty when tracked files differ from HEAD
+    assert got == "" or len(got.split("+")[0]) == 12 and got.split("+")[1:] in ([], ["dirty"])

@@ -34,6 +34,7 @@ fi
 NV_LIBS=$(python3 -c "import glob, site; print(':'.join(sorted({p for s in site.getsitepackages() for p in glob.glob(s + '/nvidia/*/lib') + glob.glob(s + '/nvidia/*/*/lib')})))")
 export LD_LIBRARY_PATH=${NV_LIBS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_WAIT_POLICY=passive
+# the commit the tree came from (the device copy's .git may be stale): pass QUANTBENCH_GIT_COMMIT
 export QUANTBENCH_VARIANT_TIMEOUT_S=${QUANTBENCH_VARIANT_TIMEOUT_S:-300}
 # GPTQModel's auto choice on an H100 is Machete, whose JIT build downloads CUTLASS: offline it
 # fails. Triton kernels need no build (Marlin would: ~2 min). Its GPTQ-CUDA helper is optional.

@@ -23,8 +23,9 @@ from pathlib import Path
 KERNEL_CLASSES: tuple[tuple[str, str], ...] = (
     (r"marlin", "marlin"), (r"machete", "machete"), (r"exllama", "exllama"),
     (r"mul_mat_vec_q|mmvq", "llama.cpp-mmvq"), (r"mul_mat_q|mmq", "llama.cpp-mmq"),
-    (r"mul_mat_vec|mmv", "llama.cpp-mmv"), (r"flash_attn_ext", "llama.cpp-fattn"),
-    (r"kgemm_4bit|gemv_4bit|kdequantize|kInt8|int8_linear|igemmlt|bitsandbytes", "bnb"),
+    (r"mul_mat_vec|mmv", "llama.cpp-mmv"), (r"mul_mat_f\b|mul_mat_f<|mmf", "llama.cpp-mmf"),
+    (r"flash_attn_ext", "llama.cpp-fattn"),
+    (r"gemm_4bit|gemv_4bit|kdequantize|kint8|int8_linear|igemmlt|bitsandbytes", "bnb"),
     (r"flash|fmha|sdpa", "flash-attention"), (r"^triton_|_kernel$", "triton"),
     (r"sm90_xmma|xmma|cutlass|cublas|gemm|gemv|nvjet", "cublas"),
 )
