@@ -124,3 +124,20 @@ def test_group_size_that_skips_layers_fails_loudly(tiny, tokens_path, fresh_cach
     # 576-wide inputs are not divisible by 128: only the two down_proj (1536 wide) get quantized
     with pytest.raises(RuntimeError, match=r"left 12 decoder Linear layers unquantized .* \(2 quantized"):
         b.build()
+
+
+def test_mxfp4_gguf_is_mxfp4_throughout(tiny, tokens_path, fp32_ppl, windows, fresh_cache):
+    """llama.cpp's MXFP4_MOE with pure = true on a dense model: every 2-D tensor MXFP4 (17 bytes per
+    32 weights = 4.25 bits), the norms F32; measured on tiny: 15 MXFP4 + 5 F32 tensors."""
+    pytest.importorskip("llama_cpp")
+    b = backend(tiny, tokens_path, "gguf-mxfp4")
+    b.build()
+    assert b.info["gguf_type_mix"] == {"MXFP4": 15, "F32": 5}  # 2 layers x 7 + tied embeddings
+    assert b.info["bits_per_weight"] == pytest.approx(17 * 8 / 32, abs=0.01)  # F32 norms: 2881 of 35M
+    b.load()
+    try:
+        assert b.info["kernel"].startswith("llama.cpp:")
+        ppl = score_windows(b, windows, budget_s=1e9)["ppl"]
+        assert math.isfinite(ppl) and ppl <= fp32_ppl * 1.35, (ppl, fp32_ppl)  # the 4-bit band
+    finally:
+        b.close()
