@@ -434,7 +434,7 @@ def _crash_details(job: Job, ended: Ended) -> dict:
     loaded = json.loads(side.read_text()) if side.exists() else {}
     log = Path(job.partial + ".engine.log")
     tail = log.read_text(errors="replace").splitlines()[-ENGINE_LOG_TAIL:] if log.exists() else []
-    out = {"crash_signal": signal.Signals(-ended.rc).name, "engine_log_tail": tail,
+    out = {"backend": fmt.backend, "crash_signal": signal.Signals(-ended.rc).name, "engine_log_tail": tail,
            "kernel": loaded.get("kernel", ""), "kernel_detail": loaded.get("kernel_detail") or {}}
     if known := KNOWN_CRASHES.get((fmt.backend, out["kernel"])):
         out["crash_upstream"] = known

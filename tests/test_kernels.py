@@ -193,6 +193,14 @@ def test_engine_crash_falls_back_and_keeps_both(tmp_path, monkeypatch, capfd):
     q8 = next(r for r in by["gguf-q8_0+path-norepack"] if r["workload"].startswith("ppl"))
     assert q8["kld_reference"] == "gguf-f16+path-norepack" and q8["kld_mean"] > 0
     assert console.count("Retrying once as") == 2
+    # compare against a run where the default path worked: a fallback is a note, not a regression
+    from quantbench.compare import compare
+
+    base = [{**r, "format": r["format"].replace("+path-norepack", ""), "status": "ok",
+             "crash_signal": None} for r in recs if "+path-" in r["format"]]
+    res = compare(base, recs)
+    assert not res.regressions, res.regressions
+    assert sum("measured as gguf-q8_0+path-norepack instead" in n for n in res.notes) == len(workloads)
     assert "[gguf-q8_0/cpu] worker killed by SIGSEGV in llama.cpp:" in console
     from quantbench import records, report
 
@@ -206,6 +214,10 @@ def test_kernel_fallback_off_keeps_the_failure(tmp_path, monkeypatch, capfd):
     assert {r["format"] for r in recs} == {"gguf-q4_0"}
     assert recs and all(r["status"] == "failed" and r["crash_signal"] == "SIGSEGV" for r in recs)
     assert "Retrying" not in console
+    from quantbench.compare import compare  # with no fallback measured, compare calls it
+
+    res = compare([{**r, "status": "ok", "crash_signal": None} for r in recs], recs)
+    assert len(res.regressions) == len(recs) and "ok in base, failed in new" in res.regressions[0]
 
 
 @pytest.mark.slow
