@@ -32,10 +32,31 @@ class BackendEnv:
     requirements: tuple[str, ...]  # pip arguments, installed in one `pip install`
     why: str  # why it cannot live in the main environment; what installing it costs
     overlay: bool = True  # see the main environment's packages beneath its own
+    # Installed after, with --no-deps: a package whose declared requirements would break the env
+    # (optimum-intel requires torchvision, whose PyPI wheel is built for CUDA torch and fails to
+    # register its ops on our CPU torch); `requirements` then lists what it really needs.
+    no_deps: tuple[str, ...] = ()
 
 
-# Stage (b) of issue 25 adds openvino (optimum-intel) and compressed-tensors (llmcompressor) here.
-ENVS: dict[str, BackendEnv] = {}
+# Exact pins, resolved against the main environment beneath (torch 2.13.0+cpu): `torch==2.13.0`
+# is listed so that pip keeps that CPU build rather than pulling a CUDA torch for a dependent
+# (torchvision 0.29 would bring torch 2.14 and 3 GB of CUDA wheels). Install costs: measured on
+# this machine (2 cores), pip's download cache warm: docs/formats.md "Backend environments".
+ENVS: dict[str, BackendEnv] = {e.name: e for e in [
+    # optimum-intel 2.2 pins transformers < 5.6 (ours: 5.25) and huggingface-hub < 1.22 (so
+    # datasets < 5, which needs a newer hub); nncf does the weight compression, openvino's CPU
+    # plugin runs it. optimum-intel itself goes in --no-deps: see BackendEnv.no_deps.
+    BackendEnv("openvino", ("openvino==2026.4.1", "openvino-tokenizers==2026.4.1.0", "nncf==3.4.0",
+                            "optimum==2.3.0", "transformers==5.5.4", "huggingface-hub==1.21.0",
+                            "datasets==4.8.4", "torch==2.13.0"),
+               "optimum-intel 2.2 pins transformers < 5.6; installing it: 31 s, 423 MB",
+               no_deps=("optimum-intel==2.2.0",)),
+    # llmcompressor 0.14.0.1 pins transformers <= 5.17 and compressed-tensors == 0.19.0, and pulls
+    # auto-round.
+    BackendEnv("compressed-tensors", ("llmcompressor==0.14.0.1", "compressed-tensors==0.19.0",
+                                      "transformers==5.17.0", "torch==2.13.0"),
+               "llmcompressor 0.14 pins transformers 5.17; installing it: 39 s, 176 MB"),
+]}
 
 
 def get_env(name: str) -> BackendEnv:
@@ -47,7 +68,7 @@ def get_env(name: str) -> BackendEnv:
 
 def env_dir(env: BackendEnv) -> Path:
     """Returns where env's venv lives: cache/envs/<name>-<hash of requirements, python, overlay>."""
-    key = cache.content_key(env.requirements, sys.version_info[:2], env.overlay,
+    key = cache.content_key(env.requirements, env.no_deps, sys.version_info[:2], env.overlay,
                             sysconfig.get_paths()["purelib"] if env.overlay else "")
     return cache.entry("envs", f"{env.name}-{key}")
 
@@ -89,7 +110,9 @@ def build(name: str, log=print) -> Path:
         Path(purelib, "_quantbench_main_env.pth").write_text("\n".join(sorted(mine)) + "\n")
     if env.requirements:
         subprocess.run([str(exe), "-m", "pip", "install", *env.requirements], check=True)
-    (d / READY).write_text("\n".join(env.requirements))
+    if env.no_deps:
+        subprocess.run([str(exe), "-m", "pip", "install", "--no-deps", *env.no_deps], check=True)
+    (d / READY).write_text("\n".join([*env.requirements, *env.no_deps]))
     return exe
 
 

@@ -104,6 +104,30 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
     Format("hqq-4b", "hqq", "hqq", "int4 codes + bf16 scale/zero per 64 (HQQ)", 4.5, 16, ("cpu", "cuda"),
            "CPU: dequantized on every call (no fused kernel)", param="4", compute_dtype="bf16",
            group_size=64),
+    # OpenVINO weight compression (NNCF, asymmetric): int8 is u8 + an fp16 scale and u8 zero point
+    # per output row (8 + 24/576 on SmolLM2's 576-wide rows, 24/1536 on down_proj); int4 is u4 + an
+    # fp16 scale and u4 zero point per 64 (4 + 20/64). Either way the tied embeddings are u8 per
+    # row (NNCF's int8 backup for int4): bits_unquantized 8 + 24/576. Runs in its own environment.
+    Format("openvino-int8", "openvino", "optimum-intel", "u8 rows + fp16 scale, u8 zero (NNCF, OpenVINO IR)",
+           8.035, 8.042, ("cpu",), "CPU plugin defaults: bf16 inference precision where the CPU has "
+           "bf16, dynamic int8 activations (group 32), u8 KV cache", param="8", compute_dtype="bf16",
+           env="openvino"),
+    Format("openvino-int4", "openvino", "optimum-intel", "u4 + fp16 scale, u4 zero per 64; embeddings u8 "
+           "(NNCF, OpenVINO IR)", 4.3125, 8.042, ("cpu",), "group 64 (576 is not divisible by 128); "
+           "CPU plugin defaults as openvino-int8", param="4", compute_dtype="bf16", group_size=64,
+           env="openvino"),
+    # compressed-tensors (llmcompressor, data-free): symmetric, bf16 scales, no zero points. W8A8:
+    # 8 + 16/576 per row (16/1536 on down_proj); W4A16: 4 + 16/64. Embeddings stay bf16. On CPU
+    # transformers decompresses to dense bf16 on the first forward: the bytes on disk are these,
+    # the bytes in memory bf16's.
+    Format("ct-w8a8", "compressed-tensors", "llmcompressor", "int8 rows + bf16 scales; activations int8 "
+           "per token (compressed-tensors int-quantized)", 8.023, 16, ("cpu", "cuda"),
+           "dense (decompressed) in transformers: the int8 kernels are vLLM's", param="w8a8",
+           compute_dtype="bf16", env="compressed-tensors"),
+    Format("ct-w4a16", "compressed-tensors", "llmcompressor", "int4 packed + bf16 scale per 64 "
+           "(compressed-tensors pack-quantized)", 4.25, 16, ("cpu", "cuda"),
+           "dense (decompressed) in transformers: the int4 kernels (Marlin/Machete) are vLLM's",
+           param="w4a16", compute_dtype="bf16", group_size=64, env="compressed-tensors"),
     Format("dummy", "dummy", "numpy", "random bigram model (tests)", 32, 32, ("cpu",), param="float32"),
 ]}
 

@@ -30,7 +30,7 @@ SCHEMA_VERSION = 3
 SCHEMA_ADDITIVE = {3: (2,)}
 IDENTITY = ("model", "format", "device", "workload")
 LIBRARIES = ("torch", "transformers", "bitsandbytes", "gptqmodel", "llama_cpp_python", "gguf",
-             "numpy", "pandas")
+             "numpy", "pandas", "openvino", "optimum_intel", "nncf", "llmcompressor", "compressed_tensors")
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,8 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("artifact", "str", "", "path of the built or given artifact"),
     _f("build_s", "float", "s", "seconds to build the artifact (0 when cached)"),
     _f("backend_env", "str", "", "the backend environment (its own venv) the worker ran in; absent: the main one"),
-    _f("artifact_bytes", "int", "byte", "bytes of the artifact's weight files on disk (torchao, HQQ), "
+    _f("artifact_bytes", "int", "byte", "bytes of the artifact's weight files on disk (torchao, HQQ, OpenVINO, "
+       "compressed-tensors), "
        "beside weights_bytes in memory"),
     _f("load_s", "float", "s", "seconds to load the variant"),
     _f("gguf_type_mix", "dict", "", "GGUF tensor type -> tensor count"),

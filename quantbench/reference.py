@@ -67,13 +67,13 @@ def formats_table() -> str:
     from quantbench import formats as fm
 
     rows = ["| format | backend | library | what it stores | bits/weight (nominal) | devices | "
-            "computes in | caveat |", "|---|---|---|---|---|---|---|---|"]
+            "computes in | environment | caveat |", "|---|---|---|---|---|---|---|---|---|"]
     for f in fm.FORMATS.values():
         if f.backend == "dummy":
             continue
         rows.append(f"| `{f.name}` | {f.backend} | {f.library} | {f.stores} | {f.bits_per_weight:g} | "
                     f"{', '.join(f.devices)} | {', '.join(fm.compute_dtypes(f, 'cpu'))} (CPU) | "
-                    f"{f.caveat} |")
+                    f"{f'`{f.env}`' if f.env else 'main'} | {f.caveat} |")
     extra = ", ".join(f"`gguf-{t.lower()}` ({b:g})" for t, b in fm.GGUF_EXTRA_BPW.items())
     paths = "\n".join(f"| `{k.name}` | {', '.join(k.backends)} | {k.what} | {k.upstream} |"
                       for k in fm.KERNEL_PATHS.values())

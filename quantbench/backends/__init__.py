@@ -44,6 +44,8 @@ BACKENDS = {
     "gguf": "quantbench.backends.gguf:GGUFBackend",
     "torchao": "quantbench.backends.torchao:TorchAOBackend",
     "hqq": "quantbench.backends.hqq:HQQBackend",
+    "openvino": "quantbench.backends.openvino:OpenVINOBackend",
+    "compressed-tensors": "quantbench.backends.compressed_tensors:CompressedTensorsBackend",
     "dummy": "quantbench.backends.dummy:DummyBackend",
 }
 

@@ -1,0 +1,72 @@
+"""compressed-tensors backend: W8A8 (int8 weights per channel + int8 activations per token, dynamic)
+and W4A16 (int4 weights, group 64), quantized data-free by llmcompressor's `oneshot` with a
+`QuantizationModifier` (min-max observer) and saved compressed: `int-quantized` (int8 weights) or
+`pack-quantized` (8 int4 codes per int32), bf16 scales, no zero points (symmetric).
+
+Runs in the backend environment 'compressed-tensors' (envs.ENVS: llmcompressor pins transformers
+5.17). Real int kernels for this format are vLLM's; transformers loads the compressed tensors and
+decompresses every Linear to a dense bf16 weight on the first forward, so on CPU this measures the
+artifact's quality and size on disk, at dense bf16 speed and memory. W8A8's activations are still
+quantized per token (quantize-dequantize) by compressed-tensors' forward hook. The record says
+"dense (decompressed)" and carries both sizes: `artifact_bytes` (compressed, on disk) and
+`weights_bytes` (dense, in memory); kernel_detail adds `weights_bytes_compressed` (as loaded,
+before the first forward) and the dtype of the weights after it.
+"""
+from __future__ import annotations
+
+from quantbench.backends.hf import SavedQuantBackend
+
+
+def scheme(param: str, group_size: int) -> dict:
+    """Returns the llmcompressor config group of a format's param (w8a8 / w4a16)."""
+    weights = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel"}
+    if param == "w4a16":
+        weights = {**weights, "num_bits": 4, "strategy": "group", "group_size": group_size}
+        return {"targets": ["Linear"], "weights": weights}
+    acts = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "token", "dynamic": True}
+    return {"targets": ["Linear"], "weights": weights, "input_activations": acts}
+
+
+class CompressedTensorsBackend(SavedQuantBackend):
+    library = "llmcompressor"
+    install = "quantbench env build compressed-tensors"
+
+    def dtype(self):
+        return self._torch().bfloat16
+
+    def _quantize(self, out) -> None:
+        from llmcompressor import oneshot
+        from llmcompressor.modifiers.quantization import QuantizationModifier
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        fmt = self.ctx.format
+        self._torch().set_num_threads(self.ctx.threads)
+        model = AutoModelForCausalLM.from_pretrained(self.ctx.model_dir, dtype=self.dtype())
+        modifier = QuantizationModifier(config_groups={"group_0": scheme(fmt.param, fmt.group_size)},
+                                        ignore=["lm_head"])
+        oneshot(model=model, recipe=[modifier])  # no dataset: a data-free pipeline
+        self._check(model, self.ctx.model_dir)
+        model.save_pretrained(str(out), save_compressed=True)
+        AutoTokenizer.from_pretrained(self.ctx.model_dir).save_pretrained(str(out))
+
+    def quantized_layers(self, model) -> list[str]:
+        return [n for n, m in model.named_modules() if getattr(m, "quantization_scheme", None) is not None]
+
+    def load_model(self):
+        from quantbench.backends.hf import tensor_bytes
+
+        model = super().load_model()
+        seen = {t.untyped_storage().data_ptr(): tensor_bytes(t) for t in [*model.parameters(), *model.buffers()]}
+        self.loaded = {"weights_bytes_compressed": sum(seen.values())}  # as loaded, before the forward
+        with self._torch().inference_mode():  # the first forward decompresses (every device alike)
+            model(input_ids=self._torch().tensor([[1, 2]], device=self.ctx.device))
+        layer = next(m for m in model.modules() if getattr(m, "quantization_scheme", None) is not None)
+        self.loaded["weights_dtype"] = str(layer.weight.dtype).removeprefix("torch.")  # bfloat16: dense
+        return model
+
+    def kernel_name(self, kernel: str, detail: dict) -> str:
+        """Returns `compressed-tensors:dense (decompressed) (<dense kernel>)`."""
+        detail.update(execution="dense (decompressed)", **self.loaded)
+        if self.ctx.format.param == "w8a8":
+            detail["activations"] = "int8 per token, quantize-dequantize before the dense matmul"
+        return f"compressed-tensors:dense (decompressed) ({kernel})"
