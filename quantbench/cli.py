@@ -55,7 +55,15 @@ def cmd_run(args) -> int:
         except Exception as e:  # a report that cannot render yet must not stop the measuring
             print(f"note: report not updated yet ({type(e).__name__}: {e})".splitlines()[0], file=sys.stderr)
 
-    runner.run(suite, out, resume=args.resume, after_variant=progressive_report if args.report else None)
+    after = progressive_report if args.report else None
+    if args.executor == "ray":
+        from quantbench import fleet
+
+        fleet.run(suite, out, args.ray_address, resume=args.resume, after_variant=after)
+    elif args.ray_address:
+        raise UserError(f"--ray-address {args.ray_address} needs --executor ray; add it, or drop --ray-address")
+    else:
+        runner.run(suite, out, resume=args.resume, after_variant=after)
     from quantbench.records import read_results
     from quantbench.report import render_summary
 
@@ -272,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="skip variants already ok in --out")
     r.add_argument("--report", help="also write an HTML report here")
     r.add_argument("--history", metavar="DIR", help="also add the run to this history (quantbench track)")
+    r.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: variants one by one on this machine (default); ray: one Ray task per "
+                        "variant on a cluster (docs/fleet.md; pip install 'quantbench[fleet]')")
+    r.add_argument("--ray-address", metavar="ADDR",
+                   help="Ray cluster to join (HOST:PORT, auto, ray://HOST:PORT); default $RAY_ADDRESS, "
+                        "else a new local one-node cluster")
     r.set_defaults(func=cmd_run)
     f = sub.add_parser("formats", help="list the formats table")
     f.set_defaults(func=cmd_formats)

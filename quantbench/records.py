@@ -72,6 +72,14 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("corpus", "str", "", "corpus name (pydoc, wikitext2, file:PATH)"),
     _f("model_note", "str", "", "caveat on the model (e.g. Q4_1 rounding); the report shows each"),
     _f("env", "dict", "", "machine, libraries, git commit"),
+    # where and when it was measured (a fleet's records: one file, many machines)
+    _f("host", "str", "", "host name of the machine that measured the record"),
+    _f("node_kind", "str", "", "`--executor ray`: the node kind (Ray resource, e.g. qb-kind:cpu-amx, "
+       "accelerator_type:H100) the variant ran on; empty when the node offers none"),
+    _f("ray_node_id", "str", "", "`--executor ray`: the Ray node id the variant ran on"),
+    _f("started_at", "str", "", "UTC ISO time (microseconds) the workload's measurement began; with "
+       "ended_at, overlapping measurements on one host show from the records alone"),
+    _f("ended_at", "str", "", "UTC ISO time (microseconds) the workload's measurement ended"),
     # how it ran
     _f("backend", "str", "", "backend that ran it (hf, bnb, gptq, gguf, dummy)"),
     _f("kernel", "str", "", "kernel path that ran, named from the engine's own report: llama.cpp:AMX, "
@@ -94,6 +102,8 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("crash_upstream", "str", "", "the upstream issue of a known engine crash"),
     _f("engine_log_tail", "list[str]", "", "the engine's last log lines before the crash"),
     _f("threads", "int", "", "CPU threads used"),
+    _f("omp_num_threads", "int", "", "OMP_NUM_THREADS of the variant's process: set to threads by the "
+       "runner (Ray would set it to the task's CPU count)"),
     _f("bits_per_weight", "float", "bit", "effective bits per quantized weight (GGUF: measured from the file)"),
     _f("bits_unquantized", "float", "bit", "bits per weight of the tensors the format leaves unquantized"),
     _f("group_size", "int", "", "quantization group size used (GPTQ/AWQ; a format's own, e.g. 64; "
@@ -349,6 +359,14 @@ def environment() -> dict:
 def now() -> str:
     """Returns the UTC ISO time records carry as `timestamp`."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def instant() -> str:
+    """Returns the UTC ISO time to the microsecond, as `started_at` / `ended_at` carry it (these
+    strings sort as the times do)."""
+    import datetime
+
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _set_aside_torn_tail(f, path: Path) -> None:

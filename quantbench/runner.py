@@ -238,10 +238,13 @@ def _on_sigterm(signum, frame):
     raise _Terminated()
 
 
-def run(suite: Suite, out_path: str | os.PathLike, resume: bool = False, after_variant=None) -> Path:
+def run(suite: Suite, out_path: str | os.PathLike, resume: bool = False, after_variant=None,
+        variants=None) -> Path:
     """Runs every variant of the suite (each of its models in turn), appending records to
     out_path; returns the path. after_variant(): called after each variant's records are written
-    (the CLI re-renders its report there, so the first formats can be read while later ones build)."""
+    (the CLI re-renders its report there, so the first formats can be read while later ones build).
+    variants(run, after_variant): the executor of one model's variants; default: this process's
+    own, one worker subprocess at a time (fleet.py's runs them as Ray tasks, calibrating there)."""
     out_path = Path(out_path)
     out = Output(out_path, resume)
     check_devices(suite.devices)
@@ -254,15 +257,35 @@ def run(suite: Suite, out_path: str | os.PathLike, resume: bool = False, after_v
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         for sub, model in zip(subs, models, strict=True):
-            _run_model(sub, model, out, done, env, run_id, suite, after_variant)
+            _run_model(sub, model, out, done, env, run_id, suite, after_variant, variants)
     finally:
         signal.signal(signal.SIGTERM, previous)
     return out_path
 
 
 def _run_model(suite: Suite, model, out: Output, done: set, env: dict, run_id: str, whole: Suite,
-               after_variant=None) -> None:
+               after_variant=None, variants=None) -> None:
     """Runs every variant of one model of the suite."""
+    base = {"schema_version": records.SCHEMA_VERSION, "model": model.name, "run_id": run_id,
+            "suite": whole.name, "suite_hash": whole.suite_hash, "corpus": suite.corpus,
+            "model_note": model.note, "env": env}
+    local = variants is None  # another executor calibrates on the machines that measure
+    peaks = {(d, t): _peaks(d, suite.thread_count(t)) if local else None
+             for d in suite.devices for t in suite.thread_list}
+    if local and (idle := _idle_draw(suite.devices)) is not None:
+        base["gpu_idle_w"] = idle
+    tmp = Path(tempfile.mkdtemp(prefix="quantbench-"))
+    try:
+        data_path, tokens_path, tok_key = inputs(suite, model, tmp)
+        (variants or _run_variants)(_Run(suite, model, out, done, base, suite.workloads(), tmp, whole.suite_hash,
+                                         data_path, tokens_path, tok_key, peaks), after_variant or (lambda: None))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def inputs(suite: Suite, model, tmp: Path) -> tuple[Path, Path, str]:
+    """Returns (data .npz in tmp, tokenized corpus .npy in the cache, its content key): what a
+    worker reads of the corpus, written for this machine (each node of a fleet writes its own)."""
     ids = corpus.token_ids(model.dir, model.digest, suite.corpus)
     # None unless the model adds BOS (llama.cpp's rule; a GGUF-born model: the file's flag)
     bos = corpus.bos_first(model.dir, model.spec if model.spec.endswith(".gguf") else "")
@@ -278,21 +301,10 @@ def _run_model(suite: Suite, model, out: Output, done: set, env: dict, run_id: s
         tmp_npy = tokens_path.with_suffix(f".{os.getpid()}.tmp.npy")
         np.save(tmp_npy, ids)
         tmp_npy.rename(tokens_path)
-    base = {"schema_version": records.SCHEMA_VERSION, "model": model.name, "run_id": run_id,
-            "suite": whole.name, "suite_hash": whole.suite_hash, "corpus": suite.corpus,
-            "model_note": model.note, "env": env}
-    peaks = {(d, t): _peaks(d, suite.thread_count(t)) for d in suite.devices for t in suite.thread_list}
-    if (idle := _idle_draw(suite.devices)) is not None:
-        base["gpu_idle_w"] = idle
-    tmp = Path(tempfile.mkdtemp(prefix="quantbench-"))
-    try:
-        data_path = tmp / "data.npz"
-        np.savez(data_path, windows=np.asarray(windows, dtype=np.int32),
-                 prompt=np.asarray(prompt, dtype=np.int32), bos_first=bos is not None)
-        _run_variants(_Run(suite, model, out, done, base, suite.workloads(), tmp, whole.suite_hash,
-                           data_path, tokens_path, tok_key, peaks), after_variant or (lambda: None))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    data_path = tmp / "data.npz"
+    np.savez(data_path, windows=np.asarray(windows, dtype=np.int32),
+             prompt=np.asarray(prompt, dtype=np.int32), bos_first=bos is not None)
+    return data_path, tokens_path, tok_key
 
 
 # Measuring one variant (process start, load, every timing, quality) on this project's 2-core
@@ -454,10 +466,7 @@ def _job(r: _Run, device: str, fmt_name: str, todo: list[Workload], ref_fmt: str
          threads: int = 0) -> Job:
     """Returns the worker's job: one variant, its workloads, and where its reference log-probs are."""
     s = r.suite
-    ref_key = cache.content_key("ref", corpus.WINDOWS_PROTOCOL, r.model.digest, r.tok_key, s.n_ctx,
-                                s.ppl_windows, s.kld_tokens, ref_fmt, device)
-    ref = Reference(ref_fmt, str(cache.entry("reference", f"{ref_key}.npy")),
-                    "write" if ref_fmt == fmt_name else "read")
+    ref = Reference(ref_fmt, str(reference_path(r, ref_fmt, device)), "write" if ref_fmt == fmt_name else "read")
     if ref_fmt is None:
         ref = Reference(why="no reference format (fp32, fp16, gguf-f16 or bf16) in the suite")
     elif ref.role == "read" and not cache.valid_npy(Path(ref.path)):
@@ -472,6 +481,15 @@ def _job(r: _Run, device: str, fmt_name: str, todo: list[Workload], ref_fmt: str
                base={**r.base, "peaks": r.peaks_by_device[device, threads],
                      "peaks_spec": _spec(device, r.base["env"])},
                peaks=r.peaks_by_device[device, threads])
+
+
+def reference_path(r: _Run, ref_fmt: str | None, device: str) -> Path:
+    """Returns where the reference format's log-probs for this model, corpus and device live in
+    the cache (content-keyed: the same name on every machine)."""
+    s = r.suite
+    ref_key = cache.content_key("ref", corpus.WINDOWS_PROTOCOL, r.model.digest, r.tok_key, s.n_ctx,
+                                s.ppl_windows, s.kld_tokens, ref_fmt, device)
+    return cache.entry("reference", f"{ref_key}.npy")
 
 
 def _spawn(job_path: Path, job: Job) -> Ended:
@@ -502,11 +520,13 @@ def _spawn(job_path: Path, job: Job) -> Ended:
     return Ended(rc, _crash_reason(rc, timed_out, _oom_kills() - ooms))
 
 
-def _collect(job: Job, out: Output, rec_base: dict, crash: str, details: dict | None = None) -> None:
-    """Appends the worker's records, plus `failed` ones (with the crash's `details`) for workloads
-    it never reported."""
+def _collect(job: Job, out: Output, rec_base: dict, crash: str, details: dict | None = None,
+             got: list[dict] | None = None) -> None:
+    """Appends the worker's records (`got`, else its partial file's), plus `failed` ones (with the
+    crash's `details`) for workloads it never reported."""
     partial = Path(job.partial)
-    got = records.read(partial, quiet=True) if partial.exists() else []
+    if got is None:
+        got = records.read(partial, quiet=True) if partial.exists() else []
     have = {r["workload"] for r in got}
     reason = crash or "worker ended without a record"
     missing = [{**rec_base, **(details or {}), "workload": str(w), "status": "failed", "reason": reason,

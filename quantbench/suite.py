@@ -58,6 +58,10 @@ class Workload:
 
 
 OMP_WAIT_POLICIES = ("default", "passive", "active")
+PLACEMENTS = ("spread", "each")
+# Where a variant runs does not change what it measures: these keys stay out of suite_hash, so a
+# suite's records compare across executors (each record names its machine: node_kind, host).
+PLACEMENT_KEYS = ("placement", "node_kinds")
 
 _WORKLOAD = re.compile(r"^(?:(?P<load>load)|(?P<kind>pp|tg|ppl)(?P<tokens>\d+)(?:x(?P<batch>\d+))?"
                        r"(?:@d(?P<depth>\d+))?)(?:@t(?P<threads>\d+))?$")
@@ -139,6 +143,14 @@ class Suite:
                                  "crash stays a failure (a CI that must fail loudly)")
     artifacts: dict[str, str] = _key({}, "an `[artifacts]` table, format name -> local path or hub id "
                                      "(GPTQ/AWQ checkpoint, GGUF file): measured instead of built")
+    # Placement on a Ray cluster (`quantbench run --executor ray`; docs/fleet.md). Ignored locally.
+    placement: str = _key("spread", "`--executor ray` only: `spread` sends each variant to any node of "
+                          "`node_kinds` (dealt round-robin over the kinds) to finish sooner; `each` "
+                          "runs the whole suite on every kind, for a machine comparison in one report")
+    node_kinds: tuple[str, ...] = _key((), "`--executor ray` only: Ray resources naming node kinds, a "
+                                       "custom label (`qb-kind:cpu-amx`) or a GPU type "
+                                       "(`accelerator_type:H100`, which also asks for one GPU); empty: "
+                                       "any node that offers a `quantbench-slot`")
 
     def __post_init__(self):
         where = f"suite '{self.name}'"
@@ -149,7 +161,7 @@ class Suite:
         if isinstance(self.threads, list):
             object.__setattr__(self, "threads", tuple(self.threads))
         for key in ("formats", "devices", "prompt_lengths", "decode_batches", "depths", "models",
-                    "thread_list"):
+                    "thread_list", "node_kinds"):
             seen = getattr(self, key)
             dup = sorted({x for x in seen if seen.count(x) > 1})
             if dup:
@@ -204,6 +216,15 @@ class Suite:
         if bad:
             raise UserError(f"{where}: kernel_paths {bad} unknown; use default, "
                             f"{', '.join(KERNEL_PATHS)}")
+        if self.placement not in PLACEMENTS:
+            raise UserError(f"{where}: placement '{self.placement}' unknown; use {' or '.join(PLACEMENTS)}")
+        if self.placement == "each" and not self.node_kinds:
+            raise UserError(f"{where}: placement 'each' needs node_kinds, the kinds to compare, e.g. "
+                            "node_kinds = [\"qb-kind:cpu-amx\", \"accelerator_type:L4\"]")
+        bad = [k for k in self.node_kinds if ":" not in k or k.startswith(":") or k.endswith(":")]
+        if bad:
+            raise UserError(f"{where}: node_kinds {bad} are not Ray resource labels; write "
+                            "`qb-kind:NAME` for a CPU kind or `accelerator_type:TYPE` for a GPU")
         bad = [t for t in self.kv_types if t not in LLAMA_KV_TYPES]
         if bad:
             raise UserError(f"{where}: kv_types {bad} unknown; use {', '.join(LLAMA_KV_TYPES)}")
@@ -252,7 +273,8 @@ class Suite:
     @property
     def suite_hash(self) -> str:
         """Returns a short hash of every setting, so records from different suites never mix."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=list)
+        settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in PLACEMENT_KEYS}
+        blob = json.dumps(settings, sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def thread_count(self, threads: int | None = None) -> int:
@@ -268,7 +290,7 @@ class Suite:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Suite)}
-EMPTY_LIST_ELEM = {"kv_types": str, "kernel_paths": str}
+EMPTY_LIST_ELEM = {"kv_types": str, "kernel_paths": str, "node_kinds": str}
 
 
 # Keys whose default does not show their type: empty lists of strings, int-or-list, tables of tables.

@@ -13,6 +13,7 @@ import os
 import re
 import resource
 import signal
+import socket
 import sys
 import threading
 import time
@@ -355,9 +356,11 @@ def main(job_path: str) -> int:
     suite = job.suite
     data = np.load(job.data)
     base = {**job.base, "format": fmt.name, "device": job.device, "backend": fmt.backend,
-            "threads": job.threads, "bits_per_weight": fmt.bits_per_weight,
+            "threads": job.threads, "bits_per_weight": fmt.bits_per_weight, "host": socket.gethostname(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default").lower(),
             "kernel_path": fmt.kernel_path or "default", "kernel_fallback": job.kernel_fallback}
+    if (omp := os.environ.get("OMP_NUM_THREADS", "")).isdigit():  # the runner sets it to threads
+        base["omp_num_threads"] = int(omp)
     if env_name := os.environ.get(envs.ENV_VAR):  # under a backend environment: its own versions
         base.update(backend_env=env_name, env={**base.get("env", {}), **records.library_versions(),
                                                "python_executable": sys.executable})
@@ -430,7 +433,9 @@ def main(job_path: str) -> int:
             emit(w, {}, "skipped", f"{job.model_name} has random weights: quality is meaningless")
             continue
         try:
+            started = records.instant()
             fields = run_workload(job, backend, w, data, shape, energy)
+            fields.update(started_at=started, ended_at=records.instant())
         except Skip as e:  # e.g. no batched decode in this backend
             emit(w, {}, "skipped", str(e))
             continue
