@@ -397,7 +397,7 @@ def _run_variants(r: _Run, after_variant) -> None:
                     and fmt.backend in SAFER_PATH:
                 twin = f"{fmt_name}{PATH_SUFFIX}{SAFER_PATH[fmt.backend]}"
                 crash = _crash_details(job, ended)
-                _collect(job, r.out, rec_base, ended.reason, crash)
+                _collect(job, r.out, rec_base, ended.reason, crash, say=False)  # one line, below
                 print(_fallback_line(job, ended, crash, twin), flush=True)
                 if ref_fmt == fmt_name:  # the reference crashed: its twin writes the log-probs
                     ref_fmt = references[device] = twin
@@ -521,7 +521,7 @@ def _spawn(job_path: Path, job: Job) -> Ended:
 
 
 def _collect(job: Job, out: Output, rec_base: dict, crash: str, details: dict | None = None,
-             got: list[dict] | None = None) -> None:
+             got: list[dict] | None = None, say: bool = True) -> None:
     """Appends the worker's records (`got`, else its partial file's), plus `failed` ones (with the
     crash's `details`) for workloads it never reported."""
     partial = Path(job.partial)
@@ -533,4 +533,5 @@ def _collect(job: Job, out: Output, rec_base: dict, crash: str, details: dict | 
                 "timestamp": records.now()} for w in job.workloads if str(w) not in have]
     fit.annotate(got)  # the step-time fit over this variant's decode sweep, on its records
     out.append(got + missing)
-    print(f"[{job.format}/{job.device}] done" + (f"; {reason}" if missing else ""), flush=True)
+    if say:
+        print(f"[{job.format}/{job.device}] done" + (f"; {reason}" if missing else ""), flush=True)

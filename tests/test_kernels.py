@@ -202,6 +202,7 @@ def test_engine_crash_falls_back_and_keeps_both(tmp_path, monkeypatch, capfd):
     assert not res.regressions, res.regressions
     assert sum("measured as gguf-q8_0+path-norepack instead" in n for n in res.notes) == len(workloads)
     assert "[gguf-q8_0/cpu] worker killed by SIGSEGV in llama.cpp:" in console
+    assert "[gguf-q8_0/cpu] done" not in console  # the crash is said once, by the fallback line
     from quantbench import records, report
 
     html = report.render_html(records.read_results(tmp_path / "crash.jsonl"))
