@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,6 +142,26 @@ class Backend:
         leaves CUPTI attached), after the timed regions; returns True when it changed the kernel
         fields, which the worker then writes into the variant's records."""
         return False
+
+    def build_once(self, final, what: str, make) -> None:
+        """Builds this format's artifact into the cache entry `final` with make(tmp_dir) unless a
+        verified one is there; sets info artifact, group_size (a format's own) and build_s (0 when
+        cached), and says `what` it is doing and how long it took."""
+        from quantbench import cache
+
+        fmt = self.ctx.format
+        self.info["artifact"] = str(final)
+        if fmt.group_size:
+            self.info["group_size"] = fmt.group_size
+        if cache.verified(final):
+            self.info["build_s"] = 0.0
+            return
+        say(f"[quantbench] {fmt.name}: {what} ...")
+        t0 = time.perf_counter()
+        with cache.atomic_dir(final) as tmp:
+            make(tmp)
+        self.info["build_s"] = time.perf_counter() - t0
+        say(f"[quantbench] {fmt.name} built in {self.info['build_s']:.1f} s -> {final}")
 
     def close(self) -> None:
         """Frees what load() took."""

@@ -278,23 +278,9 @@ class SavedQuantBackend(HFBackend):
         return cache.entry("quant", key)
 
     def build(self) -> None:
-        from quantbench import cache
-        from quantbench.backends import say
-
-        fmt, final = self.ctx.format, self._target()
-        if fmt.group_size:
-            self.info["group_size"] = fmt.group_size
-        self.info["artifact"] = str(final)
-        if cache.verified(final):
-            self.info["build_s"] = 0.0
-        else:
-            say(f"[quantbench] {fmt.name}: quantizing {self.ctx.model_name} with {self.library} "
-                f"{self._version()} ...")
-            t0 = time.perf_counter()
-            with cache.atomic_dir(final) as tmp:
-                self._quantize(tmp)
-            self.info["build_s"] = time.perf_counter() - t0
-            say(f"[quantbench] {fmt.name} built in {self.info['build_s']:.1f} s -> {final}")
+        final = self._target()
+        self.build_once(final, f"quantizing {self.ctx.model_name} with {self.library} {self._version()}",
+                        self._quantize)
         self.info["artifact_bytes"] = files_bytes(final)
 
     def _quantize(self, out) -> None:

@@ -17,7 +17,7 @@ from collections import Counter
 
 import numpy as np
 
-from quantbench.backends import Backend, Skip, say
+from quantbench.backends import Backend, Skip
 
 ARTIFACT = "openvino_model.bin"  # the weights; the .xml beside it is the graph
 # Compiled-model properties that change numerics, recorded with the kernel.
@@ -51,19 +51,8 @@ class OpenVINOBackend(Backend):
         fmt, versions = self.ctx.format, self._versions()
         final = cache.entry("quant", cache.content_key(self.ctx.model_digest, "openvino", fmt.param,
                                                        fmt.group_size, sorted(versions.items())))
-        self.info["artifact"] = str(final)
-        if fmt.group_size:
-            self.info["group_size"] = fmt.group_size
-        if cache.verified(final):
-            self.info["build_s"] = 0.0
-        else:
-            say(f"[quantbench] {fmt.name}: exporting {self.ctx.model_name} to OpenVINO with "
-                f"{fmt.param}-bit weights (optimum-intel {versions['optimum-intel']}, nncf {versions['nncf']}) ...")
-            t0 = time.perf_counter()
-            with cache.atomic_dir(final) as tmp:
-                self._export(tmp)
-            self.info["build_s"] = time.perf_counter() - t0
-            say(f"[quantbench] {fmt.name} built in {self.info['build_s']:.1f} s -> {final}")
+        self.build_once(final, f"exporting {self.ctx.model_name} to OpenVINO with {fmt.param}-bit weights "
+                        f"(optimum-intel {versions['optimum-intel']}, nncf {versions['nncf']})", self._export)
         self.info["artifact_bytes"] = (final / ARTIFACT).stat().st_size
 
     def _export(self, out) -> None:
