@@ -87,9 +87,14 @@ class HFBackend(Backend):
             return False  # probed at load
         self._probe_kernels()
         if self.ctx.format.compiled:
-            self.info["kernel_detail"]["eager_kernel"] = self.info["kernel"]
-            self.info["kernel"] = f"torch.compile({self.compile_mode}):{self.info['kernel']}"
+            self._name_compiled()
         return True
+
+    def _name_compiled(self) -> None:
+        """Names the compiled path after the eager kernels the probe saw (the compiled graph fuses
+        around the same matmuls)."""
+        self.info["kernel_detail"]["eager_kernel"] = self.info["kernel"]
+        self.info["kernel"] = f"torch.compile({self.compile_mode}):{self.info['kernel']}"
 
     def probe_dtype(self) -> str:
         """Returns the short name of the dtype the matmuls run in (fp32, bf16, fp16)."""
@@ -141,9 +146,7 @@ class HFBackend(Backend):
         self.static = StaticCache(config=self.model.config, max_cache_len=max_len)
         mode = self.compile_mode = "reduce-overhead" if self.ctx.device.startswith("cuda") else "default"
         self.step = torch.compile(self.model.forward, mode=mode, fullgraph=True)
-        # the probe saw the eager kernels; the compiled graph fuses around the same matmuls
-        self.info["kernel_detail"]["eager_kernel"] = self.info["kernel"]
-        self.info["kernel"] = f"torch.compile({mode}):{self.info['kernel']}"
+        self._name_compiled()
 
     def _prefill_static(self, ids: list[int]) -> int:
         torch = self._torch()

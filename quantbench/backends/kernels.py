@@ -17,7 +17,6 @@ import os
 import re
 import tempfile
 from collections import Counter
-from pathlib import Path
 
 # CUDA kernel name -> short class, first match wins (names as CUPTI reports them).
 KERNEL_CLASSES: tuple[tuple[str, str], ...] = (
@@ -154,12 +153,3 @@ def probe(step, device: str, dtype: str) -> tuple[str, dict]:
     detail = cpu_probe(step)
     detail["source"] = "oneDNN verbose + torch.profiler over a prefill and a decode step"
     return cpu_label(detail, dtype), detail
-
-
-def warnings_seen(log: Path | None) -> list[str]:
-    """Returns the warning lines of a build/load log that speak of kernels or fallbacks."""
-    if log is None or not log.exists():
-        return []
-    pat = re.compile(r"(warn|fall ?back|not available|slow)", re.I)
-    return [ln.strip()[:200] for ln in log.read_text(errors="replace").splitlines()
-            if pat.search(ln) and re.search(r"kernel|fallback|backend", ln, re.I)][:5]
