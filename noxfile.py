@@ -151,7 +151,7 @@ def docs(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "quantbench", "tests", "tools", "noxfile.py")
+    session.run("ruff", "check", "quantbench", "tests", "scripts", "noxfile.py")
 
 
 @nox.session(python=PYTHON)

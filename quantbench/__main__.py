@@ -1,5 +1,5 @@
 import sys
 
-from quantbench.cli import main
+from quantbench.cli.main import main
 
 sys.exit(main())

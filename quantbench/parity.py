@@ -3,7 +3,7 @@
 - GGUF formats against llama-bench (pp, tg) and llama-perplexity (ppl, KLD against the F16 file),
   both built once from the installed llama-cpp-python's source distribution and run on the
   wheel's own shared libraries (LD_LIBRARY_PATH), so the engine under test is the same binary code.
-- transformers formats against a bare greedy loop in plain torch (quantbench/bare_loop.py), in a
+- transformers formats against a bare greedy loop in plain torch (quantbench/measure/bare_loop.py), in a
   fresh process like quantbench's worker.
 - Rounds are interleaved, quantbench then the engine's tool, A/B/A/B; each side's figure is the
   median over its rounds. Ratios are quantbench / reference (≥ 0.97 is parity for speed).
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from quantbench import cache
-from quantbench.errors import UserError
+from quantbench.core import cache
+from quantbench.core.errors import UserError
 
 TOOLS = ("llama-bench", "llama-perplexity")
 BUILD_ETA_S = 5 * 60  # the tools' compile: 3.5 min on this 2-core machine (ggml, llama, common, two tools)
@@ -231,7 +231,7 @@ def _target(metric: str) -> tuple[str, callable]:
 def quantbench_measures(recs: list[dict], round_: int) -> list[Measure]:
     """Returns the figures of quantbench's ok records that parity compares: pp<N> and tg<N> at batch
     1, depth 0 (speed, and the engine's own time beside it), ppl and KLD."""
-    from quantbench.suite import Workload
+    from quantbench.core.suite import Workload
 
     out = []
     for r in recs:
@@ -340,7 +340,7 @@ PARITY_NOTE = ("⁵ quantbench's record of the engine's own time (llama.cpp's pe
 # -- the driver: `quantbench parity` (nox -s parity) --
 
 def _qb_run(suite_path: str, out: Path, sets: list[str], say) -> list[dict]:
-    from quantbench import records
+    from quantbench.core import records
 
     cmd = [sys.executable, "-m", "quantbench", "run", "--suite", suite_path, "--out", str(out)]
     for s in sets:
@@ -352,7 +352,7 @@ def _qb_run(suite_path: str, out: Path, sets: list[str], say) -> list[dict]:
 
 
 def _bare_loop(model_dir: str, fmt, device: str, threads: int, suite, env: dict) -> dict:
-    cmd = [sys.executable, "-m", "quantbench.bare_loop", model_dir, fmt.param, device, str(threads),
+    cmd = [sys.executable, "-m", "quantbench.measure.bare_loop", model_dir, fmt.param, device, str(threads),
            str(max(suite.prompt_lengths)), str(suite.gen_tokens), str(suite.min_samples),
            str(suite.gen_prompt_tokens)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -366,10 +366,10 @@ def run(suite_path: str, rounds: int, out_dir: str, say=print) -> tuple:
     alternate quantbench and the references (A/B/A/B). GGUF formats meet llama-bench and
     llama-perplexity, transformers formats (fp32, bf16, fp16 without compile) a bare torch loop."""
     from quantbench.backends.gguf import _version
-    from quantbench.corpus import load_text
-    from quantbench.formats import get_format
-    from quantbench.models import resolve
-    from quantbench.suite import load_suite
+    from quantbench.core.formats import get_format
+    from quantbench.core.suite import load_suite
+    from quantbench.inputs.corpus import load_text
+    from quantbench.inputs.models import resolve
 
     suite = load_suite(suite_path)
     if rounds < 1:

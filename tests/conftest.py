@@ -28,6 +28,6 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny():
     """The 2-layer test model (built once into the cache)."""
-    from quantbench.models import resolve
+    from quantbench.inputs.models import resolve
 
     return resolve("tiny")

@@ -7,7 +7,7 @@ decode_sol_frac, so the report has to compute it from decode_tok_s_predicted."""
 import math
 import random
 
-from quantbench import records
+from quantbench.core import records
 
 NOTE = "smollm2-135m: the FP16 baseline is dequantized from a Q4_1 GGUF, so every format carries Q4_1 rounding"
 TOKENS_PER_WINDOW = 256

@@ -2,7 +2,7 @@
 CPU), tracked into a history directory with increasing dates and one commit per run."""
 from test_compare import run_records
 
-from quantbench import history
+from quantbench.track import history
 
 ENV = {"host": "ci-1", "os": "Linux", "cpu": "AMD EPYC 7763 64-Core Processor", "cpu_physical_cores": 2,
        "cpu_logical_cores": 2, "ram_bytes": 25_276_510_208, "python": "3.11.7", "torch": "2.13.0+cpu",

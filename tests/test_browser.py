@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from synthetic import CPU_FORMATS, GPU_FORMATS, synthetic
 
-from quantbench import report
+from quantbench.report import render
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOT = Path(__file__).resolve().parents[1] / "reports" / "browser-screenshot.png"
@@ -70,7 +70,7 @@ def page(tmp_path_factory) -> Path:
         assert Path(given).is_file(), f"QUANTBENCH_REPORT={given} is not a file"
         return Path(given).resolve()
     tmp = tmp_path_factory.mktemp("report")
-    return Path(report.write_report(synthetic(tmp), str(tmp / "browser.html"))[0]).resolve()
+    return Path(render.write_report(synthetic(tmp), str(tmp / "browser.html"))[0]).resolve()
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 import pytest
 
-from quantbench import cache
+from quantbench.core import cache
 
 
 def test_content_key_is_stable_and_sensitive():

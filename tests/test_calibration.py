@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from quantbench import hardware, runner, worker
-from quantbench.hardware import GiB, Peaks
+from quantbench.arith import hardware
+from quantbench.arith.hardware import GiB, Peaks
+from quantbench.measure import runner, worker
 
 
 @pytest.fixture
@@ -168,7 +169,7 @@ def test_sol_above_one_is_flagged_with_its_reason():
 def test_report_marks_suspect_sol(tmp_path):
     import pandas as pd
 
-    from quantbench import report
+    from quantbench.report import render
 
     base = {"schema_version": 2, "model": "m", "device": "cpu", "status": "ok",
             "env": {"host": "h"}, "timestamp": "2026-11-30T00:00:00Z"}
@@ -184,7 +185,7 @@ def test_report_marks_suspect_sol(tmp_path):
                    "suspect": "other processes used 40% of the CPUs"},
          "decode_tok_s_predicted": 100.0, "decode_sol_frac": 0.2, "sol_suspect": False,
          "sol_suspect_reason": ""}]
-    md = report.render_markdown(pd.json_normalize(recs))
+    md = render.render_markdown(pd.json_normalize(recs))
     rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
     assert "1.30 ⚠" in rows["gguf-f16"] and "102.40 ⚠" in rows["gguf-q8_0"]
     assert "⚠" not in rows["bf16"]
@@ -193,13 +194,13 @@ def test_report_marks_suspect_sol(tmp_path):
             "it was computed from read low") in md
     assert ("cpu calibrated: 25GB/s, fp32 90GFLOP/s, at 1 thread (⚠ suspect: other processes used "
             "40% of the CPUs)") in md
-    html = report.render_html(pd.json_normalize(recs))
+    html = render.render_html(pd.json_normalize(recs))
     assert html.count('class="ok suspect"') == 2
 
 
 def test_a_corrupt_cached_calibration_is_recalibrated(tmp_path, monkeypatch, capsys):
     # issue 11 case 9: a corrupted calibration JSON was a traceback (after the results moved)
-    from quantbench import hardware
+    from quantbench.arith import hardware
 
     monkeypatch.setenv("QUANTBENCH_CACHE", str(tmp_path))
     path = hardware._calibration_path("cpu", 1)

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from quantbench import records
+from quantbench.core import records
 
 
 def qb(*args, **kw):

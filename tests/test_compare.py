@@ -5,8 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from quantbench import history, records
-from quantbench.compare import (
+from quantbench.core import records
+from quantbench.core.errors import UserError
+from quantbench.track import history
+from quantbench.track.compare import (
     ALPHA,
     Floor,
     Gate,
@@ -20,7 +22,6 @@ from quantbench.compare import (
     parse_gate,
     series_key,
 )
-from quantbench.errors import UserError
 
 FORMATS = ("fp32", "bnb-nf4")
 
@@ -289,7 +290,7 @@ def test_markdown_has_header_and_regression_row():
 # --- CLI --------------------------------------------------------------------------------------
 
 def cli(*argv):
-    from quantbench.cli import main
+    from quantbench.cli.main import main
 
     return main(["compare", *map(str, argv)])
 

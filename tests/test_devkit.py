@@ -1,4 +1,4 @@
-"""tools/devkit.py: the offline GPU kit's wheel slimming and its chunked pack/unpack round trip."""
+"""scripts/devkit.py: the offline GPU kit's wheel slimming and its chunked pack/unpack round trip."""
 import base64
 import hashlib
 import importlib.util
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-spec = importlib.util.spec_from_file_location("devkit", Path(__file__).parent.parent / "tools" / "devkit.py")
+spec = importlib.util.spec_from_file_location("devkit", Path(__file__).parent.parent / "scripts" / "devkit.py")
 devkit = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(devkit)
 

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from quantbench import compare, records, reference
-from quantbench.cli import build_parser
-from quantbench.formats import FORMATS, KERNEL_PATHS
-from quantbench.suite import Suite
+from quantbench.cli import reference
+from quantbench.cli.main import build_parser
+from quantbench.core import records
+from quantbench.core.formats import FORMATS, KERNEL_PATHS
+from quantbench.core.suite import Suite
+from quantbench.track import compare
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -78,7 +80,7 @@ def test_every_page_is_in_the_nav_and_every_marker_is_known():
 
 
 def test_generating_the_reference_imports_no_torch():
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from quantbench import reference; "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from quantbench.cli import reference; "
             "[g() for g in reference.GENERATORS.values()]; "
             "print(sorted(m for m in ('torch', 'pandas', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, check=True)

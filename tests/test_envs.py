@@ -5,8 +5,9 @@ import sys
 
 import pytest
 
-from quantbench import envs, formats, records, runner
-from quantbench.suite import Suite
+from quantbench.core import envs, formats, records
+from quantbench.core.suite import Suite
+from quantbench.measure import runner
 
 SUITE = Suite(name="env", model="tiny", formats=("dummy",), prompt_lengths=(8,), gen_tokens=2,
               min_samples=1, time_budget_s=1.0, n_ctx=16, ppl_windows=1, quality_budget_s=10.0,
@@ -55,7 +56,7 @@ def test_half_built_env_is_rebuilt(tiny_env):
 
 
 def test_unknown_env_names_the_known_ones():
-    from quantbench.errors import UserError
+    from quantbench.core.errors import UserError
 
     with pytest.raises(UserError, match="unknown backend environment 'nope'"):
         envs.get_env("nope")

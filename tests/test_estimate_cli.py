@@ -5,10 +5,11 @@ import re
 
 import pytest
 
-from quantbench import cli_arith, hardware
-from quantbench.cli_arith import estimate
-from quantbench.errors import UserError
-from quantbench.hardware import GiB, Peaks
+from quantbench.arith import hardware
+from quantbench.arith.hardware import GiB, Peaks
+from quantbench.cli import arith
+from quantbench.cli.arith import estimate
+from quantbench.core.errors import UserError
 
 # 2 layers, d 64, 4 heads / 2 KV heads of 16, FFN 128, vocab 256, untied: 106,816 params
 TINY = dict(model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -29,7 +30,7 @@ def config(tmp_path):
 
 def _run(capsys, **kw):
     args = argparse.Namespace(**{"seq_len": 512, "batch": 1, "devices": 1, "json": True, **kw})
-    assert cli_arith.cmd_estimate(args) == 0
+    assert arith.cmd_estimate(args) == 0
     out = capsys.readouterr().out
     return json.loads(out) if args.json else out
 
@@ -97,7 +98,7 @@ def test_unknown_names_are_user_errors(capsys, config):
 
 
 def test_devices_table(capsys):
-    from quantbench.cli import build_parser
+    from quantbench.cli.main import build_parser
 
     parser = build_parser()
     args = parser.parse_args(["devices"])
@@ -108,7 +109,7 @@ def test_devices_table(capsys):
     assert next(line.split() for line in lines if line.startswith("t4"))[1] == "-"
     args = parser.parse_args(["estimate", "--model", "shape:smollm2-135m", "--format", "bf16",
                               "--device", "h100-sxm", "--json"])
-    assert args.func is cli_arith.cmd_estimate and args.seq_len == 512
+    assert args.func is arith.cmd_estimate and args.seq_len == 512
 
 
 def test_calibrate_cpu_is_short_and_sane():

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from quantbench import cli, fleet, records
-from quantbench.errors import UserError
-from quantbench.suite import Suite
+from quantbench.cli import main
+from quantbench.core import records
+from quantbench.core.errors import UserError
+from quantbench.core.suite import Suite
+from quantbench.measure import fleet
 
 # Every Ray process of these tests on the loopback address (Ray's own switch, read at its import)
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -75,7 +77,7 @@ def test_overlaps_are_found_from_the_records_alone():
 
 def test_without_ray_one_line_says_how_to_install_it(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails
-    rc = cli.main(["run", "--executor", "ray", "--model", "tiny", "--formats", "dummy",
+    rc = main.main(["run", "--executor", "ray", "--model", "tiny", "--formats", "dummy",
                    "--out", str(tmp_path / "r.jsonl")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1
@@ -88,7 +90,7 @@ def test_an_unreachable_address_is_one_line(tmp_path, capsys):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    rc = cli.main(["run", "--executor", "ray", "--ray-address", f"127.0.0.1:{port}", "--model", "tiny",
+    rc = main.main(["run", "--executor", "ray", "--ray-address", f"127.0.0.1:{port}", "--model", "tiny",
                    "--formats", "dummy", "--out", str(tmp_path / "r.jsonl")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1
@@ -96,7 +98,7 @@ def test_an_unreachable_address_is_one_line(tmp_path, capsys):
 
 
 def test_ray_address_without_the_ray_executor_is_one_line(capsys):
-    rc = cli.main(["run", "--ray-address", "127.0.0.1:6379", "--model", "tiny", "--formats", "dummy"])
+    rc = main.main(["run", "--ray-address", "127.0.0.1:6379", "--model", "tiny", "--formats", "dummy"])
     assert rc == 2 and "needs --executor ray" in capsys.readouterr().err
 
 

@@ -5,12 +5,13 @@ import math
 import numpy as np
 import pytest
 
-from quantbench import arith, corpus
+from quantbench.arith import formulas
+from quantbench.arith.shapes import shape_from_config
 from quantbench.backends import Context, Skip, get_backend_class
-from quantbench.formats import get_format
-from quantbench.measure import score_windows
-from quantbench.shapes import shape_from_config
-from quantbench.suite import Suite
+from quantbench.core.formats import get_format
+from quantbench.core.suite import Suite
+from quantbench.inputs import corpus
+from quantbench.measure.timing import score_windows
 
 pytestmark = pytest.mark.slow
 
@@ -104,7 +105,7 @@ def test_predicted_bytes_match_the_artifact(tiny, built, fmt):
     f = get_format(fmt)
     # The quantized linears hold exactly what their layout says (scale per row, or scale+zero per 64).
     assert math.isclose(8 * quantized / LINEAR_PARAMS, f.bits_per_weight, rel_tol=0.01)
-    predicted = arith.weights_bytes(shape_from_config(tiny.dir), f.bits_per_weight, f.bits_unquantized)
+    predicted = formulas.weights_bytes(shape_from_config(tiny.dir), f.bits_per_weight, f.bits_unquantized)
     assert abs(predicted / b.info["artifact_bytes"] - 1) < 0.02, (predicted, b.info["artifact_bytes"])
     assert abs(predicted / b.weights_bytes() - 1) < 0.02, (predicted, b.weights_bytes())
 

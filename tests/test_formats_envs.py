@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from quantbench import arith, envs, records, runner
-from quantbench.formats import get_format
-from quantbench.shapes import shape_from_config
-from quantbench.suite import Suite
+from quantbench.arith import formulas
+from quantbench.arith.shapes import shape_from_config
+from quantbench.core import envs, records
+from quantbench.core.formats import get_format
+from quantbench.core.suite import Suite
+from quantbench.measure import runner
 
 pytestmark = pytest.mark.slow
 
@@ -73,10 +75,10 @@ def test_build_load_forward_ppl(recs, fmt):
 def test_predicted_bytes_match_the_artifact(tiny, recs, fmt):
     rec, f, memory_bits = recs[(fmt, "ppl128")], get_format(fmt), CASES[fmt][2]
     shape = shape_from_config(tiny.dir)
-    predicted = arith.weights_bytes(shape, f.bits_per_weight, f.bits_unquantized)
+    predicted = formulas.weights_bytes(shape, f.bits_per_weight, f.bits_unquantized)
     assert abs(predicted / rec["artifact_bytes"] - 1) < 0.02, (predicted, rec["artifact_bytes"])
     # OpenVINO keeps the compressed constants in memory; compressed-tensors decompresses to bf16
-    in_memory = predicted if memory_bits is None else arith.weights_bytes(shape, memory_bits, memory_bits)
+    in_memory = predicted if memory_bits is None else formulas.weights_bytes(shape, memory_bits, memory_bits)
     assert abs(in_memory / rec["weights_bytes"] - 1) < 0.02, (in_memory, rec["weights_bytes"])
     if f.backend == "compressed-tensors":
         assert rec["kernel_detail"]["weights_dtype"] == "bfloat16"

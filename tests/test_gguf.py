@@ -11,9 +11,9 @@ pytest.importorskip("gguf", reason="gguf not installed; install quantbench[gguf]
 from quantbench.backends import Context  # noqa: E402
 from quantbench.backends.gguf import GGUFBackend  # noqa: E402
 from quantbench.backends.hf import HFBackend  # noqa: E402
-from quantbench.formats import get_format  # noqa: E402
-from quantbench.measure import score_windows  # noqa: E402
-from quantbench.suite import Suite  # noqa: E402
+from quantbench.core.formats import get_format  # noqa: E402
+from quantbench.core.suite import Suite  # noqa: E402
+from quantbench.measure.timing import score_windows  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -27,14 +27,14 @@ N_VOCAB = 49152
 
 @pytest.fixture(scope="module")
 def tiny():
-    from quantbench.models import resolve
+    from quantbench.inputs.models import resolve
 
     return resolve("tiny")
 
 
 @pytest.fixture(scope="module")
 def windows(tiny):
-    from quantbench import corpus
+    from quantbench.inputs import corpus
 
     ids = corpus.token_ids(tiny.dir, tiny.digest, SUITE.corpus)
     return corpus.windows(ids, SUITE.n_ctx, SUITE.ppl_windows, corpus.bos_first(tiny.dir))

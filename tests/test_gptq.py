@@ -11,14 +11,14 @@ import pytest
 
 pytest.importorskip("gptqmodel", reason="gptqmodel not installed; install quantbench[gptq]")
 
-from quantbench import corpus  # noqa: E402
 from quantbench.backends import Context  # noqa: E402
 from quantbench.backends.gptq import GPTQBackend, kernel_backend, pick_group_size  # noqa: E402
 from quantbench.backends.hf import HFBackend  # noqa: E402
-from quantbench.errors import UserError  # noqa: E402
-from quantbench.formats import get_format  # noqa: E402
-from quantbench.measure import score_windows  # noqa: E402
-from quantbench.suite import Suite  # noqa: E402
+from quantbench.core.errors import UserError  # noqa: E402
+from quantbench.core.formats import get_format  # noqa: E402
+from quantbench.core.suite import Suite  # noqa: E402
+from quantbench.inputs import corpus  # noqa: E402
+from quantbench.measure.timing import score_windows  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -1,11 +1,12 @@
 """The CUDA paths. The compiled-decode logic is checked on the CPU; the rest needs a GPU."""
 import pytest
 
-from quantbench import records, runner
 from quantbench.backends import Context
 from quantbench.backends.hf import HFBackend
-from quantbench.formats import get_format
-from quantbench.suite import Suite
+from quantbench.core import records
+from quantbench.core.formats import get_format
+from quantbench.core.suite import Suite
+from quantbench.measure import runner
 
 
 def _greedy(model, device, compiled, n=12):

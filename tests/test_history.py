@@ -6,7 +6,9 @@ import sys
 import pytest
 from synthetic_history import ENV, commit, one_run, write_history
 
-from quantbench import history, read_history, records
+from quantbench import read_history
+from quantbench.core import records
+from quantbench.track import history
 
 
 def test_machine_and_fingerprint_by_hand():
@@ -72,7 +74,7 @@ def test_read_history(tmp_path):
 # --- compare --baseline auto ----------------------------------------------------------------
 
 def cli(*argv):
-    from quantbench.cli import main
+    from quantbench.cli.main import main
 
     return main(["compare", *map(str, argv)])
 
@@ -125,7 +127,7 @@ def test_run_with_history(tmp_path):
 
 
 def test_track_cli(tmp_path, capsys):
-    from quantbench.cli import main
+    from quantbench.cli.main import main
 
     res = tmp_path / "r.jsonl"
     records.append(res, one_run(0) + one_run(1, env={"gpu": "NVIDIA H200", "gpu_driver": "570.1"}))

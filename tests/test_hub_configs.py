@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from quantbench import arith, shapes
-from quantbench.cli import main
-from quantbench.errors import UserError
+from quantbench.arith import formulas, shapes
+from quantbench.cli.main import main
+from quantbench.core.errors import UserError
 
 HUB = Path(__file__).parent / "data" / "hub-configs"
 TEXT = "google--gemma-3-27b-it.text_config"
@@ -92,7 +92,7 @@ def test_every_family_has_a_hub_config():
 @pytest.mark.parametrize("name", list(DENSE))
 def test_params_from_hub_config(name):
     s = shapes.shape_from_config(str(HUB / f"{name}.json"), exact=False)
-    assert arith.params_total(s) == DENSE[name]
+    assert formulas.params_total(s) == DENSE[name]
     if name in PUBLISHED:
         assert DENSE[name] / 1e9 == pytest.approx(PUBLISHED[name], rel=0.005)
 
@@ -101,7 +101,7 @@ def test_params_from_hub_config(name):
 def test_kv_bytes_per_token_from_hub_config(name):
     layers, kv, hd = KV[name]
     s = shapes.shape_from_config(str(HUB / f"{name}.json"), exact=False)
-    assert arith.kv_bytes(s, seq_len=1, batch=1, bytes_per_elem=2) == 2 * layers * kv * hd * 2
+    assert formulas.kv_bytes(s, seq_len=1, batch=1, bytes_per_elem=2) == 2 * layers * kv * hd * 2
 
 
 def test_gemma3_text_config_gets_transformers_defaults():
@@ -128,12 +128,12 @@ def test_moe_mla_hub_configs_match_the_meta_counts():
     """DeepSeek-V3 (MLA, FP8 stored) and gpt-oss-20b (MXFP4 experts) as shipped give the counts
     tests/test_shapes.py pins to transformers' meta-device model for the curated shapes."""
     ds = shapes.shape_from_config(str(HUB / "deepseek-ai--DeepSeek-V3.json"), exact=False)
-    assert (arith.params_total(ds), arith.params_active(ds)) == (671_026_404_352, 37_552_282_624)
+    assert (formulas.params_total(ds), formulas.params_active(ds)) == (671_026_404_352, 37_552_282_624)
     # MLA: the latent cache is kv_lora_rank + rope dim per layer; decompressed K (192) and V (128)
-    assert arith.kv_bytes(ds, layout="latent") == 61 * (512 + 64) * 2
-    assert arith.kv_bytes(ds) == 61 * 128 * (192 + 128) * 2
+    assert formulas.kv_bytes(ds, layout="latent") == 61 * (512 + 64) * 2
+    assert formulas.kv_bytes(ds) == 61 * 128 * (192 + 128) * 2
     oss = shapes.shape_from_config(str(HUB / "openai--gpt-oss-20b.json"), exact=False)
-    assert (arith.params_total(oss), arith.params_active(oss)) == (20_914_757_184, 4_187_440_704)
+    assert (formulas.params_total(oss), formulas.params_active(oss)) == (20_914_757_184, 4_187_440_704)
     fmt, bits = shapes.stored_format(str(HUB / "openai--gpt-oss-20b.json"))
     assert bits == 4.25 and fmt.name == "stored-mxfp4-experts"
 
@@ -151,6 +151,6 @@ def test_without_a_config_class_the_config_is_read_as_written(monkeypatch):
     monkeypatch.setattr(shapes, "_config_class", lambda kind: None)
     with pytest.warns(UserWarning, match="no config class for model_type 'llama'"):
         s = shapes.shape_from_config(str(HUB / "meta-llama--Llama-3.1-8B.json"), exact=False)
-    assert arith.params_total(s) == DENSE["meta-llama--Llama-3.1-8B"]
+    assert formulas.params_total(s) == DENSE["meta-llama--Llama-3.1-8B"]
     with pytest.warns(UserWarning), pytest.raises(UserError, match="no vocabulary size"):
         shapes.shape_from_config(str(HUB / f"{TEXT}.json"), exact=False)

@@ -5,9 +5,9 @@ import json
 import pytest
 
 from quantbench.backends import kernels
-from quantbench.errors import UserError
-from quantbench.formats import KERNEL_PATHS, get_format, with_kernel_paths
-from quantbench.suite import Suite
+from quantbench.core.errors import UserError
+from quantbench.core.formats import KERNEL_PATHS, get_format, with_kernel_paths
+from quantbench.core.suite import Suite
 
 # llama.cpp 0.3.36's load log on a 2-core Sapphire Rapids guest (issue 23) and on this EPYC.
 AMX_LOG = """load_tensors: loading model tensors, this can take a while... (mmap = true)
@@ -129,7 +129,7 @@ def test_suite_kernel_keys():
 
 
 def test_runner_plan_crosses_kernel_paths():
-    from quantbench.runner import plan
+    from quantbench.measure.runner import plan
 
     s = Suite(formats=("fp32", "gguf-q4_0"), kernel_paths=("norepack",), kv_types=("q8_0",))
     assert [f for _, f in plan(s)] == ["fp32", "gguf-q4_0", "gguf-q4_0+path-norepack",
@@ -137,7 +137,7 @@ def test_runner_plan_crosses_kernel_paths():
 
 
 def test_report_flags_a_fallback():
-    from quantbench.report import cell_text, details_text
+    from quantbench.report.render import cell_text, details_text
 
     row = {"status": "ok", "kernel": "llama.cpp:CPU", "format": "gguf-q8_0+path-norepack",
            "kernel_fallback": "gguf-q8_0 worker killed by SIGSEGV on llama.cpp:AMX"}
@@ -159,7 +159,8 @@ SUITE = dict(model="tiny", devices=("cpu",), prompt_lengths=(32,), gen_tokens=4,
 
 def _run(tmp_path, monkeypatch, capfd, **kw):
     pytest.importorskip("llama_cpp")
-    from quantbench import records, runner
+    from quantbench.core import records
+    from quantbench.measure import runner
 
     monkeypatch.setenv("QUANTBENCH_TEST_CRASH", "gguf:default")
     out = runner.run(Suite(name="crash", **{**SUITE, **kw}), tmp_path / "crash.jsonl")
@@ -194,7 +195,7 @@ def test_engine_crash_falls_back_and_keeps_both(tmp_path, monkeypatch, capfd):
     assert q8["kld_reference"] == "gguf-f16+path-norepack" and q8["kld_mean"] > 0
     assert console.count("Retrying once as") == 2
     # compare against a run where the default path worked: a fallback is a note, not a regression
-    from quantbench.compare import compare
+    from quantbench.track.compare import compare
 
     base = [{**r, "format": r["format"].replace("+path-norepack", ""), "status": "ok",
              "crash_signal": None} for r in recs if "+path-" in r["format"]]
@@ -203,9 +204,10 @@ def test_engine_crash_falls_back_and_keeps_both(tmp_path, monkeypatch, capfd):
     assert sum("measured as gguf-q8_0+path-norepack instead" in n for n in res.notes) == len(workloads)
     assert "[gguf-q8_0/cpu] worker killed by SIGSEGV in llama.cpp:" in console
     assert "[gguf-q8_0/cpu] done" not in console  # the crash is said once, by the fallback line
-    from quantbench import records, report
+    from quantbench.core import records
+    from quantbench.report import render
 
-    html = report.render_html(records.read_results(tmp_path / "crash.jsonl"))
+    html = render.render_html(records.read_results(tmp_path / "crash.jsonl"))
     assert html.count("⚠ fallback") >= 2 and "engine crash: SIGSEGV in llama.cpp:" in html
 
 
@@ -215,7 +217,7 @@ def test_kernel_fallback_off_keeps_the_failure(tmp_path, monkeypatch, capfd):
     assert {r["format"] for r in recs} == {"gguf-q4_0"}
     assert recs and all(r["status"] == "failed" and r["crash_signal"] == "SIGSEGV" for r in recs)
     assert "Retrying" not in console
-    from quantbench.compare import compare  # with no fallback measured, compare calls it
+    from quantbench.track.compare import compare  # with no fallback measured, compare calls it
 
     res = compare([{**r, "status": "ok", "crash_signal": None} for r in recs], recs)
     assert len(res.regressions) == len(recs) and "ok in base, failed in new" in res.regressions[0]
@@ -228,7 +230,7 @@ def test_in_process_load_avoids_a_crashing_path(tmp_path, monkeypatch):
     pytest.importorskip("llama_cpp")
     from quantbench.backends import Context
     from quantbench.backends.gguf import GGUFBackend, extra_bufts_crash
-    from quantbench.models import resolve
+    from quantbench.inputs.models import resolve
 
     tiny = resolve("tiny")
     s = Suite(name="inproc", formats=("gguf-q8_0",), n_ctx=64, prompt_lengths=(16,), gen_tokens=2)
@@ -266,19 +268,19 @@ class _FakeNvml:
 
 
 def test_energy_per_token_is_net_of_idle(monkeypatch):
-    from quantbench import measure
     from quantbench.backends import Context
     from quantbench.backends.dummy import DummyBackend
+    from quantbench.measure import timing
 
     fake = _FakeNvml(60.0)
     monkeypatch.setitem(__import__("sys").modules, "pynvml", fake)
-    monkeypatch.setattr(measure.EnergyMeter, "IDLE_S", 0.2)
-    meter = measure.EnergyMeter("cuda:0")
+    monkeypatch.setattr(timing.EnergyMeter, "IDLE_S", 0.2)
+    meter = timing.EnergyMeter("cuda:0")
     assert meter.reason == "" and meter.measure_idle() == pytest.approx(60.0, rel=0.05)
     fake.watts = 260.0  # the card under load draws 200 W above idle
     b = DummyBackend(Context("m", "", "", get_format("dummy"), "cpu", 1, Suite(formats=("dummy",))))
     b.load()
-    out = measure.time_decode(b, [1, 2, 3], 12, 3, 5.0, energy=meter)
+    out = timing.time_decode(b, [1, 2, 3], 12, 3, 5.0, energy=meter)
     step_s = sum(out["decode_samples_s"]) / out["decode_tokens_timed"]
     # net J/token = 200 W x the time per token (the counter also runs between steps: within 30 %)
     assert out["decode_energy_j_per_tok"] == pytest.approx(200.0 * step_s, rel=0.3)
@@ -288,22 +290,22 @@ def test_energy_per_token_is_net_of_idle(monkeypatch):
 
 
 def test_energy_skipped_names_why(monkeypatch):
-    from quantbench import measure
+    from quantbench.measure import timing
 
     class NoCounter(_FakeNvml):
         def nvmlDeviceGetTotalEnergyConsumption(self, h):
             raise RuntimeError("Not Supported")
 
     monkeypatch.setitem(__import__("sys").modules, "pynvml", NoCounter(0))
-    meter = measure.EnergyMeter("cuda")
+    meter = timing.EnergyMeter("cuda")
     assert meter.read() is None and meter.measure_idle() is None
-    assert measure.energy_fields("decode", 1.0, 1.0, 10, meter) == {
+    assert timing.energy_fields("decode", 1.0, 1.0, 10, meter) == {
         "energy_reason": "NVML energy counter unavailable: RuntimeError: Not Supported"}
 
 
 def test_restamp_writes_late_kernel_fields(tmp_path):
-    from quantbench import records
-    from quantbench.worker import restamp
+    from quantbench.core import records
+    from quantbench.measure.worker import restamp
 
     part = tmp_path / "v.jsonl"
     base = {"schema_version": records.SCHEMA_VERSION, "model": "m", "format": "bf16", "device": "cuda",

@@ -6,15 +6,16 @@ perf` enables them, saves the timings and fails on a 25 % median slowdown agains
 import numpy as np
 import pytest
 
-from quantbench import arith, records
+from quantbench.arith import formulas
+from quantbench.arith.hardware import DEVICES
 from quantbench.backends import Context
 from quantbench.backends.dummy import DummyBackend
-from quantbench.formats import get_format
-from quantbench.hardware import DEVICES
-from quantbench.measure import log_softmax, score_windows
-from quantbench.suite import Suite
+from quantbench.core import records
+from quantbench.core.formats import get_format
+from quantbench.core.suite import Suite
+from quantbench.measure.timing import log_softmax, score_windows
 
-SMOL = arith.ModelShape(n_layers=30, d_model=576, n_heads=9, n_kv_heads=3, head_dim=64, d_ff=1536,
+SMOL = formulas.ModelShape(n_layers=30, d_model=576, n_heads=9, n_kv_heads=3, head_dim=64, d_ff=1536,
                         vocab=49152, tied_embeddings=True)
 
 
@@ -49,7 +50,7 @@ def test_record_writing(benchmark, tmp_path):
 
 def test_arithmetic(benchmark):
     peaks = DEVICES["h100-sxm"]
-    out = benchmark(arith.predicted_fields, SMOL, get_format("bf16"), peaks, "tg", n_prompt=16,
+    out = benchmark(formulas.predicted_fields, SMOL, get_format("bf16"), peaks, "tg", n_prompt=16,
                     n_gen=64)
     assert out["bound"] == "memory" and out["decode_tok_s_predicted"] > 1000
 
@@ -57,8 +58,9 @@ def test_arithmetic(benchmark):
 def test_report_rendering(benchmark, tmp_path):
     from synthetic import synthetic
 
-    from quantbench import read_results, report
+    from quantbench import read_results
+    from quantbench.report import render
 
     df = read_results(*synthetic(tmp_path))
-    html = benchmark(report.render_html, df)
+    html = benchmark(render.render_html, df)
     assert html.count('class="plot"') >= 10

@@ -3,7 +3,7 @@ import os
 import re
 import time
 
-from quantbench import worker
+from quantbench.measure import worker
 
 
 def test_progress_line_eta():
@@ -35,15 +35,15 @@ def test_log_progress_follows_the_quantizers_log(tmp_path, monkeypatch):
 def test_run_length_estimate_matches_the_measured_cold_run():
     """The default suite's 11 variants of the embedded model (134.5M parameters, 5 workloads each)
     took 580 s of measuring in a cold run on this machine (commit 823d02d, load 0.9-1.6)."""
-    from quantbench.runner import measure_estimate_s
+    from quantbench.measure.runner import measure_estimate_s
 
     assert 0.85 < measure_estimate_s(134.5e6, 11, 5) / 580 < 1.15
     assert measure_estimate_s(134.5e6, 0, 5) == 0
 
 
 def test_a_run_announces_its_length_and_what_is_left(tmp_path, tiny, capsys):
-    from quantbench import runner
-    from quantbench.suite import Suite
+    from quantbench.core.suite import Suite
+    from quantbench.measure import runner
 
     suite = Suite(name="t", model="tiny", formats=("dummy", "fp32"), prompt_lengths=(16,), gen_tokens=4,
                   min_samples=1, time_budget_s=1.0, n_ctx=32, ppl_windows=1, quality_budget_s=10.0, kld_tokens=8)

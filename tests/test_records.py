@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from quantbench import read_results, records
-from quantbench.errors import UserError
+from quantbench import read_results
+from quantbench.core import records
+from quantbench.core.errors import UserError
 
 
 def _rec(fmt, workload="tg64", **kw):
@@ -51,7 +52,7 @@ def test_environment_block():
 
 
 def test_git_commit_names_a_copied_tree(monkeypatch):
-    from quantbench import records
+    from quantbench.core import records
 
     records.git_commit.cache_clear()
     monkeypatch.setenv("QUANTBENCH_GIT_COMMIT", "93d8332abcde")

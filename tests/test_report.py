@@ -19,12 +19,13 @@ from synthetic import (
     synthetic,
 )
 
-from quantbench import pivot, records, report
+from quantbench.core import records
+from quantbench.report import pivot, render
 
 
 @pytest.fixture
 def written(tmp_path):
-    paths = report.write_report(synthetic(tmp_path), str(tmp_path / "reports" / "smoke.html"))
+    paths = render.write_report(synthetic(tmp_path), str(tmp_path / "reports" / "smoke.html"))
     return paths, [open(p, encoding="utf-8").read() for p in paths]
 
 
@@ -124,7 +125,7 @@ def test_no_external_assets(written):
 
 
 def test_cli_parser(tmp_path, capsys):
-    from quantbench.cli import main
+    from quantbench.cli.main import main
 
     out = tmp_path / "r" / "x.html"
     assert main(["report", *synthetic(tmp_path), "-o", str(out)]) == 0
@@ -138,7 +139,7 @@ def test_missing_fields_do_not_crash(tmp_path):
                         "schema_version": 2},
                        {"model": "m", "format": "gguf-q4_0", "device": "cpu", "workload": "pp64",
                         "status": "failed", "reason": "boom", "schema_version": 2}])
-    html = report.render_html(records.read_results(f))
+    html = render.render_html(records.read_results(f))
     assert "boom" in html and html.count('class="plot"') == 5
 
 
@@ -158,7 +159,7 @@ def test_partial_variant_and_kld_only_quality(tmp_path):
     assert set(p.loc[p["pareto"], "format"]) == {"gguf-q8_0", "gguf-q4_0"}  # q4_k_m has no KLD
     row = p[p["format"] == "gguf-q4_k_m"].iloc[0]
     assert row["status"] == "partial" and row["reason"] == "ppl512: quality budget exceeded"
-    html = report.render_html(df)
+    html = render.render_html(df)
     assert "mean KLD vs reference (log)" in html
     assert "partial: ppl512: quality budget exceeded" in html
     assert "fastest decode: gguf-q4_k_m" in html  # a partial variant still counts where it ran
@@ -200,10 +201,10 @@ def test_sol_fractions_prefill_beside_decode(tmp_path):
     assert fp32["prefill_sol_workload"] == "pp512"
     assert fp32["prefill_sol_frac"] == pytest.approx(16.3 * 6 * 0.9 / (90e9 / (2 * 134_515_008)))
     assert fp32["prefill_sol_frac"] == pytest.approx(0.2631, abs=1e-4)
-    heads = [h for _, h, _ in report.display_columns(report.table(p))]
+    heads = [h for _, h, _ in render.display_columns(render.table(p))]
     assert heads.index("prefill SoL²") + 1 == heads.index("decode SoL²")
-    assert report.cell_text({"t": 25200.4}, "t", "rate") == "25200"
-    assert report.cell_text({"t": 80.94}, "t", "rate") == "80.9"
+    assert render.cell_text({"t": 25200.4}, "t", "rate") == "25200"
+    assert render.cell_text({"t": 80.94}, "t", "rate") == "80.9"
     assert "decode SoL (spec)" not in heads  # no record carries the datasheet twin
 
 
@@ -218,8 +219,8 @@ def test_spec_sheet_sol_beside_calibrated(tmp_path):
             r["decode_sol_frac_spec"] = r["decode_tok_s"] / r["decode_tok_s_predicted_spec"]
     gpu.unlink()
     records.append(gpu, recs)
-    t = report.table(pivot.pivot(records.read_results(*files)))
-    heads = [h for _, h, _ in report.display_columns(t)]
+    t = render.table(pivot.pivot(records.read_results(*files)))
+    heads = [h for _, h, _ in render.display_columns(t)]
     assert heads.index("decode SoL²") + 1 == heads.index("decode SoL (spec)")
     cuda = t[t["device"] == "cuda"]
     assert cuda["decode_sol_frac_spec"].notna().all()
@@ -231,9 +232,9 @@ def test_spec_sheet_sol_beside_calibrated(tmp_path):
 
 def test_write_report_pivots_once(tmp_path, monkeypatch):
     calls = []
-    real = report.pivot
-    monkeypatch.setattr(report, "pivot", lambda df: calls.append(1) or real(df))
-    report.write_report(synthetic(tmp_path), str(tmp_path / "once.html"))
+    real = render.pivot
+    monkeypatch.setattr(render, "pivot", lambda df: calls.append(1) or real(df))
+    render.write_report(synthetic(tmp_path), str(tmp_path / "once.html"))
     assert len(calls) == 1
 
 
@@ -242,7 +243,7 @@ def test_script_marks_ready_and_errors(written):
     head, body = html.split("</head>")
     assert "window.onerror" in head  # installed before any other script runs
     assert body.rstrip().endswith("</script></main></body></html>")
-    assert 'document.body.dataset.ready = "1"' in body and "details" in report.SORT_JS
+    assert 'document.body.dataset.ready = "1"' in body and "details" in render.SORT_JS
 
 
 def test_compiled_twin_beside_eager(tmp_path):
@@ -253,11 +254,11 @@ def test_compiled_twin_beside_eager(tmp_path):
                  **({"decode_tok_s": 2.5 * r["decode_tok_s"]} if r["workload"] == "tg64" else {}))
             for r in records.read(gpu) if r["format"] == "fp16"]
     records.append(gpu, twin)
-    t = report.table(pivot.pivot(records.read_results(*files)))
+    t = render.table(pivot.pivot(records.read_results(*files)))
     rows = {r["format"]: r for r in t.to_dict("records") if r["device"] == "cuda"}
     assert rows["fp16+compiled"]["decode_vs_eager"] == pytest.approx(2.5)
-    assert "decode 2.50× the eager fp16" in report.details_text(rows["fp16+compiled"])
-    assert "× the eager" not in report.details_text(rows["fp16"])
+    assert "decode 2.50× the eager fp16" in render.details_text(rows["fp16+compiled"])
+    assert "× the eager" not in render.details_text(rows["fp16"])
 
 
 def test_batched_decode_column(tmp_path):
@@ -266,8 +267,8 @@ def test_batched_decode_column(tmp_path):
     batched = [dict(r, workload="tg64x8", batch=8, decode_tok_s=6.5 * r["decode_tok_s"])
                for r in records.read(gpu) if r["workload"] == "tg64"]
     records.append(gpu, batched)
-    t = report.table(pivot.pivot(records.read_results(*files)))
-    heads = [h for _, h, _ in report.display_columns(t)]
+    t = render.table(pivot.pivot(records.read_results(*files)))
+    heads = [h for _, h, _ in render.display_columns(t)]
     assert heads.index("decode tok/s") + 1 == heads.index("decode tok/s ×8 seqs")
     cuda = t[t["device"] == "cuda"]
     assert (cuda["decode_tok_s@b8"] / cuda["decode_tok_s"]).tolist() == pytest.approx([6.5] * len(cuda))

@@ -4,8 +4,9 @@ import os
 
 import pytest
 
-from quantbench import records, runner
-from quantbench.suite import Suite, Workload
+from quantbench.core import records
+from quantbench.core.suite import Suite, Workload
+from quantbench.measure import runner
 
 TINY = Suite(name="t", model="tiny", formats=("bf16", "fp32", "fp16", "bnb-int8", "bnb-nf4"),
              prompt_lengths=(32,), gen_tokens=8, min_samples=3, time_budget_s=2.0, n_ctx=64,
@@ -136,7 +137,7 @@ def test_predicted_beside_measured(tiny_run):
 BUILD_SCRIPT = """
 import logging, os, sys
 from pathlib import Path
-from quantbench import worker
+from quantbench.measure import worker
 from quantbench.backends import say
 
 def noisy():
@@ -184,11 +185,12 @@ def test_decode_twin_against_the_datasheet(tmp_path):
 
     import numpy as np
 
-    from quantbench import hardware, worker
+    from quantbench.arith import hardware
+    from quantbench.arith.shapes import shape_from_config
     from quantbench.backends import Context
     from quantbench.backends.dummy import DummyBackend
-    from quantbench.formats import get_format
-    from quantbench.shapes import shape_from_config
+    from quantbench.core.formats import get_format
+    from quantbench.measure import worker
 
     suite = Suite(model="dummy", formats=("dummy",), gen_tokens=8, gen_prompt_tokens=4,
                   min_samples=2, time_budget_s=1.0)

@@ -8,27 +8,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantbench import cli, compare, records
-from quantbench.errors import UserError
-from quantbench.suite import Suite, Workload, load_suite
-from quantbench.worker import Job, Reference
+from quantbench.cli import main
+from quantbench.core import records
+from quantbench.core.errors import UserError
+from quantbench.core.suite import Suite, Workload, load_suite
+from quantbench.measure.worker import Job, Reference
+from quantbench.track import compare
 
 ROOT = Path(__file__).parent.parent
 
 
 def _run_args(*argv):
-    return cli.build_parser().parse_args(["run", *argv])
+    return main.build_parser().parse_args(["run", *argv])
 
 
 # bug 1: a flag and a --set of the same key merge; the flag wins; never a traceback
 def test_flag_and_set_of_one_key_merge(capsys):
-    s = cli._suite(_run_args("--set", "threads=2", "--threads", "1"))
+    s = main._suite(_run_args("--set", "threads=2", "--threads", "1"))
     assert s.threads == 1
     assert "overrides --set threads=2" in capsys.readouterr().err
-    s = cli._suite(_run_args("--set", "threads=2", "--set", "model=tiny", "--set", 'formats=["bf16"]',
+    s = main._suite(_run_args("--set", "threads=2", "--set", "model=tiny", "--set", 'formats=["bf16"]',
                              "--set", 'devices=["cpu"]'))
     assert (s.threads, s.model, s.formats, s.devices) == (2, "tiny", ("bf16",), ("cpu",))
-    s = cli._suite(_run_args("--set", 'formats=["bf16"]', "--formats", "fp32,gguf-q8_0"))
+    s = main._suite(_run_args("--set", 'formats=["bf16"]', "--formats", "fp32,gguf-q8_0"))
     assert s.formats == ("fp32", "gguf-q8_0")
 
 
@@ -44,7 +46,7 @@ def test_default_sample_counts_let_the_timing_gate_fire():
 def test_hub_error_keeps_the_first_line_and_redacts_tokens(monkeypatch):
     import huggingface_hub
 
-    from quantbench import models
+    from quantbench.inputs import models
 
     def boom(*a, **k):
         raise RuntimeError("401 Client Error: gated repo, token hf_AbCdEfGhIjKlMnOp rejected\nmore")
@@ -74,7 +76,7 @@ def test_gpu_info_says_why_nvml_failed(monkeypatch):
 
 # bug 8: a variant cut short by the quality budget is marked partial; ppl is compared on common windows
 def test_partial_quality_is_marked_and_compared_on_common_windows():
-    from quantbench.measure import score_windows
+    from quantbench.measure.timing import score_windows
 
     class Slow:
         def logits(self, ids):
@@ -98,8 +100,8 @@ def _ppl_rec(fmt, nll, t=256, **kw):
 def test_report_ppl_is_over_the_windows_every_variant_scored():
     import pandas as pd
 
-    from quantbench.pivot import pivot
-    from quantbench.report import table
+    from quantbench.report.pivot import pivot
+    from quantbench.report.render import table
 
     easy, hard = 256 * math.log(10), 256 * math.log(20)  # later windows are harder text
     full = _ppl_rec("fp32", [easy] * 10 + [hard] * 10)
@@ -190,13 +192,14 @@ def test_job_round_trips_through_json():
 
 
 def test_one_reference_order_for_runner_and_report():
-    from quantbench import pivot, runner
+    from quantbench.measure import runner
+    from quantbench.report import pivot
 
     assert runner.REFERENCE_ORDER is pivot.REFERENCE_ORDER
 
 
 def test_one_error_handler_compare_bad_input_exits_2(tmp_path, capsys):
-    rc = cli.main(["compare", str(tmp_path / "nope.jsonl"), str(tmp_path / "nope.jsonl")])
+    rc = main.main(["compare", str(tmp_path / "nope.jsonl"), str(tmp_path / "nope.jsonl")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: compare:")
 
@@ -205,7 +208,7 @@ def test_one_error_handler_compare_bad_input_exits_2(tmp_path, capsys):
 def test_report_notes_come_from_the_records():
     import pandas as pd
 
-    from quantbench.report import render_markdown
+    from quantbench.report.render import render_markdown
 
     base = {"format": "fp32", "device": "cpu", "workload": "load", "status": "ok", "schema_version": 2}
     shape = {**base, "model": "shape:smollm2-135m", "model_note": "shape:smollm2-135m: random weights"}
@@ -221,9 +224,9 @@ def test_report_notes_come_from_the_records():
     (None, "skipped"),  # MissingDependency, made below
 ])
 def test_worker_skips_only_missing_dependencies(tmp_path, monkeypatch, exc, status):
-    from quantbench import worker
     from quantbench.backends.dummy import DummyBackend
-    from quantbench.errors import MissingDependency
+    from quantbench.core.errors import MissingDependency
+    from quantbench.measure import worker
 
     err = exc or MissingDependency("gptqmodel is not installed; install it with `pip install x`")
 
@@ -243,3 +246,39 @@ def test_worker_skips_only_missing_dependencies(tmp_path, monkeypatch, exc, stat
     assert worker.main(str(tmp_path / "job.json")) == 0
     [rec] = records.read(tmp_path / "p.jsonl")
     assert rec["status"] == status and str(err).splitlines()[0] in rec["reason"]
+
+
+# The package's rooms, lowest first: a module imports only from its own room or a lower one
+# (docs/code.md). quantbench/__init__.py, the public API, is exempt.
+ROOMS = ["core", "arith", "inputs", "backends", "measure", "report", "track", "parity", "cli"]
+
+
+def _room(module: str) -> int | None:
+    parts = module.split(".")
+    if parts[0] != "quantbench" or len(parts) < 2 or parts[1] in ("__init__", "__main__"):
+        return None
+    return ROOMS.index(parts[1])
+
+
+def test_no_module_imports_from_a_higher_room():
+    import ast
+    upward = []
+    for path in sorted((ROOT / "quantbench").rglob("*.py")):
+        rel = path.relative_to(ROOT).with_suffix("")
+        mine = _room(".".join(rel.parts))
+        if mine is None:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("quantbench"):
+                targets = [node.module] if node.module != "quantbench" else [
+                    f"quantbench.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names if a.name.startswith("quantbench.")]
+            for t in targets:
+                room = _room(t)
+                if room is not None and room > mine:
+                    upward.append(f"{rel}: {t}")
+    assert not upward, upward
+    assert {p.name for p in (ROOT / "quantbench").iterdir() if p.is_dir() and p.name != "__pycache__"} \
+        == set(ROOMS) - {"parity"}

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from quantbench import arith, shapes
-from quantbench.errors import UserError
+from quantbench.arith import formulas, shapes
+from quantbench.core.errors import UserError
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=256, max_position_embeddings=32,
@@ -23,13 +23,13 @@ def test_llama_tiny_formula_is_exact(tmp_path):
     assert (s.n_layers, s.d_model, s.n_heads, s.n_kv_heads, s.head_dim, s.d_ff, s.vocab) == \
         (2, 64, 4, 2, 16, 128, 256)
     assert s.gated_mlp and not s.tied_embeddings
-    c = arith.params_by_component(s)
+    c = formulas.params_by_component(s)
     # attention 2 × (2·64·64 + 2·64·32); mlp 2 × 3·64·128; norms 5 × 64
     assert c == {"embeddings": 16_384, "attention": 24_576, "mlp": 49_152, "norms": 320,
                  "lm_head": 16_384}
     # the formula is what estimate uses for llama: it must equal the meta-device count
     assert shapes.count_params(shapes.load_config(str(tmp_path / "config.json"))) \
-        == sum(c.values()) == arith.params_total(s) == 106_816
+        == sum(c.values()) == formulas.params_total(s) == 106_816
 
 
 def test_qwen2_tiny_counts_qkv_bias_and_ties(tmp_path):
@@ -39,7 +39,7 @@ def test_qwen2_tiny_counts_qkv_bias_and_ties(tmp_path):
     assert s.qkv_bias and s.tied_embeddings
     # llama tiny − lm_head 16,384 + q/k/v biases 2 × (4 + 2·2) × 16 = 256
     assert shapes.count_params(shapes.load_config(str(tmp_path))) \
-        == sum(arith.params_by_component(s).values()) == arith.params_total(s) == 90_688
+        == sum(formulas.params_by_component(s).values()) == formulas.params_total(s) == 90_688
 
 
 def test_gpt2_tiny_meta_count(tmp_path):
@@ -52,7 +52,7 @@ def test_gpt2_tiny_meta_count(tmp_path):
     #   + c_fc 16,640 + c_proj 16,448) + ln_f 128
     assert s.params_total == 118_528
     # the formula leaves out wpe 2,048, linear biases 1,152 and LayerNorm biases 320
-    assert s.params_total - sum(arith.params_by_component(s).values()) == 3_520
+    assert s.params_total - sum(formulas.params_by_component(s).values()) == 3_520
 
 
 def test_opt_tiny_meta_count(tmp_path):
@@ -69,19 +69,19 @@ def test_opt_tiny_meta_count(tmp_path):
 def test_known_shapes_are_exact():
     def both(name):  # the formula estimate uses, and the meta-device count
         s = shapes.shape_from_config(f"shape:{name}")
-        return arith.params_total(s), shapes.count_params(shapes.load_config(f"shape:{name}"))
+        return formulas.params_total(s), shapes.count_params(shapes.load_config(f"shape:{name}"))
 
     assert both("smollm2-135m") == (134_515_008,) * 2
     s = shapes.shape_from_config("shape:llama-3-8b")
     assert both("llama-3-8b") == (8_030_261_248,) * 2 and (s.n_kv_heads, s.head_dim) == (8, 128)
-    assert arith.kv_cache_bytes(s.n_layers, s.n_kv_heads, s.head_dim) == 131_072
+    assert formulas.kv_cache_bytes(s.n_layers, s.n_kv_heads, s.head_dim) == 131_072
     assert both("llama-3.2-1b") == (1_235_814_400,) * 2
     assert both("qwen2.5-7b") == (7_615_616_512,) * 2
 
 
 def test_dict_input_without_torch_count():
     s = shapes.shape_from_config(shapes.KNOWN_SHAPES["smollm2-135m"], exact=False)
-    assert s.params_total is None and arith.params_total(s) == 134_515_008
+    assert s.params_total is None and formulas.params_total(s) == 134_515_008
 
 
 def test_errors_are_user_errors(tmp_path, monkeypatch):
@@ -108,7 +108,7 @@ def test_errors_are_user_errors(tmp_path, monkeypatch):
 def _both(model):
     """Returns (formula count, meta-device count): estimate uses the first, the second is truth."""
     s = shapes.shape_from_config(model)
-    return arith.params_total(s), shapes.count_params(shapes.load_config(model))
+    return formulas.params_total(s), shapes.count_params(shapes.load_config(model))
 
 
 # One tiny config per family; each family's formula must equal transformers' meta-device model.
@@ -171,7 +171,7 @@ def test_known_shape_counts(name):
     total, active = KNOWN_COUNTS[name]
     assert _both(f"shape:{name}") == (total, total)
     s = shapes.shape_from_config(f"shape:{name}")
-    assert arith.params_active(s) == active
+    assert formulas.params_active(s) == active
 
 
 def test_known_shapes_read_each_feature():
@@ -201,7 +201,7 @@ def test_shape_cut():
     assert (s.n_layers, s.n_experts, s.d_model) == (4, 128, 2048)
     # 4 layers of the real model: 48-layer total minus 44 layers' worth
     per_layer = (30_532_122_624 - 2 * 151_936 * 2048 - 2048) // 48
-    assert arith.params_total(s) == 4 * per_layer + 2 * 151_936 * 2048 + 2048 == 3_114_814_464
+    assert formulas.params_total(s) == 4 * per_layer + 2 * 151_936 * 2048 + 2048 == 3_114_814_464
     assert _both("shape:qwen3-30b-a3b@layers=4")[1] == 3_114_814_464
     oss = shapes.shape_from_config("shape:gpt-oss-20b@layers=3")
     assert oss.windows == (128, 0, 128)
@@ -219,17 +219,17 @@ def test_stored_format_from_quantization_config():
     s = shapes.shape_from_config("shape:gpt-oss-20b")
     # published checkpoint ≈ 13.8 GB: expert matmuls 19,110,297,600 × 4.25 bits
     # + the other 1,804,459,584 parameters × 16 bits
-    assert arith.weights_bytes(s, 16, 16, bits_experts=4.25) \
+    assert formulas.weights_bytes(s, 16, 16, bits_experts=4.25) \
         == 10_152_345_600 + 3_608_919_168 == 13_761_264_768
 
 
 def test_active_without_embedding_table_matches_other_conventions():
     # gpt-oss (model card 3.6B) and DeepSeek-V2-Lite (2.4B) leave the input table out
     oss = shapes.shape_from_config("shape:gpt-oss-20b")
-    assert arith.params_active(oss, embeddings=False) == 4_187_440_704 - 201_088 * 2880 \
+    assert formulas.params_active(oss, embeddings=False) == 4_187_440_704 - 201_088 * 2880 \
         == 3_608_307_264
     lite = shapes.shape_from_config("shape:deepseek-v2-lite")
-    assert arith.params_active(lite, embeddings=False) == 2_661_150_208 - 102_400 * 2048 \
+    assert formulas.params_active(lite, embeddings=False) == 2_661_150_208 - 102_400 * 2048 \
         == 2_451_435_008
     smol = shapes.shape_from_config("shape:smollm2-135m")  # tied: the table is the lm_head
-    assert arith.params_active(smol, embeddings=False) == 134_515_008
+    assert formulas.params_active(smol, embeddings=False) == 134_515_008

@@ -7,8 +7,9 @@ other work on a shared machine, and then the record must say so.
 """
 import pytest
 
-from quantbench import records, runner
-from quantbench.suite import load_suite
+from quantbench.core import records
+from quantbench.core.suite import load_suite
+from quantbench.measure import runner
 
 pytestmark = pytest.mark.slow
 

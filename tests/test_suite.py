@@ -1,8 +1,8 @@
 import pytest
 
-from quantbench.errors import UserError
-from quantbench.formats import FORMATS, get_format
-from quantbench.suite import Suite, load_suite, parse_sets
+from quantbench.core.errors import UserError
+from quantbench.core.formats import FORMATS, get_format
+from quantbench.core.suite import Suite, load_suite, parse_sets
 
 
 def test_shipped_suites_parse():
@@ -66,7 +66,7 @@ def test_compiled_twin_of_a_format():
 
 
 def test_set_overrides_any_key():
-    from quantbench.suite import parse_sets
+    from quantbench.core.suite import parse_sets
 
     got = parse_sets(["n_ctx=256", "gptq_kernel=gptq_triton", "prompt_lengths=[64, 128]",
                       "time_budget_s=2.5", 'corpus="file:x.txt"'])
@@ -82,7 +82,7 @@ def test_set_overrides_any_key():
 
 
 def test_kv_types_axis_expands_gguf_formats():
-    from quantbench.runner import plan
+    from quantbench.measure.runner import plan
 
     s = Suite(formats=("bf16", "gguf-q4_0"), kv_types=("f16", "q8_0", "q4_0"))
     assert [f for _, f in plan(s)] == ["bf16", "gguf-q4_0", "gguf-q4_0+kv-q8_0", "gguf-q4_0+kv-q4_0"]

@@ -4,12 +4,14 @@ import dataclasses
 import numpy as np
 import pytest
 
-from quantbench import arith, fit, records, runner
-from quantbench.errors import UserError
-from quantbench.formats import get_format
-from quantbench.hardware import Peaks
-from quantbench.shapes import shape_from_config
-from quantbench.suite import Suite, Workload, load_suite
+from quantbench.arith import fit, formulas
+from quantbench.arith.hardware import Peaks
+from quantbench.arith.shapes import shape_from_config
+from quantbench.core import records
+from quantbench.core.errors import UserError
+from quantbench.core.formats import get_format
+from quantbench.core.suite import Suite, Workload, load_suite
+from quantbench.measure import runner
 
 
 def test_workload_names_round_trip():
@@ -75,35 +77,35 @@ def test_known_ladder_shapes():
     # parameter counts of the real checkpoints (config.json on the Hub, counted on the meta device)
     for name, params in (("smollm2-135m", 134_515_008), ("smollm2-360m", 361_821_120),
                          ("qwen2.5-0.5b", 494_032_768), ("llama-3.2-1b", 1_235_814_400)):
-        assert arith.params_total(shape_from_config(f"shape:{name}", exact=False)) == params
+        assert formulas.params_total(shape_from_config(f"shape:{name}", exact=False)) == params
 
 
 # --- the arithmetic at depth, and the knee
 
 def test_knee_reproduces_kipply_208():
     # A100: 312 TFLOP/s fp16 over 1.5 TB/s; fp16 weights, 2 bytes read and 2 FLOPs per weight
-    assert arith.knee_batch(312e12, 1.5e12, 2) == pytest.approx(208)
-    assert arith.knee_batch(312e12, 1.5e12, 0.5) == pytest.approx(52)  # 4-bit: a 4x lower knee
+    assert formulas.knee_batch(312e12, 1.5e12, 2) == pytest.approx(208)
+    assert formulas.knee_batch(312e12, 1.5e12, 0.5) == pytest.approx(52)  # 4-bit: a 4x lower knee
 
 
 def test_predicted_step_reads_weights_plus_depth_of_kv():
     s = shape_from_config("shape:smollm2-135m", exact=False)
     fmt = get_format("bf16")
     peaks = Peaks("cpu", {"fp32": 1e11, "bf16": 1e11}, 1e10, 1e11, "measured")
-    w = arith.weights_bytes(s, 16, 16)
+    w = formulas.weights_bytes(s, 16, 16)
     kv_token = 23_040  # 2 x 30 layers x 3 KV heads x 64 x 2 bytes
-    r = arith.predicted_fields(s, fmt, peaks, "tg", n_prompt=16, n_gen=2, depth=4096)
+    r = formulas.predicted_fields(s, fmt, peaks, "tg", n_prompt=16, n_gen=2, depth=4096)
     # two steps at contexts 4112 and 4113: mean bytes = weights + 4112.5 tokens of KV
     assert r["decode_step_bytes_predicted"] == pytest.approx(w + 4112.5 * kv_token)
     assert r["kv_cache_bytes_predicted"] == (4096 + 18) * kv_token
-    r0 = arith.predicted_fields(s, fmt, peaks, "tg", n_prompt=16, n_gen=2)
+    r0 = formulas.predicted_fields(s, fmt, peaks, "tg", n_prompt=16, n_gen=2)
     slope = (1 / r["decode_tok_s_predicted"] - 1 / r0["decode_tok_s_predicted"]) / 4096
     assert slope == pytest.approx(kv_token / 1e10)  # seconds per cached token: its KV over bandwidth
-    pp = arith.predicted_fields(s, fmt, peaks, "pp", n_prompt=512, depth=1024)
+    pp = formulas.predicted_fields(s, fmt, peaks, "pp", n_prompt=512, depth=1024)
     assert pp["kv_cache_bytes_predicted"] == 1536 * kv_token
-    assert pp["flops_per_token"] == arith.prefill_flops(s, 512, 1024, logits_kept=1) // 512
+    assert pp["flops_per_token"] == formulas.prefill_flops(s, 512, 1024, logits_kept=1) // 512
     # knee: peak/bw x bytes per weight / FLOPs per weight; bf16 on 10 FLOP/byte ~ 10
-    assert r0["knee_batch_predicted"] == pytest.approx(10 * w / (2 * (arith.flops_per_token(s, 0) / 2)),
+    assert r0["knee_batch_predicted"] == pytest.approx(10 * w / (2 * (formulas.flops_per_token(s, 0) / 2)),
                                                        rel=1e-9)
 
 
@@ -218,7 +220,7 @@ def test_kv_bytes_at_depth_equal_the_prediction(tiny, fmt):
     ids = list(range(100, 400))
     try:
         def predicted(tokens, batch=1):  # tiny: 2 layers x 3 KV heads x 64, 16-bit cache
-            return arith.kv_cache_bytes(2, 3, 64, tokens, batch, 2)
+            return formulas.kv_cache_bytes(2, 3, 64, tokens, batch, 2)
 
         b.prefill(ids[:200])
         assert b.kv_cache_bytes() == predicted(200)
@@ -267,7 +269,7 @@ def _sweep_records(model, fmt, params, weights, bw_cal=10e9, sweep=True):
 
 
 def test_report_section_arithmetic_vs_measurement(tmp_path):
-    from quantbench.report import arith_rows, write_report
+    from quantbench.report.render import arith_rows, write_report
 
     path = tmp_path / "sweep.jsonl"
     records.append(path, _sweep_records("embedded:smollm2-135m", "bf16", 134_515_008, 270_000_000))

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from synthetic_history import ENV, commit, one_run, write_history
 
-from quantbench import compare, history, plots, trend
-from quantbench.cli import main
+from quantbench.cli.main import main
+from quantbench.report import plots
+from quantbench.track import compare, history, trend
 
 STEP_AT = 15
 FIVE = ["decode_tok_s:-5%"]  # a 10% slowdown is under the -25% default gate: compare needs this too
@@ -247,7 +248,7 @@ def _commands(text: str) -> list[list[str]]:
 def test_documented_commands_parse():
     from pathlib import Path
 
-    from quantbench.cli import build_parser
+    from quantbench.cli.main import build_parser
 
     root = Path(__file__).resolve().parents[1]
     page = (root / "docs" / "tracking.md").read_text()

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from quantbench import corpus
-from quantbench.errors import UserError
+from quantbench.core.errors import UserError
+from quantbench.inputs import corpus
 
 IDS = np.arange(10, dtype=np.int32)
 

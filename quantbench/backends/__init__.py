@@ -57,10 +57,10 @@ class Context:
     model_name: str
     model_dir: str  # HF directory (safetensors + tokenizer) every format is built from
     model_digest: str
-    format: quantbench.formats.Format  # noqa: F821
+    format: quantbench.core.formats.Format  # noqa: F821
     device: str
     threads: int
-    suite: quantbench.suite.Suite  # noqa: F821
+    suite: quantbench.core.suite.Suite  # noqa: F821
     tokens_path: str = ""  # the corpus token ids (.npy), shared by every variant
     calib_start: int = 0  # first token after the evaluation windows
     artifact: str = ""  # pre-made artifact from the suite, if any
@@ -68,7 +68,7 @@ class Context:
 
     def calibration(self, n_samples: int, n_tokens: int) -> list[list[int]]:
         """Returns calibration samples drawn after the evaluation windows (never overlapping)."""
-        from quantbench.corpus import calibration
+        from quantbench.inputs.corpus import calibration
 
         return calibration(np.load(self.tokens_path), self.calib_start, n_samples, n_tokens)
 
@@ -147,7 +147,7 @@ class Backend:
         """Builds this format's artifact into the cache entry `final` with make(tmp_dir) unless a
         verified one is there; sets info artifact, group_size (a format's own) and build_s (0 when
         cached), and says `what` it is doing and how long it took."""
-        from quantbench import cache
+        from quantbench.core import cache
 
         fmt = self.ctx.format
         self.info["artifact"] = str(final)

@@ -11,7 +11,7 @@ class BnbBackend(HFBackend):
     def load_model(self):
         from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-        from quantbench.errors import require
+        from quantbench.core.errors import require
 
         require("bitsandbytes", "bnb")
         torch = self._torch()

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from quantbench import backends, cache
+from quantbench import backends
 from quantbench.backends import CRASH_HOOK_ENV, ENGINE_LOG_ENV, Backend, Skip, crash_hook, say
-from quantbench.errors import UserError
+from quantbench.core import cache
+from quantbench.core.errors import UserError
 
 FLOAT_TYPES = {"F32", "F16", "BF16", "F64"}
 # Decode steps past prompt + gen_tokens (warm-up). Only the decode term gets it: llama.cpp pads
@@ -301,7 +302,7 @@ class GGUFBackend(Backend):
                        lambda out: quantize(f16, out, ftype, self.ctx.threads))
 
     def build(self) -> None:
-        from quantbench.corpus import load_text
+        from quantbench.inputs.corpus import load_text
 
         t0 = time.perf_counter()
         path, fresh = self._artifact()
@@ -357,7 +358,7 @@ class GGUFBackend(Backend):
         self.n_vocab = self.llm.n_vocab()
         self.bctx, self.batched = None, False  # the batched-decode context, made on first use
         self.kv_logged = _kv_logged[-1] if _kv_logged else None
-        from quantbench.arith import KV_TYPE_BITS
+        from quantbench.arith.formulas import KV_TYPE_BITS
 
         flags = system_flags(llama_cpp.llama_print_system_info().decode("utf-8", "replace"))
         self.info.update(n_gpu_layers=n_gpu_layers,

@@ -16,10 +16,10 @@ import os
 import time
 from pathlib import Path
 
-from quantbench import cache
 from quantbench.backends import Skip, say
 from quantbench.backends.hf import HFBackend
-from quantbench.errors import UserError
+from quantbench.core import cache
+from quantbench.core.errors import UserError
 
 BITS = 4
 CALIB_BATCH = 8  # calibration samples per forward while quantizing
@@ -129,8 +129,8 @@ class GPTQBackend(HFBackend):
         final, _, n, t = self._target()
         if final is None or cache.verified(final, quiet=True):
             return 0.0
-        from quantbench.arith import params_total
-        from quantbench.shapes import shape_from_config
+        from quantbench.arith.formulas import params_total
+        from quantbench.arith.shapes import shape_from_config
 
         params = params_total(shape_from_config(self.ctx.model_dir, exact=False))
         per_param, per_param_token = BUILD_S_PER_PARAM[self.method]

@@ -273,7 +273,7 @@ class SavedQuantBackend(HFBackend):
     def _target(self):
         import transformers
 
-        from quantbench import cache
+        from quantbench.core import cache
 
         fmt = self.ctx.format
         key = cache.content_key(self.ctx.model_digest, fmt.backend, fmt.param, fmt.group_size,

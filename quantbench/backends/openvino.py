@@ -44,7 +44,7 @@ class OpenVINOBackend(Backend):
         return OVWeightQuantizationConfig(bits=4, group_size=self.ctx.format.group_size, ratio=1.0)
 
     def build(self) -> None:
-        from quantbench import cache
+        from quantbench.core import cache
 
         if not self.ctx.device.startswith("cpu"):
             raise Skip("OpenVINO runs on Intel/AMD CPUs and Intel GPUs (device 'GPU'), not CUDA")

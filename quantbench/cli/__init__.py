@@ -1,0 +1,1 @@
+"""The command line (`quantbench …`) and the generated reference pages of the docs site."""

@@ -1,0 +1,1 @@
+"""Reading records back as tables, plots and the self-contained HTML report."""

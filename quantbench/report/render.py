@@ -1,0 +1,704 @@
+"""The report: the pivot of the records (quantbench.report.pivot: a row per model × host × device ×
+format) rendered as HTML (header, verdict, sortable table, inline SVG plots), markdown and CSV.
+
+`quantbench report RESULTS... -o reports/NAME.html` writes NAME.html, NAME.md and NAME.csv from one
+pivot. The HTML has no external assets: CSS, the sort script and the plots are inline. Its script
+marks `<body data-ready="1">` when it has run and `data-jserror` when a script failed, so a
+headless browser can tell (tests/test_browser.py).
+"""
+from __future__ import annotations
+
+import math
+import re
+from html import escape
+from pathlib import Path
+
+from quantbench.core.errors import UserError
+from quantbench.core.records import LIBRARIES
+from quantbench.report import plots
+from quantbench.report.pivot import (
+    MB,
+    OVERHEAD_BOUND_SOL,
+    cross_backend,
+    first,
+    format_order,
+    groups,
+    num,
+    peaks,
+    pivot,
+    prepare,
+    quality_metric,
+    verdicts,
+)
+
+
+def model_notes(df) -> list[str]:
+    """Returns the distinct caveats the records carry in `model_note` (e.g. Q4_1 rounding), in order."""
+    if "model_note" not in df:
+        return []
+    return [n for n in dict.fromkeys(df["model_note"]) if isinstance(n, str) and n]
+
+
+def _mb(v) -> float | None:
+    return None if num(v) is None else v / MB
+
+
+def table(p):
+    """Returns the variants table (numbers in base-or-named units) that HTML, markdown and CSV share."""
+    import pandas as pd
+
+    rows = p.to_dict("records")
+    pp_cols = sorted({c for c in p.columns if c.startswith("prefill_tok_s@pp")}, key=lambda c: int(c[16:]))
+    b_cols = sorted({c for c in p.columns if c.startswith("decode_tok_s@b")}, key=lambda c: int(c[14:]))
+    out = []
+    for r in rows:
+        t = {"format": r["format"], "device": r["device"], "host": r["host"], "model": r["model"],
+             "bits_per_weight": num(r.get("bits_per_weight")), "weights_mb": _mb(r.get("weights_bytes")),
+             "peak_rss_mb": _mb(r.get("peak_rss_bytes")), "peak_device_mb": _mb(r.get("peak_device_bytes")),
+             **{c: num(r.get(c)) for c in pp_cols},
+             "decode_tok_s": num(r.get("decode_tok_s")),
+             **{c: num(r.get(c)) for c in b_cols},
+             "decode_p50_ms": num(r.get("decode_p50_s")) and r["decode_p50_s"] * 1e3,
+             "decode_p90_ms": num(r.get("decode_p90_s")) and r["decode_p90_s"] * 1e3,
+             # the engine's own time per step (llama.cpp's counters, model.forward) and what the
+             # harness adds on top of it: wall = engine + harness
+             "engine_decode_ms": num(r.get("engine_decode_s")) and r["engine_decode_s"] * 1e3,
+             "harness_decode_ms": num(r.get("harness_decode_s")) and r["harness_decode_s"] * 1e3,
+             "ttft_ms": num(r.get("ttft_s")) and r["ttft_s"] * 1e3,
+             "decode_mj_per_tok": num(r.get("decode_energy_j_per_tok")) and r["decode_energy_j_per_tok"] * 1e3,
+             # ppl over the windows every variant of the group scored; its stderr only when those
+             # are all the windows this variant scored
+             "ppl": num(r.get("ppl_common")), "ppl_windows": r.get("ppl_common_windows"),
+             "ppl_stderr": num(r.get("ppl_stderr")) if r.get("ppl_common_windows") == r.get("ppl_windows")
+             else None, "ppl_partial": bool(r.get("ppl_partial")),
+             "dppl_pct": num(r.get("dppl_pct")), "dppl_windows": num(r.get("dppl_windows")),
+             "windows_max": r.get("windows_max") or None,
+             "kld_mean": num(r.get("kld_mean")),
+             "top1_agree_pct": num(r.get("top1_agree")) and r["top1_agree"] * 100,
+             "prefill_sol_frac": num(r.get("prefill_sol_frac")),
+             "decode_sol_frac": num(r.get("decode_sol_frac")),
+             "decode_sol_frac_spec": num(r.get("decode_sol_frac_spec")),
+             "sol_suspect": _sol_suspect(r),
+             "reference": r.get("reference"), "status": r["status"], "reason": r.get("reason") or "",
+             "overhead_bound": bool(r.get("overhead_bound")), "pareto": bool(r.get("pareto")),
+             "decode_vs_eager": num(r.get("decode_vs_eager")),
+             **{c: first([r], c) or "" for c in ("kernel", "decode_bound", "prefill_bound",
+                                                  "prefill_sol_workload", "kernel_fallback",
+                                                  "crash_signal", "crash_upstream")},
+             "load_s": num(r.get("load_s")),
+             "build_s": num(r.get("build_s")), "gguf_type_mix": r.get("type_mix") or ""}
+        out.append(t)
+    t = pd.DataFrame(out)
+    drop = [c for c, keep in (("host", p["host"].nunique() > 1), ("model", p["model"].nunique() > 1),
+                              ("peak_device_mb", t["peak_device_mb"].notna().any()),
+                              ("decode_sol_frac_spec", t["decode_sol_frac_spec"].notna().any()),
+                              ("decode_mj_per_tok", t["decode_mj_per_tok"].notna().any())) if not keep]
+    return t.drop(columns=drop)
+
+
+SOL_COLUMNS = ("prefill_sol_frac", "decode_sol_frac", "decode_sol_frac_spec")
+
+
+def _sol_suspect(r: dict) -> str:
+    """Returns why a row's speed-of-light fractions cannot be trusted ('' when they can): the
+    record's own flag, or (records older than that flag) a fraction above 1."""
+    if isinstance(r.get("sol_suspect_reason"), str) and r["sol_suspect_reason"]:
+        return r["sol_suspect_reason"]
+    over = [f"{c} {r[c]:.2f}" for c in SOL_COLUMNS if (num(r.get(c)) or 0) > 1]
+    return (f"{', '.join(over)} above 1: faster than its roofline, so the peaks it was computed "
+            "from read low" if over else "")
+
+
+# Display: column -> (header, number format). Columns not listed are CSV-only or in the details line.
+# "rate" prints one decimal below 100 and none above: 80.9 tok/s, 25200 tok/s.
+HEADERS = {"format": ("format", ""), "device": ("device", ""), "host": ("host", ""), "model": ("model", ""),
+           "bits_per_weight": ("bits per weight", ".2f"), "weights_mb": ("weights MB", ".1f"),
+           "peak_rss_mb": ("peak RSS MB", ".0f"), "peak_device_mb": ("peak GPU MB", ".0f"),
+           "decode_tok_s": ("decode tok/s", "rate"), "decode_p50_ms": ("p50 ms", ".1f"),
+           "decode_p90_ms": ("p90 ms", ".1f"), "engine_decode_ms": ("engine ms/step⁴", ".2f"),
+           "harness_decode_ms": ("harness ms/step⁴", ".2f"), "ttft_ms": ("TTFT ms", ".0f"),
+           "decode_mj_per_tok": ("decode mJ/token", ".3g"),
+           "ppl": ("ppl ± stderr³", ".3f"),
+           "dppl_pct": ("Δppl %¹", "+.2f"), "kld_mean": ("KLD", ".4f"), "top1_agree_pct": ("top-1 %", ".1f"),
+           "prefill_sol_frac": ("prefill SoL²", ".2f"), "decode_sol_frac": ("decode SoL²", ".2f"),
+           "decode_sol_frac_spec": ("decode SoL (spec)", ".2f"), "kernel": ("kernel⁵", ""),
+           "status": ("status", "")}
+
+
+def display_columns(t) -> list[tuple[str, str, str]]:
+    """Returns (column, header, number format) for the shown columns, prefill columns included."""
+    out = []
+    for c in t.columns:
+        if c.startswith("prefill_tok_s@"):
+            out.append((c, f"prefill tok/s @{c.split('@')[1]}", "rate"))
+        elif c.startswith("decode_tok_s@b"):
+            out.append((c, f"decode tok/s ×{c[14:]} seqs", "rate"))
+        elif c in HEADERS:
+            out.append((c, *HEADERS[c]))
+    return out
+
+
+def cell_text(row: dict, col: str, fmt: str) -> str:
+    """Returns the shown text of one table cell ('—' when missing)."""
+    v = row.get(col)
+    if col == "status":  # the reason and the overhead-bound flag go in the details line
+        return str(v)
+    if col == "kernel":  # a fallback is flagged where the kernel is read; its reason is in details
+        return f"{v or '—'} ⚠ fallback" if row.get("kernel_fallback") else str(v or "—")
+    if col == "format":
+        return f"{v} ★" if row.get("pareto") else str(v)
+    if not fmt:
+        return "" if v is None or v != v else str(v)
+    if num(v) is None:
+        return "—"
+    if fmt == "rate":
+        fmt = ".1f" if abs(v) < 100 else ".0f"
+    text = format(v, fmt)
+    if col == "ppl" and num(row.get("ppl_stderr")) is not None:
+        text += f" ± {row['ppl_stderr']:.3f}"
+    if col in SOL_COLUMNS and row.get("sol_suspect"):
+        text += " ⚠"  # the details line says why
+    if col == "ppl" and row.get("ppl_partial"):
+        text += " (partial)"
+    if col == "dppl_pct" and row.get("format") == row.get("reference"):
+        return "ref"
+    if col == "dppl_pct" and (num(row.get("dppl_windows")) or 1e9) < (num(row.get("windows_max")) or 0):
+        text += f" ({int(row['dppl_windows'])}w)"
+    return text
+
+
+def details_text(row: dict) -> str:
+    """Returns a variant's details line: why it failed or was skipped, the overhead-bound flag,
+    kernel, decode/prefill bound, load (and build) seconds and the GGUF tensor-type mix; '' when
+    none is known."""
+    parts = []
+    if row["status"] != "ok" and row.get("reason"):
+        parts.append(f"{row['status']}: {row['reason']}")
+    if row.get("overhead_bound"):  # rounded down: a flagged 0.2997 reads 29.9 %, not 30.0 %
+        pct = math.floor(row["decode_sol_frac"] * 1000) / 10
+        parts.append(f"overhead-bound: decode at {pct:.1f}% of its roofline, below {OVERHEAD_BOUND_SOL:.0%}")
+    if row.get("sol_suspect"):
+        parts.append(f"⚠ SoL suspect: {row['sol_suspect']}")
+    if row.get("crash_signal"):
+        known = f" (known upstream: {row['crash_upstream']})" if row.get("crash_upstream") else ""
+        parts.append(f"✖ engine crash: {row['crash_signal']} in {row.get('kernel') or 'the engine'}{known}")
+    if row.get("kernel_fallback"):
+        parts.append(f"⚠ kernel fallback: {row['kernel_fallback']}")
+    if row.get("kernel"):
+        parts.append(f"kernel: {row['kernel']}")
+    if num(row.get("decode_vs_eager")):
+        parts.append(f"decode {row['decode_vs_eager']:.2f}× the eager {row['format'].split('+')[0]}")
+    bounds = [f"{k} {row[f'{k}_bound']}" for k in ("decode", "prefill") if row.get(f"{k}_bound")]
+    if bounds:
+        parts.append(f"bound: {', '.join(bounds)}")
+    load = [f"load {row['load_s']:.2f} s"] if num(row.get("load_s")) is not None else []
+    load += [f"build {row['build_s']:.1f} s"] if num(row.get("build_s")) else []
+    if load:
+        parts.append(", ".join(load))
+    if row.get("gguf_type_mix"):
+        parts.append(f"GGUF tensor types: {row['gguf_type_mix']}")
+    return " · ".join(parts)
+
+
+def footnotes(p) -> list[str]:
+    """Returns the table's footnotes, naming variants compared on fewer windows than they scored."""
+    recs = p.to_dict("records")
+    refs = sorted({f"{r['device']} → {r['reference']}" for r in recs if r.get("reference")})
+    common = sorted({str(int(r["ppl_common_windows"])) for r in recs if num(r.get("ppl_common_windows"))})
+    short = [f"{r['format']} on {r['device']}: {int(r['dppl_windows'])} of {r['windows_max']} windows"
+             for r in recs if num(r.get("dppl_windows")) and r["dppl_windows"] < r["windows_max"]]
+    return [
+        "¹ Δppl % = 100 × (ppl / ppl_ref − 1), both computed on the windows both variants scored (the "
+        "common prefix of their per-window NLL lists: a variant may score fewer windows within its time "
+        "budget); (Nw) marks a comparison on fewer windows than were scored. "
+        f"Reference: {', '.join(refs) or 'none'}."
+        + (f" Fewer windows than scored: {'; '.join(short)}." if short else ""),
+        "² SoL (speed of light) = measured ÷ predicted tok/s, the prediction being the roofline time "
+        "max(FLOPs / peak FLOP/s, bytes / bandwidth); prefill SoL is taken at the longest prompt. "
+        f"Decode reads every weight per token, so below {OVERHEAD_BOUND_SOL:.2f} decode SoL (orange in "
+        "HTML) a row is flagged overhead-bound. ⚠ marks a SoL that cannot be trusted: above 1 (faster "
+        "than the roofline: its peaks read low) or computed from a calibration taken beside other "
+        "work. The details line of a row says why it failed or why its SoL is suspect, names its "
+        "kernel, which roof bounds decode and prefill (memory or compute), and its load time. "
+        "★ marks the Pareto set (quality vs size).",
+        "³ ppl is computed on the windows every variant of its model and device scored "
+        f"({', '.join(common) or '—'} windows), so a variant whose quality budget ran out early "
+        "(marked partial) is not compared on other text than the rest; the records keep each "
+        "variant's own ppl over its own windows.",
+        "⁴ A decode step's wall time = engine + harness. Engine: llama.cpp's own counter "
+        "(llama_perf_context, what llama-bench times) or the wall time inside model.forward; "
+        "harness: what quantbench adds around it (batch building, logits copy, argmax, timers). "
+        "`nox -s parity` compares both with llama-bench and a bare torch loop.",
+        "⁵ The kernel path that ran, named from the engine's own report (llama.cpp's weight buffer "
+        "types, oneDNN's implementation, the profiler's ops or CUDA kernels, GPTQModel's QuantLinear "
+        "class), never from the format's name. ⚠ fallback: the engine crashed or could not use its "
+        "default path and this row ran on a safer one; `<format>+path-<p>` rows are that path. "
+        "The record's kernel_detail holds the evidence."]
+
+
+def header_facts(df) -> list[tuple[str, str]]:
+    """Returns (label, text) lines for the header: model, suite, machines, libraries, commit, date."""
+    d = prepare(df)
+
+    def uniq(col, frame=d):
+        return list(dict.fromkeys(str(v) for v in frame[col].dropna() if str(v))) if col in frame else []
+
+    hashes = uniq("suite_hash")
+    facts = [("model", ", ".join(uniq("model"))),
+             ("suite", ", ".join(uniq("suite")) + (f" (hash {', '.join(hashes)})" if hashes else ""))]
+    for host, g in d.groupby("host", sort=False):
+        r = g.to_dict("records")
+        cpu, cores = first(r, "env.cpu"), num(first(r, "env.cpu_physical_cores"))
+        ram = num(first(r, "env.ram_bytes"))
+        gpu, gmem = first(r, "env.gpu"), num(first(r, "env.gpu_memory_bytes"))
+        bits = [f"{cpu or 'CPU ?'}" + (f" ({int(cores)} physical cores)" if cores else "")
+                + (f", {ram / 2**30:.0f} GiB RAM" if ram else "")]
+        if gpu:
+            bits.append(f"{gpu}" + (f" ({gmem / 2**30:.0f} GiB)" if gmem else ""))
+        for device, gd in g.groupby("device", sort=False):
+            recs = gd.to_dict("records")
+            bw, fl = peaks(recs)
+            cal = [f"{plots.fmt_num(bw)}B/s"] if bw else []
+            cal += [f"{k} {plots.fmt_num(v)}FLOP/s" for k, v in fl.items()]
+            threads = num(first(recs, "peaks.threads"))
+            cal += [f"at {int(threads)} thread{'s' if threads != 1 else ''}"] if cal and threads else []
+            if cal:
+                suspect = first(recs, "peaks.suspect")  # hardware.calibrate: taken beside other work
+                bits.append(f"{device} calibrated: " + ", ".join(cal)
+                            + (f" (⚠ suspect: {suspect})" if isinstance(suspect, str) else ""))
+        facts.append(("machine" + (f" {host}" if host else ""), "; ".join(bits)))
+    facts.append(("libraries", ", ".join(f"{lib} {'/'.join(uniq('env.' + lib))}" for lib in LIBRARIES
+                                         if uniq("env." + lib))))
+    facts.append(("commit", ", ".join(uniq("env.git_commit"))))
+    days = sorted({t[:10] for t in uniq("timestamp")})
+    facts.append(("date", days[0] + (f" – {days[-1]}" if len(days) > 1 else "") if days else ""))
+    facts.append(("results", ", ".join(uniq("source_file"))))
+    return [(k, v) for k, v in facts if v]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "all"
+
+
+def _mem_bar(r: dict) -> tuple:
+    on_gpu = str(r["device"]).startswith("cuda") and num(r.get("peak_device_bytes"))
+    peak = num(r.get("peak_device_bytes") if on_gpu else r.get("peak_rss_bytes"))
+    w, kv = num(r.get("weights_bytes")), num(r.get("kv_cache_bytes"))
+    other = max(peak - (w or 0) - (kv or 0), 0.0) if peak else None  # RSS misses mmap'd pages: clamp
+    return r["format"], _mb(w), _mb(kv), _mb(other), _mb(r.get("weights_bytes_predicted"))
+
+
+def plot_svgs(df, p) -> list[tuple[str, list[str]]]:
+    """Returns (heading, five SVGs) per (model, host, device): quality/size, decode/size, roofline,
+    memory, latency."""
+    colors = {f: plots.color_for(i) for i, f in enumerate(sorted(p["format"].unique(), key=format_order))}
+    d, out = prepare(df), []
+    gs = groups(p.to_dict("records"))
+    devices_unique = len({k[2] for k in gs}) == len(gs)
+    for (model, host, device), grp in gs.items():
+        raw = d[(d["model"] == model) & (d["host"] == host) & (d["device"] == device)].to_dict("records")
+        bw, fl = peaks(raw)
+        slug = _slug(str(device) if devices_unique else f"{model}-{host}-{device}")
+        metric = quality_metric(grp)
+        ylab = (f"Δppl % vs {grp[0]['reference']} (common windows)" if metric == "dppl_pct"
+                else "mean KLD vs reference (log)")
+        c = lambda r: colors[r["format"]]  # noqa: E731
+        svgs = [
+            plots.quality_size_svg(f"quality-size-{slug}", [(r["format"], _mb(r.get("weights_bytes")),
+                                   num(r.get(metric)) if metric else None, c(r)) for r in grp],
+                                   [r["format"] for r in grp if r["pareto"]], ylab, metric == "kld_mean"),
+            plots.decode_size_svg(f"decode-size-{slug}", [(r["format"], num(r.get("weights_bytes")),
+                                  num(r.get("decode_tok_s")), num(r.get("decode_tok_s_predicted")), c(r))
+                                  for r in grp], bw),
+            plots.roofline_svg(f"roofline-{slug}", [(r["format"], kind, ai, fs, c(r)) for r in grp
+                                                    for kind, ai, fs in r["roof_points"]], fl, bw),
+            plots.memory_bars_svg(f"memory-{slug}", [_mem_bar(r) for r in grp]),
+            plots.latency_svg(f"latency-{slug}", [
+                (r["format"], [s * 1e3 for s in r["decode_samples_s"]], c(r))
+                for r in grp if isinstance(r.get("decode_samples_s"), list)])]
+        out.append((f"{model} on {device}" + (f" ({host})" if host else ""), svgs))
+    return out
+
+
+
+def _clean(rec: dict) -> dict:
+    return {k: v for k, v in rec.items() if not (isinstance(v, float) and v != v)}
+
+
+def arith_rows(df) -> tuple[list[dict], list[dict]]:
+    """Returns (per-variant fit summaries, ladder held-out rows) of the records that carry a fit."""
+    from quantbench.arith import fit
+
+    rows = fit.summaries([_clean(r) for r in prepare(df).to_dict("records")])
+    ladder = fit.ladder_holdout(rows)
+    if not any(r["fixed_s"] is not None for r in rows):  # no sweep in these records: no section
+        return [], []
+    rows = [r for r in rows if r["fixed_s"] is not None or len({x["model"] for x in rows}) > 1]
+    rows.sort(key=lambda r: (str(r["host"]), str(r["device"]), r["threads"] or 0, r["params"] or 0,
+                             str(r["model"]), format_order(r["format"])))
+    return rows, ladder
+
+
+def _pct(v, signed=True) -> str:
+    return "—" if num(v) is None else format(100 * v, "+.1f" if signed else ".0f") + " %"
+
+
+def _knee(v, max_batch=None) -> str:
+    if num(v) is None:
+        return "—"
+    if v < 1:
+        return "<1"  # compute-bound from batch 1 on
+    return f"≥{max_batch}" if max_batch and v >= max_batch else f"{v:.3g}"
+
+
+ARITH_HEADERS = ("model", "format", "threads", "fixed ms/step", "weights at cal. BW ms",
+                 "overhead share at d0", "BW_eff ≥ GB/s", "BW_eff / calibrated", "KV s/token measured",
+                 "KV s/token predicted",
+                 "BW_kv / calibrated", "peak_eff GFLOP/s", "knee predicted", "knee fitted", "knee 90 %",
+                 "KV bytes = pred.", "fit RMS err", "held-out errors")
+
+
+def _rate(v, unit: str) -> str:
+    return f"{plots.fmt_num(v)}{unit}" if num(v) is not None else "— (no bytes term fitted)"
+
+
+def _ms(v) -> str:
+    return "—" if num(v) is None else f"{v * 1e3:.1f}"
+
+
+def _us(v) -> str:
+    return "—" if num(v) is None else f"{v * 1e6:.2f} µs"
+
+
+def arith_table(rows: list[dict]) -> list[list[str]]:
+    """Returns the cells of the per-variant "Arithmetic vs measurement" table."""
+    out = []
+    for r in rows:
+        bw, cal, kvbw = r["bandwidth_bytes_s"], r["bandwidth_cal_bytes_s"], r["kv_bandwidth_bytes_s"]
+        kv = "—" if r["kv_bytes_match"] is None else ("yes" if r["kv_bytes_match"] else "NO")
+        out.append([str(r["model"]), r["format"], str(r["threads"] or ""), _ms(r["fixed_s"]),
+                    _ms(r["weights_s"]),
+                    _pct(r["overhead_share"], False), "—" if not num(bw) else f"{bw / 1e9:.2f}",
+                    _pct(bw / cal if num(bw) and cal else None, False),
+                    _us(r["kv_slope_s"]), _us(r["kv_slope_predicted_s"]),
+                    _pct(kvbw / cal if num(kvbw) and cal else None, False),
+                    "—" if not num(r["peak_flop_s"]) else f"{r['peak_flop_s'] / 1e9:.1f}",
+                    _knee(r["knee_predicted"]), _knee(r["knee_fit"]),
+                    _knee(r["knee_plateau"], r["max_batch"]),
+                    kv, _pct(r["rms_rel_err"], False),
+                    "; ".join(f"{w.split('@t')[0]} {_pct(e)}" for w, e in r["holdout"].items()) or "—"])
+    return out
+
+
+def arith_svgs(rows: list[dict], colors: dict) -> list[tuple[str, list[str]]]:
+    """Returns (heading, SVGs) per (model, host, device, threads): decode tok/s against depth and
+    against batch; then per (host, device, threads) with several models, SoL against parameters."""
+    out, by = [], {}
+    for r in rows:
+        by.setdefault((r["model"], r["host"], r["device"], r["threads"]), []).append(r)
+    for (model, host, device, threads), rs in by.items():
+        slug = _slug(f"{model}-{host}-{device}-t{threads}")
+        depth, batch, marks = [], [], []
+        for r in rs:
+            c = colors.get(r["format"], "#333")
+            one = [p for p in r["points"] if p["batch"] == 1]
+            zero = [p for p in r["points"] if p["depth"] == 0]
+            for pts, x, target in ((one, "depth", depth), (zero, "batch", batch)):
+                if len({p[x] for p in pts}) < 2:
+                    continue
+                target += [(r["format"], c, [(p[x], p["tok_s"]) for p in pts], "dots"),
+                           (r["format"], c, [(p[x], p["fit_tok_s"]) for p in pts], "line"),
+                           (r["format"], c, [(p[x], p["roofline_tok_s"]) for p in pts], "dash")]
+            if len({p["batch"] for p in zero}) > 1:
+                marks += [(r["knee_predicted"], f"{r['format']} knee predicted {_knee(r['knee_predicted'])}",
+                           c, True),
+                          (r["knee_fit"], f"{r['format']} knee fitted {_knee(r['knee_fit'])}", c, False)]
+        if not depth and not batch:  # a ladder rung measured at one point: the ladder plot has it
+            continue
+        t = f", {threads} threads" if threads else ""
+        svgs = [plots.series_svg(f"depth-{slug}", f"Decode tok/s vs KV depth (batch 1{t})",
+                                 "tokens in the KV cache", "decode tok/s (log)", depth, y_log=True),
+                plots.series_svg(f"batch-{slug}", f"Decode tok/s vs batch (depth 0{t})", "batch (log)",
+                                 "decode tok/s, all sequences (log)", batch, x_log=True, y_log=True,
+                                 marks=[m for m in marks if num(m[0])])]
+        out.append((f"{model} on {device}{t}" + (f" ({host})" if host else ""), svgs))
+    ladder = {}
+    for r in rows:
+        ladder.setdefault((r["host"], r["device"], r["threads"]), {}).setdefault(r["format"], []).append(r)
+    for (host, device, threads), fmts in ladder.items():
+        if max(len(v) for v in fmts.values()) < 2:
+            continue
+        series = [(f, colors.get(f, "#333"), [(r["params"], r["sol0"]) for r in rs], st)
+                  for f, rs in fmts.items() for st in ("dots", "join")]
+        t = f", {threads} threads" if threads else ""
+        out.append((f"size ladder on {device}{t}", [plots.series_svg(
+            _slug(f"ladder-{host}-{device}-t{threads}"), "Decode SoL vs parameters (batch 1, depth 0)",
+            "parameters (log)", "decode tok/s ÷ roofline", series, x_log=True)]))
+    return out
+
+
+def arith_html(df, colors: dict) -> str:
+    """Returns the "Arithmetic vs measurement" section, or '' when no record carries a fit."""
+    rows, ladder = arith_rows(df)
+    if not rows:
+        return ""
+    h = ["<h2>Arithmetic vs measurement</h2>",
+         "<p>Each variant's decode sweep is fitted with t_step = t_fixed + B·ctx·KV bytes per token / "
+         "BW_kv + B·FLOPs per sequence / peak_eff (KV bytes and FLOPs from the arithmetic; least squares "
+         "on relative error, terms ≥ 0). t_fixed holds the weights' read time and the framework's "
+         "overhead: the overhead is t_fixed minus the weights at the calibrated bandwidth, its share of "
+         "the fitted step at depth 0, batch 1. BW_eff ≥ weights ÷ t_fixed (the bandwidth if the fixed "
+         "time were all weight reads). KV s/token: the decode step's slope over depth, measured, and "
+         "predicted as KV bytes per token ÷ calibrated bandwidth. Knee: predicted = calibrated FLOP/s ÷ "
+         "bandwidth × bytes per weight ÷ FLOPs per weight (Kipply's 208 on an A100); fitted = the batch "
+         "whose compute term equals t_fixed; 90 % = smallest batch reaching 90 % of the best tok/s "
+         "(≥B: not reached). Held-out errors: the deepest depth and the largest batch predicted by a fit "
+         "that did not see them.</p>",
+         '<div class="scroll"><table id="arith"><thead><tr>'
+         + "".join(f"<th>{escape(x)}</th>" for x in ARITH_HEADERS) + "</tr></thead><tbody>"]
+    h += ["<tr>" + "".join(f'<td{" class=s" if i < 2 else ""}>{escape(c)}</td>' for i, c in enumerate(cells))
+          + "</tr>" for cells in arith_table(rows)]
+    h.append("</tbody></table></div>")
+    if ladder:
+        h.append("<p>Size ladder, held out (t_step = t_layer · layers + bytes / BW_eff fitted on the "
+                 "smaller models, the largest predicted): " + "; ".join(
+                     f"{x['format']}: {x['held_out']} {_pct(x['rel_err'])} (t_layer "
+                     f"{x['layer_s'] * 1e3:.2f} ms, BW_eff {_rate(x['bandwidth_bytes_s'], 'B/s')}, "
+                     f"from {', '.join(x['fitted_on'])})" for x in ladder) + "</p>")
+    for heading, svgs in arith_svgs(rows, colors):
+        h.append(f"<h3>{escape(heading)}</h3><div class=\"plots\">" +
+                 "".join(f"<figure>{x}</figure>" for x in svgs) + "</div>")
+    return "\n".join(h)
+
+
+def arith_markdown(df) -> list[str]:
+    """Returns the "Arithmetic vs measurement" table as markdown lines ([] without a fit)."""
+    rows, ladder = arith_rows(df)
+    if not rows:
+        return []
+    out = ["## Arithmetic vs measurement", "", "| " + " | ".join(ARITH_HEADERS) + " |",
+           "|" + "|".join("---" if i < 2 else "---:" for i in range(len(ARITH_HEADERS))) + "|"]
+    out += ["| " + " | ".join(arith_table([r])[0]) + " |" for r in rows]
+    out += [""] + [f"- ladder held out (t_layer · layers + bytes / BW_eff): {x['format']}: "
+                   f"{x['held_out']} {_pct(x['rel_err'])} (t_layer {x['layer_s'] * 1e3:.2f} ms, BW_eff "
+                   f"{_rate(x['bandwidth_bytes_s'], 'B/s')}, from {', '.join(x['fitted_on'])})"
+                   for x in ladder]
+    return out + [""]
+
+
+CSS = """body{font:14px/1.45 system-ui,sans-serif;color:#222;margin:0;background:#fafafa}
+main{max-width:1320px;margin:auto;padding:16px 24px}h1{font-size:22px;margin:8px 0}
+h2{font-size:17px;border-bottom:1px solid #ddd;padding-bottom:3px;margin-top:26px}h3{font-size:15px}
+dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:0}
+dt{font-weight:600;color:#555}dd{margin:0}.note{background:#fff7e0;border:1px solid #e8c860;padding:8px 12px;
+border-radius:4px;margin:12px 0}
+.scroll{overflow-x:auto}table{border-collapse:collapse;background:#fff;font-size:12.5px}
+th,td{border:1px solid #ddd;padding:3px 5px;text-align:right;white-space:nowrap}
+th{background:#f0f0f0;cursor:pointer;position:sticky;top:0;white-space:normal;vertical-align:bottom}
+td:first-child,th:first-child,td.s,th.s{text-align:left}
+th[data-dir=asc]::after{content:" ▲"}th[data-dir=desc]::after{content:" ▼"}
+tr.failed td,tr.skipped td{background:#fdecec;color:#844}
+tr.overhead td.decode_sol_frac{color:#a60;font-weight:600}
+tr.suspect td.prefill_sol_frac,tr.suspect td.decode_sol_frac,
+tr.suspect td.decode_sol_frac_spec{color:#c00;font-weight:600}
+td.status{white-space:normal;min-width:5em;text-align:left}
+tr:has(+ tr.details) td{border-bottom:0}
+tr.details td{border-top:0;padding:0 7px 3px 18px;font-size:11.5px;color:#666;white-space:normal;
+text-align:left}
+tbody tr:hover td,tbody tr:has(+ tr.details:hover) td,tbody tr:hover + tr.details td{background:#eef5ff}
+.foot{font-size:12px;color:#555;margin:4px 0}.check{font-family:ui-monospace,monospace}
+.plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(540px,1fr));gap:12px}
+figure{margin:0;background:#fff;border:1px solid #ddd}svg.plot{width:100%;height:auto;display:block}
+footer{margin-top:24px;color:#888;font-size:12px}"""
+
+# Runs first, so a failure in any later script leaves its message on <body data-jserror>.
+ERROR_JS = """window.onerror = (msg) => {
+  (document.body || document.documentElement).dataset.jserror = String(msg); };"""
+
+# Click a header to sort by it; numbers compare as numbers (data-v), blanks always sort last.
+# A variant row takes its details row (the next row, class "details") along wherever it goes.
+SORT_JS = """let hooked = 0;
+document.querySelectorAll("table.sortable th").forEach((th, i) => {
+ hooked++;
+ th.addEventListener("click", () => {
+  const tb = th.closest("table").tBodies[0], asc = th.dataset.dir !== "asc";
+  th.closest("tr").querySelectorAll("th").forEach(h => delete h.dataset.dir);
+  th.dataset.dir = asc ? "asc" : "desc";
+  const key = r => { const v = r.cells[i].dataset.v, n = parseFloat(v);
+    return v === "" ? null : isNaN(n) ? v : n; };
+  const isDetails = r => r !== null && r.classList.contains("details");
+  const pairs = [...tb.rows].filter(r => !isDetails(r))
+    .map(r => [r, isDetails(r.nextElementSibling) ? r.nextElementSibling : null]);
+  pairs.sort(([a], [b]) => { const x = key(a), y = key(b);
+    if (x === null || y === null) return (x === null) - (y === null);
+    const c = x < y ? -1 : x > y ? 1 : 0; return asc ? c : -c; })
+   .forEach(([r, d]) => { tb.appendChild(r); if (d) tb.appendChild(d); });
+ });
+});
+document.body.dataset.sortable = hooked;
+document.body.dataset.ready = "1";"""
+
+
+def _table_html(t) -> str:
+    cols = display_columns(t)
+    head = "".join(f'<th{"" if fmt else " class=s"}>{escape(h)}</th>' for _, h, fmt in cols)
+    body = []
+    for r in t.to_dict("records"):
+        cls = (r["status"] + (" overhead" if r["overhead_bound"] else "")
+               + (" suspect" if r["sol_suspect"] else ""))
+        tds = []
+        for c, _, fmt in cols:
+            v = r.get(c)
+            key = ("" if num(v) is None else repr(float(v))) if fmt else str(v)
+            tds.append(f'<td class="{"s " if not fmt else ""}{c}" data-v="{escape(key)}">'
+                       f"{escape(cell_text(r, c, fmt))}</td>")
+        body.append(f'<tr class="{cls}">{"".join(tds)}</tr>')
+        more = details_text(r)
+        if more:
+            body.append(f'<tr class="details {r["status"]}"><td colspan="{len(cols)}">{escape(more)}'
+                        "</td></tr>")
+    return (f'<table class="sortable" id="variants"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table>")
+
+
+def _problems(p) -> list[tuple[str, str, str, str, str]]:
+    """Returns (format, device, workloads, status, reason) per variant and distinct problem."""
+    out = {}
+    for r in p.to_dict("records"):
+        for w, s, why in r["problems"]:
+            out.setdefault((r["format"], r["device"], s, why), []).append(w)
+    return [(f, d, ", ".join(ws), s, why) for (f, d, s, why), ws in out.items()]
+
+
+
+def _md_table_html(md: str) -> str:
+    """Returns a markdown section (pipe tables and paragraphs, **bold**) as HTML."""
+    out, rows = [], []
+
+    def cells(line):
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+
+    def flush():
+        if rows:
+            head, body = rows[0], [r for r in rows[2:]]
+            out.append('<div class="scroll"><table><thead><tr>' + "".join(f"<th>{escape(c)}</th>" for c in head)
+                       + "</tr></thead><tbody>" + "".join(
+                           "<tr>" + "".join(f"<td>{_bold(c)}</td>" for c in r) + "</tr>" for r in body)
+                       + "</tbody></table></div>")
+            rows.clear()
+
+    for line in md.splitlines():
+        if line.startswith("|"):
+            rows.append(cells(line))
+            continue
+        flush()
+        if line.strip():
+            out.append(f'<p class="foot">{_bold(line)}</p>')
+    flush()
+    return "".join(out)
+
+
+def _bold(text: str) -> str:
+    parts = escape(text).split("**")
+    return "".join(f"<b>{x}</b>" if i % 2 else x for i, x in enumerate(parts))
+
+
+def render_html(df, title: str = "", *, p=None, sections: list[tuple[str, str]] = ()) -> str:
+    """Returns the self-contained HTML report (inline CSS, JS and SVG; no external assets);
+    p is pivot(df) when the caller has it already."""
+    if df.empty:
+        raise UserError("no records to report; check the results paths")
+    p = pivot(df) if p is None else p
+    title = title or "quantbench report: " + ", ".join(dict.fromkeys(map(str, p["model"])))
+    facts = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in header_facts(df))
+    h = [f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
+         f'content="width=device-width, initial-scale=1"><title>{escape(title)}</title><style>{CSS}</style>'
+         f"<script>{ERROR_JS}</script>"
+         f"</head><body><main><h1>{escape(title)}</h1><dl class=\"facts\">{facts}</dl>"]
+    h += [f'<div class="note"><b>Note:</b> {escape(n)}.</div>' for n in model_notes(df)]
+    h.append("<h2>Verdict</h2>" + "".join(f"<p>{escape(v)}</p>" for v in verdicts(p)))
+    h += [f'<p class="check">Cross-backend: {escape(line)}</p>' for line in cross_backend(p)]
+    h += [f"<h2>{escape(head)}</h2>" + _md_table_html(md) for head, md in sections]
+    h.append('<h2>Variants</h2><div class="scroll">' + _table_html(table(p)) + "</div>")
+    h += [f'<p class="foot">{escape(f)}</p>' for f in footnotes(p)]
+    rows = "".join("<tr>" + "".join(f'<td class="s">{escape(str(x))}</td>' for x in pr) + "</tr>"
+                   for pr in _problems(p))
+    h.append("<h2>Skipped and failed</h2>" + (
+        '<table id="problems"><thead><tr>' + "".join(f"<th class=s>{h}</th>" for h in
+                                                      ("format", "device", "workloads", "status", "reason"))
+        + f"</tr></thead><tbody>{rows}</tbody></table>"
+        if rows else "<p>none</p>"))
+    colors = {f: plots.color_for(i) for i, f in enumerate(sorted(p["format"].unique(), key=format_order))}
+    h.append(arith_html(df, colors))
+    h.append("<h2>Plots</h2>")
+    for heading, svgs in plot_svgs(df, p):
+        h.append(f"<h3>{escape(heading)}</h3><div class=\"plots\">" +
+                 "".join(f"<figure>{s}</figure>" for s in svgs) + "</div>")
+    h.append(f"<footer>generated by quantbench report</footer><script>{SORT_JS}</script>"
+             "</main></body></html>")
+    return "\n".join(h)
+
+
+def render_markdown(df, *, p=None, sections: list[tuple[str, str]] = ()) -> str:
+    """Returns the report as markdown: header, verdict, the variants table, details, footnotes,
+    problems; p is pivot(df) when the caller has it already."""
+    p = pivot(df) if p is None else p
+    t = table(p)
+    cols = display_columns(t)
+    out = ["# quantbench report: " + ", ".join(dict.fromkeys(map(str, p["model"]))), ""]
+    out += [f"- **{k}**: {v}" for k, v in header_facts(df)] + [""]
+    out += [x for n in model_notes(df) for x in (f"> **Note:** {n}.", "")]
+    out += _summary_lines(p, t, cols)
+    out += [x for head, md in sections for x in ("", f"## {head}", "", md.rstrip())]
+    details = [(r, details_text(r)) for r in t.to_dict("records")]
+    out += [""] + [f"- {r['format']} on {r['device']}" + (f" ({r['host']})" if "host" in r else "")
+                   + f": {text}" for r, text in details if text]
+    out += [""] + [x for f in footnotes(p) for x in (f, "")]
+    out += arith_markdown(df)
+    probs = _problems(p)
+    out += ["## Skipped and failed", ""] + ([f"- {f} on {d}, {w}: {s} — {why}" for f, d, w, s, why in probs]
+                                           or ["none"])
+    return "\n".join(out) + "\n"
+
+
+def _summary_lines(p, t, cols) -> list[str]:
+    out = ["## Verdict", ""] + [f"- {v}" for v in verdicts(p)]
+    out += [f"- cross-backend: {c}" for c in cross_backend(p)]
+    out += ["", "## Variants", "", "| " + " | ".join(h for _, h, _ in cols) + " |",
+            "|" + "|".join("---:" if f else "---" for _, _, f in cols) + "|"]
+    out += ["| " + " | ".join(cell_text(r, c, f).replace("|", "\\|") for c, _, f in cols) + " |"
+            for r in t.to_dict("records")]
+    return out
+
+
+def render_summary(df) -> str:
+    """Returns the verdict and the variants table as markdown (what `quantbench run` prints)."""
+    p = pivot(df)
+    t = table(p)
+    return "\n".join(_summary_lines(p, t, display_columns(t))) + "\n"
+
+
+def render_csv(df, *, p=None) -> str:
+    """Returns the variants table as CSV (one row per variant, unit-named numeric columns);
+    p is pivot(df) when the caller has it already."""
+    return table(pivot(df) if p is None else p).to_csv(index=False)
+
+
+def write_report(result_paths: list[str], out_html: str, title: str = "",
+                 sections: list[tuple[str, str]] = ()) -> list[str]:
+    """Writes out_html plus .md and .csv beside it from JSONL files or directories; returns the paths.
+    `sections`: (heading, markdown) shown after the verdict (the parity table)."""
+    from quantbench.core.records import read_results
+
+    df = read_results(*result_paths)
+    if df.empty:
+        raise UserError(f"no records in {', '.join(map(str, result_paths))}; run `quantbench run` first")
+    p = pivot(df)  # the three outputs share one pivot
+    html_path = Path(out_html)
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    paths = [html_path, html_path.with_suffix(".md"), html_path.with_suffix(".csv")]
+    texts = (render_html(df, title, p=p, sections=sections), render_markdown(df, p=p, sections=sections),
+             render_csv(df, p=p))
+    for path, text in zip(paths, texts, strict=True):
+        path.write_text(text, encoding="utf-8")
+    return [str(x) for x in paths]
