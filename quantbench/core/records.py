@@ -34,21 +34,38 @@ LIBRARIES = ("torch", "transformers", "bitsandbytes", "gptqmodel", "llama_cpp_py
 
 
 @dataclass(frozen=True)
+class Display:
+    """How the report shows a field, kept beside it: the column header ('' for a column that only
+    the CSV and a row's details line carry), the number format ('' for text; "rate": one decimal
+    below 100, none above: 80.9 tok/s, 25200 tok/s), and where the shown unit is not the stored
+    one, the scale (shown = stored × scale) and the unit-named column (weights_bytes → weights_mb)."""
+    header: str = ""
+    fmt: str = ""
+    scale: float = 1.0
+    column: str = ""
+
+
+@dataclass(frozen=True)
 class Field:
-    """One record field: its JSON type, unit (base units) and meaning."""
+    """One record field: its JSON type, unit (base units), meaning, and how the report shows it
+    (None: the report does not)."""
     name: str
     type: str  # str, int, float, bool, list[float], dict (None is allowed for any optional field)
     unit: str
     meaning: str
     required: bool = False
+    display: Display | None = None
 
 
 _PY = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "list[float]": (list,),
        "list[str]": (list,), "dict": (dict,)}
 
 
-def _f(name, type_, unit, meaning, required=False) -> Field:
-    return Field(name, type_, unit, meaning, required)
+def _f(name, type_, unit, meaning, required=False, show: Display | None = None) -> Field:
+    return Field(name, type_, unit, meaning, required, show)
+
+
+_D = Display
 
 
 # The record schema: every field a record may carry. Records are validated against it when written
@@ -59,21 +76,21 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("schema_version", "int", "", "record schema version", True),
     _f("run_id", "str", "", "id of the run that wrote the record (UTC time + pid)"),
     _f("timestamp", "str", "", "UTC ISO time the record was written"),
-    _f("model", "str", "", "model short name (embedded name, hub id, directory name, shape:NAME)", True),
+    _f("model", "str", "", "model short name (embedded name, hub id, directory name, shape:NAME)", True, _D("model")),
     _f("format", "str", "", "formats-table name: fp32, bf16, fp16, bnb-int8, bnb-nf4, gptq-4b, awq-4b, "
-       "gguf-*, <format>+compiled", True),
-    _f("device", "str", "", "cpu, cuda or cuda:N", True),
+       "gguf-*, <format>+compiled", True, _D("format")),
+    _f("device", "str", "", "cpu, cuda or cuda:N", True, _D("device")),
     _f("workload", "str", "", "load, pp<N> prefill, tg<N> decode, tg<N>x<B> decode of B sequences, "
        "ppl<N_CTX> quality", True),
-    _f("status", "str", "", "ok, skipped or failed", True),
-    _f("reason", "str", "", "why skipped or failed (empty when ok)"),
+    _f("status", "str", "", "ok, skipped or failed", True, _D("status")),
+    _f("reason", "str", "", "why skipped or failed (empty when ok)", show=_D()),
     _f("suite", "str", "", "suite name"),
     _f("suite_hash", "str", "", "hash of every suite setting"),
     _f("corpus", "str", "", "corpus name (pydoc, wikitext2, file:PATH)"),
     _f("model_note", "str", "", "caveat on the model (e.g. Q4_1 rounding); the report shows each"),
     _f("env", "dict", "", "machine, libraries, git commit"),
     # where and when it was measured (a fleet's records: one file, many machines)
-    _f("host", "str", "", "host name of the machine that measured the record"),
+    _f("host", "str", "", "host name of the machine that measured the record", show=_D("host")),
     _f("node_kind", "str", "", "`--executor ray`: the node kind (Ray resource, e.g. qb-kind:cpu-amx, "
        "accelerator_type:H100) the variant ran on; empty when the node offers none"),
     _f("ray_node_id", "str", "", "`--executor ray`: the Ray node id the variant ran on"),
@@ -84,27 +101,28 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("backend", "str", "", "backend that ran it (hf, bnb, gptq, gguf, dummy)"),
     _f("kernel", "str", "", "kernel path that ran, named from the engine's own report: llama.cpp:AMX, "
        "llama.cpp:CPU_REPACK, llama.cpp:CPU, llama.cpp:CUDA, torch:onednn-amx-bf16, bnb:cpu-avx512, "
-       "the QuantLinear class GPTQModel chose, ..."),
+       "the QuantLinear class GPTQModel chose, ...", show=_D("kernel⁵")),
     _f("kernel_detail", "dict", "", "the evidence: llama.cpp buffer types and bytes, ISA flags, torch's "
        "CPU capability, oneDNN's implementation, CUDA kernel names, fallback warnings"),
     _f("kernel_path", "str", "", "engine path asked for: default, or a formats.KERNEL_PATHS name "
        "(norepack, noamx, avx2); the format's +path- suffix"),
     _f("kernel_fallback", "str", "", "empty, or the slower path taken and why (a crash on the "
-       "default path, a kernel the engine could not use)"),
+       "default path, a kernel the engine could not use)", show=_D()),
     _f("decode_energy_j_per_tok", "float", "J", "GPU energy per decoded token over the timed steps, "
-       "net of the idle draw (NVML total-energy counter)"),
+       "net of the idle draw (NVML total-energy counter)", show=_D("decode mJ/token", ".3g", 1e3, "decode_mj_per_tok")),
     _f("decode_energy_gross_j_per_tok", "float", "J", "the same before the idle draw is taken off"),
     _f("decode_power_w", "float", "W", "mean board power over the timed decode steps"),
     _f("gpu_idle_w", "float", "W", "the card's idle draw, sampled for 1 s by the runner before any variant ran"),
     _f("energy_source", "str", "", "the counter energy was read from"),
     _f("energy_reason", "str", "", "why a GPU record has no energy figures"),
-    _f("crash_signal", "str", "", "signal that killed the worker inside the engine (SIGSEGV, ...)"),
-    _f("crash_upstream", "str", "", "the upstream issue of a known engine crash"),
+    _f("crash_signal", "str", "", "signal that killed the worker inside the engine (SIGSEGV, ...)", show=_D()),
+    _f("crash_upstream", "str", "", "the upstream issue of a known engine crash", show=_D()),
     _f("engine_log_tail", "list[str]", "", "the engine's last log lines before the crash"),
     _f("threads", "int", "", "CPU threads used"),
     _f("omp_num_threads", "int", "", "OMP_NUM_THREADS of the variant's process: set to threads by the "
        "runner (Ray would set it to the task's CPU count)"),
-    _f("bits_per_weight", "float", "bit", "effective bits per quantized weight (GGUF: measured from the file)"),
+    _f("bits_per_weight", "float", "bit", "effective bits per quantized weight (GGUF: measured from the file)",
+       show=_D("bits per weight", ".2f")),
     _f("bits_unquantized", "float", "bit", "bits per weight of the tensors the format leaves unquantized"),
     _f("group_size", "int", "", "quantization group size used (GPTQ/AWQ; a format's own, e.g. 64; "
        "GGUF MXFP4: its block)"),
@@ -114,12 +132,12 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("calib_samples", "int", "", "GPTQ/AWQ calibration sequences actually used"),
     _f("calib_tokens", "int", "token", "tokens per calibration sequence"),
     _f("artifact", "str", "", "path of the built or given artifact"),
-    _f("build_s", "float", "s", "seconds to build the artifact (0 when cached)"),
+    _f("build_s", "float", "s", "seconds to build the artifact (0 when cached)", show=_D()),
     _f("backend_env", "str", "", "the backend environment (its own venv) the worker ran in; absent: the main one"),
     _f("artifact_bytes", "int", "byte", "bytes of the artifact's weight files on disk (torchao, HQQ, OpenVINO, "
        "compressed-tensors), "
        "beside weights_bytes in memory"),
-    _f("load_s", "float", "s", "seconds to load the variant"),
+    _f("load_s", "float", "s", "seconds to load the variant", show=_D()),
     _f("gguf_type_mix", "dict", "", "GGUF tensor type -> tensor count"),
     _f("gguf_mixed", "bool", "", "more than one quantized tensor type in the GGUF file"),
     _f("tokenizer_agree", "float", "", "fraction of a corpus sample llama.cpp tokenizes as HF does"),
@@ -128,9 +146,12 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("kv_bytes_per_elem", "float", "byte", "bytes per cached K/V element"),
     _f("kv_cache_source", "str", "", "how kv_cache_bytes was measured (DynamicCache tensors, llama.cpp cells)"),
     # memory
-    _f("weights_bytes", "int", "byte", "bytes of parameters + buffers (or the GGUF tensor data)"),
-    _f("peak_rss_bytes", "int", "byte", "peak resident memory of the variant's process (VmHWM)"),
-    _f("peak_device_bytes", "int", "byte", "torch.cuda.max_memory_allocated (CUDA only)"),
+    _f("weights_bytes", "int", "byte", "bytes of parameters + buffers (or the GGUF tensor data)",
+       show=_D("weights MB", ".1f", 1e-6, "weights_mb")),
+    _f("peak_rss_bytes", "int", "byte", "peak resident memory of the variant's process (VmHWM)",
+       show=_D("peak RSS MB", ".0f", 1e-6, "peak_rss_mb")),
+    _f("peak_device_bytes", "int", "byte", "torch.cuda.max_memory_allocated (CUDA only)",
+       show=_D("peak GPU MB", ".0f", 1e-6, "peak_device_mb")),
     _f("reserved_device_bytes", "int", "byte", "torch.cuda.max_memory_reserved (CUDA only)"),
     _f("nvml_process_bytes", "int", "byte", "NVML's view of the process's GPU memory (CUDA only)"),
     _f("kv_cache_bytes", "int", "byte", "bytes held by the KV cache after a forward of the workload's context"),
@@ -143,13 +164,14 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("batch", "int", "", "sequences decoded together (tg: 1; tg<N>x<B>: B); decode_tok_s counts all of them"),
     _f("depth", "int", "token", "tokens already in the KV cache before the timed region (workload @d<D>), "
        "cached by an untimed prefill"),
-    _f("prefill_tok_s", "float", "tok/s", "prompt tokens per second, median of the samples"),
+    _f("prefill_tok_s", "float", "tok/s", "prompt tokens per second, median of the samples",
+       show=_D("prefill tok/s", "rate")),
     _f("prefill_samples_s", "list[float]", "s", "raw prefill times"),
-    _f("ttft_s", "float", "s", "time to first token, median"),
-    _f("decode_tok_s", "float", "tok/s", "batch / median per-step decode latency"),
+    _f("ttft_s", "float", "s", "time to first token, median", show=_D("TTFT ms", ".0f", 1e3, "ttft_ms")),
+    _f("decode_tok_s", "float", "tok/s", "batch / median per-step decode latency", show=_D("decode tok/s", "rate")),
     _f("decode_samples_s", "list[float]", "s", "raw per-step decode latencies (every step of every repetition)"),
-    _f("decode_p50_s", "float", "s", "per-step latency percentile 50"),
-    _f("decode_p90_s", "float", "s", "per-step latency percentile 90"),
+    _f("decode_p50_s", "float", "s", "per-step latency percentile 50", show=_D("p50 ms", ".1f", 1e3, "decode_p50_ms")),
+    _f("decode_p90_s", "float", "s", "per-step latency percentile 90", show=_D("p90 ms", ".1f", 1e3, "decode_p90_ms")),
     _f("decode_p99_s", "float", "s", "per-step latency percentile 99"),
     _f("decode_tokens_timed", "int", "token", "decode tokens timed (fewer than asked when the time budget hit)"),
     _f("engine_prefill_s", "float", "s", "the engine's own time for the timed prompt, median (llama.cpp: "
@@ -157,9 +179,10 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("harness_prefill_s", "float", "s", "median of (wall − engine) per timed prompt: what quantbench adds"),
     _f("engine_prefill_samples_s", "list[float]", "s", "raw engine times of the timed prompts"),
     _f("engine_decode_s", "float", "s", "the engine's own time per decode step, median (llama.cpp: "
-       "llama_perf_context t_eval; transformers: wall time inside model.forward)"),
+       "llama_perf_context t_eval; transformers: wall time inside model.forward)",
+       show=_D("engine ms/step⁴", ".2f", 1e3, "engine_decode_ms")),
     _f("harness_decode_s", "float", "s", "median of (wall − engine) per decode step: what quantbench adds "
-       "(batch building, logits copy, argmax, timers)"),
+       "(batch building, logits copy, argmax, timers)", show=_D("harness ms/step⁴", ".2f", 1e3, "harness_decode_ms")),
     _f("engine_decode_samples_s", "list[float]", "s", "raw engine times of the decode steps"),
     _f("omp_wait_policy", "str", "", "OMP_WAIT_POLICY the variant's process ran under (suite key "
        "omp_wait_policy; 'default' when unset: OpenMP's own spin-then-sleep)"),
@@ -175,14 +198,15 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("ppl_windows", "int", "", "windows scored"),
     _f("ppl_windows_asked", "int", "", "windows the suite asked for"),
     _f("ppl_partial", "bool", "", "the quality budget ran out before every asked window was scored; "
-       "compare this variant on common windows only"),
+       "compare this variant on common windows only", show=_D()),
     _f("window_nll", "list[float]", "nat", "sum of NLL over the scored half of each window (raw samples)"),
     _f("window_nll_full", "list[float]", "nat", "sum of NLL over every position of each window"),
     _f("kld_reference", "str", "", "format the KL-divergence is measured against"),
     _f("kld_reason", "str", "", "why no KL-divergence was measured"),
-    _f("kld_mean", "float", "nat", "mean KL(reference || variant) per token"),
+    _f("kld_mean", "float", "nat", "mean KL(reference || variant) per token", show=_D("KLD", ".4f")),
     _f("kld_p99", "float", "nat", "99th percentile of per-token KLD"),
-    _f("top1_agree", "float", "", "fraction of tokens where the argmax matches the reference (same top p)"),
+    _f("top1_agree", "float", "", "fraction of tokens where the argmax matches the reference (same top p)",
+       show=_D("top-1 %", ".1f", 100, "top1_agree_pct")),
     _f("rms_dp", "float", "", "RMS of the change in probability of the correct token"),
     _f("kld_tokens", "int", "token", "tokens the KLD statistics cover"),
     _f("bos_first", "bool", "", "ppl windows start with BOS (the tokenizer adds one: add_bos_token); "
@@ -199,11 +223,13 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("prefill_tok_s_predicted", "float", "tok/s", "roofline prefill tok/s"),
     _f("decode_tok_s_predicted", "float", "tok/s", "roofline decode tok/s"),
     _f("ttft_s_predicted", "float", "s", "roofline time to first token"),
-    _f("prefill_sol_frac", "float", "", "prefill_tok_s / prefill_tok_s_predicted: fraction of speed of light"),
-    _f("decode_sol_frac", "float", "", "decode_tok_s / decode_tok_s_predicted: fraction of speed of light"),
+    _f("prefill_sol_frac", "float", "", "prefill_tok_s / prefill_tok_s_predicted: fraction of speed of light",
+       show=_D("prefill SoL²", ".2f")),
+    _f("decode_sol_frac", "float", "", "decode_tok_s / decode_tok_s_predicted: fraction of speed of light",
+       show=_D("decode SoL²", ".2f")),
     _f("decode_tok_s_predicted_spec", "float", "tok/s", "decode roofline from the spec-sheet peaks (peaks_spec)"),
     _f("decode_sol_frac_spec", "float", "", "decode_tok_s / decode_tok_s_predicted_spec: speed of light vs "
-       "the datasheet"),
+       "the datasheet", show=_D("decode SoL (spec)", ".2f")),
     _f("peak_flop_s", "float", "FLOP/s", "compute peak the roofline used: the highest calibrated of "
        "formats.compute_dtypes (what the kernels compute in)"),
     _f("sol_suspect", "bool", "", "a SoL fraction above 1, or peaks calibrated beside other work: the "

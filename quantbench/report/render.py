@@ -15,7 +15,8 @@ from pathlib import Path
 
 from quantbench.core.errors import UserError
 from quantbench.core.records import LIBRARIES
-from quantbench.report import plots
+from quantbench.report import columns, plots
+from quantbench.report.columns import SOL_COLUMNS
 from quantbench.report.pivot import (
     MB,
     OVERHEAD_BOUND_SOL,
@@ -44,98 +45,20 @@ def _mb(v) -> float | None:
 
 
 def table(p):
-    """Returns the variants table (numbers in base-or-named units) that HTML, markdown and CSV share."""
+    """Returns the variants table (numbers in base-or-named units) that HTML, markdown and CSV share:
+    the columns of quantbench/report/columns.py, those with nothing to show left out."""
     import pandas as pd
 
-    rows = p.to_dict("records")
-    pp_cols = sorted({c for c in p.columns if c.startswith("prefill_tok_s@pp")}, key=lambda c: int(c[16:]))
-    b_cols = sorted({c for c in p.columns if c.startswith("decode_tok_s@b")}, key=lambda c: int(c[14:]))
-    out = []
-    for r in rows:
-        t = {"format": r["format"], "device": r["device"], "host": r["host"], "model": r["model"],
-             "bits_per_weight": num(r.get("bits_per_weight")), "weights_mb": _mb(r.get("weights_bytes")),
-             "peak_rss_mb": _mb(r.get("peak_rss_bytes")), "peak_device_mb": _mb(r.get("peak_device_bytes")),
-             **{c: num(r.get(c)) for c in pp_cols},
-             "decode_tok_s": num(r.get("decode_tok_s")),
-             **{c: num(r.get(c)) for c in b_cols},
-             "decode_p50_ms": num(r.get("decode_p50_s")) and r["decode_p50_s"] * 1e3,
-             "decode_p90_ms": num(r.get("decode_p90_s")) and r["decode_p90_s"] * 1e3,
-             # the engine's own time per step (llama.cpp's counters, model.forward) and what the
-             # harness adds on top of it: wall = engine + harness
-             "engine_decode_ms": num(r.get("engine_decode_s")) and r["engine_decode_s"] * 1e3,
-             "harness_decode_ms": num(r.get("harness_decode_s")) and r["harness_decode_s"] * 1e3,
-             "ttft_ms": num(r.get("ttft_s")) and r["ttft_s"] * 1e3,
-             "decode_mj_per_tok": num(r.get("decode_energy_j_per_tok")) and r["decode_energy_j_per_tok"] * 1e3,
-             # ppl over the windows every variant of the group scored; its stderr only when those
-             # are all the windows this variant scored
-             "ppl": num(r.get("ppl_common")), "ppl_windows": r.get("ppl_common_windows"),
-             "ppl_stderr": num(r.get("ppl_stderr")) if r.get("ppl_common_windows") == r.get("ppl_windows")
-             else None, "ppl_partial": bool(r.get("ppl_partial")),
-             "dppl_pct": num(r.get("dppl_pct")), "dppl_windows": num(r.get("dppl_windows")),
-             "windows_max": r.get("windows_max") or None,
-             "kld_mean": num(r.get("kld_mean")),
-             "top1_agree_pct": num(r.get("top1_agree")) and r["top1_agree"] * 100,
-             "prefill_sol_frac": num(r.get("prefill_sol_frac")),
-             "decode_sol_frac": num(r.get("decode_sol_frac")),
-             "decode_sol_frac_spec": num(r.get("decode_sol_frac_spec")),
-             "sol_suspect": _sol_suspect(r),
-             "reference": r.get("reference"), "status": r["status"], "reason": r.get("reason") or "",
-             "overhead_bound": bool(r.get("overhead_bound")), "pareto": bool(r.get("pareto")),
-             "decode_vs_eager": num(r.get("decode_vs_eager")),
-             **{c: first([r], c) or "" for c in ("kernel", "decode_bound", "prefill_bound",
-                                                  "prefill_sol_workload", "kernel_fallback",
-                                                  "crash_signal", "crash_upstream")},
-             "load_s": num(r.get("load_s")),
-             "build_s": num(r.get("build_s")), "gguf_type_mix": r.get("type_mix") or ""}
-        out.append(t)
-    t = pd.DataFrame(out)
-    drop = [c for c, keep in (("host", p["host"].nunique() > 1), ("model", p["model"].nunique() > 1),
-                              ("peak_device_mb", t["peak_device_mb"].notna().any()),
-                              ("decode_sol_frac_spec", t["decode_sol_frac_spec"].notna().any()),
-                              ("decode_mj_per_tok", t["decode_mj_per_tok"].notna().any())) if not keep]
+    cols = columns.expand(p.columns)
+    t = pd.DataFrame([{c.name: c.value(r) for c in cols} for r in p.to_dict("records")])
+    drop = [c.name for c in cols if (c.hide == columns.ONE_VALUE and t[c.name].nunique() <= 1)
+            or (c.hide == columns.EMPTY and not t[c.name].notna().any())]
     return t.drop(columns=drop)
 
 
-SOL_COLUMNS = ("prefill_sol_frac", "decode_sol_frac", "decode_sol_frac_spec")
-
-
-def _sol_suspect(r: dict) -> str:
-    """Returns why a row's speed-of-light fractions cannot be trusted ('' when they can): the
-    record's own flag, or (records older than that flag) a fraction above 1."""
-    if isinstance(r.get("sol_suspect_reason"), str) and r["sol_suspect_reason"]:
-        return r["sol_suspect_reason"]
-    over = [f"{c} {r[c]:.2f}" for c in SOL_COLUMNS if (num(r.get(c)) or 0) > 1]
-    return (f"{', '.join(over)} above 1: faster than its roofline, so the peaks it was computed "
-            "from read low" if over else "")
-
-
-# Display: column -> (header, number format). Columns not listed are CSV-only or in the details line.
-# "rate" prints one decimal below 100 and none above: 80.9 tok/s, 25200 tok/s.
-HEADERS = {"format": ("format", ""), "device": ("device", ""), "host": ("host", ""), "model": ("model", ""),
-           "bits_per_weight": ("bits per weight", ".2f"), "weights_mb": ("weights MB", ".1f"),
-           "peak_rss_mb": ("peak RSS MB", ".0f"), "peak_device_mb": ("peak GPU MB", ".0f"),
-           "decode_tok_s": ("decode tok/s", "rate"), "decode_p50_ms": ("p50 ms", ".1f"),
-           "decode_p90_ms": ("p90 ms", ".1f"), "engine_decode_ms": ("engine ms/step⁴", ".2f"),
-           "harness_decode_ms": ("harness ms/step⁴", ".2f"), "ttft_ms": ("TTFT ms", ".0f"),
-           "decode_mj_per_tok": ("decode mJ/token", ".3g"),
-           "ppl": ("ppl ± stderr³", ".3f"),
-           "dppl_pct": ("Δppl %¹", "+.2f"), "kld_mean": ("KLD", ".4f"), "top1_agree_pct": ("top-1 %", ".1f"),
-           "prefill_sol_frac": ("prefill SoL²", ".2f"), "decode_sol_frac": ("decode SoL²", ".2f"),
-           "decode_sol_frac_spec": ("decode SoL (spec)", ".2f"), "kernel": ("kernel⁵", ""),
-           "status": ("status", "")}
-
-
 def display_columns(t) -> list[tuple[str, str, str]]:
-    """Returns (column, header, number format) for the shown columns, prefill columns included."""
-    out = []
-    for c in t.columns:
-        if c.startswith("prefill_tok_s@"):
-            out.append((c, f"prefill tok/s @{c.split('@')[1]}", "rate"))
-        elif c.startswith("decode_tok_s@b"):
-            out.append((c, f"decode tok/s ×{c[14:]} seqs", "rate"))
-        elif c in HEADERS:
-            out.append((c, *HEADERS[c]))
-    return out
+    """Returns (column, header, number format) for the shown columns of table t, in order."""
+    return [(c.name, c.header, c.fmt) for c in columns.shown(t.columns)]
 
 
 def cell_text(row: dict, col: str, fmt: str) -> str:
