@@ -25,6 +25,7 @@ import numpy as np
 
 from quantbench.core import cache
 from quantbench.core.errors import UserError
+from quantbench.report.tables import Cell, Head, Para, Row, Section, Table, table_markdown
 
 TOOLS = ("llama-bench", "llama-perplexity")
 BUILD_ETA_S = 5 * 60  # the tools' compile: 3.5 min on this 2-core machine (ggml, llama, common, two tools)
@@ -312,19 +313,33 @@ def _num(v: float, metric: str) -> str:
     return f"{v:.4f}" if metric == "ppl" else (f"{v:.1f}" if v < 100 else f"{v:.0f}")
 
 
-def parity_markdown(t) -> str:
-    """Returns the parity table as markdown (the parity report and docs/results.md show it)."""
-    head = ("| format | metric | reference | quantbench | engine only⁵ | reference value | ratio⁶ | target | "
-            "| per-run rate⁷ | its ratio |\n|---|---|---|---:|---:|---:|---:|---|---|---:|---:|\n")
+PARITY_HEAD = (Head("format"), Head("metric"), Head("reference"), Head("quantbench", right=True),
+               Head("engine only⁵", right=True), Head("reference value", right=True), Head("ratio⁶", right=True),
+               Head("target"), Head(""), Head("per-run rate⁷", right=True), Head("its ratio", right=True))
+PARITY_TITLE = "Parity with the engines' own benchmarks"
 
+
+def parity_rows(t) -> Table:
+    """Returns the parity table, one row per (format, metric) of parity_table's DataFrame; a missed
+    target is bold. The report, the markdown file and the terminal all show these rows."""
     def ratio(v):
         return "—" if v is None or v != v else f"{v:.3f}"
 
-    rows = [f"| {r.format} | {r.metric} | {r.tool} | {_num(r.quantbench, r.metric)} | "
-            f"{_num(r.engine, r.metric)} | {_num(r.reference, r.metric)} | {ratio(r.ratio)} | {r.target} | "
-            f"{'ok' if r.ok else '**MISS**'} | {_num(r.per_run, r.metric)} | {ratio(r.ratio_per_run)} |"
-            for r in t.itertuples()]
-    return head + "\n".join(rows) + "\n"
+    rows = tuple(Row(tuple(Cell(x) for x in (
+        r.format, r.metric, r.tool, _num(r.quantbench, r.metric), _num(r.engine, r.metric),
+        _num(r.reference, r.metric), ratio(r.ratio), r.target)) + (Cell("ok" if r.ok else "MISS", bold=not r.ok),
+        Cell(_num(r.per_run, r.metric)), Cell(ratio(r.ratio_per_run)))) for r in t.itertuples())
+    return Table(PARITY_HEAD, rows)
+
+
+def parity_markdown(t) -> str:
+    """Returns the parity table as markdown (the parity report and docs/results.md show it)."""
+    return table_markdown(parity_rows(t)) + "\n"
+
+
+def parity_section(t) -> Section:
+    """Returns the report's parity section: the table and its notes."""
+    return Section(PARITY_TITLE, (parity_rows(t), Para(PARITY_NOTE, "foot")))
 
 
 PARITY_NOTE = ("⁵ quantbench's record of the engine's own time (llama.cpp's perf counters, the wall "

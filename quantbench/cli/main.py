@@ -251,7 +251,7 @@ def cmd_parity(args) -> int:
     html_path = Path(args.out)
     paths = write_report([str(p) for p in first], str(html_path),
                          "quantbench parity: " + Path(args.suite).stem,
-                         sections=[("Parity with the engines' own benchmarks", md)])
+                         sections=[parity.parity_section(t)])
     md_path = html_path.with_name(html_path.stem + "-table.md")
     md_path.write_text(md, encoding="utf-8")
     print(md)

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import math
 import re
-from html import escape
 from pathlib import Path
 
 from quantbench.core.errors import UserError
 from quantbench.core.records import LIBRARIES
-from quantbench.report import columns, plots
+from quantbench.report import columns, plots, tables
 from quantbench.report.columns import SOL_COLUMNS
 from quantbench.report.pivot import (
     MB,
@@ -31,6 +30,7 @@ from quantbench.report.pivot import (
     quality_metric,
     verdicts,
 )
+from quantbench.report.tables import Cell, Figures, Head, Para, Row, Section, Table
 
 
 def model_notes(df) -> list[str]:
@@ -360,38 +360,36 @@ def arith_svgs(rows: list[dict], colors: dict) -> list[tuple[str, list[str]]]:
     return out
 
 
-def arith_html(df, colors: dict) -> str:
-    """Returns the "Arithmetic vs measurement" section, or '' when no record carries a fit."""
+ARITH_TEXT = ("Each variant's decode sweep is fitted with t_step = t_fixed + B·ctx·KV bytes per token / "
+              "BW_kv + B·FLOPs per sequence / peak_eff (KV bytes and FLOPs from the arithmetic; least squares "
+              "on relative error, terms ≥ 0). t_fixed holds the weights' read time and the framework's "
+              "overhead: the overhead is t_fixed minus the weights at the calibrated bandwidth, its share of "
+              "the fitted step at depth 0, batch 1. BW_eff ≥ weights ÷ t_fixed (the bandwidth if the fixed "
+              "time were all weight reads). KV s/token: the decode step's slope over depth, measured, and "
+              "predicted as KV bytes per token ÷ calibrated bandwidth. Knee: predicted = calibrated FLOP/s ÷ "
+              "bandwidth × bytes per weight ÷ FLOPs per weight (Kipply's 208 on an A100); fitted = the batch "
+              "whose compute term equals t_fixed; 90 % = smallest batch reaching 90 % of the best tok/s "
+              "(≥B: not reached). Held-out errors: the deepest depth and the largest batch predicted by a fit "
+              "that did not see them.")
+
+
+def arith_section(df, colors: dict) -> Section | None:
+    """Returns the "Arithmetic vs measurement" section, or None when no record carries a fit."""
     rows, ladder = arith_rows(df)
     if not rows:
-        return ""
-    h = ["<h2>Arithmetic vs measurement</h2>",
-         "<p>Each variant's decode sweep is fitted with t_step = t_fixed + B·ctx·KV bytes per token / "
-         "BW_kv + B·FLOPs per sequence / peak_eff (KV bytes and FLOPs from the arithmetic; least squares "
-         "on relative error, terms ≥ 0). t_fixed holds the weights' read time and the framework's "
-         "overhead: the overhead is t_fixed minus the weights at the calibrated bandwidth, its share of "
-         "the fitted step at depth 0, batch 1. BW_eff ≥ weights ÷ t_fixed (the bandwidth if the fixed "
-         "time were all weight reads). KV s/token: the decode step's slope over depth, measured, and "
-         "predicted as KV bytes per token ÷ calibrated bandwidth. Knee: predicted = calibrated FLOP/s ÷ "
-         "bandwidth × bytes per weight ÷ FLOPs per weight (Kipply's 208 on an A100); fitted = the batch "
-         "whose compute term equals t_fixed; 90 % = smallest batch reaching 90 % of the best tok/s "
-         "(≥B: not reached). Held-out errors: the deepest depth and the largest batch predicted by a fit "
-         "that did not see them.</p>",
-         '<div class="scroll"><table id="arith"><thead><tr>'
-         + "".join(f"<th>{escape(x)}</th>" for x in ARITH_HEADERS) + "</tr></thead><tbody>"]
-    h += ["<tr>" + "".join(f'<td{" class=s" if i < 2 else ""}>{escape(c)}</td>' for i, c in enumerate(cells))
-          + "</tr>" for cells in arith_table(rows)]
-    h.append("</tbody></table></div>")
+        return None
+    blocks = [Para(ARITH_TEXT),
+              Table(tuple(Head(x) for x in ARITH_HEADERS),
+                    tuple(Row(tuple(Cell(c, "s" if i < 2 else "") for i, c in enumerate(cells)))
+                          for cells in arith_table(rows)), id="arith")]
     if ladder:
-        h.append("<p>Size ladder, held out (t_step = t_layer · layers + bytes / BW_eff fitted on the "
-                 "smaller models, the largest predicted): " + "; ".join(
-                     f"{x['format']}: {x['held_out']} {_pct(x['rel_err'])} (t_layer "
-                     f"{x['layer_s'] * 1e3:.2f} ms, BW_eff {_rate(x['bandwidth_bytes_s'], 'B/s')}, "
-                     f"from {', '.join(x['fitted_on'])})" for x in ladder) + "</p>")
-    for heading, svgs in arith_svgs(rows, colors):
-        h.append(f"<h3>{escape(heading)}</h3><div class=\"plots\">" +
-                 "".join(f"<figure>{x}</figure>" for x in svgs) + "</div>")
-    return "\n".join(h)
+        blocks.append(Para("Size ladder, held out (t_step = t_layer · layers + bytes / BW_eff fitted on the "
+                           "smaller models, the largest predicted): " + "; ".join(
+                               f"{x['format']}: {x['held_out']} {_pct(x['rel_err'])} (t_layer "
+                               f"{x['layer_s'] * 1e3:.2f} ms, BW_eff {_rate(x['bandwidth_bytes_s'], 'B/s')}, "
+                               f"from {', '.join(x['fitted_on'])})" for x in ladder)))
+    blocks += [Figures(heading, tuple(svgs)) for heading, svgs in arith_svgs(rows, colors)]
+    return Section("Arithmetic vs measurement", tuple(blocks))
 
 
 def arith_markdown(df) -> list[str]:
@@ -409,79 +407,31 @@ def arith_markdown(df) -> list[str]:
     return out + [""]
 
 
-CSS = """body{font:14px/1.45 system-ui,sans-serif;color:#222;margin:0;background:#fafafa}
-main{max-width:1320px;margin:auto;padding:16px 24px}h1{font-size:22px;margin:8px 0}
-h2{font-size:17px;border-bottom:1px solid #ddd;padding-bottom:3px;margin-top:26px}h3{font-size:15px}
-dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:0}
-dt{font-weight:600;color:#555}dd{margin:0}.note{background:#fff7e0;border:1px solid #e8c860;padding:8px 12px;
-border-radius:4px;margin:12px 0}
-.scroll{overflow-x:auto}table{border-collapse:collapse;background:#fff;font-size:12.5px}
-th,td{border:1px solid #ddd;padding:3px 5px;text-align:right;white-space:nowrap}
-th{background:#f0f0f0;cursor:pointer;position:sticky;top:0;white-space:normal;vertical-align:bottom}
-td:first-child,th:first-child,td.s,th.s{text-align:left}
-th[data-dir=asc]::after{content:" ▲"}th[data-dir=desc]::after{content:" ▼"}
-tr.failed td,tr.skipped td{background:#fdecec;color:#844}
-tr.overhead td.decode_sol_frac{color:#a60;font-weight:600}
-tr.suspect td.prefill_sol_frac,tr.suspect td.decode_sol_frac,
-tr.suspect td.decode_sol_frac_spec{color:#c00;font-weight:600}
-td.status{white-space:normal;min-width:5em;text-align:left}
-tr:has(+ tr.details) td{border-bottom:0}
-tr.details td{border-top:0;padding:0 7px 3px 18px;font-size:11.5px;color:#666;white-space:normal;
-text-align:left}
-tbody tr:hover td,tbody tr:has(+ tr.details:hover) td,tbody tr:hover + tr.details td{background:#eef5ff}
-.foot{font-size:12px;color:#555;margin:4px 0}.check{font-family:ui-monospace,monospace}
-.plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(540px,1fr));gap:12px}
-figure{margin:0;background:#fff;border:1px solid #ddd}svg.plot{width:100%;height:auto;display:block}
-footer{margin-top:24px;color:#888;font-size:12px}"""
-
-# Runs first, so a failure in any later script leaves its message on <body data-jserror>.
-ERROR_JS = """window.onerror = (msg) => {
-  (document.body || document.documentElement).dataset.jserror = String(msg); };"""
-
-# Click a header to sort by it; numbers compare as numbers (data-v), blanks always sort last.
-# A variant row takes its details row (the next row, class "details") along wherever it goes.
-SORT_JS = """let hooked = 0;
-document.querySelectorAll("table.sortable th").forEach((th, i) => {
- hooked++;
- th.addEventListener("click", () => {
-  const tb = th.closest("table").tBodies[0], asc = th.dataset.dir !== "asc";
-  th.closest("tr").querySelectorAll("th").forEach(h => delete h.dataset.dir);
-  th.dataset.dir = asc ? "asc" : "desc";
-  const key = r => { const v = r.cells[i].dataset.v, n = parseFloat(v);
-    return v === "" ? null : isNaN(n) ? v : n; };
-  const isDetails = r => r !== null && r.classList.contains("details");
-  const pairs = [...tb.rows].filter(r => !isDetails(r))
-    .map(r => [r, isDetails(r.nextElementSibling) ? r.nextElementSibling : null]);
-  pairs.sort(([a], [b]) => { const x = key(a), y = key(b);
-    if (x === null || y === null) return (x === null) - (y === null);
-    const c = x < y ? -1 : x > y ? 1 : 0; return asc ? c : -c; })
-   .forEach(([r, d]) => { tb.appendChild(r); if (d) tb.appendChild(d); });
- });
-});
-document.body.dataset.sortable = hooked;
-document.body.dataset.ready = "1";"""
+# The page's CSS and scripts, inline in every report (templates/). ERROR_JS runs first, so a
+# failure in any later script leaves its message on <body data-jserror>. SORT_JS: click a header to
+# sort by it; numbers compare as numbers (data-v), blanks always sort last; a variant row takes its
+# details row (the next row, class "details") along wherever it goes.
+CSS, ERROR_JS, SORT_JS = (tables.template_text(n).rstrip("\n") for n in ("report.css", "error.js", "sort.js"))
 
 
-def _table_html(t) -> str:
+def variants_table(t) -> Table:
+    """Returns the sortable variants table: one row per variant, its details line below it."""
     cols = display_columns(t)
-    head = "".join(f'<th{"" if fmt else " class=s"}>{escape(h)}</th>' for _, h, fmt in cols)
-    body = []
+    head = tuple(Head(h, "" if fmt else "s") for _, h, fmt in cols)
+    rows = []
     for r in t.to_dict("records"):
         cls = (r["status"] + (" overhead" if r["overhead_bound"] else "")
                + (" suspect" if r["sol_suspect"] else ""))
-        tds = []
+        cells = []
         for c, _, fmt in cols:
             v = r.get(c)
             key = ("" if num(v) is None else repr(float(v))) if fmt else str(v)
-            tds.append(f'<td class="{"s " if not fmt else ""}{c}" data-v="{escape(key)}">'
-                       f"{escape(cell_text(r, c, fmt))}</td>")
-        body.append(f'<tr class="{cls}">{"".join(tds)}</tr>')
+            cells.append(Cell(cell_text(r, c, fmt), f"{'s ' if not fmt else ''}{c}", key))
+        rows.append(Row(tuple(cells), cls))
         more = details_text(r)
         if more:
-            body.append(f'<tr class="details {r["status"]}"><td colspan="{len(cols)}">{escape(more)}'
-                        "</td></tr>")
-    return (f'<table class="sortable" id="variants"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table>")
+            rows.append(Row((Cell(more, span=len(cols)),), f"details {r['status']}"))
+    return Table(head, tuple(rows), id="variants", cls="sortable")
 
 
 def _problems(p) -> list[tuple[str, str, str, str, str]]:
@@ -494,77 +444,40 @@ def _problems(p) -> list[tuple[str, str, str, str, str]]:
 
 
 
-def _md_table_html(md: str) -> str:
-    """Returns a markdown section (pipe tables and paragraphs, **bold**) as HTML."""
-    out, rows = [], []
-
-    def cells(line):
-        return [c.strip() for c in line.strip().strip("|").split("|")]
-
-    def flush():
-        if rows:
-            head, body = rows[0], [r for r in rows[2:]]
-            out.append('<div class="scroll"><table><thead><tr>' + "".join(f"<th>{escape(c)}</th>" for c in head)
-                       + "</tr></thead><tbody>" + "".join(
-                           "<tr>" + "".join(f"<td>{_bold(c)}</td>" for c in r) + "</tr>" for r in body)
-                       + "</tbody></table></div>")
-            rows.clear()
-
-    for line in md.splitlines():
-        if line.startswith("|"):
-            rows.append(cells(line))
-            continue
-        flush()
-        if line.strip():
-            out.append(f'<p class="foot">{_bold(line)}</p>')
-    flush()
-    return "".join(out)
+def page_sections(df, p, extra: list[Section] = ()) -> list[Section]:
+    """Returns the report's sections in page order: verdict, `extra` (the parity table), variants,
+    skipped and failed, arithmetic vs measurement (when a record carries a fit), plots. A new section
+    is one more Section appended here (docs/report.md)."""
+    verdict = [Para(v) for v in verdicts(p)] + [Para(f"Cross-backend: {line}", "check") for line in cross_backend(p)]
+    problems = _problems(p)
+    colors = {f: plots.color_for(i) for i, f in enumerate(sorted(p["format"].unique(), key=format_order))}
+    out = [Section("Verdict", tuple(verdict)), *extra,
+           Section("Variants", (variants_table(table(p)), *(Para(f, "foot") for f in footnotes(p)))),
+           Section("Skipped and failed", (Table(
+               tuple(Head(h, "s") for h in ("format", "device", "workloads", "status", "reason")),
+               tuple(Row(tuple(Cell(str(x), "s") for x in pr)) for pr in problems), id="problems",
+               scroll=False),) if problems else (Para("none"),)),
+           arith_section(df, colors),
+           Section("Plots", tuple(Figures(heading, tuple(svgs)) for heading, svgs in plot_svgs(df, p)))]
+    return [s for s in out if s is not None]
 
 
-def _bold(text: str) -> str:
-    parts = escape(text).split("**")
-    return "".join(f"<b>{x}</b>" if i % 2 else x for i, x in enumerate(parts))
-
-
-def render_html(df, title: str = "", *, p=None, sections: list[tuple[str, str]] = ()) -> str:
-    """Returns the self-contained HTML report (inline CSS, JS and SVG; no external assets);
-    p is pivot(df) when the caller has it already."""
+def render_html(df, title: str = "", *, p=None, sections: list[Section] = ()) -> str:
+    """Returns the self-contained HTML report (inline CSS, JS and SVG; no external assets) from
+    templates/report.html.j2; p is pivot(df) when the caller has it already; `sections` go after
+    the verdict."""
     if df.empty:
         raise UserError("no records to report; check the results paths")
     p = pivot(df) if p is None else p
     title = title or "quantbench report: " + ", ".join(dict.fromkeys(map(str, p["model"])))
-    facts = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in header_facts(df))
-    h = [f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
-         f'content="width=device-width, initial-scale=1"><title>{escape(title)}</title><style>{CSS}</style>'
-         f"<script>{ERROR_JS}</script>"
-         f"</head><body><main><h1>{escape(title)}</h1><dl class=\"facts\">{facts}</dl>"]
-    h += [f'<div class="note"><b>Note:</b> {escape(n)}.</div>' for n in model_notes(df)]
-    h.append("<h2>Verdict</h2>" + "".join(f"<p>{escape(v)}</p>" for v in verdicts(p)))
-    h += [f'<p class="check">Cross-backend: {escape(line)}</p>' for line in cross_backend(p)]
-    h += [f"<h2>{escape(head)}</h2>" + _md_table_html(md) for head, md in sections]
-    h.append('<h2>Variants</h2><div class="scroll">' + _table_html(table(p)) + "</div>")
-    h += [f'<p class="foot">{escape(f)}</p>' for f in footnotes(p)]
-    rows = "".join("<tr>" + "".join(f'<td class="s">{escape(str(x))}</td>' for x in pr) + "</tr>"
-                   for pr in _problems(p))
-    h.append("<h2>Skipped and failed</h2>" + (
-        '<table id="problems"><thead><tr>' + "".join(f"<th class=s>{h}</th>" for h in
-                                                      ("format", "device", "workloads", "status", "reason"))
-        + f"</tr></thead><tbody>{rows}</tbody></table>"
-        if rows else "<p>none</p>"))
-    colors = {f: plots.color_for(i) for i, f in enumerate(sorted(p["format"].unique(), key=format_order))}
-    h.append(arith_html(df, colors))
-    h.append("<h2>Plots</h2>")
-    for heading, svgs in plot_svgs(df, p):
-        h.append(f"<h3>{escape(heading)}</h3><div class=\"plots\">" +
-                 "".join(f"<figure>{s}</figure>" for s in svgs) + "</div>")
-    h.append(f"<footer>generated by quantbench report</footer><script>{SORT_JS}</script>"
-             "</main></body></html>")
-    return "\n".join(h)
+    return tables.render("report.html.j2", title=title, facts=header_facts(df), notes=model_notes(df),
+                         sections=page_sections(df, p, list(sections)), css=CSS, error_js=ERROR_JS,
+                         sort_js=SORT_JS)
 
 
-def render_markdown(df, *, p=None, sections: list[tuple[str, str]] = ()) -> str:
-    """Returns the report as markdown: header, verdict, the variants table, details, footnotes,
-    problems; p is pivot(df) when the caller has it already."""
+def render_markdown(df, *, p=None, sections: list[Section] = ()) -> str:
+    """Returns the report as markdown: header, verdict, the variants table, `sections`, details,
+    footnotes, problems; p is pivot(df) when the caller has it already."""
     p = pivot(df) if p is None else p
     t = table(p)
     cols = display_columns(t)
@@ -572,7 +485,7 @@ def render_markdown(df, *, p=None, sections: list[tuple[str, str]] = ()) -> str:
     out += [f"- **{k}**: {v}" for k, v in header_facts(df)] + [""]
     out += [x for n in model_notes(df) for x in (f"> **Note:** {n}.", "")]
     out += _summary_lines(p, t, cols)
-    out += [x for head, md in sections for x in ("", f"## {head}", "", md.rstrip())]
+    out += [x for s in sections for x in ("", f"## {s.title}", "", tables.markdown(s))]
     details = [(r, details_text(r)) for r in t.to_dict("records")]
     out += [""] + [f"- {r['format']} on {r['device']}" + (f" ({r['host']})" if "host" in r else "")
                    + f": {text}" for r, text in details if text]
@@ -608,9 +521,9 @@ def render_csv(df, *, p=None) -> str:
 
 
 def write_report(result_paths: list[str], out_html: str, title: str = "",
-                 sections: list[tuple[str, str]] = ()) -> list[str]:
+                 sections: list[Section] = ()) -> list[str]:
     """Writes out_html plus .md and .csv beside it from JSONL files or directories; returns the paths.
-    `sections`: (heading, markdown) shown after the verdict (the parity table)."""
+    `sections`: shown after the verdict (the parity table)."""
     from quantbench.core.records import read_results
 
     df = read_results(*result_paths)

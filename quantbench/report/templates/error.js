@@ -1,0 +1,2 @@
+window.onerror = (msg) => {
+  (document.body || document.documentElement).dataset.jserror = String(msg); };
