@@ -1,5 +1,7 @@
 """The report: the pivot of the records (quantbench.report.pivot: a row per model × host × device ×
 format) rendered as HTML (header, verdict, sortable table, inline SVG plots), markdown and CSV.
+The table's columns are declared in quantbench.report.columns (schema Display or DERIVED); the page
+is a list of Sections (quantbench.report.tables) rendered by templates/report.html.j2.
 
 `quantbench report RESULTS... -o reports/NAME.html` writes NAME.html, NAME.md and NAME.csv from one
 pivot. The HTML has no external assets: CSS, the sort script and the plots are inline. Its script
