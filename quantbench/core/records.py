@@ -23,11 +23,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Versions whose records compare with this one: each later version only added fields, and every
 # field of the earlier keeps its meaning. 3 added the kernel path fields (kernel_path,
-# kernel_detail, kernel_fallback) and the crash fields.
-SCHEMA_ADDITIVE = {3: (2,)}
+# kernel_detail, kernel_fallback) and the crash fields; 4 the timing precision fields
+# (*_ci95_rel, *_stop, decode_steps_timed, ...) and the kernel-term fit fields (fit_*).
+SCHEMA_ADDITIVE = {3: (2,), 4: (3, 2)}
 IDENTITY = ("model", "format", "device", "workload")
 LIBRARIES = ("torch", "transformers", "bitsandbytes", "gptqmodel", "llama_cpp_python", "gguf",
              "numpy", "pandas", "openvino", "optimum_intel", "nncf", "llmcompressor", "compressed_tensors")
@@ -174,6 +175,20 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("decode_p90_s", "float", "s", "per-step latency percentile 90", show=_D("p90 ms", ".1f", 1e3, "decode_p90_ms")),
     _f("decode_p99_s", "float", "s", "per-step latency percentile 99"),
     _f("decode_tokens_timed", "int", "token", "decode tokens timed (fewer than asked when the time budget hit)"),
+    _f("decode_steps_timed", "int", "", "decode steps timed (each step decodes `batch` tokens)"),
+    _f("decode_repetitions", "int", "", "repetitions of prompt + decode steps the timing ran"),
+    _f("decode_ci95_rel", "float", "", "half-width of the 95 % CI of the median step time (order "
+       "statistics, binomial), over the median: 0.03 = ±3 %; absent with under 6 steps"),
+    _f("decode_stop", "str", "", "what ended the decode timing: ci (reached ci_target), min_samples "
+       "(ci_target 0: fixed repetitions), max_samples, or budget (time_budget_s of timed seconds)"),
+    _f("decode_timed_s", "float", "s", "seconds of timed regions the decode timing spent (prompts and "
+       "steps; a depth's untimed fill is not counted)"),
+    _f("prefill_timed", "int", "", "prompts timed"),
+    _f("prefill_ci95_rel", "float", "", "half-width of the 95 % CI of the median prefill time, over the "
+       "median (as decode_ci95_rel)"),
+    _f("prefill_stop", "str", "", "what ended the prefill timing (as decode_stop)"),
+    _f("prefill_timed_s", "float", "s", "seconds of timed prompts the prefill timing spent"),
+    _f("ci_target", "float", "", "the suite's precision goal for timings (0: fixed repetitions)"),
     _f("engine_prefill_s", "float", "s", "the engine's own time for the timed prompt, median (llama.cpp: "
        "llama_perf_context t_p_eval, as llama-bench counts; transformers: wall time inside model.forward)"),
     _f("harness_prefill_s", "float", "s", "median of (wall − engine) per timed prompt: what quantbench adds"),

@@ -106,8 +106,15 @@ class Suite:
     # 5: the least that lets the timing gate fire (Mann-Whitney's smallest p at 3 vs 3 is 0.04 > 0.01).
     min_samples: int = _key(5, "repetitions per timing; 5 is the fewest that lets the compare gate fire "
                             "at p < 0.01 (3 vs 3 samples cannot)")
-    time_budget_s: float = _key(20.0, "seconds per timing; a slow kernel stops early and the record says "
+    time_budget_s: float = _key(20.0, "seconds per timing (timed regions only: a depth point's untimed "
+                                "fill is not charged); a slow kernel stops early and the record says "
                                 "how many samples it timed")
+    ci_target: float = _key(0.0, "precision goal of a timing: keep sampling past `min_samples` until the "
+                            "95 % CI of the median step time is within ± this fraction of it (`0.03`: "
+                            "±3 %), or `max_samples` or `time_budget_s` is reached; 0 = fixed "
+                            "`min_samples` repetitions (llama-bench's `-r`)")
+    max_samples: int = _key(1000, "with `ci_target`: the most timed steps (decode) or prompts (prefill) "
+                            "one timing takes")
     # Quality (llama.cpp perplexity protocol): windows of n_ctx tokens, second half scored.
     n_ctx: int = _key(512, "perplexity window in tokens (even: its second half is scored)")
     ppl_windows: int = _key(20, "perplexity windows scored")
@@ -191,6 +198,12 @@ class Suite:
             bad = [k for k in over if k in ("model", "models", "model_overrides", "name")]
             if bad:
                 raise UserError(f"{where}: [model_overrides.\"{m}\"] cannot set {', '.join(bad)}")
+        if not 0 <= self.ci_target < 1:
+            raise UserError(f"{where}: ci_target must be a fraction in [0, 1) (0.03 = ±3 %; 0 disables), "
+                            f"got {self.ci_target}")
+        if self.max_samples < self.min_samples:
+            raise UserError(f"{where}: max_samples ({self.max_samples}) must be >= min_samples "
+                            f"({self.min_samples})")
         for key in ("time_budget_s", "quality_budget_s"):
             if not getattr(self, key) > 0:
                 raise UserError(f"{where}: {key} must be > 0 seconds, got {getattr(self, key)}")

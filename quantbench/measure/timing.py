@@ -2,15 +2,93 @@
 
 Timing (after gpt-fast and llama-bench): an untimed warm-up, device sync around every timed
 region, each decode step timed on its own, raw samples kept, and a time budget so a slow kernel
-stops early once it has its minimum samples (the record says how many it timed).
+stops early once it has its minimum samples (the record says how many it timed). With a precision
+goal (suite `ci_target`), sampling goes on until the median's 95 % confidence interval is that
+narrow: the sample count is decided by the noise, not by a fixed time.
 """
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
 
 from quantbench.backends import Backend
+
+CI_LEVEL = 0.95
+
+
+def median_ci_ranks(n: int, level: float = CI_LEVEL) -> tuple[int, int] | None:
+    """Returns the 0-based ranks (lo, hi) of the sorted samples bounding a distribution-free CI of
+    the median, or None when n is too small for one (n < 6 at 95 %).
+
+    The order-statistic interval (Conover, *Practical Nonparametric Statistics*, 3rd ed., §3.2):
+    the number of samples below the median is Binomial(n, ½), so [x_(k), x_(n−1−k)] covers it with
+    probability 1 − 2·P(Bin ≤ k); k is the largest rank keeping that ≥ level.
+    `median_ci_ranks(20) == (5, 14)`: P(Bin(20, ½) ≤ 5) = 0.0207.
+    """
+    alpha = (1 - level) / 2
+    log_half, cdf, k = n * math.log(0.5), 0.0, -1
+    for j in range(n // 2 + 1):
+        cdf += math.exp(math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) + log_half)
+        if cdf > alpha:
+            break
+        k = j
+    # k: the largest j with P(Bin <= j) <= alpha; the interval is [x_(k+1), x_(n-k)] 1-based
+    return None if k < 0 else (k, n - 1 - k)
+
+
+def median_ci_rel(samples_s) -> float | None:
+    """Returns the half-width of the median's 95 % CI relative to the median: the larger of
+    (median − lower) and (upper − median), over the median; None with too few samples."""
+    ranks = median_ci_ranks(len(samples_s))
+    if ranks is None:
+        return None
+    a = np.sort(np.asarray(samples_s, float))
+    med = float(np.median(a))
+    if med <= 0:
+        return None
+    return float(max(med - a[ranks[0]], a[ranks[1]] - med) / med)
+
+
+class Stopper:
+    """Decides when a timing has enough samples: at least `min_samples`; then, with ci_target > 0,
+    until the median's CI is within ±ci_target or a cap is hit (`max_samples`, or `budget_s` of
+    timed seconds: untimed work such as a depth's fill is not charged); with ci_target = 0, the
+    budget alone cuts it short. `why` names what stopped it: ci, min_samples, max_samples, budget."""
+
+    def __init__(self, min_samples: int, budget_s: float, ci_target: float = 0.0, max_samples: int = 0):
+        self.min_samples, self.budget_s, self.ci_target = min_samples, budget_s, ci_target
+        self.max_samples = max(max_samples, min_samples) if ci_target > 0 else 0
+        self.timed_s, self.why = 0.0, ""
+
+    def over_budget(self) -> bool:
+        return self.timed_s > self.budget_s
+
+    def done(self, samples: list[float], reps: int | None = None) -> bool:
+        """Returns whether to stop after these samples (`reps`: whole repetitions finished, the unit
+        min_samples counts when a repetition holds several samples; None: one sample each)."""
+        got = len(samples) if reps is None else reps
+        if self.over_budget() and len(samples) >= self.min_samples:
+            self.why = "budget"
+        elif got < self.min_samples:
+            return False
+        elif self.ci_target <= 0:
+            self.why = "min_samples"
+        elif self.max_samples and len(samples) >= self.max_samples:
+            self.why = "max_samples"
+        elif (ci := median_ci_rel(samples)) is not None and ci <= self.ci_target:
+            self.why = "ci"
+        else:
+            return False
+        return True
+
+
+def _precision(kind: str, samples: list[float], stop: Stopper) -> dict:
+    """Returns the fields saying how precise a timing is: samples timed, the CI reached, why it stopped."""
+    return {f"{kind}_ci95_rel": median_ci_rel(samples), f"{kind}_stop": stop.why or "budget",
+            f"{kind}_timed_s": stop.timed_s, "ci_target": stop.ci_target}
+
 
 
 def _percentiles(samples_s: list[float]) -> dict:
@@ -19,13 +97,14 @@ def _percentiles(samples_s: list[float]) -> dict:
 
 
 def time_prefill(b: Backend, ids: list[int], min_samples: int, budget_s: float,
-                 fill: list[int] = ()) -> dict:
+                 fill: list[int] = (), ci_target: float = 0.0, max_samples: int = 0) -> dict:
     """Returns prefill_tok_s (median), ttft_s and the raw prefill_samples_s for a prompt; with
-    `fill`, each sample first caches those tokens untimed and times the prompt on top of them."""
+    `fill`, each sample first caches those tokens untimed and times the prompt on top of them.
+    Samples are taken until `Stopper` says so; the fill's time is not charged to the budget."""
     b.prefill(ids[: min(len(ids), 32)])  # warm-up on a short prompt: slow kernels stay affordable
     b.sync()
-    samples, engine, start = [], [], time.perf_counter()
-    while len(samples) < min_samples:
+    samples, engine, stop = [], [], Stopper(min_samples, budget_s, ci_target, max_samples)
+    while True:
         if fill:
             b.prefill(list(fill))
             b.sync()
@@ -33,13 +112,15 @@ def time_prefill(b: Backend, ids: list[int], min_samples: int, budget_s: float,
         b.extend(ids) if fill else b.prefill(ids)
         b.sync()
         samples.append(time.perf_counter() - t0)
+        stop.timed_s += samples[-1]
         if e0 is not None:
             engine.append(b.engine_s() - e0)
-        if time.perf_counter() - start > budget_s:
+        if stop.done(samples) or (stop.over_budget() and samples):
             break
     med = float(np.median(samples))
     return {"n_prompt": len(ids), "depth": len(fill), "prefill_tok_s": len(ids) / med, "ttft_s": med,
-            "prefill_samples_s": samples, **_engine_fields("prefill", samples, engine)}
+            "prefill_samples_s": samples, "prefill_timed": len(samples),
+            **_precision("prefill", samples, stop), **_engine_fields("prefill", samples, engine)}
 
 
 def _engine_fields(kind: str, wall_s: list[float], engine_s: list[float]) -> dict:
@@ -103,13 +184,17 @@ def energy_fields(kind: str, joules: float, seconds: float, tokens: int, meter: 
 
 
 def time_decode(b: Backend, prompt: list[int], n_gen: int, min_samples: int,
-                budget_s: float, batch: int = 1, fill: list[int] = (), energy: EnergyMeter | None = None) -> dict:
+                budget_s: float, batch: int = 1, fill: list[int] = (), energy: EnergyMeter | None = None,
+                ci_target: float = 0.0, max_samples: int = 0) -> dict:
     """Returns decode_tok_s = batch / median step time, latency percentiles and raw step samples.
 
-    `min_samples` repetitions of prompt + n_gen steps; the budget cuts a repetition short once
-    at least `min_samples` steps are timed. With batch > 1, `batch` copies of the prompt are
-    decoded together: a step's latency is every sequence's per-token latency. With `fill`, each
-    repetition first caches those tokens untimed (the depth), then times prompt and steps on top.
+    Repetitions of prompt + n_gen steps: at least `min_samples` of them (the budget cuts one short
+    once at least `min_samples` steps are timed); with ci_target > 0, more until the median step's
+    95 % CI is within ±ci_target (checked after each repetition, so every context length of the
+    sweep point counts alike) or `max_samples` steps or the budget is reached. With batch > 1,
+    `batch` copies of the prompt are decoded together: a step's latency is every sequence's
+    per-token latency. With `fill`, each repetition first caches those tokens untimed (the depth),
+    then times prompt and steps on top; only the timed regions are charged to the budget.
     """
     prefill = b.prefill if batch == 1 else (lambda ids: b.prefill_batch(ids, batch))
     extend = b.extend if batch == 1 else (lambda ids: b.extend_batch(ids, batch))
@@ -118,9 +203,11 @@ def time_decode(b: Backend, prompt: list[int], n_gen: int, min_samples: int,
     for _ in range(2):
         tok = decode(tok)
     b.sync()
-    steps, engine, ttfts, start = [], [], [], time.perf_counter()
+    steps, engine, ttfts = [], [], []
+    stop = Stopper(min_samples, budget_s, ci_target, max_samples)
     joules, region_s = 0.0, 0.0  # energy over the decode steps only (the counter read around them)
-    for _rep in range(min_samples):
+    reps = 0
+    while True:
         if fill:
             prefill(list(fill))
             b.sync()
@@ -128,25 +215,31 @@ def time_decode(b: Backend, prompt: list[int], n_gen: int, min_samples: int,
         tok = extend(prompt) if fill else prefill(prompt)
         b.sync()
         ttfts.append(time.perf_counter() - t0)
+        stop.timed_s += ttfts[-1]
         j0, r0 = (energy.read(), time.perf_counter()) if energy else (None, 0.0)
         for _ in range(n_gen - 1):
             e0, t0 = b.engine_s(), time.perf_counter()
             tok = decode(tok)
             b.sync()
             steps.append(time.perf_counter() - t0)
+            stop.timed_s += steps[-1]
             if e0 is not None:
                 engine.append(b.engine_s() - e0)
-            if time.perf_counter() - start > budget_s and len(steps) >= min_samples:
+            if stop.over_budget() and len(steps) >= min_samples:
+                break
+            if stop.max_samples and len(steps) >= stop.max_samples:
                 break
         if j0 is not None:
             joules += energy.read() - j0
             region_s += time.perf_counter() - r0
-        if time.perf_counter() - start > budget_s:
+        reps += 1
+        if stop.done(steps, reps) or (stop.over_budget() and steps):
             break
     out = {"n_prompt": len(prompt), "n_gen": n_gen, "batch": batch, "depth": len(fill),
            "ttft_s": float(np.median(ttfts)), "decode_tok_s": batch / float(np.median(steps)),
            "decode_samples_s": steps, "decode_tokens_timed": len(steps) * batch,
-           **_percentiles(steps), **_engine_fields("decode", steps, engine)}
+           "decode_steps_timed": len(steps), "decode_repetitions": reps,
+           **_precision("decode", steps, stop), **_percentiles(steps), **_engine_fields("decode", steps, engine)}
     if energy is not None:
         out.update(energy_fields("decode", joules, region_s, len(steps) * batch, energy))
     return out

@@ -179,7 +179,8 @@ def run_workload(job: Job, backend, w: Workload, data, shape, energy=None) -> di
     fill, src = prompt_src[: w.depth], prompt_src[w.depth:]
     if w.kind == "tg":
         out = time_decode(backend, src[: s.gen_prompt_tokens], w.tokens, s.min_samples,
-                          s.time_budget_s, w.batch, fill, energy=energy)
+                          s.time_budget_s, w.batch, fill, energy=energy, ci_target=s.ci_target,
+                          max_samples=s.max_samples)
         if w.batch > 1 or w.depth:
             out["kv_cache_bytes"] = backend.kv_cache_bytes()
         kw = {"n_prompt": s.gen_prompt_tokens, "n_gen": w.tokens, "batch": w.batch, "depth": w.depth}
@@ -216,7 +217,8 @@ def run_workload(job: Job, backend, w: Workload, data, shape, energy=None) -> di
             out["bos_first"] = bool(data["bos_first"])
         return {**out, **_predict(job, shape, backend.info, "ppl", n_ctx=s.n_ctx)}
     # prefill
-    out = time_prefill(backend, src[: w.tokens], s.min_samples, s.time_budget_s, fill)
+    out = time_prefill(backend, src[: w.tokens], s.min_samples, s.time_budget_s, fill, s.ci_target,
+                       s.max_samples)
     out["kv_cache_bytes"] = backend.kv_cache_bytes()
     return {**out, **_predict(job, shape, backend.info, "pp", n_prompt=w.tokens, depth=w.depth)}
 
