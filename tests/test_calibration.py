@@ -211,3 +211,16 @@ def test_a_corrupt_cached_calibration_is_recalibrated(tmp_path, monkeypatch, cap
     monkeypatch.setattr(hardware, "probe", lambda device, threads: {"bandwidth_bytes_s": 2e10})
     assert hardware.local_peaks("cpu", threads=1) == fresh
     assert "unreadable (JSONDecodeError); recalibrating" in capsys.readouterr().err
+
+
+def test_gemm_by_m_reads_the_stack_and_keeps_to_its_budget():
+    import time
+
+    import torch
+
+    t0 = time.perf_counter()
+    got = hardware._gemm_by_m(torch, torch.float32, "cpu", 0.05, lambda: None, stack_bytes=4 * 2**20)
+    # 4 MiB of fp32 at K = N = 2048 is one matrix: M = 1 reads it once, 2 · 2048² FLOPs a call
+    assert "1" in got and got["1"] > 1e7 and list(got) == sorted(got, key=int)
+    assert time.perf_counter() - t0 < 5  # the budget stops the M ladder (one call may overrun it)
+    assert hardware._attn_flop_s(torch, torch.float32, "cpu", 0.02, lambda: None) > 1e7

@@ -119,6 +119,9 @@ def test_calibrate_cpu_is_short_and_sane():
     p = hardware.calibrate("cpu", seconds=1.0)
     assert time.perf_counter() - t0 < 10
     assert p.source == "measured" and p.bandwidth_bytes_s > 1e8 and p.flop_s["fp32"] > 1e8
+    # the decode-shaped figures: GEMM at M = 1 (a weight read) at least, and attention alone
+    assert p.gemm_flop_s_by_m["fp32"]["1"] > 1e7 and set(p.gemm_flop_s_by_m["fp32"]) <= {"1", "4", "16", "64"}
+    assert p.attn_flop_s["fp32"] > 1e7
 
 
 def test_estimate_kv_types(capsys, config):

@@ -112,38 +112,73 @@ def test_predicted_step_reads_weights_plus_depth_of_kv():
 # --- the fit
 
 W, KV, F = 270_000_000, 23_040, 2 * 134e6
-TRUE = fit.Fit(0.030, 1.5e9, 100e9, 0)  # 30 ms fixed, KV read at 1.5 GB/s, 100 GFLOP/s
+ATT = 4 * 30 * 576  # attention FLOPs per cached token: 4 · layers · heads · head_dim
+# a CPU whose GEMM climbs with M (AMX-like): 5 GFLOP/s reading weights at M = 1, 150 at M = 64
+PEAKS = Peaks("cpu", {"fp32": 80e9, "bf16": 160e9}, 10e9, 1e11, "measured",
+              gemm_flop_s_by_m={"bf16": {"1": 5e9, "4": 18e9, "16": 60e9, "64": 150e9}})
+# 10 ms per step, 0.5 ms per sequence, attention at 20 GFLOP/s, matmuls 1.3x the calibrated GEMM
+TRUE = fit.Fit(0.010, 0.0005, 20e9, 1.3, 0)
+GRID = [(0, 1), (0, 2), (0, 4), (0, 8), (0, 16), (0, 32), (0, 64), (1024, 1), (2048, 1), (4096, 1), (8192, 1)]
 
 
-def _points(noise: float, seed: int = 1):
+def _gemm(b):
+    return formulas.gemm_flop_s_at(PEAKS, ("bf16", "fp32"), b)
+
+
+def _points(noise: float, seed: int = 1, truth=TRUE):
     rng = np.random.default_rng(seed)
     out = []
-    for d, b in [(0, 1), (0, 2), (0, 4), (0, 8), (0, 16), (0, 32), (0, 64), (1024, 1), (2048, 1),
-                 (4096, 1), (8192, 1)]:
-        kv, fl = b * (d + 40) * KV, b * (F + 4 * 30 * (d + 40) * 576)
-        t = TRUE.step_s(kv, fl) * (1 + noise * rng.standard_normal())
-        out.append(fit.Point(f"tg64x{b}@d{d}", d, b, kv, fl, t))
+    for d, b in GRID:
+        p = fit.Point(f"tg64x{b}@d{d}", d, b, b * (d + 40) * ATT, b * F, _gemm(b), 1.0, b * (d + 40) * KV)
+        t = truth.step_s(p) * (1 + noise * rng.standard_normal())
+        out.append(dataclasses.replace(p, step_s=t))
     return out
+
+
+def test_gemm_rate_interpolates_between_calibrated_m():
+    assert _gemm(1) == 5e9 and _gemm(64) == 150e9 and _gemm(256) == 150e9  # ends held flat
+    assert _gemm(2) == pytest.approx((5e9 * 18e9) ** 0.5)  # halfway between M = 1 and 4 in log-log
+    assert _gemm(8) == pytest.approx((18e9 * 60e9) ** 0.5)
+    assert formulas.gemm_flop_s_at(PEAKS, ("fp32",), 4) is None  # fp32 not calibrated by M
 
 
 def test_fit_recovers_known_parameters():
     exact = fit.fit(_points(0.0))
-    assert exact.fixed_s == pytest.approx(0.030, rel=1e-6)
-    assert exact.kv_bandwidth_bytes_s == pytest.approx(1.5e9, rel=1e-6)
-    assert exact.peak_flop_s == pytest.approx(100e9, rel=1e-6)
-    for seed in range(5):  # 2 % noise on every point
+    assert exact.fixed_s == pytest.approx(0.010, rel=1e-6)
+    assert exact.seq_s == pytest.approx(0.0005, rel=1e-6)
+    assert exact.attn_flop_s == pytest.approx(20e9, rel=1e-6)
+    assert exact.gemm_scale == pytest.approx(1.3, rel=1e-6)
+    b1 = _points(0.0)[0]
+    for seed in range(8):  # 2 % noise on every point
         f = fit.fit(_points(0.02, seed))
-        assert f.fixed_s == pytest.approx(0.030, rel=0.05)
-        assert f.kv_bandwidth_bytes_s == pytest.approx(1.5e9, rel=0.15)
-        assert f.peak_flop_s == pytest.approx(100e9, rel=0.05)
+        assert f.attn_flop_s == pytest.approx(20e9, rel=0.12)
+        # At small M the GEMM rate grows almost as M, so M(B) / G(B) is nearly flat there and the
+        # matmul term trades against t_fixed: what the data fix is their sum at batch 1 (the weights'
+        # read plus overhead), tightly, and k_mm loosely, by the batches where the GEMM saturates.
+        at_b1 = f.terms_s(b1)["fixed"] + f.terms_s(b1)["gemm"]
+        assert at_b1 == pytest.approx(0.010 + 1.3 * F / 5e9, rel=0.02)
+        assert f.gemm_scale == pytest.approx(1.3, rel=0.35)
+        assert 0 <= f.fixed_s < 0.04 and 0 <= f.seq_s < 0.0015
+        # held out, 2 % noise grows to up to ~13 % at batch 64 (t_seq and k_mm trade off where G
+        # saturates): why the sampler aims each point's median at ±3 %
+        assert max(map(abs, fit.holdout_errors(_points(0.02, seed)).values())) < 0.2
+
+
+def test_fit_term_by_term_at_a_point():
+    p = _points(0.0)[6]  # batch 64, depth 0
+    terms = TRUE.terms_s(p)
+    assert terms["fixed"] == 0.010 and terms["seq"] == pytest.approx(64 * 0.0005)
+    assert terms["attn"] == pytest.approx(64 * 40 * ATT / 20e9)
+    assert terms["gemm"] == pytest.approx(1.3 * 64 * F / 150e9)
+    assert TRUE.gemm_eff_flop_s(150e9) == pytest.approx(150e9 / 1.3)
 
 
 def test_fit_keeps_every_term_non_negative():
-    # step time falling with depth (noise) cannot buy a negative KV cost: that term drops out
-    pts = [fit.Point(f"tg@d{d}", d, 1, d * KV + 1, F, 0.05 - d * 1e-7) for d in (0, 512, 2048)]
-    pts.append(fit.Point("tgx8", 0, 8, 8 * KV, 8 * F, 0.06))
+    # step time falling with depth (noise) cannot buy a negative attention cost: that term drops out
+    pts = [fit.Point(f"tg@d{d}", d, 1, (d + 40) * ATT, F, _gemm(1), 0.05 - d * 1e-7) for d in (0, 512, 2048)]
+    pts += [fit.Point(f"tgx{b}", 0, b, b * 40 * ATT, b * F, _gemm(b), 0.05 + b * 0.002) for b in (8, 32)]
     f = fit.fit(pts)
-    assert f.kv_bandwidth_bytes_s is None and f.fixed_s > 0 and f.peak_flop_s > 0
+    assert f.attn_flop_s is None and min(f.coef()) >= 0 and f.fixed_s > 0
 
 
 def test_held_out_points_and_their_errors():
@@ -156,32 +191,76 @@ def test_held_out_points_and_their_errors():
     bumped = [dataclasses.replace(p, step_s=p.step_s * 1.1) if p.workload == "tg64x1@d8192" else p
               for p in pts]
     assert fit.holdout_errors(bumped)["tg64x1@d8192"] == pytest.approx(1 / 1.1 - 1, abs=1e-6)
+    # the middle depth (2048 of 5) and the middle batch (8 of 7): interpolation
+    assert [p.workload for p in fit.interpolated(pts)] == ["tg64x8@d0", "tg64x1@d2048"]
+    assert max(map(abs, fit.holdout_errors(pts, fit.interpolated).values())) < 1e-6
+
+
+def test_a_flat_gemm_misses_the_largest_batch():
+    """Why the matmul term is priced by M: step times made with a GEMM that speeds up 30x from
+    M = 1 to 64, fitted as if the rate were flat, mispredict batch 64 held out (by 9 %: t_seq
+    absorbs part of it); priced at G(B), exact."""
+    flat = [dataclasses.replace(p, gemm_flop_s=80e9) for p in _points(0.0)]
+    assert abs(fit.holdout_errors(flat)["tg64x64@d0"]) > 0.08
+    assert abs(fit.holdout_errors(_points(0.0))["tg64x64@d0"]) < 1e-6
 
 
 def test_knees_of_the_fit_and_the_plateau():
-    # the compute term B·f/peak equals the fixed 30 ms at B = 0.030 × 100e9 / 268e6 = 11.2
-    assert TRUE.knee_batch(F) == pytest.approx(0.030 * 100e9 / F) == pytest.approx(11.19, abs=0.01)
+    # the matmul term at the largest batch's rate equals the fixed 10 ms at B = 0.010 × 150e9 / (1.3 F)
+    assert TRUE.knee_batch(F, 150e9) == pytest.approx(0.010 * 150e9 / (1.3 * F)) == pytest.approx(4.31, abs=0.01)
     assert fit.plateau_knee({1: 10, 2: 19, 4: 30, 8: 36, 16: 39, 32: 40}) == 8  # 36 >= 0.9 x 40
     assert fit.plateau_knee({1: 10}) is None
 
 
+def _records(pts):
+    return [{"status": "ok", "workload": p.workload, "depth": p.depth, "batch": p.batch,
+             "decode_step_bytes_predicted": W + p.kv_bytes, "decode_step_attn_flops_predicted": p.attn_flops,
+             "decode_step_matmul_flops_predicted": p.matmul_flops, "decode_gemm_flop_s": p.gemm_flop_s,
+             "decode_step_flops_predicted": p.attn_flops + p.matmul_flops,
+             "decode_tok_s": p.batch / p.step_s, "weights_bytes_predicted": W} for p in pts]
+
+
 def test_annotate_writes_fit_fields_on_decode_records():
-    recs = [{"status": "ok", "workload": p.workload, "depth": p.depth, "batch": p.batch,
-             "decode_step_bytes_predicted": W + p.kv_bytes, "decode_step_flops_predicted": p.flops,
-             "decode_tok_s": p.batch / p.step_s, "weights_bytes_predicted": W} for p in _points(0.0)]
+    recs = _records(_points(0.0))
     recs.append({"status": "ok", "workload": "pp128"})
     fit.annotate(recs)
-    assert recs[0]["fit_fixed_s"] == pytest.approx(0.030) and recs[0]["fit_points"] == 11
-    assert recs[0]["fit_bandwidth_bytes_s"] == pytest.approx(W / 0.030)  # 9 GB/s if all were weights
+    assert recs[0]["fit_fixed_s"] == pytest.approx(0.010) and recs[0]["fit_points"] == 11
+    assert recs[0]["fit_seq_s"] == pytest.approx(0.0005) and recs[0]["fit_attn_flop_s"] == pytest.approx(20e9)
+    assert recs[6]["fit_gemm_flop_s"] == pytest.approx(150e9 / 1.3)  # batch 64's effective GEMM rate
+    # fixed + matmuls at batch 1: 10 ms + 1.3 × 268 MFLOP / 5 GFLOP/s = 79.7 ms for 270 MB
+    assert recs[0]["fit_bandwidth_bytes_s"] == pytest.approx(W / (0.010 + 1.3 * F / 5e9))
+    # attention as bytes: 20 GFLOP/s × 23,040 B / 69,120 FLOP per token = 6.7 GB/s
+    assert recs[10]["fit_kv_bandwidth_bytes_s"] == pytest.approx(20e9 * KV / ATT)
+    assert sum(recs[6]["fit_terms_s"].values()) == pytest.approx(recs[6]["fit_step_s"])
     assert abs(recs[3]["fit_rel_err"]) < 1e-6 and "holdout_rel_err" not in recs[3]
     assert abs(recs[6]["holdout_rel_err"]) < 1e-6  # tg64x64, held out
-    f_knee = TRUE.knee_batch(F + 4 * 30 * 40 * 576)  # per-sequence FLOPs at 40 tokens
-    assert recs[0]["knee_batch_fit"] == pytest.approx(f_knee, rel=1e-6) and 11 < f_knee < 11.3
-    # tok/s = B / (30 ms + B · 3.3 ms): 236 at B=32 is 89 % of the 265 at B=64, so 64
-    assert recs[0]["knee_batch_plateau"] == 64
+    assert abs(recs[3]["interp_rel_err"]) < 1e-6 and "interp_rel_err" not in recs[6]  # tg64x8: middle
+    assert recs[0]["knee_batch_fit"] == pytest.approx(TRUE.knee_batch(F, 150e9), rel=1e-6)
     assert "fit_fixed_s" not in recs[-1]
     for r in recs:  # every field is in the schema
-        records.validate({"schema_version": 2, "model": "m", "format": "f", "device": "cpu", **r})
+        records.validate({"schema_version": 4, "model": "m", "format": "f", "device": "cpu", **r})
+
+
+def test_records_without_kernel_terms_are_not_fitted():
+    recs = _records(_points(0.0))
+    for r in recs:  # schema <= 3: no split of the step's FLOPs
+        del r["decode_step_attn_flops_predicted"], r["decode_step_matmul_flops_predicted"]
+    fit.annotate(recs)
+    assert not any("fit_fixed_s" in r for r in recs)
+
+
+def test_predicted_fields_split_the_step_by_kernel():
+    s = formulas.ModelShape(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=128,
+                            vocab=100, tied_embeddings=True, name="t")
+    fmt = get_format("bf16")
+    r = formulas.predicted_fields(s, fmt, PEAKS, "tg", n_prompt=8, n_gen=4, batch=4, depth=100,
+                                  compute_dtypes=("bf16",))
+    # contexts 108..111 held, mean 109.5; 4 · 4 heads · 16 = 256 FLOPs per token per layer, 2 layers
+    assert r["decode_step_attn_flops_predicted"] == pytest.approx(4 * 109.5 * 256 * 2)
+    assert r["decode_step_attn_flops_predicted"] + r["decode_step_matmul_flops_predicted"] == \
+        pytest.approx(r["decode_step_flops_predicted"])
+    assert r["decode_gemm_flop_s"] == 18e9  # M = 4
+    assert "attn_flop_s_calibrated" not in r  # this calibration has no attention figure
 
 
 # --- end to end: the dummy backend through the runner, and real KV bytes at depth on `tiny`
@@ -189,7 +268,7 @@ def test_annotate_writes_fit_fields_on_decode_records():
 def test_runner_sweeps_threads_and_depths(tmp_path, tiny):
     suite = Suite(name="sw", model="tiny", formats=("dummy",), prompt_lengths=(16,), gen_tokens=4,
                   gen_prompt_tokens=4, min_samples=2, time_budget_s=1.0, n_ctx=32, ppl_windows=1,
-                  kld_tokens=0, decode_batches=(2, 4, 8), depths=(64,), threads=(1, 2))
+                  kld_tokens=0, decode_batches=(2, 4, 8), depths=(32, 64), threads=(1, 2))
     out = runner.run(suite, tmp_path / "r.jsonl")
     got = {r["workload"]: r for r in records.read(out)}
     assert set(got) == {str(w) for w in suite.workloads()}
@@ -197,8 +276,8 @@ def test_runner_sweeps_threads_and_depths(tmp_path, tiny):
     assert got["tg4@d64@t2"]["threads"] == 2 and got["tg4@d64@t1"]["threads"] == 1
     assert got["tg4@d64@t2"]["depth"] == 64 and got["load@t1"]["depth"] == 0
     assert got["pp16@d64@t1"]["n_prompt"] == 16
-    # every decode record of a variant carries the fit over its 5 points; the held-out ones theirs
-    assert all(got[f"{w}@t1"]["fit_points"] == 5 for w in ("tg4", "tg4x2", "tg4x4", "tg4x8", "tg4@d64"))
+    # every decode record of a variant carries the fit over its 6 points; the held-out ones theirs
+    assert all(got[f"{w}@t1"]["fit_points"] == 6 for w in ("tg4", "tg4x2", "tg4x4", "tg4x8", "tg4@d64"))
     assert {w for w in got if "holdout_rel_err" in got[w]} == {"tg4x8@t1", "tg4@d64@t1", "tg4x8@t2",
                                                               "tg4@d64@t2"}
     assert got["tg4@t1"]["peaks"]["name"].endswith("-1t") and got["tg4@t2"]["peaks"]["name"].endswith("-2t")
@@ -242,26 +321,33 @@ def test_kv_bytes_at_depth_equal_the_prediction(tiny, fmt):
 # --- the report section, from synthetic sweep records written through the schema check
 
 def _sweep_records(model, fmt, params, weights, bw_cal=10e9, sweep=True):
-    """Decode records of one variant made by a known step model (t_fixed 12 ms, BW_eff 6 GB/s,
-    peak_eff 40 GFLOP/s), fitted by fit.annotate as the runner does."""
-    truth = fit.Fit(0.012 + weights / 6e9, 1.5e9, 40e9, 0)
+    """Decode records of one variant made by a known step model (t_fixed 12 ms, t_seq 0.5 ms,
+    attention at 20 GFLOP/s, matmuls at 1.25x the GEMM calibrated by M: 2 bytes a param read at
+    6 GB/s at M = 1), fitted by fit.annotate as the runner does."""
+    truth = fit.Fit(0.012, 0.0005, 20e9, 1.25, 0)
+    gemm = {"1": 2 * 6e9 * params / weights, "4": 20e9, "16": 60e9, "64": 120e9}
     grid = [(0, 1), (0, 4), (0, 16), (0, 64), (1024, 1), (4096, 1)] if sweep else [(0, 1)]
     peaks = {"name": "local-cpu-2t", "flop_s": {"fp32": 80e9}, "bandwidth_bytes_s": bw_cal,
-             "memory_bytes": 8e9, "source": "measured"}
+             "memory_bytes": 8e9, "source": "measured", "gemm_flop_s_by_m": {"fp32": gemm},
+             "attn_flop_s": {"fp32": 30e9}}
     out = []
     for d, b in grid:
-        byt, fl = weights + b * (d + 40) * KV, b * (2 * params + 4 * 30 * (d + 40) * 576)
-        t = truth.step_s(byt - weights, fl)
-        out.append({"schema_version": 2, "model": model, "format": fmt, "device": "cpu", "status": "ok",
+        g = formulas.gemm_flop_s_at(Peaks(**peaks), ("fp32",), b)
+        byt, att, mm = weights + b * (d + 40) * KV, b * (d + 40) * ATT, b * 2 * params
+        fl = att + mm
+        t = truth.step_s(fit.Point("", d, b, att, mm, g, 1.0))
+        out.append({"schema_version": 4, "model": model, "format": fmt, "device": "cpu", "status": "ok",
                     "workload": str(Workload("tg", 32, b, d)), "depth": d, "batch": b, "threads": 2,
                     "env": {"host": "h"}, "peaks": peaks, "params": params, "n_layers": 30,
                     "weights_bytes_predicted": weights, "decode_step_bytes_predicted": byt,
-                    "decode_step_flops_predicted": fl, "decode_tok_s": b / t,
+                    "decode_step_flops_predicted": fl, "decode_step_attn_flops_predicted": att,
+                    "decode_step_matmul_flops_predicted": mm, "decode_gemm_flop_s": g,
+                    "attn_flop_s_calibrated": 30e9, "decode_tok_s": b / t,
                     "decode_tok_s_predicted": b / max(byt / bw_cal, fl / 80e9),
                     "decode_sol_frac": max(byt / bw_cal, fl / 80e9) / t,
                     "knee_batch_predicted": 80e9 / bw_cal * weights / (2 * params),
                     "timestamp": "2026-11-30T00:00:00Z"})
-    out.append({"schema_version": 2, "model": model, "format": fmt, "device": "cpu", "status": "ok",
+    out.append({"schema_version": 4, "model": model, "format": fmt, "device": "cpu", "status": "ok",
                 "workload": "pp128@d1024", "depth": 1024, "threads": 2, "env": {"host": "h"},
                 "kv_cache_bytes": 1152 * KV, "kv_cache_bytes_predicted": 1152 * KV})
     fit.annotate(out)
@@ -278,16 +364,20 @@ def test_report_section_arithmetic_vs_measurement(tmp_path):
         records.append(path, _sweep_records(model, "bf16", params, 2 * params, sweep=False))
     rows, ladder = arith_rows(records.read_results(path))
     bf16 = next(r for r in rows if r["format"] == "bf16" and r["model"] == "embedded:smollm2-135m")
-    # fixed: 12 ms of overhead + 270 MB at 6 GB/s; the weights at the calibrated 10 GB/s take 27 ms
-    assert bf16["fixed_s"] == pytest.approx(0.057, rel=1e-6) and bf16["weights_s"] == pytest.approx(0.027)
-    assert bf16["overhead_s"] == pytest.approx(0.030)
-    assert bf16["kv_bandwidth_bytes_s"] == pytest.approx(1.5e9, rel=1e-6)
-    # the KV slope: 23,040 bytes per cached token read at 1.5 GB/s, plus its attention FLOPs
-    # (4 · 30 layers · 576 per token at 40 GFLOP/s), measured; at 10 GB/s predicted
-    assert bf16["kv_slope_s"] == pytest.approx(KV / 1.5e9 + 4 * 30 * 576 / 40e9, rel=1e-3)
+    # fixed: 12 ms of overhead alone (the matmul term prices the weights' read at M = 1)
+    assert bf16["fixed_s"] == pytest.approx(0.012, rel=1e-6) and bf16["weights_s"] == pytest.approx(0.027)
+    assert bf16["overhead_s"] == pytest.approx(0.012, rel=1e-6)
+    assert bf16["seq_s"] == pytest.approx(0.0005, rel=1e-6) and bf16["gemm_scale"] == pytest.approx(1.25)
+    assert (bf16["attn_flop_s"], bf16["attn_cal_flop_s"]) == (pytest.approx(20e9), 30e9)
+    assert (bf16["gemm_top_flop_s"], bf16["gemm_top_cal_flop_s"]) == (pytest.approx(120e9 / 1.25), 120e9)
+    # attention as bytes: 20 GFLOP/s over 69,120 FLOPs and 23,040 bytes per cached token
+    assert bf16["kv_bandwidth_bytes_s"] == pytest.approx(20e9 * KV / ATT, rel=1e-6)
+    # the KV slope: one cached token's attention at 20 GFLOP/s, measured; its bytes at 10 GB/s predicted
+    assert bf16["kv_slope_s"] == pytest.approx(ATT / 20e9, rel=1e-3)
     assert bf16["kv_slope_predicted_s"] == pytest.approx(KV / 10e9, rel=1e-6)
     assert bf16["kv_bytes_match"] is True and set(bf16["holdout"]) == {"tg32x64", "tg32@d4096"}
     assert max(abs(e) for e in bf16["holdout"].values()) < 1e-6
+    assert set(bf16["interp"]) == {"tg32x16", "tg32@d1024"}
     # the ladder: 135M and 360M fitted (t_layer · layers + bytes / BW_eff), the 1B predicted
     (lad,) = [x for x in ladder if x["format"] == "bf16"]
     assert lad["held_out"] == "shape:llama-3.2-1b" and lad["fitted_on"] == [
@@ -298,7 +388,8 @@ def test_report_section_arithmetic_vs_measurement(tmp_path):
                  "ladder-h-cpu-t2"):
         assert f'id="{plot}"' in html
     md = (tmp_path / "r.md").read_text()
-    assert "## Arithmetic vs measurement" in md and "| embedded:smollm2-135m | bf16 | 2 | 57.0 | 27.0 |" in md
+    assert "## Arithmetic vs measurement" in md and "| embedded:smollm2-135m | bf16 | 2 | 12.0 | 0.5 | 27.0 |" in md
+    assert "| 20 / 30 | 1.25 |" in md  # attention fitted beside alone; k_mm
 
 
 def test_ladder_fit_per_layer_overhead():

@@ -2,19 +2,31 @@
 
 The roofline (`*_predicted`) is a bound: every byte at the calibrated bandwidth, every FLOP at the
 calibrated peak, nothing else. What a framework does instead is fitted, per (model, format,
-device, threads), from its decode sweep over depth D and batch B:
+device, threads), from its decode sweep over depth D and batch B, with one term per kind of work
+its kernels do, each priced by a quantity of the arithmetic and one fitted coefficient:
 
-    t_step(D, B) = t_fixed + B · ctx · kv_bytes_per_token / BW_kv + B · flops_per_seq / peak_eff
+    t_step(D, B) = t_fixed + B · t_seq + A(D, B) / R_attn + k_mm · M(B) / G(B)
 
-t_fixed is what one step costs whatever D and B: reading the weights plus the framework's
-overhead (Python, dispatch, thread wake-ups). Within one model's sweep the weights' read time is a
-constant, so it cannot be told apart from overhead; the size ladder separates them
-(`fit_layers`: t_layer · layers + weights / BW_eff). BW_kv is what reading the KV cache really
-costs (attention kernels, not a copy), peak_eff what the matmuls reach as B grows. The terms add:
-the CPU kernels run one after the other, and the first sweeps here fitted a max(memory, compute)
-form worse. Least squares on relative error, every term ≥ 0 (exact: all subsets of the three
-terms, the best feasible one wins). Held out: the deepest depth and the largest batch are predicted
-by a fit that never saw them. Pure Python + numpy, no torch.
+- t_fixed: what one step costs whatever D and B (dispatch, thread wake-ups, sampling).
+- t_seq: what each sequence of the batch adds beyond its matmul rows and its attention (its
+  embedding row, norms, the logits it copies and argmaxes, the cache bookkeeping): s/sequence.
+- A = B · Σ_l ctx_l · 4 · H · h: attention FLOPs over the cached tokens (PaLM appendix B;
+  `decode_step_attn_flops_predicted`); R_attn the fitted attention rate in FLOP/s. Within one
+  model the KV bytes are a fixed multiple of A, so the same term prices them: its bytes-equivalent
+  bandwidth is reported beside the calibrated copy bandwidth, the FLOP rate beside the attention
+  kernel measured alone (`Peaks.attn_flop_s`); whichever counterpart is nearer says what bounds it.
+- M(B) = B · 2 · active matmul params (`decode_step_matmul_flops_predicted`) priced at G(B), the
+  GEMM FLOP/s this machine's calibration reached at M = B rows for the format's compute dtype
+  (`Peaks.gemm_flop_s_by_m`, M = 1, 4, 16, 64: at M = 1 that is reading the weights; on an AMX or
+  AVX512 CPU it climbs steeply with M). k_mm is dimensionless: 1 means the framework's matmuls run
+  as fast as the calibrated GEMM, the effective rate is G(B) / k_mm. Without a per-M calibration G
+  is the flat calibrated peak.
+
+No free curve: every column is an arithmetic quantity, every coefficient is ≥ 0 and reported beside
+its physical counterpart. Least squares on relative error (exact: all subsets of the four terms,
+the best feasible one wins). Held out: the deepest depth and the largest batch are predicted by a
+fit that never saw them; interpolation: the middle depth and middle batch likewise. Pure Python +
+numpy, no torch.
 """
 from __future__ import annotations
 
@@ -25,43 +37,68 @@ from dataclasses import dataclass
 import numpy as np
 
 KNEE_PLATEAU_FRAC = 0.9  # measured knee: the smallest batch reaching 90 % of the best tok/s
+TERMS = ("fixed", "seq", "attn", "gemm")
 
 
 @dataclass(frozen=True)
 class Point:
-    """One decode measurement: the step's predicted KV bytes and FLOPs, and its median time."""
+    """One decode measurement: the step's predicted work by kind, the calibrated GEMM rate at its
+    batch, and its median time."""
     workload: str
     depth: int
     batch: int
-    kv_bytes: float  # B · ctx · KV bytes per token: what the step reads beyond the weights
-    flops: float  # B · flops_per_token(ctx)
+    attn_flops: float  # A: B · Σ ctx · 4 · H · h, the attention FLOPs over the cached tokens
+    matmul_flops: float  # M: B · 2 · active matmul params
+    gemm_flop_s: float  # G(B): calibrated GEMM FLOP/s at M = B (or the flat calibrated peak)
     step_s: float
+    kv_bytes: float = 0.0  # B · ctx · KV bytes per token: the attention term's bytes
 
     def __post_init__(self):
-        if not (self.kv_bytes >= 0 and self.flops > 0 and self.step_s > 0):
-            raise ValueError(f"{self.workload}: kv_bytes >= 0, flops and step_s > 0 needed, got {self}")
+        if not (self.attn_flops >= 0 and self.matmul_flops > 0 and self.gemm_flop_s > 0 and self.step_s > 0
+                and self.batch >= 1):
+            raise ValueError(f"{self.workload}: attn_flops >= 0, matmul_flops, gemm_flop_s, step_s > 0 "
+                             f"and batch >= 1 needed, got {self}")
+
+    def columns(self) -> list[float]:
+        """Returns the four terms' arithmetic quantities (what each coefficient multiplies)."""
+        return [1.0, float(self.batch), self.attn_flops, self.matmul_flops / self.gemm_flop_s]
 
 
 @dataclass(frozen=True)
 class Fit:
     fixed_s: float
-    kv_bandwidth_bytes_s: float | None  # None: the KV term fitted to 0 (no cost seen)
-    peak_flop_s: float | None  # None: the compute term fitted to 0
+    seq_s: float  # per sequence of the batch
+    attn_flop_s: float | None  # R_attn; None: the attention term fitted to 0 (no cost seen)
+    gemm_scale: float | None  # k_mm; None: the matmul term fitted to 0
     n_points: int
 
-    def step_s(self, kv_bytes: float, flops: float) -> float:
+    def coef(self) -> list[float]:
+        return [self.fixed_s, self.seq_s, 1 / self.attn_flop_s if self.attn_flop_s else 0.0,
+                self.gemm_scale or 0.0]
+
+    def terms_s(self, p: Point) -> dict[str, float]:
+        """Returns each term's seconds at one point."""
+        return {t: c * x for t, c, x in zip(TERMS, self.coef(), p.columns(), strict=True)}
+
+    def step_s(self, p: Point) -> float:
         """Returns the fitted step time."""
-        kv = kv_bytes / self.kv_bandwidth_bytes_s if self.kv_bandwidth_bytes_s else 0.0
-        return self.fixed_s + kv + (flops / self.peak_flop_s if self.peak_flop_s else 0.0)
+        return sum(self.terms_s(p).values())
 
     def rel_err(self, p: Point) -> float:
         """Returns (fitted − measured) / measured step time of one point."""
-        return self.step_s(p.kv_bytes, p.flops) / p.step_s - 1
+        return self.step_s(p) / p.step_s - 1
 
-    def knee_batch(self, flops_per_seq: float) -> float | None:
-        """Returns the batch whose compute term equals the fixed term (weights + overhead):
-        t_fixed · peak_eff / flops per sequence; None without a compute term."""
-        return self.fixed_s * self.peak_flop_s / flops_per_seq if self.peak_flop_s else None
+    def gemm_eff_flop_s(self, gemm_flop_s: float) -> float | None:
+        """Returns the framework's effective matmul rate where the calibrated GEMM reaches gemm_flop_s."""
+        return gemm_flop_s / self.gemm_scale if self.gemm_scale else None
+
+    def knee_batch(self, matmul_flops_per_seq: float, gemm_flop_s: float) -> float | None:
+        """Returns the batch whose matmul term equals the fixed term, at the GEMM rate gemm_flop_s
+        (the largest batch's: the rate the matmuls tend to): t_fixed · G / (k_mm · M per sequence);
+        None without a matmul term."""
+        if not self.gemm_scale:
+            return None
+        return self.fixed_s * gemm_flop_s / (self.gemm_scale * matmul_flops_per_seq)
 
 
 def _nnls(A: np.ndarray) -> tuple[np.ndarray, float]:
@@ -75,22 +112,22 @@ def _nnls(A: np.ndarray) -> tuple[np.ndarray, float]:
             x = np.zeros(A.shape[1])
             x[list(cols)] = x_sub
             loss = float(((A @ x - 1) ** 2).sum())
-            if loss < best[1]:
+            if loss < best[1] - 1e-12:
                 best = (x, loss)
     return best
 
 
 def fit(points: list[Point]) -> Fit:
-    """Returns the least-squares Fit (relative error) of t_fixed, BW_kv and peak_eff."""
+    """Returns the least-squares Fit (relative error) of t_fixed, t_seq, R_attn and k_mm."""
     if len(points) < 2:
         raise ValueError(f"a fit needs at least 2 points, got {len(points)}")
     t = np.array([p.step_s for p in points], float)
-    cols = np.array([[1.0, p.kv_bytes, p.flops] for p in points], float)
-    scale = cols.max(axis=0)  # columns of 1, ~1e8 bytes and ~1e10 FLOPs: solve on one scale
+    cols = np.array([p.columns() for p in points], float)
+    scale = np.where(cols.max(axis=0) > 0, cols.max(axis=0), 1.0)  # columns from 1 to ~1e10: one scale
     x, _ = _nnls(cols / scale / t[:, None])
-    t0, inv_kv, inv_peak = x / scale
-    return Fit(float(t0), float(1 / inv_kv) if inv_kv > 0 else None,
-               float(1 / inv_peak) if inv_peak > 0 else None, len(points))
+    t0, seq, inv_attn, k = x / scale
+    return Fit(float(t0), float(seq), float(1 / inv_attn) if inv_attn > 0 else None,
+               float(k) if k > 0 else None, len(points))
 
 
 def held_out(points: list[Point]) -> list[Point]:
@@ -101,12 +138,28 @@ def held_out(points: list[Point]) -> list[Point]:
             or (len(batches) > 1 and p.batch == max(batches))]
 
 
-def holdout_errors(points: list[Point]) -> dict[str, float]:
-    """Returns {workload: relative error} of the held-out points predicted by a fit on the rest
-    ({} when fewer than 3 points remain to fit)."""
-    out = held_out(points)
+def _middle(values: set) -> int | None:
+    """Returns the middle of at least 3 sorted values (the upper middle of an even count), or None."""
+    v = sorted(values)
+    return v[len(v) // 2] if len(v) >= 3 else None
+
+
+def interpolated(points: list[Point]) -> list[Point]:
+    """Returns the points an interpolation test predicts: those at the middle depth and at the
+    middle batch (of 3 or more of each), never the ends."""
+    md, mb = _middle({p.depth for p in points}), _middle({p.batch for p in points})
+    return [p for p in points if (md is not None and p.depth == md) or (mb is not None and p.batch == mb)]
+
+
+N_TERMS = len(TERMS)
+
+
+def holdout_errors(points: list[Point], which=held_out) -> dict[str, float]:
+    """Returns {workload: relative error} of the points `which` picks, predicted by a fit on the
+    rest ({} when fewer points than terms remain to fit)."""
+    out = which(points)
     train = [p for p in points if p not in out]
-    if not out or len(train) < 3:
+    if not out or len(train) < N_TERMS:
         return {}
     f = fit(train)
     return {p.workload: float(f.rel_err(p)) for p in out}
@@ -121,45 +174,58 @@ def plateau_knee(tok_s_by_batch: dict[int, float], frac: float = KNEE_PLATEAU_FR
 
 
 def points_from_records(recs: list[dict]) -> list[Point]:
-    """Returns the decode Points of ok tg records carrying the step's predicted bytes and FLOPs."""
+    """Returns the decode Points of ok tg records carrying the step's predicted work by kind
+    (records older than schema 4 carry none: they are not fitted)."""
     out = []
     for r in recs:
         if r.get("status") != "ok" or not str(r.get("workload", "")).startswith("tg"):
             continue
-        b, w, f, tok_s = (r.get(k) for k in ("decode_step_bytes_predicted", "weights_bytes_predicted",
-                                             "decode_step_flops_predicted", "decode_tok_s"))
-        if not all(isinstance(v, (int, float)) and v > 0 for v in (b, w, f, tok_s)):
+        a, m, tok_s = (r.get(k) for k in ("decode_step_attn_flops_predicted",
+                                          "decode_step_matmul_flops_predicted", "decode_tok_s"))
+        g = r.get("decode_gemm_flop_s") or r.get("peak_flop_s")
+        if not all(_num(v) is not None and v > 0 for v in (m, tok_s, g)) or _num(a) is None:
             continue
         batch = int(r.get("batch") or 1)
-        out.append(Point(r["workload"], int(r.get("depth") or 0), batch, max(float(b) - w, 0.0), float(f),
-                         batch / tok_s))
+        b, w = _num(r.get("decode_step_bytes_predicted")), _num(r.get("weights_bytes_predicted"))
+        out.append(Point(r["workload"], int(r.get("depth") or 0), batch, float(a), float(m), float(g),
+                         batch / tok_s, max(b - w, 0.0) if b is not None and w is not None else 0.0))
     return out
 
 
 def annotate(recs: list[dict]) -> None:
     """Adds the fit's fields to the decode records of one variant (one model, format, device and
-    thread count), in place: fit_* parameters, each point's fit_rel_err, holdout_rel_err on the
-    held-out points, and the knees measured at depth 0."""
+    thread count), in place: fit_* coefficients and what they mean at this record's point, each
+    point's fit_rel_err, holdout_rel_err on the held-out points, interp_rel_err on the middle ones,
+    and the knees measured at depth 0."""
     pts = points_from_records(recs)
-    if len(pts) < 4:  # three terms: fewer points fit exactly and test nothing
+    if len(pts) <= N_TERMS:  # four terms: no more points than that fit exactly and test nothing
         return
-    f, hold = fit(pts), holdout_errors(pts)
+    f, hold, mid = fit(pts), holdout_errors(pts), holdout_errors(pts, interpolated)
     by_name = {p.workload: p for p in pts}
     base = {p.batch: p for p in pts if p.depth == 0}
     knee = plateau_knee({b: b / p.step_s for b, p in base.items()})
-    one = base.get(1)
-    fit_knee = f.knee_batch(one.flops) if one is not None else None
+    one, top = base.get(1), max(pts, key=lambda p: p.batch)
+    fit_knee = f.knee_batch(one.matmul_flops, top.gemm_flop_s) if one is not None else None
     for r in recs:
         p = by_name.get(r.get("workload")) if r.get("status") == "ok" else None
         if p is None:
             continue
-        r.update(fit_fixed_s=f.fixed_s, fit_kv_bandwidth_bytes_s=f.kv_bandwidth_bytes_s,
-                 fit_peak_flop_s=f.peak_flop_s, fit_points=f.n_points, fit_rel_err=float(f.rel_err(p)),
-                 fit_step_s=f.step_s(p.kv_bytes, p.flops))
-        if r.get("weights_bytes_predicted") and f.fixed_s > 0:
-            r["fit_bandwidth_bytes_s"] = r["weights_bytes_predicted"] / f.fixed_s
+        terms = f.terms_s(p)
+        r.update(fit_fixed_s=f.fixed_s, fit_seq_s=f.seq_s, fit_attn_flop_s=f.attn_flop_s,
+                 fit_gemm_scale=f.gemm_scale, fit_gemm_flop_s=f.gemm_eff_flop_s(p.gemm_flop_s),
+                 fit_points=f.n_points, fit_rel_err=float(f.rel_err(p)), fit_step_s=f.step_s(p),
+                 fit_terms_s=terms)
+        if f.attn_flop_s and p.attn_flops > 0 and p.kv_bytes > 0:
+            # the attention term's bytes: the bandwidth at which reading the KV would cost its time
+            r["fit_kv_bandwidth_bytes_s"] = f.attn_flop_s * p.kv_bytes / p.attn_flops
+        if one is not None and r.get("weights_bytes_predicted"):
+            t1 = sum(v for k, v in f.terms_s(one).items() if k in ("fixed", "gemm"))
+            if t1 > 0:
+                r["fit_bandwidth_bytes_s"] = r["weights_bytes_predicted"] / t1
         if p.workload in hold:
             r["holdout_rel_err"] = hold[p.workload]
+        if p.workload in mid:
+            r["interp_rel_err"] = mid[p.workload]
         if fit_knee is not None:
             r["knee_batch_fit"] = float(fit_knee)
         if knee is not None:
@@ -202,12 +268,21 @@ def summaries(recs: list[dict]) -> list[dict]:
         row = dict(zip(SWEEP, key, strict=True))
         peaks = r0.get("peaks") if isinstance(r0.get("peaks"), dict) else {}
         bw_cal = _num(r0.get("peaks.bandwidth_bytes_s")) or _num(peaks.get("bandwidth_bytes_s"))
+        top = max(tg, key=lambda r: (int(r.get("batch") or 1), -int(r.get("depth") or 0)))
+        deep = max(tg, key=lambda r: (int(r.get("depth") or 0), -int(r.get("batch") or 1)))
         row.update(params=_num(r0.get("params")), n_layers=_num(r0.get("n_layers")),
-                   fixed_s=_num(r0.get("fit_fixed_s")),
+                   fixed_s=_num(r0.get("fit_fixed_s")), seq_s=_num(r0.get("fit_seq_s")),
                    bandwidth_bytes_s=_num(r0.get("fit_bandwidth_bytes_s")),
-                   kv_bandwidth_bytes_s=_num(r0.get("fit_kv_bandwidth_bytes_s")),
+                   kv_bandwidth_bytes_s=_num(deep.get("fit_kv_bandwidth_bytes_s")),
+                   attn_flop_s=_num(r0.get("fit_attn_flop_s")),
+                   attn_cal_flop_s=_num(r0.get("attn_flop_s_calibrated")),
+                   gemm_scale=_num(r0.get("fit_gemm_scale")),
+                   gemm1_flop_s=_num(r0.get("fit_gemm_flop_s")),
+                   gemm1_cal_flop_s=_num(r0.get("decode_gemm_flop_s")) or _num(r0.get("peak_flop_s")),
+                   gemm_top_flop_s=_num(top.get("fit_gemm_flop_s")),
+                   gemm_top_cal_flop_s=_num(top.get("decode_gemm_flop_s")) or _num(top.get("peak_flop_s")),
                    weights_bytes=_num(r0.get("weights_bytes_predicted")),
-                   peak_flop_s=_num(r0.get("fit_peak_flop_s")), bandwidth_cal_bytes_s=bw_cal,
+                   peak_flop_s=_num(top.get("fit_gemm_flop_s")), bandwidth_cal_bytes_s=bw_cal,
                    step0_s=_num(r0.get("fit_step_s")),
                    measured0_s=(r0.get("batch") or 1) / r0["decode_tok_s"],
                    knee_predicted=_num(r0.get("knee_batch_predicted")),
@@ -216,13 +291,19 @@ def summaries(recs: list[dict]) -> list[dict]:
                    sol0=_num(r0.get("decode_sol_frac")),
                    max_batch=max(int(r.get("batch") or 1) for r in tg),
                    holdout={r["workload"]: r["holdout_rel_err"] for r in tg
-                            if _num(r.get("holdout_rel_err")) is not None})
+                            if _num(r.get("holdout_rel_err")) is not None},
+                   interp={r["workload"]: r["interp_rel_err"] for r in tg
+                           if _num(r.get("interp_rel_err")) is not None})
         errs = [r["fit_rel_err"] ** 2 for r in tg if _num(r.get("fit_rel_err")) is not None]
         row["rms_rel_err"] = float(np.sqrt(np.mean(errs))) if errs else None
         # overhead: the fixed time beyond reading the weights at the calibrated bandwidth
         w_s = row["weights_bytes"] / bw_cal if row["weights_bytes"] and bw_cal else None
         row["weights_s"] = w_s
-        row["overhead_s"] = max(row["fixed_s"] - w_s, 0.0) if row["fixed_s"] is not None and w_s else None
+        # t_fixed is overhead alone when the matmul term prices the weights' reads (a per-M
+        # calibration: G(1) is a weight read); with a flat peak it also holds the weights' time
+        per_m = _num(r0.get("decode_gemm_flop_s")) is not None
+        row["overhead_s"] = (row["fixed_s"] if per_m else max(row["fixed_s"] - w_s, 0.0)) \
+            if row["fixed_s"] is not None and w_s else None
         row["overhead_share"] = (row["overhead_s"] / row["step0_s"] if row["step0_s"]
                                  and row["overhead_s"] is not None else None)
         pts = [{"depth": int(r.get("depth") or 0), "batch": int(r.get("batch") or 1),

@@ -18,6 +18,7 @@ Units are in names: `_bytes`, `_s`, `_flop_s`, `_bytes_s`; counts are plain ints
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -491,6 +492,26 @@ def peak_for(peaks: Peaks, compute_dtype: str | tuple[str, ...]) -> float:
     return max((peaks.flop_s.get(d) or 0 for d in names), default=0) or peaks.flop_s["fp32"]
 
 
+def gemm_flop_s_at(peaks: Peaks, dtypes: tuple[str, ...], m: int) -> float | None:
+    """Returns the calibrated GEMM FLOP/s at M = m for the best of `dtypes`: log-log interpolation
+    between the calibrated M, the ends held flat (None: no per-M calibration of those dtypes)."""
+    best = None
+    for d in dtypes:
+        grid = sorted((int(k), v) for k, v in (peaks.gemm_flop_s_by_m.get(d) or {}).items() if v > 0)
+        if not grid:
+            continue
+        if m <= grid[0][0]:
+            r = grid[0][1]
+        elif m >= grid[-1][0]:
+            r = grid[-1][1]
+        else:
+            (m0, r0), (m1, r1) = next((a, b) for a, b in zip(grid, grid[1:], strict=False) if a[0] <= m <= b[0])
+            f = math.log(m / m0) / math.log(m1 / m0)
+            r = math.exp(math.log(r0) + f * (math.log(r1) - math.log(r0)))
+        best = r if best is None else max(best, r)
+    return best
+
+
 def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prompt: int = 0,
                      n_gen: int = 0, n_ctx: int = 0, batch: int = 1,
                      kv_bytes_per_elem: float = 2, kv_layout: str | None = None,
@@ -541,6 +562,16 @@ def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prom
         out["decode_tok_s_predicted"] = batch / step_s
         out["decode_step_bytes_predicted"] = moved / len(ctxs)
         out["decode_step_flops_predicted"] = flops / len(ctxs)
+        # the step's two kinds of work, as its kernels do them (arith/fit.py prices each): the
+        # batch's matmuls (M = batch rows through every weight) and attention over the cache
+        attn = sum(batch * attn_flops_per_position(s, kv_layout) * held_tokens(s, t) for t in ctxs)
+        out["decode_step_attn_flops_predicted"] = attn / len(ctxs)
+        out["decode_step_matmul_flops_predicted"] = batch * 2 * _matmul_params_active(s)
+        names = tuple(compute_dtypes or (fmt.compute_dtype,)) + ("fp32",)
+        if (gemm := gemm_flop_s_at(peaks, names, batch)) is not None:
+            out["decode_gemm_flop_s"] = gemm
+        if attn_cal := max((peaks.attn_flop_s.get(d) or 0 for d in names), default=0):
+            out["attn_flop_s_calibrated"] = attn_cal
         # Kipply's knee for this model and format: bytes and FLOPs per weight over the whole model
         n = params_total(s)
         out["knee_batch_predicted"] = knee_batch(peak, bw, w / n, 2 * _matmul_params_active(s) / n)

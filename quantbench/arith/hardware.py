@@ -41,6 +41,13 @@ class Peaks:
     # Why these figures may read low (measured beside other work, or a drifted cache); "" when
     # trusted. A suspect calibration is never cached and flags every SoL computed from it.
     suspect: str = ""
+    # What the machine's GEMM reaches at small M (the decode batch): {dtype: {"M": FLOP/s}} for
+    # M in GEMM_MS, an M × K by K × N F.linear over weights bigger than the caches (calibrate).
+    # Keys are strings so the dict survives JSON. {}: not calibrated (spec sheets, older caches).
+    gemm_flop_s_by_m: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    # The attention kernel alone: one decode query over ATTN_CTX cached tokens (torch's
+    # scaled_dot_product_attention), 4 · H · h FLOPs per cached token, per dtype. {}: not measured.
+    attn_flop_s: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if "fp32" not in self.flop_s:
@@ -135,6 +142,51 @@ def _gemm_flop_s(torch, dtype, device: str, n_max: int, budget_s: float, sync) -
     return 2 * n**3 * k / _median_s(_gemm(torch, dtype, device, n, k), sync, budget_s)
 
 
+# The decode batch's matmuls are M × K by K × N with M = batch: calibrated at these M over a stack of
+# weights larger than the caches (a model's layers are), so M = 1 is what a weight read costs.
+GEMM_MS = (1, 4, 16, 64)
+GEMM_K = 2048  # K = N: the width of a small model's MLP
+GEMM_STACK_BYTES = 96 * 2**20
+ATTN_HEADS, ATTN_HEAD_DIM, ATTN_CTX = 8, 64, 4096
+
+
+def _gemm_by_m(torch, dtype, device: str, budget_s: float, sync,
+               stack_bytes: int = GEMM_STACK_BYTES) -> dict[str, float]:
+    """Returns {str(M): FLOP/s} of F.linear at M in GEMM_MS over a stack of K × K weights of
+    stack_bytes (each call reads every weight once, as a decode step does): the median of up
+    to 3 calls per M (the first, cold, is only kept when it is the only one); the M left when the
+    budget is spent are left out (a dtype without fast kernels keeps M = 1 alone)."""
+    n = max(1, stack_bytes // (GEMM_K * GEMM_K * torch.tensor([], dtype=dtype).element_size()))
+    # constant weights: filling is cheap (randn of 96 MiB takes longer than the GEMMs) and the
+    # kernels' speed does not depend on the values (0.01 is no denormal in any of these dtypes)
+    ws = [torch.full((GEMM_K, GEMM_K), 0.01, dtype=dtype, device=device) for _ in range(n)]
+    out, start = {}, time.perf_counter()
+    for m in GEMM_MS:
+        x = torch.full((m, GEMM_K), 0.01, dtype=dtype, device=device)
+        times = []
+        while len(times) < 4 and (not times or time.perf_counter() - start + times[-1] < budget_s):
+            t0 = time.perf_counter()
+            for w in ws:
+                torch.nn.functional.linear(x, w)
+            sync()
+            times.append(time.perf_counter() - t0)
+        out[str(m)] = 2 * m * GEMM_K * GEMM_K * n / statistics.median(times[1:] or times)
+        if time.perf_counter() - start >= budget_s:
+            break
+    return out
+
+
+def _attn_flop_s(torch, dtype, device: str, budget_s: float, sync) -> float:
+    """Returns 4 · H · h · ctx / time of one decode query's attention over ctx cached tokens
+    (scaled_dot_product_attention, the kernel transformers runs on a CPU)."""
+    shape = (1, ATTN_HEADS, ATTN_CTX, ATTN_HEAD_DIM)
+    q = torch.randn(1, ATTN_HEADS, 1, ATTN_HEAD_DIM, device=device).to(dtype)
+    k, v = (torch.randn(*shape, device=device).to(dtype) for _ in range(2))
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    t = _median_s(lambda: sdpa(q, k, v), sync, budget_s, min_reps=2, max_reps=50)
+    return 4 * ATTN_HEADS * ATTN_HEAD_DIM * ATTN_CTX / t
+
+
 # Other processes using more than this share of all CPUs while the machine is measured make the
 # figures read low (a compiler beside a calibration once gave 7.5 GB/s for a quiet 46): such a
 # calibration is retried, and never cached.
@@ -187,7 +239,8 @@ class _Load:
 
 
 def calibrate(device: str = "cpu", seconds: float = 6.0, threads: int = 0) -> Peaks:
-    """Returns measured Peaks: copy bandwidth and GEMM FLOP/s per dtype, within about `seconds`.
+    """Returns measured Peaks: copy bandwidth, GEMM FLOP/s per dtype, GEMM FLOP/s at the decode
+    batch's small M (GEMM_MS) and the attention kernel's rate alone, within about `seconds`.
 
     CPU: 256 MiB copy, GEMMs up to 1024² on `threads` torch threads (0: torch's current count).
     CUDA: 1 GiB copy, GEMMs at 4096² (fp32 with TF32 off, tf32 with it on), synchronized around
@@ -204,7 +257,7 @@ def calibrate(device: str = "cpu", seconds: float = 6.0, threads: int = 0) -> Pe
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if cuda or hasattr(torch, "_int_mm"):
         dtypes["int8"] = torch.int8
-    share = seconds / (len(dtypes) + 2)
+    share = seconds / (len(dtypes) + 4)  # copy, GEMM per dtype, then small-M GEMMs of two dtypes
     with _torch_threads(torch, threads) as threads:
         load = _Load()
         if cuda:
@@ -225,12 +278,27 @@ def calibrate(device: str = "cpu", seconds: float = 6.0, threads: int = 0) -> Pe
         if cuda:
             torch.backends.cuda.matmul.allow_tf32 = True
             flops["tf32"] = _gemm_flop_s(torch, torch.float32, device, 4096, share, sync)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        # the decode-shaped figures: GEMM at small M and attention alone, for the dtypes decode
+        # runs in (fp16 only where it has kernels: a CPU's fp16 GEMM can be 50x slower)
+        by_m, attn = {}, {}
+        small = ("fp32", "bf16", "fp16") if cuda else ("fp32", "bf16")
+        for key in small:
+            if key not in flops:
+                continue
+            try:
+                # a short calibration (a test's) reads a smaller stack: cached, it reads high
+                stack = GEMM_STACK_BYTES if cuda else int(min(GEMM_STACK_BYTES, GEMM_STACK_BYTES * seconds / 6))
+                by_m[key] = _gemm_by_m(torch, dtypes[key], device, share, sync, stack)
+                attn[key] = _attn_flop_s(torch, dtypes[key], device, share / 8, sync)
+            except RuntimeError:
+                pass
         torch.backends.cuda.matmul.allow_tf32 = tf32_was
         busy = load.others_busy_pct()
     suspect = (f"other processes used {busy:.0f}% of the CPUs while it measured (load average "
                f"{load.load_avg_1m:.2f}), so its figures may read low" if busy > BUSY_PCT else "")
     return Peaks(name, flops, bw, float(memory), "measured", threads, round(load.load_avg_1m, 2),
-                 round(busy, 1), suspect)
+                 round(busy, 1), suspect, by_m, attn)
 
 
 def probe(device: str = "cpu", threads: int = 0, budget_s: float = 0.15) -> dict[str, float]:
@@ -275,9 +343,9 @@ def _calibration_path(device: str, threads: int):
     from quantbench.core.cache import cache_dir
 
     host = socket.gethostname()
-    # v3: records load and threads, probe beside the peaks; bump when the method changes so stale
-    # figures are not reused
-    return cache_dir() / "calibration" / f"v3-{host}-{device}-{threads}t.json"
+    # v3: records load and threads, probe beside the peaks; v4: GEMM at small M and attention
+    # alone. Bump when the method changes so stale figures are not reused.
+    return cache_dir() / "calibration" / f"v4-{host}-{device}-{threads}t.json"
 
 
 def local_peaks(device: str = "cpu", refresh: bool = False, threads: int = 0) -> Peaks:

@@ -257,24 +257,49 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
        "context tokens of KV, mean over the timed steps"),
     _f("decode_step_flops_predicted", "float", "FLOP", "FLOPs of one decode step (batch × flops_per_token), "
        "mean over the timed steps"),
+    _f("decode_step_attn_flops_predicted", "float", "FLOP", "attention FLOPs of one decode step: batch × "
+       "Σ over layers of the cached tokens × 4 · heads · head_dim (PaLM appendix B), mean over the "
+       "timed steps"),
+    _f("decode_step_matmul_flops_predicted", "float", "FLOP", "matmul FLOPs of one decode step: batch × 2 "
+       "× active matmul params (lm_head included)"),
+    _f("decode_gemm_flop_s", "float", "FLOP/s", "calibrated GEMM rate at M = batch rows for the format's "
+       "compute dtypes (Peaks.gemm_flop_s_by_m, log-log between M = 1, 4, 16, 64): what the step's "
+       "matmuls are priced at"),
+    _f("attn_flop_s_calibrated", "float", "FLOP/s", "the attention kernel alone: one decode query over "
+       "4096 cached tokens (torch scaled_dot_product_attention), the fit's attention rate's counterpart"),
     _f("knee_batch_predicted", "float", "", "decode batch where the roofline turns compute-bound: "
        "peak/bandwidth × bytes per weight ÷ FLOPs per weight (Kipply's 208 on an A100)"),
-    # the step-time fit over a variant's decode sweep (quantbench/arith/fit.py), on its tg records
-    _f("fit_fixed_s", "float", "s", "fitted time of a decode step whatever its depth and batch: reading "
-       "the weights + overhead"),
-    _f("fit_bandwidth_bytes_s", "float", "byte/s", "weights_bytes_predicted / fit_fixed_s: the weights' "
-       "effective bandwidth if the fixed time were all weight reads (a lower bound)"),
-    _f("fit_kv_bandwidth_bytes_s", "float", "byte/s", "fitted cost of reading the KV cache, as bytes per "
-       "second (absent: no KV cost fitted)"),
-    _f("fit_peak_flop_s", "float", "FLOP/s", "fitted effective compute rate of the batch term (absent: no "
-       "compute cost fitted)"),
+    # the step-time fit over a variant's decode sweep (quantbench/arith/fit.py), on its tg records:
+    # t = fit_fixed_s + B · fit_seq_s + attn FLOPs / fit_attn_flop_s + fit_gemm_scale · matmul FLOPs / G(B)
+    _f("fit_fixed_s", "float", "s", "fitted time of a decode step whatever its depth and batch "
+       "(dispatch, thread wake-ups; with a flat-peak calibration also the weights' reads)"),
+    _f("fit_seq_s", "float", "s", "fitted time each sequence of the batch adds beyond its matmul rows "
+       "and attention (embedding row, norms, logits copy and argmax, cache bookkeeping)"),
+    _f("fit_attn_flop_s", "float", "FLOP/s", "fitted attention rate: attention FLOPs over the cached "
+       "tokens per second (absent: no attention cost fitted); beside attn_flop_s_calibrated"),
+    _f("fit_gemm_scale", "float", "", "fitted k_mm: the step's matmuls cost k_mm × their FLOPs at the "
+       "calibrated GEMM rate at M = batch (1: as fast as the calibrated GEMM)"),
+    _f("fit_gemm_flop_s", "float", "FLOP/s", "the framework's effective matmul rate at this record's "
+       "batch: decode_gemm_flop_s / fit_gemm_scale"),
+    _f("fit_terms_s", "dict", "s", "the fitted step time split by term at this record's point: fixed, "
+       "seq, attn, gemm"),
+    _f("fit_bandwidth_bytes_s", "float", "byte/s", "weights_bytes_predicted / (fixed + matmul terms at "
+       "batch 1, depth 0): the weights' effective bandwidth if that time were all weight reads (a lower "
+       "bound)"),
+    _f("fit_kv_bandwidth_bytes_s", "float", "byte/s", "the attention term as bytes: the bandwidth at "
+       "which reading this point's KV cache would take the fitted attention time (absent: no attention "
+       "cost fitted); beside the calibrated copy bandwidth"),
+    _f("fit_peak_flop_s", "float", "FLOP/s", "schema ≤ 3 only: fitted effective compute rate of the "
+       "former batch term"),
     _f("fit_points", "int", "", "decode points the fit used"),
     _f("fit_step_s", "float", "s", "fitted step time of this workload"),
     _f("fit_rel_err", "float", "", "(fitted − measured) / measured step time of this workload"),
     _f("holdout_rel_err", "float", "", "same, from a fit that left out the deepest depth and the largest "
        "batch (present on those held-out workloads only)"),
-    _f("knee_batch_fit", "float", "", "batch where the fitted compute term equals the fixed term "
-       "(weights + overhead)"),
+    _f("interp_rel_err", "float", "", "same, from a fit that left out the middle depth and the middle "
+       "batch (of 3 or more; present on those workloads only)"),
+    _f("knee_batch_fit", "float", "", "batch where the fitted matmul term, at the largest batch's GEMM "
+       "rate, equals the fixed term"),
     _f("knee_batch_plateau", "int", "", "smallest measured batch reaching 90 % of the best decode tok/s"),
 ]}
 FIELDS = {name: f.meaning for name, f in SCHEMA.items()}  # name -> meaning (older callers)

@@ -276,11 +276,12 @@ def _knee(v, max_batch=None) -> str:
     return f"≥{max_batch}" if max_batch and v >= max_batch else f"{v:.3g}"
 
 
-ARITH_HEADERS = ("model", "format", "threads", "fixed ms/step", "weights at cal. BW ms",
+ARITH_HEADERS = ("model", "format", "threads", "fixed ms/step", "t_seq ms/seq", "weights at cal. BW ms",
                  "overhead share at d0", "BW_eff ≥ GB/s", "BW_eff / calibrated", "KV s/token measured",
-                 "KV s/token predicted",
-                 "BW_kv / calibrated", "peak_eff GFLOP/s", "knee predicted", "knee fitted", "knee 90 %",
-                 "KV bytes = pred.", "fit RMS err", "held-out errors")
+                 "KV s/token predicted", "BW_kv / calibrated", "attn GFLOP/s fit / alone",
+                 "k_mm", "GEMM GFLOP/s at B=1 fit / cal.", "GEMM GFLOP/s at B max fit / cal.",
+                 "knee predicted", "knee fitted", "knee 90 %",
+                 "KV bytes = pred.", "fit RMS err", "held-out errors", "interpolation errors")
 
 
 def _rate(v, unit: str) -> str:
@@ -295,23 +296,37 @@ def _us(v) -> str:
     return "—" if num(v) is None else f"{v * 1e6:.2f} µs"
 
 
+def _pair(fit, cal) -> str:
+    """Returns 'fit / calibrated' in GFLOP/s, '—' for a missing side."""
+    def g(v):
+        return "—" if not num(v) else f"{v / 1e9:.3g}"
+    return f"{g(fit)} / {g(cal)}"
+
+
+def _errs(d: dict) -> str:
+    return "; ".join(f"{w.split('@t')[0]} {_pct(e)}" for w, e in d.items()) or "—"
+
+
 def arith_table(rows: list[dict]) -> list[list[str]]:
-    """Returns the cells of the per-variant "Arithmetic vs measurement" table."""
+    """Returns the cells of the per-variant "Arithmetic vs measurement" table: each fitted term
+    beside its physical counterpart."""
     out = []
     for r in rows:
         bw, cal, kvbw = r["bandwidth_bytes_s"], r["bandwidth_cal_bytes_s"], r["kv_bandwidth_bytes_s"]
         kv = "—" if r["kv_bytes_match"] is None else ("yes" if r["kv_bytes_match"] else "NO")
         out.append([str(r["model"]), r["format"], str(r["threads"] or ""), _ms(r["fixed_s"]),
-                    _ms(r["weights_s"]),
+                    _ms(r.get("seq_s")), _ms(r["weights_s"]),
                     _pct(r["overhead_share"], False), "—" if not num(bw) else f"{bw / 1e9:.2f}",
                     _pct(bw / cal if num(bw) and cal else None, False),
                     _us(r["kv_slope_s"]), _us(r["kv_slope_predicted_s"]),
                     _pct(kvbw / cal if num(kvbw) and cal else None, False),
-                    "—" if not num(r["peak_flop_s"]) else f"{r['peak_flop_s'] / 1e9:.1f}",
+                    _pair(r.get("attn_flop_s"), r.get("attn_cal_flop_s")),
+                    "—" if not num(r.get("gemm_scale")) else f"{r['gemm_scale']:.3g}",
+                    _pair(r.get("gemm1_flop_s"), r.get("gemm1_cal_flop_s")),
+                    _pair(r.get("gemm_top_flop_s"), r.get("gemm_top_cal_flop_s")),
                     _knee(r["knee_predicted"]), _knee(r["knee_fit"]),
                     _knee(r["knee_plateau"], r["max_batch"]),
-                    kv, _pct(r["rms_rel_err"], False),
-                    "; ".join(f"{w.split('@t')[0]} {_pct(e)}" for w, e in r["holdout"].items()) or "—"])
+                    kv, _pct(r["rms_rel_err"], False), _errs(r["holdout"]), _errs(r.get("interp", {}))])
     return out
 
 
@@ -362,17 +377,22 @@ def arith_svgs(rows: list[dict], colors: dict) -> list[tuple[str, list[str]]]:
     return out
 
 
-ARITH_TEXT = ("Each variant's decode sweep is fitted with t_step = t_fixed + B·ctx·KV bytes per token / "
-              "BW_kv + B·FLOPs per sequence / peak_eff (KV bytes and FLOPs from the arithmetic; least squares "
-              "on relative error, terms ≥ 0). t_fixed holds the weights' read time and the framework's "
-              "overhead: the overhead is t_fixed minus the weights at the calibrated bandwidth, its share of "
-              "the fitted step at depth 0, batch 1. BW_eff ≥ weights ÷ t_fixed (the bandwidth if the fixed "
-              "time were all weight reads). KV s/token: the decode step's slope over depth, measured, and "
-              "predicted as KV bytes per token ÷ calibrated bandwidth. Knee: predicted = calibrated FLOP/s ÷ "
-              "bandwidth × bytes per weight ÷ FLOPs per weight (Kipply's 208 on an A100); fitted = the batch "
-              "whose compute term equals t_fixed; 90 % = smallest batch reaching 90 % of the best tok/s "
-              "(≥B: not reached). Held-out errors: the deepest depth and the largest batch predicted by a fit "
-              "that did not see them.")
+ARITH_TEXT = ("Each variant's decode sweep is fitted with t_step = t_fixed + B·t_seq + attention FLOPs ÷ "
+              "R_attn + k_mm · matmul FLOPs ÷ G(B): a fixed cost per step, a cost per sequence, attention over "
+              "the cached tokens (B · Σ ctx · 4·H·h FLOPs) at a fitted rate, and the batch's matmuls (B · 2 · "
+              "params) priced at G(B), the GEMM rate the calibration reached at M = B rows (M = 1, 4, 16, 64; "
+              "k_mm = 1: as fast as the calibrated GEMM). One coefficient per term, each ≥ 0, least squares on "
+              "relative error; each is shown beside its physical counterpart: R_attn beside the attention "
+              "kernel measured alone and, as bytes, beside the calibrated copy bandwidth (BW_kv); the matmuls' "
+              "effective rate G(B)/k_mm beside G(B). Overhead share: t_fixed (with a flat-peak calibration, "
+              "less the weights at the calibrated bandwidth) of the fitted step at depth 0, batch 1. KV "
+              "s/token: the decode step's slope over depth, measured, and predicted as KV bytes per token ÷ "
+              "calibrated bandwidth. Knee: predicted = calibrated FLOP/s ÷ bandwidth × bytes per weight ÷ "
+              "FLOPs per weight (Kipply's 208 on an A100); fitted = the batch whose matmul term equals "
+              "t_fixed; 90 % = smallest batch reaching 90 % of the best tok/s (≥B: not reached). Held-out "
+              "errors: the deepest depth and the largest batch predicted by a fit that did not see them; "
+              "interpolation: the middle depth and middle batch likewise; each with the timed steps and the "
+              "CI its median rests on.")
 
 
 def arith_section(df, colors: dict) -> Section | None:
