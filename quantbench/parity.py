@@ -30,6 +30,9 @@ from quantbench.report.tables import Cell, Head, Para, Row, Section, Table, tabl
 TOOLS = ("llama-bench", "llama-perplexity")
 BUILD_ETA_S = 5 * 60  # the tools' compile: 3.5 min on this 2-core machine (ggml, llama, common, two tools)
 SPEED_TARGET = 0.97  # quantbench / engine tok/s
+# Above this the two sides did not time the same work (a harness cannot outrun the engine it
+# drives): the row is flagged and the table names where their kernel paths differ.
+SPEED_MAX = 1.03
 PPL_TARGET = 0.005  # |ppl / llama-perplexity − 1|
 KLD_TARGET = 0.10  # |kld / llama-perplexity's − 1|
 
@@ -158,8 +161,48 @@ def parse_llama_bench(text: str) -> dict[str, dict]:
         samples = [float(x) for x in r.get("samples_ts") or [r["avg_ts"]]]
         out[name] = {"tok_s": float(np.median(samples)), "samples_ts": samples,
                      "threads": int(r["n_threads"]), "model_filename": r.get("model_filename", ""),
-                     "build_commit": r.get("build_commit", "")}
+                     "build_commit": r.get("build_commit", ""), "path": bench_path(r)}
     return out
+
+
+# The settings that pick llama.cpp's kernels and the work timed, as both sides can state them:
+# extra buffer types (repack: AMX / CPU_REPACK weights), threads, the micro-batch a prompt is split
+# into (pp only: a tg step is one token), flash attention, the cache depth before the timed region.
+PATH_KEYS = ("repack", "threads", "ubatch", "fa", "depth", "kv")
+
+
+def path_text(path: dict) -> str:
+    """Returns 'repack=1 threads=2 ubatch=512 fa=1 depth=0 kv=f16' (keys in PATH_KEYS order)."""
+    return " ".join(f"{k}={path[k]}" for k in PATH_KEYS if path.get(k) is not None)
+
+
+def bench_path(row: dict) -> dict:
+    """Returns the kernel path of one llama-bench JSON row (its own report of its settings)."""
+    pp = row.get("n_gen", 0) == 0
+    ub = min(int(row["n_ubatch"]), int(row["n_batch"]), int(row["n_prompt"])) if pp and "n_ubatch" in row else None
+    return {"repack": int(bool(row["repack"])) if "repack" in row else None, "threads": row.get("n_threads"),
+            "ubatch": ub, "fa": int(row["flash_attn"]) if "flash_attn" in row else None,
+            "depth": row.get("n_depth", 0), "kv": row.get("type_k")}
+
+
+def harness_path(rec: dict) -> dict:
+    """Returns the kernel path of one quantbench GGUF record, in bench_path's keys (None: not recorded)."""
+    from quantbench.core.suite import Workload
+
+    w, kd = Workload.parse(rec["workload"]), rec.get("kernel_detail") or {}
+    ub = min(int(kd["n_ubatch"]), int(kd.get("n_batch", kd["n_ubatch"])), w.tokens) \
+        if w.kind == "pp" and kd.get("n_ubatch") else None
+    fa = kd.get("flash_attn")
+    return {"repack": int(repacks(rec)), "threads": rec.get("threads"), "ubatch": ub,
+            "fa": None if fa is None else int(bool(fa)), "depth": w.depth, "kv": rec.get("kv_type")}
+
+
+def path_diff(a: str, b: str) -> str:
+    """Returns where two path_text strings differ ('repack 0 vs 1, threads 2 vs 4'); keys one side
+    does not state are not compared."""
+    da = dict(kv.split("=", 1) for kv in a.split())
+    db = dict(kv.split("=", 1) for kv in b.split())
+    return ", ".join(f"{k} {da[k]} vs {db[k]}" for k in PATH_KEYS if k in da and k in db and da[k] != db[k])
 
 
 def run_llama_bench(tools: Path, run: BenchRun, env: dict) -> dict[str, dict]:
@@ -220,13 +263,14 @@ class Measure:
     round: int
     value: float
     tool: str = ""  # the reference's name: llama-bench, llama-perplexity, bare torch loop
+    path: str = ""  # the kernel path it ran on (path_text), where the side states it
 
 
 def _target(metric: str) -> tuple[str, callable]:
     if metric in ("ppl", "kld"):
         tol = PPL_TARGET if metric == "ppl" else KLD_TARGET
         return f"within {tol:.1%}", lambda ratio: abs(ratio - 1) <= tol
-    return f"≥ {SPEED_TARGET}", lambda ratio: ratio >= SPEED_TARGET
+    return f"{SPEED_TARGET}–{SPEED_MAX}", lambda ratio: SPEED_TARGET <= ratio <= SPEED_MAX
 
 
 def quantbench_measures(recs: list[dict], round_: int) -> list[Measure]:
@@ -241,12 +285,13 @@ def quantbench_measures(recs: list[dict], round_: int) -> list[Measure]:
         w, f = Workload.parse(r["workload"]), r["format"]
         if w.batch > 1 or w.depth:
             continue
+        path = path_text(harness_path(r)) if r.get("backend") == "gguf" else ""
         if w.kind == "pp" and r.get("prefill_tok_s"):
-            out.append(Measure(f, f"pp{w.tokens}", "quantbench", round_, r["prefill_tok_s"]))
+            out.append(Measure(f, f"pp{w.tokens}", "quantbench", round_, r["prefill_tok_s"], path=path))
             if r.get("engine_prefill_s"):
                 out.append(Measure(f, f"pp{w.tokens}", "engine", round_, w.tokens / r["engine_prefill_s"]))
         elif w.kind == "tg" and r.get("decode_tok_s"):
-            out.append(Measure(f, f"tg{w.tokens}", "quantbench", round_, r["decode_tok_s"]))
+            out.append(Measure(f, f"tg{w.tokens}", "quantbench", round_, r["decode_tok_s"], path=path))
             if per_run := _per_run_tok_s(r.get("decode_samples_s") or [], w.tokens - 1):
                 out.append(Measure(f, f"tg{w.tokens}", "per_run", round_, per_run))
             if r.get("engine_decode_s"):
@@ -288,6 +333,10 @@ def parity_table(measures: list[Measure]):
     med = df.pivot_table(index=["format", "metric"], columns="side", values="value", aggfunc="median")
     n = df.pivot_table(index=["format", "metric"], columns="side", values="round", aggfunc="nunique")
     tools = df[df.side == "reference"].groupby(["format", "metric"])["tool"].first()
+    if "path" not in df:
+        df["path"] = ""
+    paths = {side: df[df.side == side].groupby(["format", "metric"])["path"].first()
+             for side in ("quantbench", "reference")}
     paired, paired_runs = _paired(df, "quantbench"), _paired(df, "per_run")
     rows = []
     for (fmt, metric), r in med.iterrows():
@@ -296,7 +345,17 @@ def parity_table(measures: list[Measure]):
             continue
         target, ok = _target(metric)
         ratio = paired.get((fmt, metric), float("nan"))
+        qp, rp = (paths[side].get((fmt, metric)) or "" for side in ("quantbench", "reference"))
+        diff = path_diff(qp, rp)
+        note = ""
+        if metric not in ("ppl", "kld") and ratio == ratio:
+            if ratio > SPEED_MAX:
+                note = (f"faster than the engine's own benchmark: paths differ in {diff}" if diff else
+                        "faster than the engine's own benchmark on the same stated path: unexplained")
+            elif diff:
+                note = f"paths differ in {diff}"
         rows.append({"format": fmt, "metric": metric, "tool": tools.get((fmt, metric), ""),
+                     "quantbench_path": qp, "reference_path": rp, "note": note,
                      "quantbench": qb, "engine": r.get("engine"), "per_run": r.get("per_run"),
                      "reference": ref, "ratio": ratio, "ratio_per_run": paired_runs.get((fmt, metric)),
                      "target": target, "ok": bool(ok(ratio)),
@@ -315,7 +374,8 @@ def _num(v: float, metric: str) -> str:
 
 PARITY_HEAD = (Head("format"), Head("metric"), Head("reference"), Head("quantbench", right=True),
                Head("engine only⁵", right=True), Head("reference value", right=True), Head("ratio⁶", right=True),
-               Head("target"), Head(""), Head("per-run rate⁷", right=True), Head("its ratio", right=True))
+               Head("target"), Head(""), Head("per-run rate⁷", right=True), Head("its ratio", right=True),
+               Head("quantbench path⁸"), Head("reference path⁸"), Head("note"))
 PARITY_TITLE = "Parity with the engines' own benchmarks"
 
 
@@ -328,7 +388,9 @@ def parity_rows(t) -> Table:
     rows = tuple(Row(tuple(Cell(x) for x in (
         r.format, r.metric, r.tool, _num(r.quantbench, r.metric), _num(r.engine, r.metric),
         _num(r.reference, r.metric), ratio(r.ratio), r.target)) + (Cell("ok" if r.ok else "MISS", bold=not r.ok),
-        Cell(_num(r.per_run, r.metric)), Cell(ratio(r.ratio_per_run)))) for r in t.itertuples())
+        Cell(_num(r.per_run, r.metric)), Cell(ratio(r.ratio_per_run)),
+        Cell(getattr(r, "quantbench_path", "") or "—"), Cell(getattr(r, "reference_path", "") or "—"),
+        Cell(getattr(r, "note", "") or ""))) for r in t.itertuples())
     return Table(PARITY_HEAD, rows)
 
 
@@ -349,7 +411,10 @@ PARITY_NOTE = ("⁵ quantbench's record of the engine's own time (llama.cpp's pe
                "⁶ median over rounds of quantbench / reference within a round. "
                "⁷ llama-bench's estimator applied to quantbench's raw decode steps: steps / total time "
                "of each repetition (a mean rate), median over repetitions; quantbench itself reports "
-               "1 / the median step.")
+               "1 / the median step. ⁸ the kernel path each side ran: llama.cpp's extra buffer types "
+               "(repack), threads, the micro-batch a prompt is split into (pp), flash attention, the "
+               "cache depth before the timed region and the KV type, from quantbench's record and "
+               "llama-bench's own JSON; a ratio above 1.03 is flagged with where they differ.")
 
 
 # -- the driver: `quantbench parity` (nox -s parity) --
@@ -441,7 +506,8 @@ def _references(group, recs: list[dict], rnd: int, rounds: int, tools: Path | No
             got = run_llama_bench(tools, BenchRun(rec["artifact"], threads, n_prompt, n_gen, suite.min_samples,
                                                   repack=repacks(rec)), env)
             tool = f"llama-bench --repack {int(repacks(rec))}"
-            measures += [Measure(f.name, k, "reference", rnd, v["tok_s"], tool) for k, v in got.items()]
+            measures += [Measure(f.name, k, "reference", rnd, v["tok_s"], tool, path_text(v["path"]))
+                         for k, v in got.items()]
         else:
             got = _bare_loop(model_dir, f, rec["device"], threads, suite, env)
             measures += [Measure(f.name, f"pp{n_prompt}", "reference", rnd, got["prefill_tok_s"], tool),

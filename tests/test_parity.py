@@ -113,3 +113,47 @@ def test_per_run_rate_is_llama_benchs_estimator():
     assert got == {"quantbench": 100.0, "per_run": 100.0}
     recs[0]["decode_samples_s"] = [0.01, 0.01, 0.04, 0.01, 0.01, 0.04]
     assert math.isclose(parity.quantbench_measures(recs, 1)[1].value, 50.0)
+
+
+def test_both_sides_state_their_kernel_path():
+    bench = parity.parse_llama_bench((DATA / "llama-bench-q4_0.json").read_text())
+    # llama-bench's own JSON: repack on, 2 threads, a 512-token prompt in one micro-batch of 512
+    assert parity.path_text(bench["pp512"]["path"]) == "repack=1 threads=2 ubatch=512 fa=1 depth=0 kv=f16"
+    assert parity.path_text(bench["tg64"]["path"]) == "repack=1 threads=2 fa=1 depth=0 kv=f16"  # one token
+    rec = {"workload": "pp512", "threads": 2, "kv_type": "f16", "backend": "gguf",
+           "kernel_detail": {"extra_bufts": False, "n_ubatch": 1024, "n_batch": 1024, "flash_attn": True}}
+    qb = parity.path_text(parity.harness_path(rec))
+    assert qb == "repack=0 threads=2 ubatch=512 fa=1 depth=0 kv=f16"
+    assert parity.path_diff(qb, parity.path_text(bench["pp512"]["path"])) == "repack 0 vs 1"
+    assert parity.path_diff(qb, "threads=2") == ""  # keys one side does not state are not compared
+
+
+def _paths_table(qb_path, ref_path, ratio):
+    ms = [Measure("gguf-q4_0", "tg64", "reference", r, 100.0, "llama-bench", ref_path) for r in (1, 2)]
+    ms += [Measure("gguf-q4_0", "tg64", "quantbench", r, 100.0 * ratio, path=qb_path) for r in (1, 2)]
+    return parity.parity_table(ms).set_index(["format", "metric"]).loc[("gguf-q4_0", "tg64")]
+
+
+def test_a_ratio_above_parity_is_flagged_with_where_the_paths_differ():
+    row = _paths_table("repack=1 threads=2 fa=1 depth=0", "repack=0 threads=2 fa=1 depth=0", 1.18)
+    assert not row.ok and row.note == "faster than the engine's own benchmark: paths differ in repack 1 vs 0"
+    row = _paths_table("repack=0 threads=2", "repack=0 threads=2", 1.18)
+    assert not row.ok and "same stated path: unexplained" in row.note
+    row = _paths_table("repack=0 threads=2", "repack=0 threads=2", 1.01)
+    assert row.ok and row.note == "" and row.target == "0.97–1.03"
+    md = parity.parity_markdown(parity.parity_table(
+        [Measure("gguf-q4_0", "tg64", "reference", 1, 100.0, "llama-bench", "repack=0 threads=4"),
+         Measure("gguf-q4_0", "tg64", "quantbench", 1, 99.0, path="repack=0 threads=2")]))
+    assert "| repack=0 threads=2 | repack=0 threads=4 | paths differ in threads 2 vs 4 |" in md
+
+
+def test_gguf_records_name_the_openmp_runtime():
+    from quantbench.backends.gguf import openmp_runtime
+
+    maps = ("7f00-7f01 r-xp 00000000 08:01 1 /usr/lib/x86_64-linux-gnu/libgomp.so.1.0.0\n"
+            "7f02-7f03 r--p 00000000 08:01 1 /usr/lib/x86_64-linux-gnu/libgomp.so.1.0.0\n"
+            "7f04-7f05 r-xp 00000000 08:01 2 /opt/torch/lib/libiomp5.so\n"
+            "7f06-7f07 rw-p 00000000 00:00 0 \n7f08-7f09 r-xp 00000000 08:01 3 /usr/lib/libm.so.6\n")
+    assert openmp_runtime(maps) == ("libgomp.so.1.0.0 (/usr/lib/x86_64-linux-gnu/libgomp.so.1.0.0); "
+                                    "libiomp5.so (/opt/torch/lib/libiomp5.so)")
+    assert openmp_runtime("") == ""

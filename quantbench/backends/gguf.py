@@ -106,6 +106,27 @@ def system_flags(info: str) -> dict[str, str]:
     return out
 
 
+OPENMP_LIBS = ("libgomp", "libomp", "libiomp5", "libomp5")
+
+
+def openmp_runtime(maps: str | None = None) -> str:
+    """Returns the OpenMP runtimes mapped into this process ('libgomp.so.1 (path)', several joined
+    by '; '; '' when none or not Linux): llama.cpp's CPU threads run on it, and GNU and LLVM/Intel
+    runtimes spin and sleep differently (OMP_WAIT_POLICY, KMP_BLOCKTIME)."""
+    if maps is None:
+        try:
+            maps = Path("/proc/self/maps").read_text()
+        except OSError:
+            return ""
+    seen = {}
+    for line in maps.splitlines():
+        path = line.split()[-1] if line.split() else ""
+        name = path.rsplit("/", 1)[-1]
+        if name.startswith(OPENMP_LIBS) and ".so" in name:
+            seen.setdefault(name, path)
+    return "; ".join(f"{n} ({p})" for n, p in sorted(seen.items()))
+
+
 def _no_extra_bufts(llama_cpp):
     """Returns a stand-in for llama_model_default_params with extra buffer types off: Llama() takes
     its model parameters from that call and has no argument for use_extra_bufts."""
@@ -363,8 +384,11 @@ class GGUFBackend(Backend):
         flags = system_flags(llama_cpp.llama_print_system_info().decode("utf-8", "replace"))
         self.info.update(n_gpu_layers=n_gpu_layers,
                          kernel=kernel_from_buffers(_buffers) or f"llama.cpp:{'CUDA' if cuda else 'CPU'}",
+                         openmp_runtime=openmp_runtime(),
                          kernel_detail={"buffers_bytes": dict(_buffers), "weight_types": self.kernel_types,
                                         "extra_bufts": self.kernel_path != "norepack",
+                                        # what llama-bench's -b/-ub/-fa say on the reference side
+                                        "n_ctx": n_ctx, "n_batch": n_ctx, "n_ubatch": n_ctx, "flash_attn": True,
                                         "system_info": {k: v for k, v in flags.items() if v != "0"},
                                         "source": "llama.cpp load_tensors buffer log + llama_print_system_info"},
                          kv_type=self.kv_type, kv_bytes_per_elem=KV_TYPE_BITS[self.kv_type] / 8,

@@ -199,6 +199,8 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("harness_decode_s", "float", "s", "median of (wall − engine) per decode step: what quantbench adds "
        "(batch building, logits copy, argmax, timers)", show=_D("harness ms/step⁴", ".2f", 1e3, "harness_decode_ms")),
     _f("engine_decode_samples_s", "list[float]", "s", "raw engine times of the decode steps"),
+    _f("openmp_runtime", "str", "", "OpenMP runtimes mapped into a GGUF variant's process after load "
+       "('libgomp.so.1 (path)'; several joined by '; '): llama.cpp's CPU threads run on it"),
     _f("omp_wait_policy", "str", "", "OMP_WAIT_POLICY the variant's process ran under (suite key "
        "omp_wait_policy; 'default' when unset: OpenMP's own spin-then-sleep)"),
     # quality
