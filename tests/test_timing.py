@@ -117,3 +117,16 @@ def test_the_fill_is_not_charged_to_the_budget(clock):
     pp = timing.time_prefill(b, [1, 2, 3], 1, 3.0, fill=list(range(64)), ci_target=0.03, max_samples=5000)
     assert pp["prefill_stop"] == "ci" and pp["prefill_timed"] == b.fills >= 6
     assert pp["prefill_ci95_rel"] <= 0.03
+
+
+def test_suite_keys_of_the_precision_goal():
+    from quantbench.core.errors import UserError
+    from quantbench.core.suite import Suite, load_suite
+
+    assert Suite().ci_target == 0.0  # default: fixed repetitions, as before
+    assert load_suite("suites/arith-cpu.toml").ci_target == 0.03
+    assert load_suite("suites/parity.toml").ci_target == 0  # llama-bench's -r: the same work both sides
+    with pytest.raises(UserError, match="ci_target must be a fraction"):
+        Suite(ci_target=3.0)
+    with pytest.raises(UserError, match="max_samples .* must be >= min_samples"):
+        Suite(ci_target=0.03, min_samples=10, max_samples=5)

@@ -201,7 +201,7 @@ class Suite:
         if not 0 <= self.ci_target < 1:
             raise UserError(f"{where}: ci_target must be a fraction in [0, 1) (0.03 = ±3 %; 0 disables), "
                             f"got {self.ci_target}")
-        if self.max_samples < self.min_samples:
+        if self.ci_target > 0 and self.max_samples < self.min_samples:
             raise UserError(f"{where}: max_samples ({self.max_samples}) must be >= min_samples "
                             f"({self.min_samples})")
         for key in ("time_budget_s", "quality_budget_s"):
