@@ -293,7 +293,10 @@ def summaries(recs: list[dict]) -> list[dict]:
                    holdout={r["workload"]: r["holdout_rel_err"] for r in tg
                             if _num(r.get("holdout_rel_err")) is not None},
                    interp={r["workload"]: r["interp_rel_err"] for r in tg
-                           if _num(r.get("interp_rel_err")) is not None})
+                           if _num(r.get("interp_rel_err")) is not None},
+                   # what each point rests on: timed steps and the CI its median reached
+                   precision={r["workload"]: (r.get("decode_steps_timed"), _num(r.get("decode_ci95_rel")))
+                              for r in tg})
         errs = [r["fit_rel_err"] ** 2 for r in tg if _num(r.get("fit_rel_err")) is not None]
         row["rms_rel_err"] = float(np.sqrt(np.mean(errs))) if errs else None
         # overhead: the fixed time beyond reading the weights at the calibrated bandwidth
