@@ -74,6 +74,40 @@ def test_mann_whitney_matches_hand_computation():
     assert mann_whitney_greater([2, 2], [2, 2]) == 1.0
 
 
+def _hand_mann_whitney_greater(x, y) -> float:
+    """The hand-written test compare.py used before scipy: normal approximation of U with tie and
+    continuity correction, kept here as the reference scipy must agree with."""
+    a = np.concatenate([np.asarray(x, float), np.asarray(y, float)])
+    n1, n2, n = len(x), len(y), len(a)
+    order = np.argsort(a, kind="mergesort")
+    s = a[order]
+    first = np.r_[True, s[1:] != s[:-1]]
+    starts = np.r_[np.flatnonzero(first), n]
+    ranks = np.empty(n)
+    ranks[order] = ((starts[:-1] + starts[1:] + 1) / 2)[np.cumsum(first) - 1]
+    ties = np.diff(starts)
+    u = ranks[:n1].sum() - n1 * (n1 + 1) / 2
+    var = n1 * n2 / 12 * ((n + 1) - (ties ** 3 - ties).sum() / (n * (n - 1)))
+    if var <= 0:
+        return 1.0
+    return 0.5 * math.erfc((u - n1 * n2 / 2 - 0.5) / math.sqrt(var) / math.sqrt(2))
+
+
+def test_scipy_mann_whitney_agrees_with_the_hand_written_one():
+    rng = np.random.default_rng(7)
+    cases = [([4, 5, 6], [1, 2, 3]), ([2, 3, 3], [1, 2, 2]), ([1, 2, 3], [4, 5, 6]), ([2, 2], [2, 2]),
+             ([1.0], [2.0]), ([5, 5, 5, 6], [5, 5, 4]), ([3, 3, 3], [3, 3, 4])]
+    cases += [(rng.normal(1.0, 0.1, n1), rng.normal(1.05, 0.1, n2)) for n1, n2 in [(5, 5), (3, 8), (20, 17)]]
+    # timer-resolution ties: samples rounded to 10 ms, as a coarse clock reports them
+    cases += [(np.round(rng.normal(0.5, 0.02, 12), 2), np.round(rng.normal(0.51, 0.02, 9), 2)) for _ in range(3)]
+    cases += [(decode_samples(1), 1.03 * decode_samples(2))]
+    for x, y in cases:
+        for a, b in ((x, y), (y, x)):
+            assert mann_whitney_greater(a, b) == pytest.approx(_hand_mann_whitney_greater(a, b), rel=1e-9,
+                                                               abs=1e-15), (a, b)
+    assert any(len(set(np.concatenate([x, y]))) < len(x) + len(y) for x, y in cases[-4:-1])  # ties were tried
+
+
 def test_bootstrap_ci_is_seeded_and_brackets_the_ratio():
     x = decode_samples(1)
     ci = bootstrap_ratio_ci(x, 1.2 * x)

@@ -181,6 +181,50 @@ def test_fit_keeps_every_term_non_negative():
     assert f.attn_flop_s is None and min(f.coef()) >= 0 and f.fixed_s > 0
 
 
+def _subsets_nnls(A: np.ndarray) -> np.ndarray:
+    """The hand-written NNLS fit.py used before scipy: least squares on every subset of columns,
+    the best non-negative one wins. Kept as the reference scipy.optimize.nnls must agree with."""
+    import itertools
+
+    best = (np.zeros(A.shape[1]), float(A.shape[0]))
+    for k in range(1, A.shape[1] + 1):
+        for cols in itertools.combinations(range(A.shape[1]), k):
+            x_sub, *_ = np.linalg.lstsq(A[:, cols], np.ones(A.shape[0]), rcond=None)
+            if (x_sub < 0).any():
+                continue
+            x = np.zeros(A.shape[1])
+            x[list(cols)] = x_sub
+            loss = float(((A @ x - 1) ** 2).sum())
+            if loss < best[1]:
+                best = (x, loss)
+    return best[0]
+
+
+def test_scipy_nnls_gives_the_coefficients_of_the_subset_search():
+    falling = [fit.Point(f"tg@d{d}", d, 1, (d + 40) * ATT, F, _gemm(1), 0.05 - d * 1e-7) for d in (0, 512, 2048)]
+    falling += [fit.Point(f"tgx{b}", 0, b, b * 40 * ATT, b * F, _gemm(b), 0.05 + b * 0.002) for b in (8, 32)]
+    flat = [fit.Point(f"tgx{b}", 0, b, b * 40 * ATT, b * F, _gemm(b), 0.05 * (1 + 0.01 * (-1) ** b))
+            for b in (1, 2, 4, 8)]
+    sets = [_points(0.0), falling, flat] + [_points(0.05, seed) for seed in range(6)]
+    dropped = set()
+    for pts in sets:
+        t = np.array([p.step_s for p in pts])
+        cols = np.array([p.columns() for p in pts])
+        scale = np.where(cols.max(axis=0) > 0, cols.max(axis=0), 1.0)
+        want = _subsets_nnls(cols / scale / t[:, None]) / scale
+        got = fit.fit(pts).coef()
+        for v, w in zip(got, want, strict=True):
+            assert (v == 0) == (w == 0) and v == pytest.approx(w, rel=1e-6, abs=1e-15)
+        dropped |= {i for i in range(4) if want[i] == 0}
+    assert dropped  # a term fitted to 0 was among the cases
+    # the ladder's two-term fit: the old code's fallback (best single term) on a negative solution
+    layers, bytes_ = np.array([30.0, 32.0, 16.0]), np.array([270e6, 724e6, 2.47e9])
+    for t in (1e-3 * layers + bytes_ / 8e9, np.array([0.05, 0.04, 0.2]), np.array([0.05, 0.03, 0.01])):
+        A = np.stack([layers / t, bytes_ / t], axis=1)
+        assert fit.fit_layers(layers, bytes_, t) == pytest.approx(tuple(_subsets_nnls(A)), rel=1e-7)
+    assert (np.linalg.lstsq(A, np.ones(3), rcond=None)[0] < 0).any()  # the last one needed the fallback
+
+
 def test_held_out_points_and_their_errors():
     pts = _points(0.0)
     assert [p.workload for p in fit.held_out(pts)] == ["tg64x64@d0", "tg64x1@d8192"]

@@ -23,14 +23,12 @@ its kernels do, each priced by a quantity of the arithmetic and one fitted coeff
   is the flat calibrated peak.
 
 No free curve: every column is an arithmetic quantity, every coefficient is ≥ 0 and reported beside
-its physical counterpart. Least squares on relative error (exact: all subsets of the four terms,
-the best feasible one wins). Held out: the deepest depth and the largest batch are predicted by a
-fit that never saw them; interpolation: the middle depth and middle batch likewise. Pure Python +
-numpy, no torch.
+its physical counterpart. Least squares on relative error (scipy.optimize.nnls, Lawson & Hanson
+1974). Held out: the deepest depth and the largest batch are predicted by a fit that never saw
+them; interpolation: the middle depth and middle batch likewise. numpy and scipy, no torch.
 """
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 
@@ -101,30 +99,16 @@ class Fit:
         return self.fixed_s * gemm_flop_s / (self.gemm_scale * matmul_flops_per_seq)
 
 
-def _nnls(A: np.ndarray) -> tuple[np.ndarray, float]:
-    """Returns (x ≥ 0, loss) minimizing |A x − 1|², trying every subset of columns."""
-    best = (np.zeros(A.shape[1]), float(A.shape[0]))
-    for k in range(1, A.shape[1] + 1):
-        for cols in itertools.combinations(range(A.shape[1]), k):
-            x_sub, *_ = np.linalg.lstsq(A[:, cols], np.ones(A.shape[0]), rcond=None)
-            if (x_sub < 0).any():
-                continue
-            x = np.zeros(A.shape[1])
-            x[list(cols)] = x_sub
-            loss = float(((A @ x - 1) ** 2).sum())
-            if loss < best[1] - 1e-12:
-                best = (x, loss)
-    return best
-
-
 def fit(points: list[Point]) -> Fit:
     """Returns the least-squares Fit (relative error) of t_fixed, t_seq, R_attn and k_mm."""
+    from scipy.optimize import nnls  # imported here (~0.8 s): a run that fits nothing does not pay it
+
     if len(points) < 2:
         raise ValueError(f"a fit needs at least 2 points, got {len(points)}")
     t = np.array([p.step_s for p in points], float)
     cols = np.array([p.columns() for p in points], float)
     scale = np.where(cols.max(axis=0) > 0, cols.max(axis=0), 1.0)  # columns from 1 to ~1e10: one scale
-    x, _ = _nnls(cols / scale / t[:, None])
+    x, _ = nnls(cols / scale / t[:, None], np.ones(len(t)))
     t0, seq, inv_attn, k = x / scale
     return Fit(float(t0), float(seq), float(1 / inv_attn) if inv_attn > 0 else None,
                float(k) if k > 0 else None, len(points))
@@ -332,12 +316,9 @@ def summaries(recs: list[dict]) -> list[dict]:
 def fit_layers(layers: np.ndarray, bytes_: np.ndarray, t: np.ndarray) -> tuple[float, float]:
     """Returns (t_layer, 1 / BW_eff): t ≈ t_layer · layers + bytes / BW_eff by least squares on
     relative error, both ≥ 0 (the ladder's overhead grows with depth in layers, not with size)."""
-    A = np.stack([layers / t, bytes_ / t], axis=1)
-    (c, a), *_ = np.linalg.lstsq(A, np.ones_like(t), rcond=None)
-    if c < 0 or a < 0:  # one term only: the better of the two
-        fits = [(float((A[:, k].sum()) / (A[:, k] ** 2).sum()), k) for k in (0, 1)]
-        (v, k) = min(fits, key=lambda f: float(((A[:, f[1]] * f[0] - 1) ** 2).sum()))
-        c, a = (v, 0.0) if k == 0 else (0.0, v)
+    from scipy.optimize import nnls
+
+    (c, a), _ = nnls(np.stack([layers / t, bytes_ / t], axis=1), np.ones_like(t))
     return float(c), float(a)
 
 
