@@ -45,6 +45,12 @@ def test_suites_page_documents_every_key_with_its_default():
         assert reference._toml_value(default) in row, (f.name, row)
 
 
+def test_committed_suite_schema_is_current():
+    # stale after a suite key changed: run `python -m quantbench.cli.reference` and commit the file
+    assert reference.SCHEMA_PATH == ROOT / "suites" / "suite.schema.json"
+    assert reference.SCHEMA_PATH.read_text(encoding="utf-8") == reference.suite_schema()
+
+
 def test_formats_page_documents_every_format_and_kernel_path():
     text = page("formats.md")
     assert [f for f in FORMATS if f != "dummy" and f"`{f}`" not in text] == []

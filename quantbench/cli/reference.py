@@ -4,12 +4,15 @@ A docs page holds a marker `<!-- quantbench:NAME -->` on a line of its own; `exp
 with the markdown of GENERATORS[NAME]. The mkdocs hook (docs/hooks.py) calls it for every page, so
 the record fields, suite keys, formats, default gates and CLI help on the site are the code's own.
 Pure Python and numpy: nothing here imports torch (tests/test_docs.py checks it).
+`python -m quantbench.cli.reference` writes the one generated file that is committed, the suites'
+JSON schema (suites/suite.schema.json, which editors read; tests/test_docs.py fails when it is stale).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import re
+from pathlib import Path
 
 MARKER = re.compile(r"^<!-- quantbench:([a-z-]+) -->$", re.M)
 
@@ -19,23 +22,6 @@ def record_fields() -> str:
     from quantbench.core import records
 
     return records.schema_markdown()
-
-
-def _toml_type(annotation: str) -> str:
-    """Returns a suite key's type as a TOML user reads it: tuple[int, ...] -> list of int."""
-    parts = [p.strip() for p in annotation.split("|")]
-    out = []
-    for p in parts:
-        m = re.fullmatch(r"tuple\[(\w+), \.\.\.\]", p)
-        if m:
-            out.append(f"list of {m[1]}")
-        elif p.startswith("dict[str, dict]"):
-            out.append("table of tables")
-        elif p.startswith("dict"):
-            out.append("table of str")
-        else:
-            out.append(p)
-    return " or ".join(out)
 
 
 def _toml_value(v) -> str:
@@ -50,16 +36,47 @@ def _toml_value(v) -> str:
     return repr(v)
 
 
-def suite_keys() -> str:
-    """Returns the suite key table: key, type, default, meaning (suite.Suite and its field docs)."""
-    from quantbench.core.suite import Suite
+def _accepts(f: dataclasses.Field) -> str:
+    """Returns a suite key's declared rules in words: `spread` or `each`, each ≥ 1, no repeats."""
+    meta, many = f.metadata, "tuple" in str(f.type)
+    each = "each " if many else ""
+    out = []
+    if meta.get("choices"):
+        out.append(each + "one of " + ", ".join(f"`{c}`" for c in meta["choices"]))
+    if meta.get("pattern"):
+        out.append(f"{each}matches `{meta['pattern']}` (a regex)")
+    for rule, op in (("ge", "≥"), ("gt", ">")):
+        if meta.get(rule) is not None:
+            out.append(f"{each}{op} {meta[rule]:g}")
+    if meta.get("multiple_of"):
+        out.append(each + ("even" if meta["multiple_of"] == 2 else f"a multiple of {meta['multiple_of']}"))
+    if meta.get("non_empty"):
+        out.append("not empty")
+    if meta.get("unique"):
+        out.append("no repeats")
+    return "; ".join(out)
 
-    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
-    for f in dataclasses.fields(Suite):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        doc = f.metadata.get("doc", "")
-        rows.append(f"| `{f.name}` | {_toml_type(str(f.type))} | `{_toml_value(default)}` | {doc} |")
+
+def suite_keys() -> str:
+    """Returns the suite key table: key, type, default, accepted values, meaning (suite.Suite's
+    field declarations, the same ones the loader checks and suite.schema.json carries)."""
+    from quantbench.core import keys, suite
+
+    rows = ["| key | type | default | accepts | meaning |", "|---|---|---|---|---|"]
+    for f in dataclasses.fields(suite.Suite):
+        kind = " or ".join(t.toml for t in keys.types_of(f))
+        rows.append(f"| `{f.name}` | {kind} | `{_toml_value(keys.default_of(f))}` | {_accepts(f)} | "
+                    f"{f.metadata['doc']} |")
     return "\n".join(rows) + "\n"
+
+
+def suite_schema() -> str:
+    """Returns suites/suite.schema.json's text: the JSON schema of a suite file (suite.json_schema)."""
+    import json
+
+    from quantbench.core import suite
+
+    return json.dumps(suite.json_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
 def formats_table() -> str:
@@ -155,3 +172,16 @@ def expand(markdown: str, where: str = "page") -> str:
             raise KeyError(f"{where}: unknown generated section '{m[1]}'; known: {', '.join(GENERATORS)}")
         return gen().rstrip("\n")
     return MARKER.sub(one, markdown)
+
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "suites" / "suite.schema.json"
+
+
+def main() -> None:
+    """Writes suites/suite.schema.json from the Suite declarations."""
+    SCHEMA_PATH.write_text(suite_schema(), encoding="utf-8")
+    print(f"wrote {SCHEMA_PATH}")
+
+
+if __name__ == "__main__":
+    main()

@@ -12,11 +12,13 @@ import json
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from quantbench.core.errors import UserError
 from quantbench.core.formats import KERNEL_PATHS, LLAMA_KV_TYPES, get_format
+from quantbench.core.keys import check_rules, check_type, field_schema
+from quantbench.core.keys import key as _key
 
 
 @dataclass(frozen=True, order=True)
@@ -59,20 +61,13 @@ class Workload:
 
 OMP_WAIT_POLICIES = ("default", "passive", "active")
 PLACEMENTS = ("spread", "each")
+NOT_OVERRIDABLE = ("model", "models", "model_overrides", "name")  # what [model_overrides] cannot set
 # Where a variant runs does not change what it measures: these keys stay out of suite_hash, so a
 # suite's records compare across executors (each record names its machine: node_kind, host).
 PLACEMENT_KEYS = ("placement", "node_kinds")
 
 _WORKLOAD = re.compile(r"^(?:(?P<load>load)|(?P<kind>pp|tg|ppl)(?P<tokens>\d+)(?:x(?P<batch>\d+))?"
                        r"(?:@d(?P<depth>\d+))?)(?:@t(?P<threads>\d+))?$")
-
-
-def _key(default, doc: str):
-    """Returns a Suite field with its default and its one-line description (docs/suites.md is
-    generated from these; tests/test_docs.py fails on a key without one)."""
-    if isinstance(default, dict):
-        return field(default_factory=dict, metadata={"doc": doc})
-    return field(default=default, metadata={"doc": doc})
 
 
 @dataclass(frozen=True)
@@ -82,53 +77,61 @@ class Suite:
     model: str = _key("embedded:smollm2-135m", "model source: `embedded:smollm2-135m`, `tiny`, a hub "
                       "id, a local HF directory, a `.gguf` file, or `shape:NAME` (random weights)")
     models: tuple[str, ...] = _key((), "several models in one run (a size ladder); each runs the whole "
-                                   "suite, changed by its `model_overrides` table")
+                                   "suite, changed by its `model_overrides` table", unique=True)
     model_overrides: dict[str, dict] = _key({}, "`[model_overrides.\"NAME\"]` tables: suite keys set for "
                                             "one model of `models` (any key but model, models, name)")
     formats: tuple[str, ...] = _key(("fp32", "bf16", "fp16", "bnb-int8", "bnb-nf4"),
-                                    "format names from `quantbench formats`")
-    devices: tuple[str, ...] = _key(("cpu",), "`cpu`, `cuda`, `cuda:N`; crossed with formats")
+                                    "format names from `quantbench formats`", unique=True, non_empty=True,
+                                    fix="name at least one (`quantbench formats` lists them)")
+    devices: tuple[str, ...] = _key(("cpu",), "`cpu`, `cuda`, `cuda:N`; crossed with formats",
+                                    pattern=r"cpu|cuda|cuda:[0-9]+", unique=True, non_empty=True,
+                                    fix="use ['cpu'] or ['cuda']",
+                                    mismatch="unknown device '{first}'; use 'cpu', 'cuda' or 'cuda:N'")
     corpus: str = _key("pydoc", "`pydoc`, `wikitext2` or `file:PATH`")
     threads: int | tuple[int, ...] = _key(0, "CPU threads; 0 = physical cores; a list (`[1, 2]`) sweeps "
                                           "them: workloads get `@t<N>`, peaks are calibrated at each "
-                                          "count, quality runs at the first")
+                                          "count, quality runs at the first", ge=0, unique=True)
     # Throughput (llama-bench's pp/tg): prefill lengths, decode length after a short prompt.
-    prompt_lengths: tuple[int, ...] = _key((128, 512), "prefill workloads `pp<N>` (prefill of N tokens)")
-    gen_tokens: int = _key(64, "decode workload `tg<N>`: tokens decoded after the prompt")
+    prompt_lengths: tuple[int, ...] = _key((128, 512), "prefill workloads `pp<N>` (prefill of N tokens)",
+                                           ge=1, unique=True)
+    gen_tokens: int = _key(64, "decode workload `tg<N>`: tokens decoded after the prompt", ge=2)
     decode_batches: tuple[int, ...] = _key((), "more decode batch sizes (each ≥ 2): `tg<N>x<B>` decodes B "
                                            "copies of the prompt together, tok/s over all B (`+compiled` "
-                                           "twins run batch 1 only)")
+                                           "twins run batch 1 only)", ge=2, unique=True,
+                                           fix="batch 1 is always measured")
     depths: tuple[int, ...] = _key((), "KV-cache depths (llama-bench `-d`): `pp<N>@d<D>` and "
-                                   "`tg<N>@d<D>` run after D tokens are cached by an untimed prefill")
+                                   "`tg<N>@d<D>` run after D tokens are cached by an untimed prefill",
+                                   ge=1, unique=True, fix="depth 0 is always measured")
     cross_batches_depths: bool = _key(False, "also decode every batch at every depth (memory and fill "
                                       "time grow with B × D); otherwise batched decode runs at depth 0")
-    gen_prompt_tokens: int = _key(16, "prompt tokens before the timed decode")
+    gen_prompt_tokens: int = _key(16, "prompt tokens before the timed decode", ge=1)
     # 5: the least that lets the timing gate fire (Mann-Whitney's smallest p at 3 vs 3 is 0.04 > 0.01).
     min_samples: int = _key(5, "repetitions per timing; 5 is the fewest that lets the compare gate fire "
-                            "at p < 0.01 (3 vs 3 samples cannot)")
+                            "at p < 0.01 (3 vs 3 samples cannot)", ge=1)
     time_budget_s: float = _key(20.0, "seconds per timing (timed regions only: a depth point's untimed "
                                 "fill is not charged); a slow kernel stops early and the record says "
-                                "how many samples it timed")
+                                "how many samples it timed", gt=0)
     ci_target: float = _key(0.0, "precision goal of a timing: keep sampling past `min_samples` until the "
                             "95 % CI of the median step time is within ± this fraction of it (`0.03`: "
                             "±3 %), or `max_samples` or `time_budget_s` is reached; 0 = fixed "
-                            "`min_samples` repetitions (llama-bench's `-r`)")
+                            "`min_samples` repetitions (llama-bench's `-r`)", ge=0)
     max_samples: int = _key(1000, "with `ci_target`: the most timed steps (decode) or prompts (prefill) "
-                            "one timing takes")
+                            "one timing takes", ge=1)
     # Quality (llama.cpp perplexity protocol): windows of n_ctx tokens, second half scored.
-    n_ctx: int = _key(512, "perplexity window in tokens (even: its second half is scored)")
-    ppl_windows: int = _key(20, "perplexity windows scored")
+    n_ctx: int = _key(512, "perplexity window in tokens (even: its second half is scored)", ge=8,
+                      multiple_of=2)
+    ppl_windows: int = _key(20, "perplexity windows scored", ge=1)
     quality_budget_s: float = _key(600.0, "seconds per variant for quality; windows are scored in order "
                                    "until it is spent (at least one); a variant cut short is marked "
-                                   "`ppl_partial` and compared on common windows")
-    kld_tokens: int = _key(1024, "reference log-probs kept for KL-divergence")
+                                   "`ppl_partial` and compared on common windows", gt=0)
+    kld_tokens: int = _key(1024, "reference log-probs kept for KL-divergence", ge=0)
     # Calibration for GPTQ/AWQ, taken from corpus tokens after the evaluation windows.
-    calib_samples: int = _key(128, "GPTQ calibration sequences")
-    calib_tokens: int = _key(512, "tokens per GPTQ calibration sequence")
-    awq_calib_samples: int = _key(16, "AWQ calibration sequences")
-    awq_calib_tokens: int = _key(256, "tokens per AWQ calibration sequence")
+    calib_samples: int = _key(128, "GPTQ calibration sequences", ge=1)
+    calib_tokens: int = _key(512, "tokens per GPTQ calibration sequence", ge=1)
+    awq_calib_samples: int = _key(16, "AWQ calibration sequences", ge=1)
+    awq_calib_tokens: int = _key(256, "tokens per AWQ calibration sequence", ge=1)
     group_size: int = _key(128, "GPTQ/AWQ group size; falls back to 64 then 32 when it does not divide "
-                           "the layer widths")
+                           "the layer widths", ge=1)
     # On an H100 auto picks Machete, whose JIT build downloads CUTLASS.
     gptq_kernel: str = _key("auto", "GPTQModel kernel to load GPTQ with (a `BACKEND` value: "
                             "`gptq_marlin`, `gptq_triton`, …); `auto` = what GPTQModel selects; the "
@@ -137,14 +140,17 @@ class Suite:
                            "…); `auto` = what GPTQModel selects")
     kv_types: tuple[str, ...] = _key((), "llama.cpp KV cache types (`f16`, `q8_0`, `q4_0`, `bf16`, "
                                      "`f32`): each `gguf-*` format also runs as `<format>+kv-<type>` per "
-                                     "non-f16 type (K and V in that type, flash attention on)")
+                                     "non-f16 type (K and V in that type, flash attention on)",
+                                     choices=LLAMA_KV_TYPES)
     omp_wait_policy: str = _key("default", "`OMP_WAIT_POLICY` of the worker processes: `default` leaves "
                                 "it unset (OpenMP spins briefly, then sleeps: what users get), `passive` "
                                 "sleeps at once (kind to a shared CI machine; costs up to 3.9× in "
-                                "llama.cpp decode), `active` spins; the caller's own is ignored")
+                                "llama.cpp decode), `active` spins; the caller's own is ignored",
+                                choices=OMP_WAIT_POLICIES)
     kernel_paths: tuple[str, ...] = _key((), "engine kernel paths to cross every format with "
                                          "(`norepack`, `noamx`, `avx2`; see formats): each format whose "
-                                         "backend offers a path also runs as `<format>+path-<p>`")
+                                         "backend offers a path also runs as `<format>+path-<p>`",
+                                         choices=("default", *KERNEL_PATHS))
     kernel_fallback: bool = _key(True, "a worker killed by a signal inside an engine kernel is retried "
                                  "once on the backend's safer path, both outcomes kept; `false`: the "
                                  "crash stays a failure (a CI that must fail loudly)")
@@ -153,67 +159,44 @@ class Suite:
     # Placement on a Ray cluster (`quantbench run --executor ray`; docs/fleet.md). Ignored locally.
     placement: str = _key("spread", "`--executor ray` only: `spread` sends each variant to any node of "
                           "`node_kinds` (dealt round-robin over the kinds) to finish sooner; `each` "
-                          "runs the whole suite on every kind, for a machine comparison in one report")
+                          "runs the whole suite on every kind, for a machine comparison in one report",
+                          choices=PLACEMENTS)
     node_kinds: tuple[str, ...] = _key((), "`--executor ray` only: Ray resources naming node kinds, a "
                                        "custom label (`qb-kind:cpu-amx`) or a GPU type "
                                        "(`accelerator_type:H100`, which also asks for one GPU); empty: "
-                                       "any node that offers a `quantbench-slot`")
+                                       "any node that offers a `quantbench-slot`", pattern="[^:].*:.*[^:]",
+                                       unique=True, mismatch="node_kinds {bad} are not Ray resource labels; "
+                                       "write `qb-kind:NAME` for a CPU kind or `accelerator_type:TYPE` for a GPU")
 
     def __post_init__(self):
         where = f"suite '{self.name}'"
-        if not self.formats:
-            raise UserError(f"{where}: formats is empty; name at least one (`quantbench formats` lists them)")
-        if not self.devices:
-            raise UserError(f"{where}: devices is empty; use ['cpu'] or ['cuda']")
         if isinstance(self.threads, list):
             object.__setattr__(self, "threads", tuple(self.threads))
-        for key in ("formats", "devices", "prompt_lengths", "decode_batches", "depths", "models",
-                    "thread_list", "node_kinds"):
-            seen = getattr(self, key)
-            dup = sorted({x for x in seen if seen.count(x) > 1})
-            if dup:
-                raise UserError(f"{where}: {key} lists {', '.join(map(str, dup))} twice; list each once")
+        for f in dataclasses.fields(self):
+            check_rules(where, f.name, getattr(self, f.name), f.metadata)
+        # What no single key's declaration says: registries, and rules between keys.
         for f in self.formats:
             get_format(f)
-        for d in self.devices:
-            if d != "cpu" and not (d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit())):
-                raise UserError(f"{where}: unknown device '{d}'; use 'cpu', 'cuda' or 'cuda:N'")
-        lows = {"gen_tokens": 2, "min_samples": 1, "n_ctx": 8, "ppl_windows": 1, "calib_samples": 1,
-                "calib_tokens": 1, "group_size": 1, "gen_prompt_tokens": 1, "awq_calib_samples": 1,
-                "awq_calib_tokens": 1, "kld_tokens": 0}
-        for key, low in lows.items():
-            if getattr(self, key) < low:
-                raise UserError(f"{where}: {key} must be >= {low}, got {getattr(self, key)}")
-        if not self.thread_list or any(t < 0 for t in self.thread_list) or \
-                (len(self.thread_list) > 1 and 0 in self.thread_list):
+        if not self.thread_list or (len(self.thread_list) > 1 and 0 in self.thread_list):
             raise UserError(f"{where}: threads must be 0 (physical cores), a count >= 1, or a list of "
                             f"counts >= 1; got {self.threads!r}")
-        if any(d < 1 for d in self.depths):
-            raise UserError(f"{where}: depths must be >= 1 (depth 0 is always measured), "
-                            f"got {list(self.depths)}")
         for m, over in self.model_overrides.items():
             if m not in self.models:
                 raise UserError(f"{where}: [model_overrides] names '{m}', which is not in models "
                                 f"{list(self.models)}; add it there or drop the table")
-            bad = [k for k in over if k in ("model", "models", "model_overrides", "name")]
+            bad = [k for k in over if k in NOT_OVERRIDABLE]
             if bad:
                 raise UserError(f"{where}: [model_overrides.\"{m}\"] cannot set {', '.join(bad)}")
-        if not 0 <= self.ci_target < 1:
+            for k, v in over.items():  # each key's own rules now, not when that model's turn comes
+                if k in _FIELDS:
+                    check_rules(f'{where} [model_overrides."{m}"]', k, tuple(v) if isinstance(v, list) else v,
+                                _FIELDS[k].metadata)
+        if not self.ci_target < 1:
             raise UserError(f"{where}: ci_target must be a fraction in [0, 1) (0.03 = ±3 %; 0 disables), "
                             f"got {self.ci_target}")
         if self.ci_target > 0 and self.max_samples < self.min_samples:
             raise UserError(f"{where}: max_samples ({self.max_samples}) must be >= min_samples "
                             f"({self.min_samples})")
-        for key in ("time_budget_s", "quality_budget_s"):
-            if not getattr(self, key) > 0:
-                raise UserError(f"{where}: {key} must be > 0 seconds, got {getattr(self, key)}")
-        if any(n < 1 for n in self.prompt_lengths):
-            raise UserError(f"{where}: prompt_lengths must be >= 1, got {list(self.prompt_lengths)}")
-        if any(b < 2 for b in self.decode_batches):
-            raise UserError(f"{where}: decode_batches must be >= 2 (batch 1 is always measured), "
-                            f"got {list(self.decode_batches)}")
-        if self.n_ctx % 2:
-            raise UserError(f"{where}: n_ctx must be even (its second half is scored), got {self.n_ctx}")
         for f in self.artifacts:
             try:
                 get_format(f)
@@ -222,25 +205,9 @@ class Suite:
             if get_format(f).backend in ("hf", "bnb"):
                 raise UserError(f"{where}: [artifacts] '{f}': {f} is built at load time from the model; "
                                 "artifacts apply to gptq-*, awq-* and gguf-* formats only")
-        if self.omp_wait_policy not in OMP_WAIT_POLICIES:
-            raise UserError(f"{where}: omp_wait_policy '{self.omp_wait_policy}' unknown; use "
-                            f"{', '.join(OMP_WAIT_POLICIES)}")
-        bad = [p for p in self.kernel_paths if p != "default" and p not in KERNEL_PATHS]
-        if bad:
-            raise UserError(f"{where}: kernel_paths {bad} unknown; use default, "
-                            f"{', '.join(KERNEL_PATHS)}")
-        if self.placement not in PLACEMENTS:
-            raise UserError(f"{where}: placement '{self.placement}' unknown; use {' or '.join(PLACEMENTS)}")
         if self.placement == "each" and not self.node_kinds:
             raise UserError(f"{where}: placement 'each' needs node_kinds, the kinds to compare, e.g. "
                             "node_kinds = [\"qb-kind:cpu-amx\", \"accelerator_type:L4\"]")
-        bad = [k for k in self.node_kinds if ":" not in k or k.startswith(":") or k.endswith(":")]
-        if bad:
-            raise UserError(f"{where}: node_kinds {bad} are not Ray resource labels; write "
-                            "`qb-kind:NAME` for a CPU kind or `accelerator_type:TYPE` for a GPU")
-        bad = [t for t in self.kv_types if t not in LLAMA_KV_TYPES]
-        if bad:
-            raise UserError(f"{where}: kv_types {bad} unknown; use {', '.join(LLAMA_KV_TYPES)}")
 
     def omp_env(self, env: dict) -> dict:
         """Returns env with OMP_WAIT_POLICY as this suite's omp_wait_policy sets it (unset for
@@ -303,44 +270,6 @@ class Suite:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Suite)}
-EMPTY_LIST_ELEM = {"kv_types": str, "kernel_paths": str, "node_kinds": str}
-
-
-# Keys whose default does not show their type: empty lists of strings, int-or-list, tables of tables.
-_STR_LISTS = ("models",)
-
-
-def _check_type(path: str, key: str, value, default):
-    if key == "threads" and isinstance(value, list):
-        default = (1,)
-    if key in _STR_LISTS:
-        default = ("",)
-    if key == "model_overrides":
-        if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
-            raise UserError(f"{path}: key '{key}' must be a table of tables, e.g. "
-                            '[model_overrides."shape:llama-3.2-1b"] formats = ["bf16"]')
-        for m, over in value.items():
-            for k, v in over.items():
-                _check_key(f'{path} [model_overrides."{m}"]', k, v)
-        return
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, tuple):
-        # an empty default holds ints unless listed here
-        elem = type(default[0]) if default else EMPTY_LIST_ELEM.get(key, int)
-        ok = isinstance(value, list) and all(isinstance(v, elem) and not isinstance(v, bool) for v in value)
-    elif isinstance(default, dict):
-        ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
-    else:
-        ok = isinstance(value, str)
-    if not ok:
-        want = {"tuple": "a list", "int": "an integer", "float": "a number", "str": "a string",
-                "dict": "a table of strings", "bool": "true or false"}[type(default).__name__]
-        raise UserError(f"{path}: key '{key}' must be {want}, got {value!r}")
 
 
 def _check_key(where: str, key: str, value):
@@ -349,8 +278,29 @@ def _check_key(where: str, key: str, value):
         close = difflib.get_close_matches(key, list(_FIELDS), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise UserError(f"{where}: unknown key '{key}'{hint}; the keys are listed in docs/suites.md")
-    f = _FIELDS[key]
-    _check_type(where, key, value, f.default if f.default is not dataclasses.MISSING else f.default_factory())
+    check_type(where, _FIELDS[key], value)
+    if key == "model_overrides":
+        for m, over in value.items():
+            for k, v in over.items():
+                _check_key(f'{where} [model_overrides."{m}"]', k, v)
+
+
+def json_schema() -> dict:
+    """Returns the JSON schema of a suite file (draft-04: Taplo, under Even Better TOML, reads
+    that draft):
+    every key of Suite, nothing else. Rules between keys (a format's name is in the registry,
+    [model_overrides] names one of models, ...) are the loader's; the schema helps an editor
+    complete and flag what one key says."""
+    props = {f.name: field_schema(f) for f in dataclasses.fields(Suite)}
+    props["model_overrides"]["additionalProperties"] = {
+        "type": "object", "additionalProperties": False,
+        # copies, not $ref: older Taplo resolves no JSON pointers
+        "properties": {k: json.loads(json.dumps(v)) for k, v in props.items() if k not in NOT_OVERRIDABLE}}
+    return {"$schema": "http://json-schema.org/draft-04/schema#",
+            "title": "quantbench suite",
+            "description": "A quantbench suite file (TOML). Generated from quantbench/core/suite.py by "
+                           "`python -m quantbench.cli.reference`; do not edit.",
+            "type": "object", "additionalProperties": False, "properties": props}
 
 
 def parse_sets(items: list[str]) -> dict:
