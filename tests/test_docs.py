@@ -51,6 +51,11 @@ def test_committed_suite_schema_is_current():
     assert reference.SCHEMA_PATH.read_text(encoding="utf-8") == reference.suite_schema()
 
 
+def test_suites_page_says_how_editors_use_the_schema():
+    text = page("suites.md")
+    assert "#:schema ./suite.schema.json" in text and "suite.schema.json" in text
+
+
 def test_formats_page_documents_every_format_and_kernel_path():
     text = page("formats.md")
     assert [f for f in FORMATS if f != "dummy" and f"`{f}`" not in text] == []
