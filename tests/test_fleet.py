@@ -4,6 +4,7 @@ two fake kinds (custom resources), on 127.0.0.1; the `dummy` format on the `tiny
 The cluster tests skip without Ray (`pip install 'quantbench[fleet]'`; nox installs it); the
 checks of the suite keys, the cluster check and the one-line errors run everywhere.
 """
+import dataclasses
 import os
 import socket
 import sys
@@ -25,6 +26,7 @@ SMALL = Suite(name="fleet", model="tiny", formats=("dummy",), prompt_lengths=(16
               min_samples=2, time_budget_s=1.0, n_ctx=32, ppl_windows=1, quality_budget_s=10.0,
               kld_tokens=16, threads=(1, 2))
 STEP_S = "0.01"  # each dummy forward sleeps this long, so measurements last long enough to overlap
+ADDRESS = ""  # the test cluster's, for a driver in another process
 
 
 def _spans(recs):
@@ -122,6 +124,8 @@ def cluster():
              for kind in KINDS}
     assert c.address.startswith("127.0.0.1:")
     ray.init(address=c.address, logging_level="WARNING")
+    global ADDRESS
+    ADDRESS = c.address
     try:
         yield {kind: n.node_id for kind, n in nodes.items()}
     finally:
@@ -167,3 +171,60 @@ def test_a_kind_no_node_offers_stops_before_anything_runs(cluster, tmp_path):
     with pytest.raises(UserError, match="node kind 'qb-kind:gpu' is offered by no node"):
         fleet.run(SMALL.with_overrides(node_kinds=("qb-kind:gpu",)), tmp_path / "r.jsonl")
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def _idents(recs):
+    return sorted((r["node_kind"], r["format"], r["workload"]) for r in recs)
+
+
+def test_resume_resubmits_only_what_is_missing(cluster, tiny, tmp_path):
+    out = tmp_path / "resume.jsonl"
+    suite = SMALL.with_overrides(placement="each", node_kinds=KINDS)
+    fleet.run(suite, out)
+    full = records.read(out)
+    # as a driver killed mid-run leaves it: kind b never reported, one of a's workloads is lost,
+    # and the last line was cut mid-write
+    kept = [r for r in full if r["node_kind"] == "qb-kind:a" and r["workload"] != "pp16@t2"]
+    out.unlink()
+    records.append(out, kept)
+    with out.open("a") as f:
+        f.write('{"model": "tiny", "torn')
+    arrived = []
+    fleet.run(suite, out, resume=True, after_variant=lambda: arrived.append(len(records.read(out))))
+    recs = records.read(out)
+    assert _idents(recs) == _idents(full)  # every (kind, variant, workload) exactly once
+    assert recs[:len(kept)] == kept  # nothing written is lost or rewritten
+    new = recs[len(kept):]
+    assert {r["run_id"] for r in new} != {r["run_id"] for r in kept}
+    # only what was missing went out: kind b's two variants and the one workload of a's @t2
+    assert _idents(new) == sorted([("qb-kind:a", "dummy", "pp16@t2")]
+                                  + [("qb-kind:b", "dummy", str(w)) for w in SMALL.workloads()])
+    assert len(arrived) == 3 and all(r["status"] == "ok" for r in new)
+
+
+def test_resume_after_a_killed_driver(cluster, tiny, tmp_path):
+    """A driver in its own process, SIGKILLed once its first variant's records are written (Ray
+    ends its tasks with it); --resume here finishes the rest, each record once."""
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "killed.jsonl"
+    suite = SMALL.with_overrides(placement="each", node_kinds=KINDS)
+    code = ("import sys; from quantbench.core.suite import Suite; from quantbench.measure import fleet; "
+            f"fleet.run(Suite(**{dataclasses.asdict(suite)!r}), {str(out)!r}, address={ADDRESS!r})")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    driver = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (out.exists() and records.read(out, quiet=True)) and driver.poll() is None:
+        assert time.monotonic() < deadline, "the driver wrote nothing in 120 s"
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    before = records.read(out, quiet=True)
+    assert 0 < len(before) < 14, "killed before the end"
+    fleet.run(suite, out, resume=True)
+    recs = records.read(out)
+    want = sorted((k, "dummy", str(w)) for k in KINDS for w in SMALL.workloads())
+    assert _idents(recs) == want
+    assert recs[:len(before)] == before

@@ -221,6 +221,7 @@ def _tasks(r: _Run) -> tuple[list[Task], list[Task]]:
     placement. References go first: the variants after them read their log-probs."""
     s = r.suite
     kinds = s.node_kinds or ("",)
+    anywhere = {k[1:] for k in r.done}  # a task for any node: done on whichever node ran it
     first, rest, n = [], [], 0
     for device, fmt_name in runner.plan(s):
         fmt = get_format(fmt_name)
@@ -241,11 +242,25 @@ def _tasks(r: _Run) -> tuple[list[Task], list[Task]]:
                 job = dataclasses.replace(job, reference=Reference(
                     ref_fmt, str(runner.reference_path(r, ref_fmt, device)), "read"))
             on = kinds if s.placement == "each" else (kinds[n % len(kinds)],)
-            n += 1
+            n += 1  # dealt before --resume drops what is done, so a resumed spread deals alike
             for kind in on:
+                ident = (r.model.name, fmt_name, device)
+                left = tuple(w for w in todo if ((kind, *ident, str(w)) if kind else (*ident, str(w)))
+                             not in (r.done if kind else anywhere))
+                if not left:
+                    print(f"[{fmt_name}/{device}{'/' + kind if kind else ''}] already in {r.out.path}, "
+                          "skipped (--resume)", flush=True)
+                    continue
                 kind_base = {**rec_base, "node_kind": kind} if kind else rec_base
-                (first if fmt_name == ref_fmt else rest).append(Task(job, kind, kind_base))
+                (first if fmt_name == ref_fmt else rest).append(
+                    Task(dataclasses.replace(job, workloads=left), kind, kind_base))
     return first, rest
+
+
+def done_key(rec: dict) -> tuple:
+    """Returns what --resume counts as done on a fleet: (node kind, model, format, device,
+    workload), since `each` measures one variant once per kind."""
+    return (rec.get("node_kind") or "", *records.key(rec))
 
 
 def run_variants(r: _Run, after_variant) -> None:
@@ -297,10 +312,10 @@ def _arrived(r: _Run, task: Task, ref) -> list[Task]:
 def run(suite, out_path, address: str | None = None, resume: bool = False, after_variant=None) -> Path:
     """Runs the suite on a Ray cluster (runner.run with Ray tasks as its executor); returns out_path.
     Every check that can fail (Ray installed, cluster reachable, slots and kinds offered) runs first."""
-    if resume:
-        raise UserError("--resume is not supported with --executor ray yet; rerun without --resume "
-                        "(the earlier file moves to previous/)")
     Output(Path(out_path), resume)  # an unwritable --out fails before Ray starts
     ray = connect(address)
     check_cluster(ray.nodes(), suite.node_kinds)
-    return runner.run(suite, out_path, after_variant=after_variant, variants=run_variants)
+    # --resume (after a killed driver, whose tasks Ray ends with it): the local executor's check
+    # of the file (same suite and model) and only the (kind, variant, workload)s not yet ok go out
+    return runner.run(suite, out_path, resume=resume, after_variant=after_variant, variants=run_variants,
+                      done_key=done_key)

@@ -91,27 +91,28 @@ class Output:
         records.append(self.path, recs)
 
 
-def _done(path: Path, suite: Suite, model_names: set[str], env: dict) -> set[tuple]:
-    """Returns the keys already ok in a results file being resumed; refuses, in one line, a file
-    written by another suite, model or machine (its figures would be mixed with these)."""
+def _done(path: Path, suite: Suite, model_names: set[str], env: dict | None, key=records.key) -> set[tuple]:
+    """Returns the key(record)s already ok in a results file being resumed; refuses, in one line,
+    a file written by another suite, model or machine (its figures would be mixed with these).
+    env None: no machine check (a fleet's records come from many machines)."""
     if not path.exists():
         return set()
     recs = records.read(path)
     for r in recs:
         theirs = {k: (r.get("env") or {}).get(k) for k in MACHINE_KEYS}
-        mine = {k: env.get(k) for k in MACHINE_KEYS}
+        mine = {k: (env or {}).get(k) for k in MACHINE_KEYS}
         if r.get("suite_hash") != suite.suite_hash:
             why = f"suite hash {r.get('suite_hash')}, this suite's is {suite.suite_hash}: settings differ"
         elif r["model"] not in model_names:
             why = f"model {r['model']}, not {' or '.join(sorted(model_names))}"
-        elif theirs != mine:
+        elif env is not None and theirs != mine:
             why = "another machine: " + ", ".join(f"{k} {theirs[k]} vs {mine[k]}" for k in MACHINE_KEYS
                                                   if theirs[k] != mine[k])
         else:
             continue
         raise UserError(f"--resume: {path} holds records of another run ({why}); rerun without "
                         "--resume to start a new file (the old one moves to previous/), or pass another --out")
-    return {records.key(r) for r in recs if r["status"] == "ok"}
+    return {key(r) for r in recs if r["status"] == "ok"}
 
 
 def _rotate(path: Path) -> None:
@@ -241,12 +242,14 @@ def _on_sigterm(signum, frame):
 
 
 def run(suite: Suite, out_path: str | os.PathLike, resume: bool = False, after_variant=None,
-        variants=None) -> Path:
+        variants=None, done_key=None) -> Path:
     """Runs every variant of the suite (each of its models in turn), appending records to
     out_path; returns the path. after_variant(): called after each variant's records are written
     (the CLI re-renders its report there, so the first formats can be read while later ones build).
     variants(run, after_variant): the executor of one model's variants; default: this process's
-    own, one worker subprocess at a time (fleet.py's runs them as Ray tasks, calibrating there)."""
+    own, one worker subprocess at a time (fleet.py's runs them as Ray tasks, calibrating there).
+    done_key(record): what --resume counts as done (another executor's key, with no machine check:
+    its records come from many machines)."""
     out_path = Path(out_path)
     out = Output(out_path, resume)
     check_devices(suite.devices)
@@ -254,7 +257,13 @@ def run(suite: Suite, out_path: str | os.PathLike, resume: bool = False, after_v
     subs = suite.per_model()
     models = [resolve(s.model) for s in subs]
     env = records.environment()
-    done = _done(out_path, suite, {m.name for m in models}, env) if resume else set()
+    names = {m.name for m in models}
+    if not resume:
+        done = set()
+    elif done_key:
+        done = _done(out_path, suite, names, None, done_key)
+    else:
+        done = _done(out_path, suite, names, env)
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
