@@ -96,7 +96,8 @@ def test_an_appended_section_renders_after_the_verdict_and_text_is_escaped(tmp_p
     html = render.render_html(df, sections=[sec])
     assert '<h2>Machines</h2>\n<p class="foot">two &lt;hosts&gt; &amp; one file</p>' in html
     heads = re.findall(r"<h2>([^<]*)</h2>", html)
-    assert heads == ["Verdict", "Machines", "Variants", "Skipped and failed", "Plots"]
+    # the synthetic records span two hosts: the formats both ran are compared across them
+    assert heads == ["Verdict", "Machines", "Variants", "Machines compared", "Skipped and failed", "Plots"]
     md = render.render_markdown(df, sections=[sec])
     assert "\n## Machines\n\ntwo <hosts> & one file\n" in md
 

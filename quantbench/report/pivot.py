@@ -344,3 +344,44 @@ def peaks(recs: list[dict]) -> tuple[float | None, dict[str, float]]:
             if c.startswith(("calib.", "peaks.")) or in_env:
                 walk(c, v)
     return bw, flops
+
+
+COMPARED = {"tg": "decode_tok_s", "pp": "prefill_tok_s"}  # the figure a machine comparison shows per kind
+
+
+def machine_of(r: dict) -> str:
+    """Returns the machine a record names: its fleet node kind, else its host (record or env)."""
+    return _text(r.get("node_kind")) or _text(r.get("host")) or _text(r.get("env.host")) or \
+        _text((r.get("env") or {}).get("host") if isinstance(r.get("env"), dict) else None) or ""
+
+
+def machine_comparison(recs: list[dict]) -> list[dict]:
+    """Returns one row per (model, format, workload, machine, device) for every timed workload that
+    ran ok on two machines (or devices) or more: the measured tok/s, the tok/s that machine's
+    roofline predicts, and their ratio (SoL), since each machine has its own peaks. A later record
+    supersedes an earlier one of the same machine; rows are in model, format, workload, machine order."""
+    latest: dict[tuple, dict] = {}
+    for r in sorted(recs, key=lambda r: str(r.get("timestamp") or "")):
+        if r.get("status") != "ok":
+            continue
+        try:
+            kind = Workload.parse(str(r.get("workload"))).kind
+        except ValueError:
+            continue
+        if kind in COMPARED and num(r.get(COMPARED[kind])) is not None:
+            latest[(r["model"], r["format"], r["workload"], machine_of(r), r["device"])] = r
+    by_variant: dict[tuple, list[tuple[str, str, dict]]] = {}
+    for (model, fmt, workload, machine, device), r in latest.items():
+        by_variant.setdefault((model, fmt, workload), []).append((machine, device, r))
+    rows = []
+    for (model, fmt, workload), found in by_variant.items():
+        if len(found) < 2:
+            continue
+        metric = COMPARED[Workload.parse(workload).kind]
+        for machine, device, r in found:
+            rows.append({"model": model, "format": fmt, "device": device, "workload": workload,
+                         "machine": machine, "metric": metric, "measured": num(r[metric]),
+                         "predicted": num(r.get(f"{metric}_predicted")), "sol_frac": sol_frac(r, metric)})
+    rows.sort(key=lambda x: (str(x["model"]), format_order(x["format"]), x["workload"], x["machine"],
+                             str(x["device"])))
+    return rows

@@ -25,6 +25,7 @@ from quantbench.report.pivot import (
     first,
     format_order,
     groups,
+    machine_comparison,
     num,
     peaks,
     pivot,
@@ -482,6 +483,7 @@ def page_sections(df, p, extra: list[Section] = ()) -> list[Section]:
     colors = {f: plots.color_for(i) for i, f in enumerate(sorted(p["format"].unique(), key=format_order))}
     out = [Section("Verdict", tuple(verdict)), *extra,
            Section("Variants", (variants_table(table(p)), *(Para(f, "foot") for f in footnotes(p)))),
+           machine_section(machine_comparison(df.to_dict("records"))),
            Section("Skipped and failed", (Table(
                tuple(Head(h, "s") for h in ("format", "device", "workloads", "status", "reason")),
                tuple(Row(tuple(Cell(str(x), "s") for x in pr)) for pr in problems), id="problems",
@@ -489,6 +491,25 @@ def page_sections(df, p, extra: list[Section] = ()) -> list[Section]:
            arith_section(df, colors),
            Section("Plots", tuple(Figures(heading, tuple(svgs)) for heading, svgs in plot_svgs(df, p)))]
     return [s for s in out if s is not None]
+
+
+def machine_section(rows: list[dict]) -> Section | None:
+    """Returns the machine-comparison section from pivot.machine_comparison's rows: per model,
+    format and workload, each machine's measured and predicted tok/s and SoL; None with no rows."""
+    if not rows:
+        return None
+
+    def fmt(v, spec: str) -> str:
+        return "" if v is None else f"{v:{spec}}"
+
+    text = ("model", "format", "workload", "machine", "device")
+    head = (*(Head(h, "s") for h in text), *(Head(h, right=True) for h in ("measured tok/s", "predicted tok/s", "SoL")))
+    body = tuple(Row(tuple(Cell(str(r[k]), "s") for k in text) + (
+        Cell(fmt(r["measured"], ".1f")), Cell(fmt(r["predicted"], ".1f")), Cell(fmt(r["sol_frac"], ".0%"))))
+        for r in rows)
+    return Section("Machines compared", (
+        Para("The same variant and workload on each machine; predicted and SoL from that machine's own "
+             "calibrated roofline.", "foot"), Table(head, body, id="machines")))
 
 
 def render_html(df, title: str = "", *, p=None, sections: list[Section] = ()) -> str:
@@ -514,7 +535,8 @@ def render_markdown(df, *, p=None, sections: list[Section] = ()) -> str:
     out += [f"- **{k}**: {v}" for k, v in header_facts(df)] + [""]
     out += [x for n in model_notes(df) for x in (f"> **Note:** {n}.", "")]
     out += _summary_lines(p, t, cols)
-    out += [x for s in sections for x in ("", f"## {s.title}", "", tables.markdown(s))]
+    machines = machine_section(machine_comparison(df.to_dict("records")))
+    out += [x for s in [*sections, *filter(None, [machines])] for x in ("", f"## {s.title}", "", tables.markdown(s))]
     details = [(r, details_text(r)) for r in t.to_dict("records")]
     out += [""] + [f"- {r['format']} on {r['device']}" + (f" ({r['host']})" if "host" in r else "")
                    + f": {text}" for r, text in details if text]
