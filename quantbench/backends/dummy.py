@@ -2,7 +2,9 @@
 
 Its knobs for tests: QUANTBENCH_DUMMY_CRASH=<signal number> makes load() kill its own process,
 which is how the runner's crash handling is tested; QUANTBENCH_DUMMY_STEP_S=<seconds> makes every
-forward that long, so fault-injection tests can kill a run in the middle of a variant.
+forward that long, so fault-injection tests can kill a run in the middle of a variant;
+QUANTBENCH_DUMMY_BUILD_S=<seconds> makes build() make a cached artifact that long (once per
+model), so the build steps (a fleet's build tasks, RESPAWN) are tested without a quantizer.
 """
 from __future__ import annotations
 
@@ -17,6 +19,19 @@ from quantbench.backends import Backend
 class DummyBackend(Backend):
     vocab = 1 << 16  # covers every tokenizer the tests use
     rank = 8
+
+    def build(self) -> None:
+        seconds = os.environ.get("QUANTBENCH_DUMMY_BUILD_S")
+        if not seconds:
+            return
+        from quantbench.core import cache
+
+        def make(out):
+            time.sleep(float(seconds))
+            (out / "weights.txt").write_text(f"dummy weights of {self.ctx.model_digest}\n")
+
+        self.build_once(cache.entry("quant", cache.content_key(self.ctx.model_digest, "dummy", seconds)),
+                        "making the dummy artifact", make)
 
     def load(self) -> None:
         sig = os.environ.get("QUANTBENCH_DUMMY_CRASH")

@@ -98,6 +98,11 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("started_at", "str", "", "UTC ISO time (microseconds) the workload's measurement began; with "
        "ended_at, overlapping measurements on one host show from the records alone"),
     _f("ended_at", "str", "", "UTC ISO time (microseconds) the workload's measurement ended"),
+    _f("build_node_id", "str", "", "`--executor ray`: the Ray node whose build task built (or found) "
+       "the variant's artefact"),
+    _f("build_started_at", "str", "", "`--executor ray`: UTC ISO time (microseconds) that build task "
+       "began; with build_ended_at, a build overlapping a measurement on its node shows from the records"),
+    _f("build_ended_at", "str", "", "`--executor ray`: UTC ISO time (microseconds) that build task ended"),
     # how it ran
     _f("backend", "str", "", "backend that ran it (hf, bnb, gptq, gguf, dummy)"),
     _f("kernel", "str", "", "kernel path that ran, named from the engine's own report: llama.cpp:AMX, "

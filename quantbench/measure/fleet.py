@@ -16,10 +16,12 @@ node id, and its measurement's started_at / ended_at.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import socket
 import tempfile
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -28,13 +30,23 @@ from quantbench.core.errors import UserError
 from quantbench.core.formats import REFERENCE_ORDER, get_format
 from quantbench.measure import runner
 from quantbench.measure.runner import RESPAWN, Ended, Output, _Run
-from quantbench.measure.worker import Job, Reference
+from quantbench.measure.worker import BUILD_ONLY_ENV, Job, Reference
 
 SLOT = "quantbench-slot"  # one per measuring node: a host measures one variant at a time
 GPU_KIND = "accelerator_type:"  # Ray's own resource on GPU nodes; such a kind also asks for a GPU
 KIND_PREFIXES = ("qb-kind:", GPU_KIND)
 KIND_ASK = 0.001  # a kind is asked for as a label: the slot, not the kind's count, serializes
+# A build asks for this share of its node's slot: up to 1/BUILD_SLOT builds overlap on a host, and
+# no measurement (which needs the whole slot) starts there while one runs, nor a build during one.
+# A separate build resource could not keep a build off a measuring host; a slot share does.
+BUILD_SLOT = 0.25
 MAX_RETRIES = 1  # Ray-level retry, for a lost node only: a worker's own crash is already a record
+# Ray's memory monitor kills a task's process when its node runs low, and by default retries such a
+# task without limit (and outside max_retries). A variant's footprint is what is measured: the same
+# variant would be killed again, so it fails at once, as a record (set in the driver before ray.init:
+# the owner of a task decides its retries).
+OOM_RETRIES = 0
+POLL_S = 5.0  # how often the driver looks for tasks whose kind lost its last node
 OBJECT_STORE_BYTES = 100 * 2**20  # a local cluster's store: records are all that travel
 INSTALL = "pip install 'quantbench[fleet]'"
 CONNECT_TIMEOUT_S = 5.0
@@ -77,13 +89,17 @@ def connect(address: str | None):
     address = address or os.environ.get("RAY_ADDRESS") or None
     if ray.is_initialized():
         return ray
+    os.environ.setdefault("RAY_task_oom_retries", str(OOM_RETRIES))  # a deliberate setting wins
     if address:
         _check_reachable(address)
         kw = {"address": address}
     else:
         kw = {"resources": {SLOT: 1}, "object_store_memory": OBJECT_STORE_BYTES, "include_dashboard": False}
+    t0 = time.perf_counter()
     try:
         ray.init(**kw, logging_level="WARNING", log_to_driver=True)
+        print(f"[quantbench] ray.init took {time.perf_counter() - t0:.1f} s "
+              f"({'joined ' + address if address else 'a new one-node local cluster'})", flush=True)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise UserError(f"cannot join the Ray cluster at {address or 'a new local cluster'}: "
                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}; check the address "
@@ -111,13 +127,14 @@ def node_kind_of(resources: dict) -> str:
     return next((r for r in sorted(resources) if r.startswith(KIND_PREFIXES)), "")
 
 
-def task_options(kind: str) -> dict:
-    """Returns the Ray task options of a measurement on `kind` ('' = any node with a slot)."""
-    resources = {SLOT: 1}
+def task_options(kind: str, share: float = 1) -> dict:
+    """Returns the Ray task options of a measurement on `kind` ('' = any node with a slot), or of a
+    build with `share` = BUILD_SLOT."""
+    resources = {SLOT: share}
     if kind:
         resources[kind] = KIND_ASK
     # num_cpus=0: the slot is the host's whole CPU; the worker runs the suite's threads itself.
-    return {"num_cpus": 0, "num_gpus": 1 if kind.startswith(GPU_KIND) else 0, "resources": resources,
+    return {"num_cpus": 0, "num_gpus": share if kind.startswith(GPU_KIND) else 0, "resources": resources,
             "max_retries": MAX_RETRIES, "retry_exceptions": False}
 
 
@@ -136,6 +153,16 @@ def overlaps(recs: list[dict]) -> list[tuple[dict, dict]]:
     return out
 
 
+def build_overlaps(recs: list[dict]) -> list[tuple[str, dict]]:
+    """Returns (build node, ok record) pairs where a build task ran on the node while that record
+    was measured there, from the records' build_* and started_at / ended_at fields alone."""
+    spans = {(r["build_node_id"], r["build_started_at"], r["build_ended_at"]) for r in recs
+             if r.get("build_node_id") and r.get("build_started_at") and r.get("build_ended_at")}
+    return [(node, r) for node, b0, b1 in sorted(spans) for r in recs
+            if r.get("status") == "ok" and r.get("ray_node_id") == node and r.get("started_at")
+            and r["started_at"] < b1 and b0 < r.get("ended_at", "")]
+
+
 @dataclasses.dataclass(frozen=True)
 class Measured:
     """What a measurement task hands back: the job as it ran on the node, its records (small, the
@@ -146,40 +173,112 @@ class Measured:
     crash: dict | None = None
 
 
-def measure_on_node(job: Job, kind: str) -> Measured:
-    """Returns the variant measured on this node by the unchanged worker process (the Ray task's
-    body). The job's machine-local parts are made here: the model and corpus from this node's
-    cache, its threads, its calibrated peaks and env block, and the node's fields on every record."""
+def _this_node(kind: str) -> tuple[str, str]:
+    """Returns (this Ray node's id, its kind: `kind`, else the first kind label it offers)."""
     import ray
-
-    from quantbench.inputs.models import resolve
 
     node_id = ray.get_runtime_context().get_node_id()
     if not kind:
         kind = next((node_kind_of(n["Resources"]) for n in ray.nodes() if n["NodeID"] == node_id), "")
-    here = Path(tempfile.mkdtemp(prefix="quantbench-ray-"))
+    return node_id, kind
+
+
+def _on_node(job: Job, kind: str, here: Path, calibrate: bool = True) -> tuple[Job, Measured | None]:
+    """Returns the job made for this node, and what the task returns without running the worker
+    (a model that differs from the driver's, a backend environment missing here) or None. The
+    machine-local parts are made here: the model and corpus from this node's cache, its threads,
+    its calibrated peaks and env block, and the node's fields on every record."""
+    from quantbench.inputs.models import resolve
+
+    node_id, kind = _this_node(kind)
+    model = resolve(job.suite.model)
+    fields = {"node_kind": kind, "ray_node_id": node_id, "host": socket.gethostname()}
+    base = {**job.base, **fields, "env": records.environment()}
+    if model.digest != job.model_digest:
+        why = (f"{model.name} on {socket.gethostname()} differs from the driver's (digest "
+               f"{model.digest[:12]} vs {job.model_digest[:12]}); give every node the same model")
+        return job, Measured(job, [], Ended(1, why))
+    data_path, tokens_path, tok_key = runner.inputs(job.suite, model, here)
+    # threads = 0 means this node's physical cores, not the driver's
+    threads = job.suite.thread_count() if job.suite.thread_list == (0,) else job.threads
+    peaks = runner._peaks(job.device, threads) if calibrate else None  # a build predicts nothing
+    job = dataclasses.replace(
+        job, model_dir=model.dir, data=str(data_path), tokens_path=str(tokens_path), corpus_key=tok_key,
+        threads=threads, reference=_node_reference(job.reference), partial=str(here / "records.jsonl"),
+        base={**base, "peaks": peaks}, peaks=peaks)
+    fmt = get_format(job.format)
+    if fmt.env and envs.python(fmt.env) is None:
+        why = envs.missing_reason(fmt.name, fmt.env)
+        return job, Measured(job, [{**base, "format": fmt.name, "device": job.device, "workload": str(w),
+                                    "status": "skipped", "reason": why, "timestamp": records.now()}
+                                   for w in job.workloads], Ended(0))
+    return job, None
+
+
+@dataclasses.dataclass(frozen=True)
+class Built:
+    """What a build task hands back (a few hundred bytes: the artefact stays in the node's cache):
+    where it built, the artefact's path and build time, or the records of a build that failed or
+    was skipped (then the measurement does not run)."""
+    node_id: str
+    artifact: str = ""
+    build_s: float = 0.0
+    records: tuple = ()
+    reason: str = ""
+    started_at: str = ""
+    ended_at: str = ""
+
+    def fields(self) -> dict:
+        """Returns the record fields that say where and when the build ran."""
+        return {"build_node_id": self.node_id, "build_started_at": self.started_at,
+                "build_ended_at": self.ended_at}
+
+
+def build_on_node(job: Job, kind: str) -> Built:
+    """Returns the variant's artefact built (or found) in this node's cache by the worker process
+    in build-only mode (a build task's body; it measures nothing)."""
+    here = Path(tempfile.mkdtemp(prefix="quantbench-ray-build-"))
     try:
-        model = resolve(job.suite.model)
-        fields = {"node_kind": kind, "ray_node_id": node_id, "host": socket.gethostname()}
-        base = {**job.base, **fields, "env": records.environment()}
-        if model.digest != job.model_digest:
-            why = (f"{model.name} on {socket.gethostname()} differs from the driver's (digest "
-                   f"{model.digest[:12]} vs {job.model_digest[:12]}); give every node the same model")
-            return Measured(job, [], Ended(1, why))
-        data_path, tokens_path, tok_key = runner.inputs(job.suite, model, here)
-        # threads = 0 means this node's physical cores, not the driver's
-        threads = job.suite.thread_count() if job.suite.thread_list == (0,) else job.threads
-        peaks = runner._peaks(job.device, threads)
-        job = dataclasses.replace(
-            job, model_dir=model.dir, data=str(data_path), tokens_path=str(tokens_path), corpus_key=tok_key,
-            threads=threads, reference=_node_reference(job.reference), partial=str(here / "records.jsonl"),
-            base={**base, "peaks": peaks}, peaks=peaks)
-        fmt = get_format(job.format)
-        if fmt.env and envs.python(fmt.env) is None:
-            why = envs.missing_reason(fmt.name, fmt.env)
-            return Measured(job, [{**base, "format": fmt.name, "device": job.device, "workload": str(w),
-                                   "status": "skipped", "reason": why, "timestamp": records.now()}
-                                  for w in job.workloads], Ended(0))
+        job, early = _on_node(job, kind, here, calibrate=False)
+        node_id, _ = _this_node(kind)
+        if early:
+            return Built(node_id, records=tuple(early.records), reason=early.ended.reason)
+        job_path = here / "job.json"
+        job_path.write_text(job.to_json())
+        started = records.instant()
+        ended = runner._spawn(job_path, job, {BUILD_ONLY_ENV: "1"})
+        span = {"started_at": started, "ended_at": records.instant()}
+        partial = Path(job.partial)
+        got = tuple(records.read(partial, quiet=True)) if partial.exists() else ()
+        side = Path(job.partial + ".build.json")
+        done = json.loads(side.read_text()) if side.exists() else {}
+        # a crashed build leaves it to the measurement, which builds again and records the crash
+        return Built(node_id, done.get("artifact") or "", float(done.get("build_s") or 0.0), got, ended.reason,
+                     **span)
+    finally:
+        shutil.rmtree(here, ignore_errors=True)
+
+
+def measure_on_node(job: Job, kind: str, built: Built | None = None) -> Measured:
+    """Returns the variant measured on this node by the unchanged worker process (the Ray task's
+    body), after its build task (`built`, which Ray resolves before it schedules this)."""
+    node_id, _ = _this_node(kind)  # in the temp dir's name: which node measures what, from outside
+    here = Path(tempfile.mkdtemp(prefix=f"quantbench-ray-{node_id[:12]}-"))
+    try:
+        job, early = _on_node(job, kind, here)
+        if early:
+            return early
+        if built and built.records:  # the build failed or was skipped: so is each workload, as it said
+            said = {**built.records[0], **built.fields()}
+            return Measured(job, [{**said, "format": job.format, "threads": job.threads, "workload": str(w),
+                                   "depth": w.depth, "timestamp": records.now()} for w in job.workloads],
+                            Ended(0))
+        if built:
+            job = dataclasses.replace(job, base={**job.base, **built.fields()})
+        if built and built.build_s and Path(built.artifact).exists():
+            # built here (or on a shared cache): the record carries its build time; without the
+            # artefact here, the worker builds it itself and measures in a fresh process
+            Path(job.partial + ".build.json").write_text(json.dumps({"build_s": built.build_s}))
         job_path = here / "job.json"
         job_path.write_text(job.to_json())
         ended = runner._spawn(job_path, job)
@@ -263,27 +362,100 @@ def done_key(rec: dict) -> tuple:
     return (rec.get("node_kind") or "", *records.key(rec))
 
 
+def builds(fmt_name: str) -> bool:
+    """Returns whether the format's backend builds an artefact (overrides Backend.build), so that
+    its variants wait on a build task; a backend that cannot be imported here builds on the node."""
+    from quantbench.backends import Backend, get_backend_class
+
+    try:
+        return get_backend_class(get_format(fmt_name).backend).build is not Backend.build
+    except ImportError:
+        return True
+
+
 def run_variants(r: _Run, after_variant) -> None:
-    """Runs one model's variants as Ray tasks (references first), appending each variant's
-    records to the results file as its task finishes (runner.run's `variants`)."""
+    """Runs one model's variants as Ray tasks (references first), each after its build task,
+    appending each variant's records to the results file as its task finishes (runner.run's
+    `variants`). Every build goes out first: one per (kind, device, artefact), so builds overlap
+    one another while the measurements wait for theirs."""
     import ray
 
-    remote = ray.remote(measure_on_node)
+    remote, build = ray.remote(measure_on_node), ray.remote(build_on_node)
+    _nodes()  # what each node offers while it is alive, to name it in a record once it is lost
     first, rest = _tasks(r)
-    for batch in (first, rest):
-        pending = {remote.options(**task_options(t.kind)).remote(t.job, t.kind): t for t in batch}
-        try:
-            while pending:
-                [ref], _ = ray.wait(list(pending), num_returns=1)
-                task = pending.pop(ref)
-                for retry in _arrived(r, task, ref):
-                    pending[remote.options(**task_options(retry.kind)).remote(retry.job, retry.kind)] = retry
-                after_variant()
-        except KeyboardInterrupt:
-            for ref, task in pending.items():
-                ray.cancel(ref, force=True)
-                runner._collect(task.job, r.out, task.rec_base, runner.INTERRUPTED, got=[])
-            raise
+    built = {}
+    for t in first + rest:
+        key = (t.kind, t.job.device, get_format(t.job.format).base)
+        if key not in built and builds(t.job.format):
+            built[key] = build.options(**task_options(t.kind, BUILD_SLOT)).remote(t.job, t.kind)
+
+    def submit(t: Task):
+        dep = built.get((t.kind, t.job.device, get_format(t.job.format).base)) if not t.job.kernel_fallback else None
+        return remote.options(**task_options(t.kind)).remote(t.job, t.kind, dep)
+
+    try:
+        for batch in (first, rest):
+            pending = {submit(t): t for t in batch}
+            try:
+                while pending:
+                    ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
+                    if not ready:  # a retry (or a task not yet placed) whose kind no live node offers
+                        for ref, why in stranded(pending, _nodes(), SEEN).items():
+                            ray.cancel(ref, force=True)
+                            task = pending.pop(ref)
+                            runner._collect(task.job, r.out, task.rec_base, why, got=[])
+                            after_variant()
+                        continue
+                    task = pending.pop(ready[0])
+                    for retry in _arrived(r, task, ready[0]):
+                        pending[submit(retry)] = retry
+                    after_variant()
+            except KeyboardInterrupt:
+                for ref, task in pending.items():
+                    ray.cancel(ref, force=True)
+                    runner._collect(task.job, r.out, task.rec_base, runner.INTERRUPTED, got=[])
+                raise
+    finally:
+        for ref in built.values():  # a build whose measurements were all stranded
+            ray.cancel(ref, force=True)
+
+
+SEEN: dict[str, dict] = {}  # node id -> its resources when last seen alive (Ray empties a dead node's)
+
+
+def _nodes() -> list[dict]:
+    """Returns ray.nodes(), noting each live node's resources in SEEN."""
+    import ray
+
+    nodes = ray.nodes()
+    SEEN.update({n["NodeID"]: n.get("Resources", {}) for n in nodes if n.get("Alive")})
+    return nodes
+
+
+def _lost(nodes: list[dict], kind: str, seen: dict) -> str:
+    """Returns the dead slotted nodes of a kind ('' = any), named by id and address, for a record;
+    `seen`: their resources while alive."""
+    def res(n):
+        return n.get("Resources") or seen.get(n["NodeID"], {})
+
+    dead = [n for n in nodes if not n.get("Alive") and SLOT in res(n) and (not kind or kind in res(n))]
+    return ", ".join(f"node {n['NodeID'][:12]} at {n.get('NodeManagerAddress', '?')}" for n in dead)
+
+
+def stranded(pending: dict, nodes: list[dict], seen: dict) -> dict:
+    """Returns {task ref: failure reason} for the pending tasks that no live node can run: their
+    kind's last node died (mid-variant, or before it started), so Ray would wait for it forever.
+    `pending`: ref -> Task; `nodes`: ray.nodes(); `seen`: node id -> resources while it was alive."""
+    live = [n["Resources"] for n in nodes if n.get("Alive") and n.get("Resources", {}).get(SLOT)]
+    out = {}
+    for ref, task in pending.items():
+        if any(not task.kind or task.kind in res for res in live):
+            continue
+        lost = _lost(nodes, task.kind, seen)
+        out[ref] = (f"no live node of kind {task.kind or 'any'} is left to run it"
+                    + (f" (lost: {lost}; a variant running there is retried once on another node of "
+                       "its kind, and there was none)" if lost else ""))
+    return out
 
 
 def _arrived(r: _Run, task: Task, ref) -> list[Task]:
@@ -293,8 +465,9 @@ def _arrived(r: _Run, task: Task, ref) -> list[Task]:
 
     try:
         got: Measured = ray.get(ref)
-    except ray.exceptions.RayError as e:  # the node was lost (and its retry too)
-        why = f"Ray task failed: {str(e).splitlines()[0]}"
+    except ray.exceptions.RayError as e:  # the node was lost (and its retry too), or Ray's OOM killer
+        lost = _lost(_nodes(), task.kind, SEEN)
+        why = f"Ray task failed: {str(e).splitlines()[0]}" + (f" (lost: {lost})" if lost else "")
         runner._collect(task.job, r.out, task.rec_base, why, got=[])
         return []
     fmt = get_format(task.job.format)

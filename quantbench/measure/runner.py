@@ -503,7 +503,7 @@ def reference_path(r: _Run, ref_fmt: str | None, device: str) -> Path:
     return cache.entry("reference", f"{ref_key}.npy")
 
 
-def _spawn(job_path: Path, job: Job) -> Ended:
+def _spawn(job_path: Path, job: Job, extra_env: dict | None = None) -> Ended:
     """Runs the worker on a job; returns how it ended (rc RESPAWN: run it again to measure)."""
     fmt = get_format(job.format)
     path = KERNEL_PATHS.get(fmt.kernel_path)
@@ -511,7 +511,8 @@ def _spawn(job_path: Path, job: Job) -> Ended:
     exe, extra = envs.worker_command(fmt.env) if fmt.env else ([sys.executable], {})
     env = job.suite.omp_env({**os.environ, **extra, "TOKENIZERS_PARALLELISM": "false",
                              "OMP_NUM_THREADS": str(job.threads), "QUANTBENCH_RUNNER_PID": str(os.getpid()),
-                             ENGINE_LOG_ENV: job.partial + ".engine.log", **dict(path.env if path else ())})
+                             ENGINE_LOG_ENV: job.partial + ".engine.log", **dict(path.env if path else ()),
+                             **(extra_env or {})})
     ooms = _oom_kills()
     proc = subprocess.Popen([*exe, "-m", "quantbench.measure.worker", str(job_path)], env=env)
     timed_out = False

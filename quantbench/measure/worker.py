@@ -239,6 +239,9 @@ def quiet_import_chatter() -> None:
 
 
 RESPAWN = 75  # exit code: "artifact built, run me again to measure"
+# Set (to 1) by a fleet's build task: the worker builds (or finds) the artifact, writes what it
+# built to JOB.partial + ".build.json" and exits; a measurement task on the same node then loads it.
+BUILD_ONLY_ENV = "QUANTBENCH_BUILD_ONLY"
 
 
 @contextlib.contextmanager
@@ -392,7 +395,10 @@ def main(job_path: str) -> int:
         if backend.info.get("build_s"):
             print(f"{tag} built in {backend.info['build_s']:.1f} s (log: {log})", flush=True)
         built = Path(job.partial + ".build.json")
-        if built.exists():  # built by this variant's previous process
+        if os.environ.get(BUILD_ONLY_ENV) == "1":
+            built.write_text(json.dumps({k: backend.info.get(k) for k in ("artifact", "build_s")}, default=str))
+            return 0
+        if built.exists():  # built by this variant's previous process (or a fleet's build task)
             backend.info.update(json.loads(built.read_text()))
         elif backend.info.get("build_s"):
             # Quantizing grew this process; measure in a fresh one so peak RSS is the serving
