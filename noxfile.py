@@ -1,4 +1,4 @@
-"""nox sessions: tests (CI; it queues docs too), bench, report, docs, lint, perf, parity, gpu.
+"""nox sessions: tests (CI; it queues docs too), bench, report, docs, lint, perf, parity, gpu, fleet.
 
 Installs are pinned here, on the first screen:
 - torch 2.13.0 CPU build (an unpinned torch pulls a multi-GB CUDA build); override with
@@ -185,3 +185,12 @@ def gpu(session: nox.Session) -> None:
     args = list(session.posargs) or ["--suite", "suites/gpu-default.toml"]
     session.run("quantbench", "run", *args, "--device", "cuda", "--out", "results/gpu/latest.jsonl",
                 "--report", "reports/gpu-latest.html")
+
+
+@nox.session(python=PYTHON)
+def fleet(session: nox.Session) -> None:
+    """suites/fleet.toml on a local Ray cluster (a head with no CPUs, one node per node kind, on
+    127.0.0.1) -> results/fleet.jsonl, reports/fleet.html. On a real cluster:
+    `nox -s fleet -- --address HEAD:6379` (docs/fleet.md)."""
+    install(session)
+    session.run("python", "scripts/fleet.py", "demo", *session.posargs, env=CPU_ENV)
