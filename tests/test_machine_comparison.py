@@ -50,3 +50,13 @@ def test_the_section_shows_each_machine_row():
     md = tables.markdown(section).splitlines()
     assert md[-2:] == ["| tiny | gguf-q4_k_m | tg128 | laptop | cpu | 20.0 | 80.0 | 25% |",
                        "| tiny | gguf-q4_k_m | tg128 | qb-kind:amx | cpu | 60.0 | 100.0 | 60% |"]
+
+
+def test_node_kinds_on_one_host_stay_apart_in_the_variants_table():
+    import pandas as pd
+
+    recs = [{**rec(kind, "tg128", tok_s, 100.0), "env.host": "box"} for kind, tok_s in
+            (("qb-kind:a", 60.0), ("qb-kind:b", 30.0))]
+    p = pivot.pivot(pd.DataFrame(recs))
+    assert sorted(zip(p["host"], p["decode_tok_s"], strict=True)) == [("box [qb-kind:a]", 60.0),
+                                                                     ("box [qb-kind:b]", 30.0)]

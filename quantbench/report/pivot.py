@@ -49,6 +49,9 @@ def prepare(df):
         if c not in df:
             df[c] = ""
     df["host"] = df["env.host"].fillna("") if "env.host" in df else ""
+    if "node_kind" in df:  # a fleet's node kinds are machines of their own, even on one host
+        kind = df["node_kind"].fillna("").astype(str)
+        df["host"] = df["host"].astype(str) + kind.map(lambda k: f" [{k}]" if k else "")
     if "timestamp" in df:
         df = df.sort_values("timestamp", kind="stable", na_position="first")
     return df.drop_duplicates(subset=[*VARIANT, "workload"], keep="last")
