@@ -83,6 +83,37 @@ def test_smollm2_weights_bytes():
     assert formulas.weights_bytes(SMOL, 4.3125, 16) == 57_231_360 + 56_693_376 == 113_924_736
 
 
+def test_layout_prices_codes_and_scales_per_group():
+    from quantbench.core.formats import MXFP4, Q8_0, Layout
+
+    assert Q8_0.tensor_bits(576, 576) / 8 == 576 * 576 * 34 / 32 == 352_512  # 34 bytes per 32
+    assert MXFP4.tensor_bits(576, 1536) / 8 == 576 * 1536 * 17 / 32 == 470_016
+    # a scale per row: 32 bits over a 576-wide row, over a 1536-wide one
+    assert Layout(8, 0, 32).tensor_bits(1536, 576) == 1536 * 576 * 8 + 1536 * 32
+    assert Layout(4, 64, 16, 4).tensor_bits(576, 1536) == 576 * 1536 * 4 + 576 * 24 * 20
+    assert Layout(16).tensor_bits(3, 5) == 240  # no groups without a scale
+
+
+def test_smollm2_weights_bytes_per_tensor():
+    # gguf-mxfp4: block linears 106,168,320 x 17/32, tied embeddings 28,311,552 x 34/32 (Q8_0),
+    # norms 35,136 in F32
+    assert formulas.weights_bytes_of(SMOL, FORMATS["gguf-mxfp4"]) == 56_401_920 + 30_081_024 + 140_544
+    # torchao int8: int8 linears + an fp32 scale per output row (4,608 rows of 576 wide and 576
+    # of 1536 per layer, 30 layers), fp32 embeddings and norms
+    assert formulas.weights_bytes_of(SMOL, FORMATS["torchao-int8wo"]) == \
+        106_168_320 + 4 * 5_184 * 30 + 4 * 28_311_552 + 4 * 35_136 == 220_177_152
+    assert formulas.linear_bits_per_weight(SMOL, FORMATS["torchao-int8wo"]) == pytest.approx(8.0469, abs=1e-4)
+    # without a layout: the old two-number price
+    assert formulas.weights_bytes_of(SMOL, FORMATS["gguf-q4_k_m"]) == formulas.weights_bytes(SMOL, 4.85, 16)
+
+
+def test_formats_2026_suite_is_priced_tensor_by_tensor():
+    from quantbench.core.suite import load_suite
+
+    suite = load_suite("suites/formats-2026.toml")
+    assert [f for f in suite.formats if FORMATS[f].layout is None] == []
+
+
 def test_weights_bytes_uses_exact_params_total():
     # 1,000 extra parameters (say biases) stay unquantized: + 2,000 bytes at 16 bits
     exact = ModelShape(**{**SMOL.__dict__, "params_total": 134_516_008})

@@ -105,7 +105,7 @@ def test_predicted_bytes_match_the_artifact(tiny, built, fmt):
     f = get_format(fmt)
     # The quantized linears hold exactly what their layout says (scale per row, or scale+zero per 64).
     assert math.isclose(8 * quantized / LINEAR_PARAMS, f.bits_per_weight, rel_tol=0.01)
-    predicted = formulas.weights_bytes(shape_from_config(tiny.dir), f.bits_per_weight, f.bits_unquantized)
+    predicted = formulas.weights_bytes_of(shape_from_config(tiny.dir), f)
     assert abs(predicted / b.info["artifact_bytes"] - 1) < 0.02, (predicted, b.info["artifact_bytes"])
     assert abs(predicted / b.weights_bytes() - 1) < 0.02, (predicted, b.weights_bytes())
 
@@ -128,17 +128,42 @@ def test_group_size_that_skips_layers_fails_loudly(tiny, tokens_path, fresh_cach
 
 
 def test_mxfp4_gguf_is_mxfp4_throughout(tiny, tokens_path, fp32_ppl, windows, fresh_cache):
-    """llama.cpp's MXFP4_MOE with pure = true on a dense model: every 2-D tensor MXFP4 (17 bytes per
-    32 weights = 4.25 bits), the norms F32; measured on tiny: 15 MXFP4 + 5 F32 tensors."""
+    """llama.cpp's MXFP4_MOE with pure = true on a dense model and token_embd overridden to Q8_0:
+    every decoder 2-D tensor MXFP4 (17 bytes per 32 weights = 4.25 bits), the tied embeddings Q8_0
+    (34 bytes per 32), the norms F32; measured on tiny: 14 MXFP4 + 1 Q8_0 + 5 F32 tensors."""
     pytest.importorskip("llama_cpp")
     b = backend(tiny, tokens_path, "gguf-mxfp4")
     b.build()
-    assert b.info["gguf_type_mix"] == {"MXFP4": 15, "F32": 5}  # 2 layers x 7 + tied embeddings
-    assert b.info["bits_per_weight"] == pytest.approx(17 * 8 / 32, abs=0.01)  # F32 norms: 2881 of 35M
+    assert b.info["gguf_type_mix"] == {"MXFP4": 14, "Q8_0": 1, "F32": 5}  # 2 layers x 7; tied embeddings
+    # bytes: linears 7,077,888 x 17/32, embeddings 28,311,552 x 34/32, norms 2,880 x 4
+    assert b.weights == 7_077_888 * 17 // 32 + EMBED * 34 // 32 + 5 * 576 * 4
+    predicted = formulas.weights_bytes_of(shape_from_config(tiny.dir), get_format("gguf-mxfp4"))
+    assert abs(predicted / b.weights - 1) < 0.02, (predicted, b.weights)
     b.load()
     try:
         assert b.info["kernel"].startswith("llama.cpp:")
         ppl = score_windows(b, windows, budget_s=1e9)["ppl"]
         assert math.isfinite(ppl) and ppl <= fp32_ppl * 1.35, (ppl, fp32_ppl)  # the 4-bit band
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("fmt", ["fp32", "bf16", "bnb-int8", "bnb-nf4"])
+def test_predicted_bytes_match_memory(tiny, tokens_path, fmt):
+    """Formats quantized at load (bitsandbytes) or not at all have no artifact of their own: the
+    per-tensor prediction against the loaded weights, within 2 %. bnb's tables keep the dtype the
+    model was loaded in (fp32 for int8 on CPU, bf16 for NF4), as its backend reports."""
+    import dataclasses
+
+    if fmt.startswith("bnb"):
+        pytest.importorskip("bitsandbytes")
+    b = backend(tiny, tokens_path, fmt)
+    b.load()
+    try:
+        f = get_format(fmt)
+        if not f.embed_layout:
+            f = dataclasses.replace(f, bits_unquantized=b.info["bits_unquantized"])
+        predicted = formulas.weights_bytes_of(shape_from_config(tiny.dir), f)
+        assert abs(predicted / b.weights_bytes() - 1) < 0.02, (predicted, b.weights_bytes())
     finally:
         b.close()

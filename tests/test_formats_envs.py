@@ -75,7 +75,8 @@ def test_build_load_forward_ppl(recs, fmt):
 def test_predicted_bytes_match_the_artifact(tiny, recs, fmt):
     rec, f, memory_bits = recs[(fmt, "ppl128")], get_format(fmt), CASES[fmt][2]
     shape = shape_from_config(tiny.dir)
-    predicted = formulas.weights_bytes(shape, f.bits_per_weight, f.bits_unquantized)
+    predicted = formulas.weights_bytes_of(shape, f)  # tensor by tensor from the format's layout
+    assert rec["weights_bytes_predicted"] == predicted
     assert abs(predicted / rec["artifact_bytes"] - 1) < 0.02, (predicted, rec["artifact_bytes"])
     # OpenVINO keeps the compressed constants in memory; compressed-tensors decompresses to bf16
     in_memory = predicted if memory_bits is None else formulas.weights_bytes(shape, memory_bits, memory_bits)

@@ -73,6 +73,23 @@ def test_type_mix_and_bits(built):
         assert b.info["tokenizer_agree"] == 1.0
 
 
+@pytest.mark.parametrize("fmt", ["gguf-f16", "gguf-q8_0", "gguf-q4_0"])
+def test_predicted_bytes_match_the_file(tiny, built, fmt):
+    """The arithmetic prices each tensor from the format's layout (not from the file): F16 / Q8_0
+    (34 bytes per 32) / Q4_0 (18 per 32) linears, token_embd in F16 / Q8_0 / Q8_0 (llama.cpp's
+    Q6_K for the output tensor falls back to Q8_0 on 576-wide rows), F32 norms; within 2 % of the
+    file's tensor bytes (the file adds its tokenizer to them)."""
+    from quantbench.arith import formulas
+    from quantbench.arith.shapes import shape_from_config
+    from quantbench.core.formats import get_format
+
+    b = built[fmt]
+    predicted = formulas.weights_bytes_of(shape_from_config(tiny.dir), get_format(fmt))
+    assert abs(predicted / b.weights_bytes() - 1) < 0.02, (predicted, b.weights_bytes())
+    if fmt == "gguf-q4_0":
+        assert b.info["gguf_type_mix"] == {"Q4_0": 14, "Q8_0": 1, "F32": 5}
+
+
 def test_second_build_is_a_cache_hit(tiny, built):
     b = GGUFBackend(ctx(tiny, "gguf-q4_k_m"))
     b.build()

@@ -179,6 +179,20 @@ def test_weights_bytes(built, fmt):
 
 
 @pytest.mark.parametrize("fmt", ["gptq-4b", "awq-4b"])
+def test_predicted_bytes_match_the_artifact(tiny, built, fmt):
+    """The arithmetic's per-tensor price (int4 + fp16 scale + 4-bit zero per 64, bf16 embeddings
+    and norms) against the checkpoint's safetensors on disk, within 2 %."""
+    from quantbench.arith import formulas
+    from quantbench.arith.shapes import shape_from_config
+    from quantbench.backends.hf import files_bytes
+    from quantbench.core.formats import get_format
+
+    predicted = formulas.weights_bytes_of(shape_from_config(tiny.dir), get_format(fmt))
+    on_disk = files_bytes(built[fmt].info["artifact"])
+    assert abs(predicted / on_disk - 1) < 0.02, (predicted, on_disk)
+
+
+@pytest.mark.parametrize("fmt", ["gptq-4b", "awq-4b"])
 def test_ppl_close_to_fp32(built, windows, fp32_ppl, fmt):
     ppl = score_windows(built[fmt], windows, budget_s=1e9)["ppl"]
     print(f"{fmt}: ppl {ppl:.1f} vs fp32 {fp32_ppl:.1f}")

@@ -384,6 +384,44 @@ def weights_bytes(s: ModelShape, bits_per_weight: float, bits_unquantized: float
     return round((quantized + (params_total(s) - linear) * bits_unquantized) / 8)
 
 
+def linear_shapes(s: ModelShape) -> list[tuple[int, int]]:
+    """Returns (rows, cols) = (output, input features) of every block matmul of a dense model
+    without MLA: per layer q, k, v, o, then gate, up (gated MLPs) and down."""
+    d, q, kv = s.d_model, s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim
+    mlp = [(s.d_ff, d)] * (2 if s.gated_mlp else 1) + [(d, s.d_ff)]
+    return ([(q, d), (kv, d), (kv, d), (d, q)] + mlp) * s.n_layers
+
+
+def weights_bytes_of(s: ModelShape, fmt) -> int:
+    """Returns bytes of weights priced tensor by tensor from a format's layouts (formats.Layout).
+
+    Each block linear (out x in features) is stored in fmt.layout: codes plus a scale (and zero)
+    per group along its rows, so a per-row scale costs 32/576 bits on a 576-wide row and 32/1536
+    on a 1536-wide one. The embedding table, and an untied lm_head, are in fmt.embed_layout; the
+    rest (norms, biases: params_total minus those) at fmt.other_bits. A format without a layout,
+    an MoE or an MLA model: weights_bytes at bits_per_weight / bits_unquantized.
+    """
+    if fmt.layout is None or s.n_experts or s.kv_lora_rank:
+        return weights_bytes(s, fmt.bits_per_weight, fmt.bits_unquantized)
+    from quantbench.core.formats import Layout
+
+    linears = linear_shapes(s)
+    tables = 1 if s.tied_embeddings else 2
+    embed = fmt.embed_layout or Layout(fmt.bits_unquantized)
+    bits = sum(fmt.layout.tensor_bits(r, c) for r, c in linears) + tables * embed.tensor_bits(s.vocab, s.d_model)
+    rest = params_total(s) - sum(r * c for r, c in linears) - tables * s.vocab * s.d_model
+    return round((bits + rest * (fmt.other_bits or fmt.bits_unquantized)) / 8)
+
+
+def linear_bits_per_weight(s: ModelShape, fmt) -> float:
+    """Returns the effective bits per block-linear weight of fmt's layout on this model (scales and
+    zeros included), else fmt.bits_per_weight."""
+    if fmt.layout is None or s.n_experts or s.kv_lora_rank:
+        return fmt.bits_per_weight
+    linears = linear_shapes(s)
+    return sum(fmt.layout.tensor_bits(r, c) for r, c in linears) / sum(r * c for r, c in linears)
+
+
 def ops_per_byte(peak_flop_s: float, bandwidth_bytes_s: float) -> float:
     """Returns the device's FLOPs:bytes ratio; above it work is compute-bound (Kipply: A100 208)."""
     return peak_flop_s / bandwidth_bytes_s
@@ -539,7 +577,8 @@ def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prom
         # half-precision GEMM (fp16 decode ran at 33 tok/s here while fp16 GEMM managed 2.5
         # GFLOP/s): the dtype's GEMM peak bounds prefill, never below fp32's for decode.
         peak = max(peak, peaks.flop_s["fp32"])
-    w = weights_bytes(s, fmt.bits_per_weight, fmt.bits_unquantized, bits_experts)
+    w = (weights_bytes_of(s, fmt) if bits_experts is None
+         else weights_bytes(s, fmt.bits_per_weight, fmt.bits_unquantized, bits_experts))
     ex = expert_weights_bytes(s, fmt.bits_per_weight if bits_experts is None else bits_experts,
                               fmt.bits_unquantized)
     held = {"pp": depth + n_prompt, "tg": depth + n_prompt + n_gen}.get(kind, n_ctx)
@@ -551,6 +590,7 @@ def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prom
         return kv_bytes(s, t, batch, kv_bytes_per_elem, kv_layout)
 
     out = {"weights_bytes_predicted": w, "kv_cache_bytes_predicted": kv(held), "peak_flop_s": peak,
+           "bits_per_weight_predicted": linear_bits_per_weight(s, fmt),
            "kv_cache_bytes_per_token_predicted": kv_bytes(s, 1, 1, kv_bytes_per_elem, kv_layout),
            "params": params_total(s), "n_layers": s.n_layers}
     if kind == "tg":

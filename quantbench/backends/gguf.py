@@ -223,17 +223,34 @@ def convert_f16(model_dir: str, out: Path, version: str) -> None:
         raise RuntimeError(f"convert_hf_to_gguf.py failed: {r.stderr.strip()[-600:]}")
 
 
+# ftype options after ":" (comma-separated), as llama-quantize's flags: `pure` (--pure: every 2-D
+# tensor in the type's default, no mix), `embd=<type>` (--token-embedding-type), `output=<type>`
+# (--output-tensor-type).
+QUANTIZE_OPTIONS = {"embd": "token_embedding_type", "output": "output_tensor_type"}
+
+
 def quantize(src: Path, dst: Path, ftype: str, threads: int) -> None:
-    """Writes `dst`: `src` quantized to llama.cpp file type `ftype` (Q4_K_M, Q8_0, ...; a ":pure"
-    suffix sets llama-quantize's --pure: every 2-D tensor in the type's default, no mix)."""
+    """Writes `dst`: `src` quantized to llama.cpp file type `ftype` (Q4_K_M, Q8_0, ...; options
+    after ":" as QUANTIZE_OPTIONS, e.g. `MXFP4_MOE:pure,embd=Q8_0`)."""
+    from gguf import GGMLQuantizationType
+
     llama_cpp = _llama_cpp()
     ftype, _, mode = ftype.partition(":")
     const = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}", None)
     if const is None:
         raise UserError(f"llama-cpp-python {_version()} has no file type {ftype}")
-    say(f"[gguf] quantizing {src.name} -> {ftype}{' (pure)' if mode else ''} ({threads} threads) ...")
+    say(f"[gguf] quantizing {src.name} -> {ftype}{f' ({mode})' if mode else ''} ({threads} threads) ...")
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype, params.nthread, params.pure = const, threads, mode == "pure"
+    params.ftype, params.nthread = const, threads
+    for opt in filter(None, mode.split(",")):
+        key, _, tensor_type = opt.partition("=")
+        if key == "pure":
+            params.pure = True
+        elif key in QUANTIZE_OPTIONS and tensor_type in GGMLQuantizationType.__members__:
+            setattr(params, QUANTIZE_OPTIONS[key], GGMLQuantizationType[tensor_type].value)
+        else:
+            raise UserError(f"gguf file type '{ftype}:{mode}': unknown option '{opt}'; use pure, "
+                            f"embd=<type>, output=<type> (llama-cpp-python {_version()})")
     if llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)):
         raise RuntimeError(f"llama_model_quantize {src.name} -> {ftype} failed")
 
@@ -319,7 +336,8 @@ class GGUFBackend(Backend):
                              lambda out: convert_f16(self.ctx.model_dir, out, version))
         if ftype == "F16":
             return f16, fresh
-        return _cached(cache.content_key(f16_key, ftype, version), f"model-{ftype.replace(':', '-')}.gguf",
+        name = "model-" + re.sub(r"[^\w.]", "-", ftype) + ".gguf"
+        return _cached(cache.content_key(f16_key, ftype, version), name,
                        lambda out: quantize(f16, out, ftype, self.ctx.threads))
 
     def build(self) -> None:

@@ -48,7 +48,8 @@ def estimate(model, format_name: str | None, device: str, seq_len: int = 512, ba
     layout = kv_layout or formulas.MLA_KV_LAYOUT_BY_BACKEND.get(fmt.backend, "decompressed")
     peak = formulas.peak_for(peaks, fmt.compute_dtype) * n_devices
     bw = peaks.bandwidth_bytes_s * n_devices
-    w = formulas.weights_bytes(s, fmt.bits_per_weight, fmt.bits_unquantized, bits_experts)
+    w = (formulas.weights_bytes_of(s, fmt) if bits_experts is None
+         else formulas.weights_bytes(s, fmt.bits_per_weight, fmt.bits_unquantized, bits_experts))
     ex = formulas.expert_weights_bytes(s, bits_experts or fmt.bits_per_weight, fmt.bits_unquantized)
     gather = formulas.embedding_gather_bytes(s, fmt.bits_unquantized)
     opts = dict(kv_bytes_per_elem=kv_elem, experts_bytes=ex, layout=layout, gather_bytes=gather)

@@ -17,6 +17,29 @@ REFERENCE_ORDER = ("fp32", "fp16", "gguf-f16", "bf16", "dummy")
 
 
 @dataclass(frozen=True)
+class Layout:
+    """How one weight matrix is stored: `bits` per code, and per group of `group` weights along a
+    row (0: one group per row) `scale_bits` of scale plus `zero_bits` of zero point (none when
+    both are 0). GGUF blocks are groups: Q8_0 = Layout(8, 32, 16), MXFP4 = Layout(4, 32, 8)."""
+    bits: float
+    group: int = 0
+    scale_bits: float = 0
+    zero_bits: float = 0
+
+    def tensor_bits(self, rows: int, cols: int) -> float:
+        """Returns the bits of a rows x cols matrix (rows = output features, cols = input)."""
+        extra = self.scale_bits + self.zero_bits
+        groups = (-(-cols // self.group) if self.group else 1) if extra else 0
+        return rows * cols * self.bits + rows * groups * extra
+
+
+F32, BF16 = Layout(32), Layout(16)
+Q8_0 = Layout(8, 32, 16)  # llama.cpp: 32 int8 + one fp16 scale = 34 bytes per 32 weights
+Q4_0 = Layout(4, 32, 16)  # 16 bytes of nibbles + one fp16 scale = 18 bytes per 32 weights
+MXFP4 = Layout(4, 32, 8)  # OCP MX: 32 E2M1 codes + one E8M0 scale = 17 bytes per 32 weights
+
+
+@dataclass(frozen=True)
 class Format:
     name: str
     backend: str  # key of backends.BACKENDS
@@ -44,6 +67,12 @@ class Format:
     group_size: int = 0
     # The backend environment (envs.ENVS) its worker runs in; "" = the one quantbench runs in.
     env: str = ""
+    # Per-tensor storage, which the arithmetic prices tensor by tensor (formulas.weights_bytes_of):
+    # the blocks' linears, the embedding table (and lm_head, tied or not), and the rest (norms,
+    # biases) at `other_bits`. None: bits_per_weight / bits_unquantized for every tensor alike.
+    layout: Layout | None = None
+    embed_layout: Layout | None = None
+    other_bits: float = 0
 
     @property
     def base(self) -> str:
@@ -51,59 +80,66 @@ class Format:
         return self.name.partition(PATH_SUFFIX)[0].removesuffix(COMPILED).partition(KV_SUFFIX)[0]
 
 
-def _gguf(name: str, ftype: str, bpw: float, caveat: str = "", stores: str = "", group: int = 0) -> Format:
-    # llama.cpp keeps token embeddings in the file's type but norms in F32; the unquantized
-    # share is tiny and counted by the arithmetic from the real tensor list once built.
+def _gguf(name: str, ftype: str, bpw: float, caveat: str = "", stores: str = "", group: int = 0,
+          layout: Layout | None = None, embed: Layout | None = None) -> Format:
+    # llama.cpp keeps norms in F32. With a layout (the 2-D weights' type, token_embd's) the
+    # arithmetic prices the file tensor by tensor; without one (mixes like Q4_K_M, whose per-tensor
+    # fallbacks depend on row widths) it takes the built file's mean density.
     return Format(name, "gguf", "llama-cpp-python", stores or f"GGUF {ftype}", bpw, 16.0,
-                  ("cpu", "cuda"), caveat, ftype, "int8", group_size=group)
+                  ("cpu", "cuda"), caveat, ftype, "int8", group_size=group, layout=layout,
+                  embed_layout=embed or layout, other_bits=32 if layout else 0)
 
 
 FORMATS: dict[str, Format] = {f.name: f for f in [
-    Format("fp32", "hf", "transformers", "float32 weights", 32, 32, ("cpu", "cuda"), param="float32"),
+    Format("fp32", "hf", "transformers", "float32 weights", 32, 32, ("cpu", "cuda"), param="float32",
+           layout=F32, embed_layout=F32, other_bits=32),
     Format("bf16", "hf", "transformers", "bfloat16 weights", 16, 16, ("cpu", "cuda"),
-           param="bfloat16", compute_dtype="bf16"),
+           param="bfloat16", compute_dtype="bf16", layout=BF16, embed_layout=BF16, other_bits=16),
     Format("fp16", "hf", "transformers", "float16 weights", 16, 16, ("cpu", "cuda"),
            "CPUs without fp16 GEMM kernels prefill ~50x slower than bf16; decode (GEMV) is fine",
-           param="float16", compute_dtype="fp16"),
+           param="float16", compute_dtype="fp16", layout=BF16, embed_layout=BF16, other_bits=16),
     # LLM.int8: int8 weights + one fp32 scale per output row (absmax), outliers in fp16 at run time.
     Format("bnb-int8", "bnb", "bitsandbytes", "int8 rows + row scales (LLM.int8)", 8.0, 16,
            ("cpu", "cuda"), "CPU path casts activations to fp16", param="int8",
-           compute_dtype="int8"),
+           compute_dtype="int8", layout=Layout(8, 0, 32)),
     # NF4: 4-bit codes + one absmax per 64 weights, absmax itself 8-bit (double quant off: fp32/64).
     Format("bnb-nf4", "bnb", "bitsandbytes", "NF4 codes, blocksize 64", 4.5, 16,
            ("cpu", "cuda"), "CPU kernel computes in bf16 whatever compute dtype is asked",
-           param="nf4", compute_dtype="bf16"),
+           param="nf4", compute_dtype="bf16", layout=Layout(4, 64, 32)),
     # 4-bit + fp16 scale + 4-bit zero per group of 64: 4 + (16 + 4) / 64 = 4.3125.
     Format("gptq-4b", "gptq", "gptqmodel", "int4 packed, g64 scales/zeros (GPTQ)", 4.3125, 16,
            ("cpu", "cuda"), "group size falls back to the largest of 128/64/32 dividing in_features",
-           param="gptq", compute_dtype="bf16"),
+           param="gptq", compute_dtype="bf16", layout=Layout(4, 64, 16, 4)),
     Format("awq-4b", "gptq", "gptqmodel", "int4 packed, g64 scales/zeros (AWQ)", 4.3125, 16,
            ("cpu", "cuda"), "calibration is slow on CPU; CPU default uses few short samples",
-           param="awq", compute_dtype="bf16"),
-    _gguf("gguf-f16", "F16", 16.0),
-    _gguf("gguf-q8_0", "Q8_0", 8.5),
+           param="awq", compute_dtype="bf16", layout=Layout(4, 64, 16, 4)),
+    _gguf("gguf-f16", "F16", 16.0, layout=BF16),
+    _gguf("gguf-q8_0", "Q8_0", 8.5, layout=Q8_0),
     # Q4_K_M mixes Q4_K and Q6_K; rows not divisible by 256 fall back to Q5_0/Q8_0.
     _gguf("gguf-q4_k_m", "Q4_K_M", 4.85, "mixed types; rows not divisible by 256 fall back"),
-    _gguf("gguf-q4_0", "Q4_0", 4.5),
+    # Q4_0 on the linears; llama.cpp moves the output tensor (token_embd when tied) to Q6_K, which
+    # falls back to Q8_0 on rows not divisible by 256 (576 on SmolLM2).
+    _gguf("gguf-q4_0", "Q4_0", 4.5, layout=Q4_0, embed=Q8_0),
     # MXFP4 (OCP microscaling): 32 E2M1 codes + one E8M0 scale = 17 bytes per 32 weights. llama.cpp's
     # only MXFP4 file type, MXFP4_MOE, puts MXFP4 on expert tensors and Q8_0 on the rest, so a dense
-    # model needs `pure` (every 2-D tensor, token embeddings included, in the default type).
-    _gguf("gguf-mxfp4", "MXFP4_MOE:pure", 4.25, "llama.cpp's MXFP4_MOE with pure = true: a dense "
-          "model would otherwise be all Q8_0; embeddings are MXFP4 too", "GGUF MXFP4, 32-weight blocks, "
-          "E8M0 scale", 32),
+    # model needs `pure` (every 2-D tensor in the default type) and a per-tensor override keeps
+    # token_embd (the tied lm_head) at Q8_0, as llama.cpp's own mixes keep the output tensor.
+    _gguf("gguf-mxfp4", "MXFP4_MOE:pure,embd=Q8_0,output=Q8_0", 4.25, "llama.cpp's MXFP4_MOE with pure "
+          "= true (a dense model would otherwise be all Q8_0); token embeddings / output Q8_0",
+          "GGUF MXFP4, 32-weight blocks, E8M0 scale; embeddings Q8_0", 32, layout=MXFP4, embed=Q8_0),
     # torchao through transformers' TorchAoConfig. int8: one fp32 scale per output row (8 + 32/576
     # on SmolLM2's 576-wide rows, 8 + 32/1536 on down_proj); int4: bf16 scale + zero per 64.
     Format("torchao-int8wo", "torchao", "torchao", "int8 rows + fp32 row scales (weight-only)", 8.05, 32,
-           ("cpu", "cuda"), "eager mode dequantizes the weight on every call", param="int8wo"),
+           ("cpu", "cuda"), "eager mode dequantizes the weight on every call", param="int8wo", layout=Layout(8, 0, 32)),
     Format("torchao-w8a8", "torchao", "torchao", "int8 rows + row scales; activations int8 per token",
-           8.05, 32, ("cpu", "cuda"), "activations quantized per call", param="w8a8", compute_dtype="int8"),
+           8.05, 32, ("cpu", "cuda"), "activations quantized per call", param="w8a8", compute_dtype="int8", layout=Layout(8, 0, 32)),
     Format("torchao-int4wo", "torchao", "torchao", "int4 packed + bf16 scale/zero per 64", 4.5, 16,
            ("cpu", "cuda"), "group 64: at 128 torchao skips SmolLM2's 576-wide layers", param="int4wo",
-           compute_dtype="bf16", group_size=64),
+           compute_dtype="bf16", group_size=64, layout=Layout(4, 64, 16, 16), embed_layout=BF16, other_bits=16),
     # HQQ: 4-bit codes packed 2 per byte + a bf16 scale and zero per group of 64: 4 + 32/64.
     Format("hqq-4b", "hqq", "hqq", "int4 codes + bf16 scale/zero per 64 (HQQ)", 4.5, 16, ("cpu", "cuda"),
            "CPU: dequantized on every call (no fused kernel)", param="4", compute_dtype="bf16",
-           group_size=64),
+           group_size=64, layout=Layout(4, 64, 16, 16), embed_layout=BF16, other_bits=16),
     # OpenVINO weight compression (NNCF, asymmetric): int8 is u8 + an fp16 scale and u8 zero point
     # per output row (8 + 24/576 on SmolLM2's 576-wide rows, 24/1536 on down_proj); int4 is u4 + an
     # fp16 scale and u4 zero point per 64 (4 + 20/64). Either way the tied embeddings are u8 per
@@ -111,11 +147,11 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
     Format("openvino-int8", "openvino", "optimum-intel", "u8 rows + fp16 scale, u8 zero (NNCF, OpenVINO IR)",
            8.035, 8.042, ("cpu",), "CPU plugin defaults: bf16 inference precision where the CPU has "
            "bf16, dynamic int8 activations (group 32), u8 KV cache", param="8", compute_dtype="bf16",
-           env="openvino"),
+           env="openvino", layout=Layout(8, 0, 16, 8), embed_layout=Layout(8, 0, 16, 8), other_bits=32),
     Format("openvino-int4", "openvino", "optimum-intel", "u4 + fp16 scale, u4 zero per 64; embeddings u8 "
            "(NNCF, OpenVINO IR)", 4.3125, 8.042, ("cpu",), "group 64 (576 is not divisible by 128); "
            "CPU plugin defaults as openvino-int8", param="4", compute_dtype="bf16", group_size=64,
-           env="openvino"),
+           env="openvino", layout=Layout(4, 64, 16, 4), embed_layout=Layout(8, 0, 16, 8), other_bits=32),
     # compressed-tensors (llmcompressor, data-free): symmetric, bf16 scales, no zero points. W8A8:
     # 8 + 16/576 per row (16/1536 on down_proj); W4A16: 4 + 16/64. Embeddings stay bf16. On CPU
     # transformers decompresses to dense bf16 on the first forward: the bytes on disk are these,
@@ -123,11 +159,11 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
     Format("ct-w8a8", "compressed-tensors", "llmcompressor", "int8 rows + bf16 scales; activations int8 "
            "per token (compressed-tensors int-quantized)", 8.023, 16, ("cpu", "cuda"),
            "dense (decompressed) in transformers: the int8 kernels are vLLM's", param="w8a8",
-           compute_dtype="bf16", env="compressed-tensors"),
+           compute_dtype="bf16", env="compressed-tensors", layout=Layout(8, 0, 16), embed_layout=BF16, other_bits=16),
     Format("ct-w4a16", "compressed-tensors", "llmcompressor", "int4 packed + bf16 scale per 64 "
            "(compressed-tensors pack-quantized)", 4.25, 16, ("cpu", "cuda"),
            "dense (decompressed) in transformers: the int4 kernels (Marlin/Machete) are vLLM's",
-           param="w4a16", compute_dtype="bf16", group_size=64, env="compressed-tensors"),
+           param="w4a16", compute_dtype="bf16", group_size=64, env="compressed-tensors", layout=Layout(4, 64, 16), embed_layout=BF16, other_bits=16),
     Format("dummy", "dummy", "numpy", "random bigram model (tests)", 32, 32, ("cpu",), param="float32"),
 ]}
 

@@ -239,7 +239,10 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("peaks_spec", "dict", "", "spec-sheet peaks of the GPU (CUDA devices whose name is in the devices table)"),
     _f("params", "int", "", "the model's parameter count (the arithmetic's params_total)"),
     _f("n_layers", "int", "", "the model's decoder layers"),
-    _f("weights_bytes_predicted", "int", "byte", "the arithmetic's weights_bytes"),
+    _f("weights_bytes_predicted", "int", "byte", "the arithmetic's weights_bytes, tensor by tensor from "
+       "the format's layout (formats.Layout) where it has one"),
+    _f("bits_per_weight_predicted", "float", "bit", "effective bits per block-linear weight of the "
+       "format's layout on this model (scales and zeros included)"),
     _f("kv_cache_bytes_predicted", "int", "byte", "the arithmetic's kv_cache_bytes (2·L·H_kv·h·b·T·B)"),
     _f("kv_cache_bytes_per_token_predicted", "float", "byte", "the arithmetic's KV bytes per cached token"),
     _f("prefill_tok_s_predicted", "float", "tok/s", "roofline prefill tok/s"),

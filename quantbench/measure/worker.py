@@ -125,11 +125,13 @@ def _predict(job: Job, shape, info: dict, kind: str, peaks: dict | None = None, 
     from quantbench.arith import formulas, hardware
 
     peaks = hardware.Peaks(**peaks)
-    # The backend knows what it really stored (bnb keeps fp32 embeddings on CPU, a GGUF file
-    # has its own type mix): predict from that layout.
+    # A format with a per-tensor layout is priced from it alone (the embedding table's dtype too,
+    # where the table fixes it); the others take what the backend reports it stored (bnb keeps
+    # fp32 embeddings on CPU, a GGUF of a type without a layout has its own mix).
     fmt = get_format(job.format)
-    fmt = dataclasses.replace(fmt, **{k: info[k] for k in ("bits_per_weight", "bits_unquantized")
-                                      if k in info})
+    keys = () if fmt.embed_layout else ("bits_unquantized",) if fmt.layout else ("bits_per_weight",
+                                                                                  "bits_unquantized")
+    fmt = dataclasses.replace(fmt, **{k: info[k] for k in keys if k in info})
     # The peak its kernels compute at (llama.cpp and bnb's CPU int8 path are not torch GEMMs).
     return formulas.predicted_fields(shape, fmt, peaks, kind, compute_dtypes=compute_dtypes(
         fmt, job.device), kv_bytes_per_elem=info.get("kv_bytes_per_elem", 2), **kw)
