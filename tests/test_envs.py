@@ -60,3 +60,11 @@ def test_unknown_env_names_the_known_ones():
 
     with pytest.raises(UserError, match="unknown backend environment 'nope'"):
         envs.get_env("nope")
+
+
+def test_autoround_missing_env_is_one_line_naming_the_build():
+    fmt = formats.get_format("autoround-4b")
+    reason = envs.missing_reason(fmt.name, fmt.env)
+    assert "\n" not in reason and reason.startswith("autoround-4b runs in the backend environment 'auto-round'")
+    assert "`quantbench env build auto-round`" in reason
+    assert fmt.group_size == 64 and 576 % fmt.group_size == 0  # 128 does not divide SmolLM2's 576

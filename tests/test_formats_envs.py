@@ -27,6 +27,8 @@ CASES = {
     "openvino-int4": ("openvino:CPU FullyConnected brgemm", 1.35, None),
     "ct-w8a8": ("compressed-tensors:dense (decompressed)", 1.02, 16),  # decompressed: bf16 in memory
     "ct-w4a16": ("compressed-tensors:dense (decompressed)", 1.35, 16),
+    # ark (auto-round-lib) repacks the int4 weights for its CPU GEMM and keeps them packed
+    "autoround-4b": ("auto-round:", 1.35, None),
 }
 
 
@@ -41,8 +43,8 @@ def recs(tiny, tmp_path_factory):
     """Records of one run of fp32 and every case whose environment is built, from a cold cache."""
     fmts = ["fp32", *(f for f in CASES if envs.python(get_format(f).env) is not None)]
     if len(fmts) == 1:
-        pytest.skip("neither backend environment is built: `quantbench env build openvino` / "
-                    "`quantbench env build compressed-tensors`")
+        pytest.skip("no backend environment is built: `quantbench env build openvino` / "
+                    "`quantbench env build compressed-tensors` / `quantbench env build auto-round`")
     envs_cache = envs.env_dir(envs.ENVS["openvino"]).parent.parent  # the built envs stay shared
     out = tmp_path_factory.mktemp("run") / "r.jsonl"
     with pytest.MonkeyPatch.context() as mp:
@@ -69,6 +71,11 @@ def test_build_load_forward_ppl(recs, fmt):
     assert {recs[(fmt, w)]["status"] for w in ("pp8", "tg2")} == {"ok"}
     ppl = rec["ppl"]
     assert math.isfinite(ppl) and ppl <= recs[("fp32", "ppl128")]["ppl"] * band
+    if fmt == "autoround-4b":  # a short tune on the corpus, and the kernel auto-round picked
+        assert (rec["calib_iters"], rec["calib_samples"], rec["calib_tokens"]) == (20, 8, 256)
+        assert rec["kernel"] in ("auto-round:ark", "auto-round:torch dequantized per call") or \
+            rec["kernel"].startswith("auto-round:torch dequantized per call"), rec["kernel"]
+        assert any("backend" in line for line in rec["kernel_detail"]["auto_round_log"])
 
 
 @pytest.mark.parametrize("fmt", built_cases())

@@ -47,6 +47,7 @@ BACKENDS = {
     "hqq": "quantbench.backends.hqq:HQQBackend",
     "openvino": "quantbench.backends.openvino:OpenVINOBackend",
     "compressed-tensors": "quantbench.backends.compressed_tensors:CompressedTensorsBackend",
+    "auto-round": "quantbench.backends.autoround:AutoRoundBackend",
     "dummy": "quantbench.backends.dummy:DummyBackend",
 }
 

@@ -56,6 +56,11 @@ ENVS: dict[str, BackendEnv] = {e.name: e for e in [
     BackendEnv("compressed-tensors", ("llmcompressor==0.14.0.1", "compressed-tensors==0.19.0",
                                       "transformers==5.17.0", "torch==2.13.0"),
                "llmcompressor 0.14 pins transformers 5.17; installing it: 39 s, 176 MB"),
+    # auto-round 0.16.1 accepts our transformers (>= 4.38) but brings its own pins of accelerate /
+    # datasets users may not want in the main environment, and auto-round-lib (its `ark` CPU
+    # kernels, 14 MB wheel, needs torch >= 2.13): kept apart so the main environment stays lean.
+    BackendEnv("auto-round", ("auto-round==0.16.1", "auto-round-lib==0.16.0", "torch==2.13.0"),
+               "auto-round 0.16.1 with its ark CPU kernels (auto-round-lib 0.16.0)"),
 ]}
 
 

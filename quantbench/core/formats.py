@@ -164,6 +164,14 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
            "(compressed-tensors pack-quantized)", 4.25, 16, ("cpu", "cuda"),
            "dense (decompressed) in transformers: the int4 kernels (Marlin/Machete) are vLLM's",
            param="w4a16", compute_dtype="bf16", group_size=64, env="compressed-tensors", layout=Layout(4, 64, 16), embed_layout=BF16, other_bits=16),
+    # AutoRound W4A16 (auto-round's own export): int4 packed in int32, an fp16 scale and a packed
+    # 4-bit zero per 64 (4 + 20/64, as GPTQ without g_idx); embeddings and norms bf16. Group 64:
+    # 576 is not divisible by 128. Runs in its own environment.
+    Format("autoround-4b", "auto-round", "auto-round", "int4 packed, g64 fp16 scales + 4-bit zeros "
+           "(AutoRound, auto_round format)", 4.3125, 16, ("cpu", "cuda"), "CPU: a short tune (20 "
+           "iterations per block, 8 x 256 corpus tokens); kernel: auto-round's ark CPU kernels or "
+           "a torch fallback that dequantizes per call", param="4", compute_dtype="bf16", group_size=64,
+           env="auto-round", layout=Layout(4, 64, 16, 4), embed_layout=BF16, other_bits=16),
     Format("dummy", "dummy", "numpy", "random bigram model (tests)", 32, 32, ("cpu",), param="float32"),
 ]}
 

@@ -137,6 +137,7 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("sym", "bool", "", "symmetric quantization (GPTQ/AWQ)"),
     _f("calib_samples", "int", "", "GPTQ/AWQ calibration sequences actually used"),
     _f("calib_tokens", "int", "token", "tokens per calibration sequence"),
+    _f("calib_iters", "int", "", "AutoRound tuning iterations per block"),
     _f("artifact", "str", "", "path of the built or given artifact"),
     _f("build_s", "float", "s", "seconds to build the artifact (0 when cached)", show=_D()),
     _f("backend_env", "str", "", "the backend environment (its own venv) the worker ran in; absent: the main one"),
