@@ -16,9 +16,32 @@ from __future__ import annotations
 
 from quantbench.backends.hf import SavedQuantBackend
 
+# llmcompressor preset schemes for the CUDA formats (data-free: weights only need min-max).
+PRESETS = {"fp8": "FP8_DYNAMIC", "nvfp4": "NVFP4A16"}
+# The kernel vLLM serves each with, by the GPU's compute capability (lowest first): vLLM's
+# compressed-tensors schemes (CompressedTensorsW8A8Int8 / W4A16Sparse24 / WNA16 / W8A8Fp8 /
+# W4A16Fp4 / W4A4Fp4) pick these. Unverified here (no GPU): docs/gpu.md.
+VLLM_KERNELS = {
+    "w8a8": ((75, "cutlass_scaled_mm (int8)"),),
+    "w4a16": ((80, "Marlin (gptq_marlin_gemm)"), (90, "Machete")),
+    "fp8": ((80, "Marlin fp8 (weight-only)"), (89, "cutlass_scaled_mm (fp8)")),
+    "nvfp4": ((80, "Marlin fp4 (weight-only)"), (100, "cutlass_fp4_gemm")),
+}
 
-def scheme(param: str, group_size: int) -> dict:
-    """Returns the llmcompressor config group of a format's param (w8a8 / w4a16)."""
+
+def vllm_kernel(param: str, capability: tuple[int, int]) -> str:
+    """Returns the kernel vLLM runs a compressed-tensors format with on a GPU of this compute
+    capability, or "" when that GPU is below every kernel's minimum."""
+    cc = capability[0] * 10 + capability[1]
+    fits = [name for least, name in VLLM_KERNELS[param] if cc >= least]
+    return fits[-1] if fits else ""
+
+
+def scheme(param: str, group_size: int) -> dict | str:
+    """Returns the llmcompressor config group of a format's param (w8a8 / w4a16), or the name of
+    its preset scheme (fp8 / nvfp4)."""
+    if param in PRESETS:
+        return PRESETS[param]
     weights = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "channel"}
     if param == "w4a16":
         weights = {**weights, "num_bits": 4, "strategy": "group", "group_size": group_size}
@@ -42,8 +65,9 @@ class CompressedTensorsBackend(SavedQuantBackend):
         fmt = self.ctx.format
         self._torch().set_num_threads(self.ctx.threads)
         model = AutoModelForCausalLM.from_pretrained(self.ctx.model_dir, dtype=self.dtype())
-        modifier = QuantizationModifier(config_groups={"group_0": scheme(fmt.param, fmt.group_size)},
-                                        ignore=["lm_head"])
+        group = scheme(fmt.param, fmt.group_size)
+        modifier = (QuantizationModifier(targets="Linear", scheme=group, ignore=["lm_head"]) if isinstance(group, str)
+                    else QuantizationModifier(config_groups={"group_0": group}, ignore=["lm_head"]))
         oneshot(model=model, recipe=[modifier])  # no dataset: a data-free pipeline
         self._check(model, self.ctx.model_dir)
         model.save_pretrained(str(out), save_compressed=True)
@@ -65,8 +89,12 @@ class CompressedTensorsBackend(SavedQuantBackend):
         return model
 
     def kernel_name(self, kernel: str, detail: dict) -> str:
-        """Returns `compressed-tensors:dense (decompressed) (<dense kernel>)`."""
+        """Returns `compressed-tensors:dense (decompressed) (<dense kernel>)`; kernel_detail names the
+        kernel vLLM would serve this artifact with on this GPU (CUDA only)."""
         detail.update(execution="dense (decompressed)", **self.loaded)
+        if self.ctx.device.startswith("cuda"):
+            cap = self._torch().cuda.get_device_capability(self.ctx.device)
+            detail["vllm_kernel"] = vllm_kernel(self.ctx.format.param, cap) or "none for this GPU"
         if self.ctx.format.param == "w8a8":
             detail["activations"] = "int8 per token, quantize-dequantize before the dense matmul"
         return f"compressed-tensors:dense (decompressed) ({kernel})"

@@ -26,6 +26,17 @@ NUMERIC_PROPERTIES = ("INFERENCE_PRECISION_HINT", "DYNAMIC_QUANTIZATION_GROUP_SI
 COMPRESSED_TYPES = ("u8", "i8", "u4", "i4", "nf4", "f8e4m3")
 
 
+def ov_device(device: str) -> str:
+    """Returns OpenVINO's device name for a quantbench device: cpu -> CPU, xpu[:N] -> GPU[.N] (an
+    Intel GPU through OpenVINO's GPU plugin: wired, unverified here); CUDA has no OpenVINO plugin."""
+    kind, _, index = device.partition(":")
+    if kind == "cpu":
+        return "CPU"
+    if kind == "xpu":
+        return f"GPU.{index}" if index else "GPU"
+    raise Skip(f"OpenVINO runs on Intel/AMD CPUs ('cpu') and Intel GPUs ('xpu'), not {device}")
+
+
 class OpenVINOBackend(Backend):
     def _versions(self) -> dict:
         import importlib.metadata
@@ -46,8 +57,7 @@ class OpenVINOBackend(Backend):
     def build(self) -> None:
         from quantbench.core import cache
 
-        if not self.ctx.device.startswith("cpu"):
-            raise Skip("OpenVINO runs on Intel/AMD CPUs and Intel GPUs (device 'GPU'), not CUDA")
+        ov_device(self.ctx.device)  # Skip on CUDA before exporting
         fmt, versions = self.ctx.format, self._versions()
         final = cache.entry("quant", cache.content_key(self.ctx.model_digest, "openvino", fmt.param,
                                                        fmt.group_size, sorted(versions.items())))
@@ -91,8 +101,11 @@ class OpenVINOBackend(Backend):
         from optimum.intel import OVModelForCausalLM
 
         path = self.info["artifact"]
-        self.model = OVModelForCausalLM.from_pretrained(
-            path, ov_config={"INFERENCE_NUM_THREADS": str(self.ctx.threads), "PERFORMANCE_HINT": "LATENCY"})
+        device = ov_device(self.ctx.device)
+        config = {"PERFORMANCE_HINT": "LATENCY"}
+        if device == "CPU":
+            config["INFERENCE_NUM_THREADS"] = str(self.ctx.threads)
+        self.model = OVModelForCausalLM.from_pretrained(path, device=device, ov_config=config)
         self._check(self.model.model, path)
         self.past, self.n_past, self.engine_total_s = None, 0, 0.0
         self._probe_kernels()
@@ -107,7 +120,7 @@ class OpenVINOBackend(Backend):
         fc, detail = Counter(), {}
         for op in request.get_compiled_model().get_runtime_model().get_ops():
             rt = op.get_rt_info()
-            if rt["layerType"].astype(str) == "FullyConnected":
+            if "primitiveType" in rt and rt["layerType"].astype(str) == "FullyConnected":
                 fc[(rt["primitiveType"].astype(str), rt["runtimePrecision"].astype(str))] += 1
         compiled = request.get_compiled_model()
         for p in NUMERIC_PROPERTIES:
@@ -117,6 +130,10 @@ class OpenVINOBackend(Backend):
             except Exception:  # a property this plugin version does not have
                 pass
         detail["fully_connected"] = {f"{prim} ({prec} weights)": n for (prim, prec), n in fc.most_common()}
+        if not fc:  # the GPU plugin names its layers otherwise (unverified here)
+            detail["execution"] = "compressed weights in the GPU plugin's kernels (not named by its runtime graph)"
+            self.info["kernel"], self.info["kernel_detail"] = f"openvino:{ov_device(self.ctx.device)}", detail
+            return
         (prim, prec), _ = fc.most_common(1)[0]
         detail["execution"] = f"{prec} weights decompressed inside the kernel"
         self.info["kernel"] = f"openvino:CPU FullyConnected {prim} ({prec} weights decompressed in kernel)"

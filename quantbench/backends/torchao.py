@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from quantbench.backends.hf import SavedQuantBackend
 
-# ctx.format.param -> (model dtype, torch dtype of activations). int4's CPU kernel takes bf16 only.
+# ctx.format.param -> model dtype on CPU. int4's CPU kernel takes bf16 only; the int8 ones run
+# an fp32 model there. On CUDA every config runs a bf16 model (torchao's GPU kernels take bf16).
 DTYPE = {"int8wo": "float32", "w8a8": "float32", "int4wo": "bfloat16"}
 # Profiler ops that do the quantized matmul, and what they mean for the record.
 FUSED_OPS = {"aten::_int_mm": "int8 x int8 GEMM (torch._int_mm)",
@@ -19,33 +20,44 @@ FUSED_OPS = {"aten::_int_mm": "int8 x int8 GEMM (torch._int_mm)",
              "aten::_weight_int4pack_mm": "fused int4 GEMM (tinygemm)"}
 
 
+def dtype_name(param: str, device: str) -> str:
+    """Returns the torch dtype name the model is loaded in for a torchao format on device."""
+    return "bfloat16" if device.startswith("cuda") else DTYPE[param]
+
+
+def config_spec(param: str, device: str, group_size: int) -> tuple[str, dict]:
+    """Returns (torchao config class, its arguments) for a format on device (cpu, cuda:N).
+
+    CUDA (unverified here): int4 in the tile-packed layout of tinygemm
+    (`aten::_weight_int4pack_mm`); int8 weight-only and W8A8 as on CPU, W8A8 running
+    `torch._int_mm` on cuBLASLt. CPU: int4 in the prototype Int4OpaqueTensor packing
+    (`_weight_int4pack_mm_for_cpu`)."""
+    if param == "int8wo":
+        return "Int8WeightOnlyConfig", {}
+    if param == "w8a8":
+        return "Int8DynamicActivationInt8WeightConfig", {}
+    if device.startswith("cuda"):
+        return "Int4WeightOnlyConfig", {"group_size": group_size, "int4_packing_format": "tile_packed_to_4d"}
+    return "PrototypeInt4WeightOnlyConfig", {"group_size": group_size}
+
+
 class TorchAOBackend(SavedQuantBackend):
     library = "torchao"
     install = "pip install 'torchao>=0.18' (nox installs it with the GPTQ requirements)"
 
     def dtype(self):
-        return getattr(self._torch(), DTYPE[self.ctx.format.param])
+        return getattr(self._torch(), dtype_name(self.ctx.format.param, self.ctx.device))
 
     def quant_config(self):
-        from torchao.quantization import (
-            Int4WeightOnlyConfig,
-            Int8DynamicActivationInt8WeightConfig,
-            Int8WeightOnlyConfig,
-        )
+        import torchao.quantization
         from transformers import TorchAoConfig
 
-        param, group = self.ctx.format.param, self.ctx.format.group_size
-        if param == "int8wo":
-            cfg = Int8WeightOnlyConfig()
-        elif param == "w8a8":
-            cfg = Int8DynamicActivationInt8WeightConfig()
-        elif self.ctx.device.startswith("cuda"):
-            cfg = Int4WeightOnlyConfig(group_size=group, int4_packing_format="tile_packed_to_4d")
-        else:  # the CPU layout (Int4OpaqueTensor) lives in the prototype namespace in 0.18
-            from torchao.prototype.quantization.int4.inference_workflow import PrototypeInt4WeightOnlyConfig
-
-            cfg = PrototypeInt4WeightOnlyConfig(group_size=group)
-        return TorchAoConfig(quant_type=cfg)
+        name, kwargs = config_spec(self.ctx.format.param, self.ctx.device, self.ctx.format.group_size)
+        if name.startswith("Prototype"):  # the CPU layout lives in the prototype namespace in 0.18
+            from torchao.prototype.quantization.int4 import inference_workflow as module
+        else:
+            module = torchao.quantization
+        return TorchAoConfig(quant_type=getattr(module, name)(**kwargs))
 
     def quantized_layers(self, model) -> list[str]:
         import torch

@@ -132,7 +132,8 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
     Format("torchao-int8wo", "torchao", "torchao", "int8 rows + fp32 row scales (weight-only)", 8.05, 32,
            ("cpu", "cuda"), "eager mode dequantizes the weight on every call", param="int8wo", layout=Layout(8, 0, 32)),
     Format("torchao-w8a8", "torchao", "torchao", "int8 rows + row scales; activations int8 per token",
-           8.05, 32, ("cpu", "cuda"), "activations quantized per call", param="w8a8", compute_dtype="int8", layout=Layout(8, 0, 32)),
+           8.05, 32, ("cpu", "cuda"), "activations quantized per call", param="w8a8", compute_dtype="int8",
+           layout=Layout(8, 0, 32)),
     Format("torchao-int4wo", "torchao", "torchao", "int4 packed + bf16 scale/zero per 64", 4.5, 16,
            ("cpu", "cuda"), "group 64: at 128 torchao skips SmolLM2's 576-wide layers", param="int4wo",
            compute_dtype="bf16", group_size=64, layout=Layout(4, 64, 16, 16), embed_layout=BF16, other_bits=16),
@@ -145,11 +146,11 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
     # fp16 scale and u4 zero point per 64 (4 + 20/64). Either way the tied embeddings are u8 per
     # row (NNCF's int8 backup for int4): bits_unquantized 8 + 24/576. Runs in its own environment.
     Format("openvino-int8", "openvino", "optimum-intel", "u8 rows + fp16 scale, u8 zero (NNCF, OpenVINO IR)",
-           8.035, 8.042, ("cpu",), "CPU plugin defaults: bf16 inference precision where the CPU has "
+           8.035, 8.042, ("cpu", "xpu"), "CPU plugin defaults: bf16 inference precision where the CPU has "
            "bf16, dynamic int8 activations (group 32), u8 KV cache", param="8", compute_dtype="bf16",
            env="openvino", layout=Layout(8, 0, 16, 8), embed_layout=Layout(8, 0, 16, 8), other_bits=32),
     Format("openvino-int4", "openvino", "optimum-intel", "u4 + fp16 scale, u4 zero per 64; embeddings u8 "
-           "(NNCF, OpenVINO IR)", 4.3125, 8.042, ("cpu",), "group 64 (576 is not divisible by 128); "
+           "(NNCF, OpenVINO IR)", 4.3125, 8.042, ("cpu", "xpu"), "group 64 (576 is not divisible by 128); "
            "CPU plugin defaults as openvino-int8", param="4", compute_dtype="bf16", group_size=64,
            env="openvino", layout=Layout(4, 64, 16, 4), embed_layout=Layout(8, 0, 16, 8), other_bits=32),
     # compressed-tensors (llmcompressor, data-free): symmetric, bf16 scales, no zero points. W8A8:
@@ -163,7 +164,19 @@ FORMATS: dict[str, Format] = {f.name: f for f in [
     Format("ct-w4a16", "compressed-tensors", "llmcompressor", "int4 packed + bf16 scale per 64 "
            "(compressed-tensors pack-quantized)", 4.25, 16, ("cpu", "cuda"),
            "dense (decompressed) in transformers: the int4 kernels (Marlin/Machete) are vLLM's",
-           param="w4a16", compute_dtype="bf16", group_size=64, env="compressed-tensors", layout=Layout(4, 64, 16), embed_layout=BF16, other_bits=16),
+           param="w4a16", compute_dtype="bf16", group_size=64, env="compressed-tensors",
+           layout=Layout(4, 64, 16), embed_layout=BF16, other_bits=16),
+    # compressed-tensors for vLLM on CUDA (data-free presets; wired, unverified here): FP8_DYNAMIC
+    # is fp8 E4M3 weights + a bf16 scale per row, activations fp8 per token; NVFP4A16 is fp4 E2M1
+    # weights + an fp8 E4M3 scale per 16 (+ one fp32 global scale per tensor): 4 + 8/16 = 4.5.
+    Format("ct-fp8", "compressed-tensors", "llmcompressor", "fp8 E4M3 rows + bf16 scales; activations fp8 "
+           "per token (compressed-tensors float-quantized)", 8.023, 16, ("cuda",), "for vLLM: CUTLASS fp8 "
+           "GEMM on sm89+, Marlin fp8 weight-only on sm80; not run here", param="fp8", compute_dtype="fp16",
+           env="compressed-tensors", layout=Layout(8, 0, 16), embed_layout=BF16, other_bits=16),
+    Format("ct-nvfp4", "compressed-tensors", "llmcompressor", "fp4 E2M1 + fp8 scale per 16 (compressed-"
+           "tensors nvfp4-pack-quantized)", 4.5, 16, ("cuda",), "for vLLM: CUTLASS FP4 GEMM on sm100, "
+           "Marlin FP4 weight-only below; not run here", param="nvfp4", compute_dtype="fp16", group_size=16,
+           env="compressed-tensors", layout=Layout(4, 16, 8), embed_layout=BF16, other_bits=16),
     # AutoRound W4A16 (auto-round's own export): int4 packed in int32, an fp16 scale and a packed
     # 4-bit zero per 64 (4 + 20/64, as GPTQ without g_idx); embeddings and norms bf16. Group 64:
     # 576 is not divisible by 128. Runs in its own environment.

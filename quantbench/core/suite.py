@@ -83,10 +83,12 @@ class Suite:
     formats: tuple[str, ...] = _key(("fp32", "bf16", "fp16", "bnb-int8", "bnb-nf4"),
                                     "format names from `quantbench formats`", unique=True, non_empty=True,
                                     fix="name at least one (`quantbench formats` lists them)")
-    devices: tuple[str, ...] = _key(("cpu",), "`cpu`, `cuda`, `cuda:N`; crossed with formats",
-                                    pattern=r"cpu|cuda|cuda:[0-9]+", unique=True, non_empty=True,
+    devices: tuple[str, ...] = _key(("cpu",), "`cpu`, `cuda`, `cuda:N`, `xpu`/`xpu:N` (an Intel GPU: OpenVINO "
+                                    "formats); crossed with formats",
+                                    pattern=r"cpu|cuda|cuda:[0-9]+|xpu|xpu:[0-9]+", unique=True, non_empty=True,
                                     fix="use ['cpu'] or ['cuda']",
-                                    mismatch="unknown device '{first}'; use 'cpu', 'cuda' or 'cuda:N'")
+                                    mismatch="unknown device '{first}'; use 'cpu', 'cuda', 'cuda:N' or 'xpu' "
+                                             "(an Intel GPU, for OpenVINO formats)")
     corpus: str = _key("pydoc", "`pydoc`, `wikitext2` or `file:PATH`")
     threads: int | tuple[int, ...] = _key(0, "CPU threads; 0 = physical cores; a list (`[1, 2]`) sweeps "
                                           "them: workloads get `@t<N>`, peaks are calibrated at each "
