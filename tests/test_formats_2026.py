@@ -8,7 +8,7 @@ import pytest
 from quantbench.arith import formulas
 from quantbench.arith.shapes import shape_from_config
 from quantbench.backends import Context, Skip, get_backend_class
-from quantbench.core.formats import get_format
+from quantbench.core.formats import Layout, get_format
 from quantbench.core.suite import Suite
 from quantbench.inputs import corpus
 from quantbench.measure.timing import score_windows
@@ -163,6 +163,9 @@ def test_predicted_bytes_match_memory(tiny, tokens_path, fmt):
         f = get_format(fmt)
         if not f.embed_layout:
             f = dataclasses.replace(f, bits_unquantized=b.info["bits_unquantized"])
+        if fmt == "bnb-nf4":  # absmax bf16 where the fused CPU kernel repacked, else fp32
+            assert b.info["weights_layout"] in ([4, 64, 16, 0], [4, 64, 32, 0])
+            f = dataclasses.replace(f, layout=Layout(*b.info["weights_layout"]))
         predicted = formulas.weights_bytes_of(shape_from_config(tiny.dir), f)
         assert abs(predicted / b.weights_bytes() - 1) < 0.02, (predicted, b.weights_bytes())
     finally:

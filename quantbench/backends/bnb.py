@@ -31,6 +31,16 @@ class BnbBackend(HFBackend):
             self.ctx.model_dir, quantization_config=cfg, dtype=dtype, device_map=device_map)
         return model
 
+    def load(self) -> None:
+        """Loads the model (its kernel probe runs a forward) and records the NF4 layout the weights
+        then hold: bitsandbytes' fused CPU NF4 kernel (AVX512_BF16) repacks on the first forward,
+        absmax fp32 -> bf16 (4 + 16/64 bits), elsewhere it stays fp32 (4 + 32/64)."""
+        super().load()
+        qs = next((getattr(p, "quant_state", None) for p in self.model.parameters()
+                   if getattr(p, "quant_state", None) is not None), None)
+        if qs is not None:
+            self.info["weights_layout"] = [4, qs.blocksize, qs.absmax.element_size() * 8, 0]
+
     def kernel_name(self, kernel: str, detail: dict) -> str:
         """Returns `bnb:cpu-<ATen capability>` (bitsandbytes registers its CPU int8 kernel only at
         AVX512 and its fused NF4 one only with AVX512_BF16, asking ATen) or `bnb:cuda-<class>`."""

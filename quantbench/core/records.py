@@ -242,6 +242,9 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("n_layers", "int", "", "the model's decoder layers"),
     _f("weights_bytes_predicted", "int", "byte", "the arithmetic's weights_bytes, tensor by tensor from "
        "the format's layout (formats.Layout) where it has one"),
+    _f("weights_layout", "list[float]", "", "[code bits, group, scale bits, zero bits] of the linears as the loaded "
+       "kernel holds them, where it repacks on load (bnb NF4 on CPU: absmax in bf16); the prediction "
+       "prices from it"),
     _f("bits_per_weight_predicted", "float", "bit", "effective bits per block-linear weight of the "
        "format's layout on this model (scales and zeros included)"),
     _f("kv_cache_bytes_predicted", "int", "byte", "the arithmetic's kv_cache_bytes (2·L·H_kv·h·b·T·B)"),

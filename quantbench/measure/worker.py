@@ -26,7 +26,7 @@ from quantbench import backends
 from quantbench.backends import CONSOLE_FD_ENV, Context, Skip, get_backend_class
 from quantbench.core import cache, envs, records
 from quantbench.core.errors import MissingDependency, UserError
-from quantbench.core.formats import compute_dtypes, get_format
+from quantbench.core.formats import Layout, compute_dtypes, get_format
 from quantbench.core.suite import Suite, Workload
 from quantbench.measure.timing import EnergyMeter, score_windows, time_decode, time_prefill
 
@@ -132,6 +132,8 @@ def _predict(job: Job, shape, info: dict, kind: str, peaks: dict | None = None, 
     keys = () if fmt.embed_layout else ("bits_unquantized",) if fmt.layout else ("bits_per_weight",
                                                                                   "bits_unquantized")
     fmt = dataclasses.replace(fmt, **{k: info[k] for k in keys if k in info})
+    if fmt.layout and info.get("weights_layout"):  # the layout the kernel repacked the linears to
+        fmt = dataclasses.replace(fmt, layout=Layout(*info["weights_layout"]))
     # The peak its kernels compute at (llama.cpp and bnb's CPU int8 path are not torch GEMMs).
     return formulas.predicted_fields(shape, fmt, peaks, kind, compute_dtypes=compute_dtypes(
         fmt, job.device), kv_bytes_per_elem=info.get("kv_bytes_per_elem", 2), **kw)
