@@ -105,7 +105,7 @@ def test_kv_types_axis_expands_gguf_formats():
 # Computed by the suite code before its checks were generated from field metadata (issue 24d):
 # records, the build cache and resume find each other by these, so a re-arrangement must keep them.
 HASHES = {"arith-cpu": "1b15f7938fc1", "ci": "8d5d729f0f1d", "default": "16ea647f3a1a",
-          "formats-2026": "3394ed31314b", "gpu-compiled": "995649d7a9a9", "gpu-default": "9384a7ed1868",
+          "formats-2026": "538c101036d8", "gpu-compiled": "995649d7a9a9", "gpu-default": "9384a7ed1868",
           "gpu-quick": "afb7eadb12f0", "gpu-sweep": "7d4e830547db", "hub-8b": "4091daef5361",
           "kv": "21b4ebba1890", "parity": "4c0cfff08c72", "quick": "b77ec94da5c3"}
 
@@ -170,7 +170,7 @@ def test_every_shipped_suite_validates_against_the_json_schema():
     ('formats = ["bf16", "bf16"]', "formats lists bf16 twice"),
     ("time_budget_s = 0", "time_budget_s must be > 0"),
     ("time_budget_s = true", "key 'time_budget_s' must be a number"),
-    ('devices = ["tpu"]', "unknown device 'tpu'; use 'cpu', 'cuda' or 'cuda:N'"),
+    ('devices = ["tpu"]', "unknown device 'tpu'; use 'cpu', 'cuda', 'cuda:N' or 'xpu'"),
     ('devices = ["cuda:x"]', "unknown device 'cuda:x'"),
     ("decode_batches = [1, 8]", "decode_batches must be >= 2, got [1, 8]; batch 1 is always measured"),
     ('threads = ["2"]', "key 'threads' must be a list of integers"),
