@@ -117,4 +117,5 @@ def test_parity_rows_feed_the_report_and_the_markdown(tmp_path):
     html = render.render_html(records.read_results(*synthetic(tmp_path)), sections=[parity.parity_section(t)])
     sec = html.split("<h2>Parity with the engines&#39; own benchmarks</h2>")[1].split("<h2>")[0]
     assert "<td><b>MISS</b></td>" in sec and "<td>ok</td>" in sec and "|" not in sec
-    assert sec.count("<tr>") == 3 and "1 / the median step." in sec and "a ratio above 1.03 is flagged with where they differ.</p>" in sec
+    assert sec.count("<tr>") == 3 and "1 / the median step." in sec
+    assert "a ratio above 1.03 is flagged with where they differ.</p>" in sec
