@@ -12,10 +12,11 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from quantbench.arith import sol
 from quantbench.core.records import SCHEMA, Field
 from quantbench.report.pivot import first, num
 
-SOL_COLUMNS = ("prefill_sol_frac", "decode_sol_frac", "decode_sol_frac_spec")
+SOL_COLUMNS = tuple(sol.SOL_FIELDS)  # prefill_sol_frac, decode_sol_frac, decode_sol_frac_spec
 ONE_VALUE, EMPTY = "one value", "empty"  # when a column is left out: every row the same, no row has one
 
 
@@ -90,11 +91,7 @@ def field(name: str, hide: str = "", schema: dict[str, Field] = SCHEMA) -> Colum
 def sol_suspect(r: dict) -> str:
     """Returns why a row's speed-of-light fractions cannot be trusted ('' when they can): the
     record's own flag, or (records older than that flag) a fraction above 1."""
-    if isinstance(r.get("sol_suspect_reason"), str) and r["sol_suspect_reason"]:
-        return r["sol_suspect_reason"]
-    over = [f"{c} {r[c]:.2f}" for c in SOL_COLUMNS if (num(r.get(c)) or 0) > 1]
-    return (f"{', '.join(over)} above 1: faster than its roofline, so the peaks it was computed "
-            "from read low" if over else "")
+    return sol.suspect_reason(r)
 
 
 def _derived(name, header, fmt, reads, value, meaning) -> Column:

@@ -4,14 +4,15 @@ calibrated peaks, and the verdicts drawn from them. Pure data in, data out; repo
 
 Δppl compares a variant with the reference format on the windows both scored (the common prefix
 of their `window_nll` lists), since a variant may stop early when its time budget runs out.
-A speed-of-light fraction is measured ÷ predicted tok/s (arith.predicted_fields: the roofline
-min(compute, bandwidth) time); when a record lacks it but carries both figures, it is computed here.
+A speed-of-light fraction is measured ÷ predicted tok/s (arith.sol, the one place that computes it,
+also for a record that lacks it but carries both figures).
 """
 from __future__ import annotations
 
 import math
 import numbers
 
+from quantbench.arith.sol import sol_frac
 from quantbench.core.formats import COMPILED, FORMATS, REFERENCE_ORDER
 from quantbench.core.suite import Workload
 
@@ -69,15 +70,6 @@ def _roof_point(r: dict, n_tokens: float, tok_s) -> tuple[float, float] | None:
     return None if ai is None else (ai, flops * tok_s)
 
 
-def sol_frac(r: dict, measured: str) -> float | None:
-    """Returns r's speed-of-light fraction for `measured` (prefill_tok_s or decode_tok_s): the
-    recorded *_sol_frac, else measured ÷ *_predicted when the record carries both."""
-    frac = num(r.get(measured.replace("_tok_s", "_sol_frac")))
-    if frac is None and num(r.get(measured)) and num(r.get(f"{measured}_predicted")):
-        frac = r[measured] / r[f"{measured}_predicted"]
-    return frac
-
-
 def _variant_row(key: tuple, recs: list[dict]) -> dict:
     """Returns one table row from every workload record of one variant."""
     row = dict(zip(VARIANT, key, strict=True))
@@ -127,7 +119,7 @@ def _variant_row(key: tuple, recs: list[dict]) -> dict:
         row[f"prefill_tok_s@pp{n}"] = num(r.get("prefill_tok_s"))
         pt = _roof_point(r, num(r.get("n_prompt")) or n, r.get("prefill_tok_s"))
         row["roof_points"] += [("prefill", *pt)] if pt else []
-        frac = sol_frac(r, "prefill_tok_s")
+        frac = sol_frac(r, "prefill_sol_frac")
         if frac is not None:
             row["prefill_sol_frac"], row["prefill_sol_workload"] = frac, f"pp{n}"
         row["prefill_bound"] = _text(r.get("bound")) or row["prefill_bound"]
@@ -138,10 +130,10 @@ def _variant_row(key: tuple, recs: list[dict]) -> dict:
                 "decode_p90_s", "decode_p99_s", "decode_samples_s", "engine_decode_s", "harness_decode_s",
                 "decode_energy_j_per_tok", "decode_power_w", "gpu_idle_w", "energy_reason"):
         row[col] = tg.get(col)
-    row["decode_sol_frac"] = sol_frac(tg, "decode_tok_s")
-    row["decode_sol_frac_spec"] = num(tg.get("decode_sol_frac_spec"))
+    row["decode_sol_frac"] = sol_frac(tg, "decode_sol_frac")
+    row["decode_sol_frac_spec"] = sol_frac(tg, "decode_sol_frac_spec")
     row["decode_bound"] = _text(tg.get("bound"))
-    row["sol_suspect_reason"] = first(recs, "sol_suspect_reason")  # worker._sol: roofline inputs read low
+    row["sol_suspect_reason"] = first(recs, "sol_suspect_reason")  # arith.sol: roofline inputs read low
     row["ttft_s"] = tg.get("ttft_s") if num(tg.get("ttft_s")) else first(recs, "ttft_s")
     pt = _roof_point(tg, 1, tg.get("decode_tok_s")) if tg else None
     row["roof_points"] += [("decode", *pt)] if pt else []
