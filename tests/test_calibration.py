@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from quantbench.arith import hardware
+from quantbench.arith import hardware, sol
 from quantbench.arith.hardware import GiB, Peaks
-from quantbench.measure import runner, worker
+from quantbench.measure import runner
 
 
 @pytest.fixture
@@ -149,21 +149,19 @@ def _rec(**kw):
 
 def test_sol_above_one_is_flagged_with_its_reason():
     rec = _rec(decode_tok_s=130.0, decode_tok_s_predicted=100.0)
-    worker._sol(rec)
+    rec.update(sol.sol_fields(rec))
     assert rec["decode_sol_frac"] == 1.3 and rec["sol_suspect"] is True
     assert rec["sol_suspect_reason"].startswith("decode_sol_frac 1.30 > 1: faster than the "
                                                 "calibrated roofline")
     ok = _rec(prefill_tok_s=50.0, prefill_tok_s_predicted=100.0)
-    worker._sol(ok)
+    ok.update(sol.sol_fields(ok))
     assert ok["prefill_sol_frac"] == 0.5 and ok["sol_suspect"] is False and ok["sol_suspect_reason"] == ""
     busy = {"peaks": {"suspect": "other processes used 40% of the CPUs"}, "decode_tok_s": 50.0,
             "decode_tok_s_predicted": 100.0}
-    worker._sol(busy)
+    busy.update(sol.sol_fields(busy))
     assert busy["sol_suspect"] is True
     assert busy["sol_suspect_reason"] == "calibration suspect: other processes used 40% of the CPUs"
-    nothing = _rec(ppl=12.0)
-    worker._sol(nothing)
-    assert "sol_suspect" not in nothing  # no SoL, nothing to flag
+    assert sol.sol_fields(_rec(ppl=12.0)) == {}  # no SoL, nothing to flag
 
 
 def test_report_marks_suspect_sol(tmp_path):

@@ -7,9 +7,10 @@ import pytest
 
 from quantbench.arith import formulas
 from quantbench.arith.shapes import shape_from_config
-from quantbench.backends import Context, Skip, get_backend_class
+from quantbench.backends import Skip, get_backend_class
 from quantbench.core.formats import Layout, get_format
 from quantbench.core.suite import Suite
+from quantbench.core.variant import Variant
 from quantbench.inputs import corpus
 from quantbench.measure.timing import score_windows
 
@@ -44,8 +45,8 @@ def fresh_cache(tiny, tokens_path, tmp_path_factory):
 
 def backend(tiny, tokens_path, fmt: str):
     f = get_format(fmt)
-    ctx = Context(tiny.name, tiny.dir, tiny.digest, f, "cpu", SUITE.thread_count(), SUITE, tokens_path,
-                  SUITE.n_ctx * SUITE.ppl_windows, corpus_key=SUITE.corpus)
+    ctx = Variant(tiny.name, tiny.dir, tiny.digest, f, "cpu", SUITE.thread_count(), SUITE,
+                  tokens_path=tokens_path, calib_start=SUITE.n_ctx * SUITE.ppl_windows, corpus_key=SUITE.corpus)
     return get_backend_class(f.backend)(ctx)
 
 

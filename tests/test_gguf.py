@@ -8,11 +8,11 @@ import pytest
 pytest.importorskip("llama_cpp", reason="llama_cpp not installed; install quantbench[gguf]")
 pytest.importorskip("gguf", reason="gguf not installed; install quantbench[gguf]")
 
-from quantbench.backends import Context  # noqa: E402
 from quantbench.backends.gguf import GGUFBackend  # noqa: E402
 from quantbench.backends.hf import HFBackend  # noqa: E402
 from quantbench.core.formats import get_format  # noqa: E402
 from quantbench.core.suite import Suite  # noqa: E402
+from quantbench.core.variant import Variant  # noqa: E402
 from quantbench.measure.timing import score_windows  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -40,8 +40,8 @@ def windows(tiny):
     return corpus.windows(ids, SUITE.n_ctx, SUITE.ppl_windows, corpus.bos_first(tiny.dir))
 
 
-def ctx(tiny, fmt: str) -> Context:
-    return Context(tiny.name, tiny.dir, tiny.digest, get_format(fmt), "cpu", 2, SUITE)
+def ctx(tiny, fmt: str) -> Variant:
+    return Variant(tiny.name, tiny.dir, tiny.digest, get_format(fmt), "cpu", 2, SUITE)
 
 
 @pytest.fixture(scope="module")

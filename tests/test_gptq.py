@@ -11,12 +11,12 @@ import pytest
 
 pytest.importorskip("gptqmodel", reason="gptqmodel not installed; install quantbench[gptq]")
 
-from quantbench.backends import Context  # noqa: E402
 from quantbench.backends.gptq import GPTQBackend, kernel_backend, pick_group_size  # noqa: E402
 from quantbench.backends.hf import HFBackend  # noqa: E402
 from quantbench.core.errors import UserError  # noqa: E402
 from quantbench.core.formats import get_format  # noqa: E402
 from quantbench.core.suite import Suite  # noqa: E402
+from quantbench.core.variant import Variant  # noqa: E402
 from quantbench.inputs import corpus  # noqa: E402
 from quantbench.measure.timing import score_windows  # noqa: E402
 
@@ -52,9 +52,10 @@ def fresh_cache(tiny, tokens_path, tmp_path_factory):
         yield
 
 
-def ctx(tiny, tokens_path, fmt: str) -> Context:
-    return Context(tiny.name, tiny.dir, tiny.digest, get_format(fmt), "cpu", SUITE.thread_count(),
-                   SUITE, tokens_path, SUITE.n_ctx * SUITE.ppl_windows, corpus_key=SUITE.corpus)
+def ctx(tiny, tokens_path, fmt: str) -> Variant:
+    return Variant(tiny.name, tiny.dir, tiny.digest, get_format(fmt), "cpu", SUITE.thread_count(),
+                   SUITE, tokens_path=tokens_path, calib_start=SUITE.n_ctx * SUITE.ppl_windows,
+                   corpus_key=SUITE.corpus)
 
 
 @pytest.fixture(scope="module")

@@ -1,18 +1,18 @@
 """The CUDA paths. The compiled-decode logic is checked on the CPU; the rest needs a GPU."""
 import pytest
 
-from quantbench.backends import Context
 from quantbench.backends.hf import HFBackend
 from quantbench.core import records
 from quantbench.core.formats import get_format
 from quantbench.core.suite import Suite
+from quantbench.core.variant import Variant
 from quantbench.measure import runner
 
 
 def _greedy(model, device, compiled, n=12):
     s = Suite(model="tiny", prompt_lengths=(32,), n_ctx=64, gen_tokens=16)
     fmt = get_format("fp32+compiled" if compiled else "fp32")
-    b = HFBackend(Context("tiny", model.dir, model.digest, fmt, device, 2, s))
+    b = HFBackend(Variant("tiny", model.dir, model.digest, fmt, device, 2, s))
     b.load()
     out = [b.prefill(list(range(1, 17)))]
     for _ in range(n):

@@ -228,13 +228,13 @@ def test_in_process_load_avoids_a_crashing_path(tmp_path, monkeypatch):
     """pytest, a notebook: a process whose crash costs more than a variant probes the default path
     in a child first and loads the safer one when the child dies."""
     pytest.importorskip("llama_cpp")
-    from quantbench.backends import Context
     from quantbench.backends.gguf import GGUFBackend, extra_bufts_crash
+    from quantbench.core.variant import Variant
     from quantbench.inputs.models import resolve
 
     tiny = resolve("tiny")
     s = Suite(name="inproc", formats=("gguf-q8_0",), n_ctx=64, prompt_lengths=(16,), gen_tokens=2)
-    b = GGUFBackend(Context(tiny.name, tiny.dir, tiny.digest, get_format("gguf-q8_0"), "cpu", 2, s))
+    b = GGUFBackend(Variant(tiny.name, tiny.dir, tiny.digest, get_format("gguf-q8_0"), "cpu", 2, s))
     b.build()
     assert extra_bufts_crash(b.path, 2) is False  # this machine: the default path runs
     monkeypatch.setenv("QUANTBENCH_TEST_CRASH", "gguf:default")
@@ -268,8 +268,8 @@ class _FakeNvml:
 
 
 def test_energy_per_token_is_net_of_idle(monkeypatch):
-    from quantbench.backends import Context
     from quantbench.backends.dummy import DummyBackend
+    from quantbench.core.variant import Variant
     from quantbench.measure import timing
 
     fake = _FakeNvml(60.0)
@@ -278,7 +278,7 @@ def test_energy_per_token_is_net_of_idle(monkeypatch):
     meter = timing.EnergyMeter("cuda:0")
     assert meter.reason == "" and meter.measure_idle() == pytest.approx(60.0, rel=0.05)
     fake.watts = 260.0  # the card under load draws 200 W above idle
-    b = DummyBackend(Context("m", "", "", get_format("dummy"), "cpu", 1, Suite(formats=("dummy",))))
+    b = DummyBackend(Variant("m", "", "", get_format("dummy"), "cpu", 1, Suite(formats=("dummy",))))
     b.load()
     out = timing.time_decode(b, [1, 2, 3], 12, 3, 5.0, energy=meter)
     step_s = sum(out["decode_samples_s"]) / out["decode_tokens_timed"]

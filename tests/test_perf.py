@@ -8,11 +8,11 @@ import pytest
 
 from quantbench.arith import formulas
 from quantbench.arith.hardware import DEVICES
-from quantbench.backends import Context
 from quantbench.backends.dummy import DummyBackend
 from quantbench.core import records
 from quantbench.core.formats import get_format
 from quantbench.core.suite import Suite
+from quantbench.core.variant import Variant
 from quantbench.measure.timing import log_softmax, score_windows
 
 SMOL = formulas.ModelShape(n_layers=30, d_model=576, n_heads=9, n_kv_heads=3, head_dim=64, d_ff=1536,
@@ -21,7 +21,7 @@ SMOL = formulas.ModelShape(n_layers=30, d_model=576, n_heads=9, n_kv_heads=3, he
 
 @pytest.fixture(scope="module")
 def dummy():
-    b = DummyBackend(Context("m", "", "", get_format("dummy"), "cpu", 1, Suite()))
+    b = DummyBackend(Variant("m", "", "", get_format("dummy"), "cpu", 1, Suite()))
     b.load()
     return b
 

@@ -185,30 +185,30 @@ def test_decode_twin_against_the_datasheet(tmp_path):
 
     import numpy as np
 
-    from quantbench.arith import hardware
+    from quantbench.arith import hardware, sol
     from quantbench.arith.shapes import shape_from_config
-    from quantbench.backends import Context
     from quantbench.backends.dummy import DummyBackend
     from quantbench.core.formats import get_format
+    from quantbench.core.variant import Variant
     from quantbench.measure import worker
 
     suite = Suite(model="dummy", formats=("dummy",), gen_tokens=8, gen_prompt_tokens=4,
                   min_samples=2, time_budget_s=1.0)
     calibrated = hardware.Peaks("local", {"fp32": 1e15}, 1e12, 8e10, "measured")
     spec = dataclasses.replace(calibrated, name="datasheet", bandwidth_bytes_s=4e12, source="spec")
-    job = worker.Job("m", "", "", False, "dummy", "cpu", 1, suite, (), "", "", 0, "", worker.Reference(),
-                     "", {"peaks_spec": dataclasses.asdict(spec)}, dataclasses.asdict(calibrated))
+    v = Variant("m", "", "", get_format("dummy"), "cpu", 1, suite, base={"peaks_spec": dataclasses.asdict(spec)},
+                peaks=dataclasses.asdict(calibrated))
     data = {"prompt": np.arange(1, 40)}
-    b = DummyBackend(Context("m", "", "", get_format("dummy"), "cpu", 1, suite))
+    b = DummyBackend(v)
     b.load()
     shape = shape_from_config("shape:smollm2-135m")
-    out = worker.run_workload(job, b, Workload.parse("tg8"), data, shape)
+    out = worker.run_workload(v, b, Workload.parse("tg8"), data, shape)
     # memory-bound decode: the datasheet's 4x bandwidth predicts 4x the tok/s
     assert out["decode_tok_s_predicted_spec"] == pytest.approx(4 * out["decode_tok_s_predicted"], rel=0.02)
     frac = out["decode_tok_s"] / out["decode_tok_s_predicted_spec"]
-    assert out["decode_sol_frac_spec"] == pytest.approx(frac)
-    job = dataclasses.replace(job, base={})
-    assert "decode_sol_frac_spec" not in worker.run_workload(job, b, Workload.parse("tg8"), data, shape)
+    assert sol.sol_fields(out)["decode_sol_frac_spec"] == pytest.approx(frac)
+    v = dataclasses.replace(v, base={})
+    assert "decode_tok_s_predicted_spec" not in worker.run_workload(v, b, Workload.parse("tg8"), data, shape)
 
 
 def test_batched_decode_beside_batch_one(tmp_path, tiny):

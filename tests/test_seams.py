@@ -12,7 +12,7 @@ from quantbench.cli import main
 from quantbench.core import records
 from quantbench.core.errors import UserError
 from quantbench.core.suite import Suite, Workload, load_suite
-from quantbench.measure.worker import Job, Reference
+from quantbench.core.variant import Reference, Variant
 from quantbench.track import compare
 
 ROOT = Path(__file__).parent.parent
@@ -183,12 +183,15 @@ def test_workload_parse_rejects_what_is_not_one():
                                                                         "tg64x4", "ppl512"]
 
 
-def test_job_round_trips_through_json():
-    job = Job("m", "/d", "abc", False, "bf16", "cpu", 2, Suite(decode_batches=(4,)),
-              tuple(Suite(decode_batches=(4,)).workloads()), "/data.npz", "/t.npy", 10240, "k",
-              Reference("fp32", "/ref.npy", "read"), "/p.jsonl", {"model": "m"}, None)
-    assert Job.from_json(job.to_json()) == job
-    assert json.loads(job.to_json())["workloads"] == ["load", "pp128", "pp512", "tg64", "tg64x4", "ppl512"]
+def test_variant_round_trips_through_json():
+    from quantbench.core.formats import get_format
+
+    suite = Suite(decode_batches=(4,))
+    v = Variant("m", "/d", "abc", get_format("bf16"), "cpu", 2, suite, workloads=tuple(suite.workloads()),
+                data="/data.npz", tokens_path="/t.npy", calib_start=10240, corpus_key="k",
+                reference=Reference("fp32", "/ref.npy", "read"), partial="/p.jsonl", base={"model": "m"})
+    assert Variant.from_json(v.to_json()) == v
+    assert json.loads(v.to_json())["workloads"] == ["load", "pp128", "pp512", "tg64", "tg64x4", "ppl512"]
 
 
 def test_one_reference_order_for_runner_and_report():
@@ -239,10 +242,12 @@ def test_worker_skips_only_missing_dependencies(tmp_path, monkeypatch, exc, stat
     data = tmp_path / "d.npz"
     np.savez(data, windows=np.zeros((1, 8), np.int32), prompt=np.arange(16, dtype=np.int32))
     suite = Suite(formats=("dummy",), prompt_lengths=(8,), n_ctx=8, ppl_windows=1)
-    job = Job("m", str(tmp_path), "d", False, "dummy", "cpu", 1, suite, (Workload("load"),), str(data),
-              "", 8, "k", Reference(), str(tmp_path / "p.jsonl"),
-              {"schema_version": records.SCHEMA_VERSION, "model": "m"}, None)
-    (tmp_path / "job.json").write_text(job.to_json())
+    from quantbench.core.formats import get_format
+
+    v = Variant("m", str(tmp_path), "d", get_format("dummy"), "cpu", 1, suite, workloads=(Workload("load"),),
+                data=str(data), calib_start=8, corpus_key="k", partial=str(tmp_path / "p.jsonl"),
+                base={"schema_version": records.SCHEMA_VERSION, "model": "m"})
+    (tmp_path / "job.json").write_text(v.to_json())
     assert worker.main(str(tmp_path / "job.json")) == 0
     [rec] = records.read(tmp_path / "p.jsonl")
     assert rec["status"] == status and str(err).splitlines()[0] in rec["reason"]

@@ -330,14 +330,15 @@ def test_runner_sweeps_threads_and_depths(tmp_path, tiny):
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["bf16", "gguf-q8_0"])
 def test_kv_bytes_at_depth_equal_the_prediction(tiny, fmt):
-    from quantbench.backends import Context, get_backend_class
+    from quantbench.backends import get_backend_class
+    from quantbench.core.variant import Variant
 
     suite = Suite(prompt_lengths=(32,), gen_tokens=8, n_ctx=64, depths=(200,), decode_batches=(3,),
                   cross_batches_depths=True)
     f = get_format(fmt)
     if f.backend == "gguf":
         pytest.importorskip("llama_cpp")
-    b = get_backend_class(f.backend)(Context(tiny.name, tiny.dir, tiny.digest, f, "cpu", 2, suite))
+    b = get_backend_class(f.backend)(Variant(tiny.name, tiny.dir, tiny.digest, f, "cpu", 2, suite))
     b.build()
     b.load()
     ids = list(range(100, 400))

@@ -33,11 +33,17 @@ def predict(shape, fmt, device: str, peaks: dict | None, kind: str, info: dict |
     if shape is None or not peaks:
         return {}
     from quantbench.arith import formulas, hardware
-    from quantbench.core.formats import compute_dtypes
+    from quantbench.core.formats import Layout, compute_dtypes
 
     info = info or {}
-    fmt = dataclasses.replace(fmt, **{k: info[k] for k in ("bits_per_weight", "bits_unquantized")
-                                      if k in info})
+    # A format with a per-tensor layout is priced from it alone (the embedding table's dtype too,
+    # where the table fixes it); the others take what the backend reports it stored (bnb keeps
+    # fp32 embeddings on CPU, a GGUF of a type without a layout has its own mix).
+    keys = () if fmt.embed_layout else ("bits_unquantized",) if fmt.layout else ("bits_per_weight",
+                                                                                  "bits_unquantized")
+    fmt = dataclasses.replace(fmt, **{k: info[k] for k in keys if k in info})
+    if fmt.layout and info.get("weights_layout"):  # the layout the kernel repacked the linears to
+        fmt = dataclasses.replace(fmt, layout=Layout(*info["weights_layout"]))
     # The peak its kernels compute at (llama.cpp and bnb's CPU int8 path are not torch GEMMs).
     return formulas.predicted_fields(shape, fmt, hardware.Peaks(**peaks), kind,
                                      compute_dtypes=compute_dtypes(fmt, device),

@@ -8,9 +8,10 @@ from __future__ import annotations
 import importlib
 import os
 import time
-from dataclasses import dataclass
 
 import numpy as np
+
+from quantbench.core.variant import Variant
 
 CONSOLE_FD_ENV = "QUANTBENCH_CONSOLE_FD"  # set by the worker while a build's output goes to a log
 # Where an engine appends its own log lines (llama.cpp's log callback), so that a worker killed
@@ -52,28 +53,6 @@ BACKENDS = {
 }
 
 
-@dataclass
-class Context:
-    """Everything a backend needs: the variant and where its inputs live."""
-    model_name: str
-    model_dir: str  # HF directory (safetensors + tokenizer) every format is built from
-    model_digest: str
-    format: quantbench.core.formats.Format  # noqa: F821
-    device: str
-    threads: int
-    suite: quantbench.core.suite.Suite  # noqa: F821
-    tokens_path: str = ""  # the corpus token ids (.npy), shared by every variant
-    calib_start: int = 0  # first token after the evaluation windows
-    artifact: str = ""  # pre-made artifact from the suite, if any
-    corpus_key: str = ""  # cache-key part naming the tokens calibration draws from
-
-    def calibration(self, n_samples: int, n_tokens: int) -> list[list[int]]:
-        """Returns calibration samples drawn after the evaluation windows (never overlapping)."""
-        from quantbench.inputs.corpus import calibration
-
-        return calibration(np.load(self.tokens_path), self.calib_start, n_samples, n_tokens)
-
-
 class Skip(Exception):
     """The variant cannot run here (library missing, kernel absent on this device): a skipped record."""
 
@@ -81,9 +60,15 @@ class Skip(Exception):
 class Backend:
     """One way of running a model. Subclasses fill in the methods below; ids are HF token ids."""
 
-    def __init__(self, ctx: Context):
-        self.ctx = ctx
+    def __init__(self, ctx: Variant):
+        self.ctx = ctx  # the variant it runs: format, device, threads, suite, model paths
         self.info: dict = {}  # extra record fields: kernel, artifact, build_s, group_size, ...
+
+    def calibration(self, n_samples: int, n_tokens: int) -> list[list[int]]:
+        """Returns calibration samples drawn after the evaluation windows (never overlapping)."""
+        from quantbench.inputs.corpus import calibration
+
+        return calibration(np.load(self.ctx.tokens_path), self.ctx.calib_start, n_samples, n_tokens)
 
     def build(self) -> None:
         """Builds (or finds in the cache) this format's artifact; sets info['artifact'/'build_s']."""

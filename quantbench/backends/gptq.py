@@ -145,7 +145,7 @@ class GPTQBackend(HFBackend):
                 else (s.calib_samples, s.calib_tokens))
         if group is None:
             return None, None, n, t
-        calib = ctx.calibration(n, t)
+        calib = self.calibration(n, t)
         key = cache.content_key(ctx.model_digest, self.method, BITS, group, SYM[self.method],
                                 cache.content_key(calib), f"gptqmodel {gptqmodel_version()}", CALIB_BATCH)
         return cache.entry("quant", key), group, n, t
@@ -161,7 +161,7 @@ class GPTQBackend(HFBackend):
             config = json.loads(Path(ctx.model_dir, "config.json").read_text())
             raise Skip(f"no group size of {s.group_size}/64/32 divides in_features "
                        f"{linear_in_features(config)}; pass a pre-made checkpoint in `artifacts`")
-        calib = ctx.calibration(n, t)
+        calib = self.calibration(n, t)
         self.info.update(group_size=group, calib_samples=n, calib_tokens=t, sym=SYM[self.method])
         self.info["artifact"] = str(final)
         if cache.verified(final):

@@ -28,9 +28,10 @@ from urllib.parse import urlparse
 from quantbench.core import envs, records
 from quantbench.core.errors import UserError
 from quantbench.core.formats import REFERENCE_ORDER, get_format
+from quantbench.core.variant import Reference, Variant
 from quantbench.measure import runner
 from quantbench.measure.runner import RESPAWN, Ended, Output, _Run
-from quantbench.measure.worker import BUILD_ONLY_ENV, Job, Reference
+from quantbench.measure.worker import BUILD_ONLY_ENV
 
 SLOT = "quantbench-slot"  # one per measuring node: a host measures one variant at a time
 GPU_KIND = "accelerator_type:"  # Ray's own resource on GPU nodes; such a kind also asks for a GPU
@@ -167,7 +168,7 @@ def build_overlaps(recs: list[dict]) -> list[tuple[str, dict]]:
 class Measured:
     """What a measurement task hands back: the job as it ran on the node, its records (small, the
     only thing that travels), how the worker ended, and an engine crash's details."""
-    job: Job
+    job: Variant
     records: list[dict]
     ended: Ended
     crash: dict | None = None
@@ -183,7 +184,7 @@ def _this_node(kind: str) -> tuple[str, str]:
     return node_id, kind
 
 
-def _on_node(job: Job, kind: str, here: Path, calibrate: bool = True) -> tuple[Job, Measured | None]:
+def _on_node(job: Variant, kind: str, here: Path, calibrate: bool = True) -> tuple[Variant, Measured | None]:
     """Returns the job made for this node, and what the task returns without running the worker
     (a model that differs from the driver's, a backend environment missing here) or None. The
     machine-local parts are made here: the model and corpus from this node's cache, its threads,
@@ -206,7 +207,7 @@ def _on_node(job: Job, kind: str, here: Path, calibrate: bool = True) -> tuple[J
         job, model_dir=model.dir, data=str(data_path), tokens_path=str(tokens_path), corpus_key=tok_key,
         threads=threads, reference=_node_reference(job.reference), partial=str(here / "records.jsonl"),
         base={**base, "peaks": peaks}, peaks=peaks)
-    fmt = get_format(job.format)
+    fmt = job.format
     if fmt.env and envs.python(fmt.env) is None:
         why = envs.missing_reason(fmt.name, fmt.env)
         return job, Measured(job, [{**base, "format": fmt.name, "device": job.device, "workload": str(w),
@@ -234,7 +235,7 @@ class Built:
                 "build_ended_at": self.ended_at}
 
 
-def build_on_node(job: Job, kind: str) -> Built:
+def build_on_node(job: Variant, kind: str) -> Built:
     """Returns the variant's artefact built (or found) in this node's cache by the worker process
     in build-only mode (a build task's body; it measures nothing)."""
     here = Path(tempfile.mkdtemp(prefix="quantbench-ray-build-"))
@@ -259,7 +260,7 @@ def build_on_node(job: Job, kind: str) -> Built:
         shutil.rmtree(here, ignore_errors=True)
 
 
-def measure_on_node(job: Job, kind: str, built: Built | None = None) -> Measured:
+def measure_on_node(job: Variant, kind: str, built: Built | None = None) -> Measured:
     """Returns the variant measured on this node by the unchanged worker process (the Ray task's
     body), after its build task (`built`, which Ray resolves before it schedules this)."""
     node_id, _ = _this_node(kind)  # in the temp dir's name: which node measures what, from outside
@@ -270,7 +271,7 @@ def measure_on_node(job: Job, kind: str, built: Built | None = None) -> Measured
             return early
         if built and built.records:  # the build failed or was skipped: so is each workload, as it said
             said = {**built.records[0], **built.fields()}
-            return Measured(job, [{**said, "format": job.format, "threads": job.threads, "workload": str(w),
+            return Measured(job, [{**said, "format": job.format.name, "threads": job.threads, "workload": str(w),
                                    "depth": w.depth, "timestamp": records.now()} for w in job.workloads],
                             Ended(0))
         if built:
@@ -310,7 +311,7 @@ def _node_reference(ref: Reference) -> Reference:
 @dataclasses.dataclass(frozen=True)
 class Task:
     """One variant submitted to one node kind ('' = any), and the record fields its failure carries."""
-    job: Job
+    job: Variant
     kind: str
     rec_base: dict
 
@@ -336,7 +337,7 @@ def _tasks(r: _Run) -> tuple[list[Task], list[Task]]:
             todo = [w for w in todo_all if not sweep or w.threads == threads]
             if not todo:
                 continue
-            job = runner._job(r, device, fmt_name, todo, ref_fmt, threads)
+            job = r.variant(device, fmt_name, todo, ref_fmt, threads)
             if ref_fmt and ref_fmt != fmt_name:  # the node looks for the reference, not the driver
                 job = dataclasses.replace(job, reference=Reference(
                     ref_fmt, str(runner.reference_path(r, ref_fmt, device)), "read"))
@@ -385,12 +386,12 @@ def run_variants(r: _Run, after_variant) -> None:
     first, rest = _tasks(r)
     built = {}
     for t in first + rest:
-        key = (t.kind, t.job.device, get_format(t.job.format).base)
-        if key not in built and builds(t.job.format):
+        key = (t.kind, t.job.device, t.job.format.base)
+        if key not in built and builds(t.job.format.name):
             built[key] = build.options(**task_options(t.kind, BUILD_SLOT)).remote(t.job, t.kind)
 
     def submit(t: Task):
-        dep = built.get((t.kind, t.job.device, get_format(t.job.format).base)) if not t.job.kernel_fallback else None
+        dep = built.get((t.kind, t.job.device, t.job.format.base)) if not t.job.kernel_fallback else None
         return remote.options(**task_options(t.kind)).remote(t.job, t.kind, dep)
 
     try:
@@ -470,7 +471,7 @@ def _arrived(r: _Run, task: Task, ref) -> list[Task]:
         why = f"Ray task failed: {str(e).splitlines()[0]}" + (f" (lost: {lost})" if lost else "")
         runner._collect(task.job, r.out, task.rec_base, why, got=[])
         return []
-    fmt = get_format(task.job.format)
+    fmt = task.job.format
     runner._collect(task.job, r.out, task.rec_base, got.ended.reason, got.crash, got=got.records)
     if not (got.ended.engine_fault and r.suite.kernel_fallback and not fmt.kernel_path
             and fmt.backend in runner.SAFER_PATH):
@@ -478,7 +479,7 @@ def _arrived(r: _Run, task: Task, ref) -> list[Task]:
     twin = f"{fmt.name}{runner.PATH_SUFFIX}{runner.SAFER_PATH[fmt.backend]}"
     print(runner._fallback_line(task.job, got.ended, got.crash or {}, twin), flush=True)
     why = f"{fmt.name} {got.ended.reason} on {(got.crash or {}).get('kernel') or 'its default path'}"
-    job = dataclasses.replace(task.job, format=twin, kernel_fallback=why)
+    job = dataclasses.replace(task.job, format=get_format(twin), kernel_fallback=why)
     return [Task(job, task.kind, {**task.rec_base, "format": twin})]
 
 

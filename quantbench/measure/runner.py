@@ -32,9 +32,10 @@ from quantbench.core.formats import (
     with_kv_types,
 )
 from quantbench.core.suite import Suite, Workload
+from quantbench.core.variant import Reference, Variant
 from quantbench.inputs import corpus
 from quantbench.inputs.models import resolve
-from quantbench.measure.worker import RESPAWN, Job, Reference
+from quantbench.measure.worker import RESPAWN
 
 VARIANT_TIMEOUT_S = int(os.environ.get("QUANTBENCH_VARIANT_TIMEOUT_S", 3 * 3600))
 # env fields that make two runs comparable: a resume continues only on the same machine
@@ -204,7 +205,8 @@ def _oom_kills() -> int:
 
 @dataclasses.dataclass(frozen=True)
 class _Run:
-    """What every variant of one run shares: the suite, model, inputs on disk, and record base."""
+    """What every variant of one run shares: the suite, model, inputs on disk, and record base;
+    `variant()` makes each variant from them, the one place a core.variant.Variant is assembled."""
     suite: Suite
     model: object  # models.ModelSource
     out: Output
@@ -217,6 +219,27 @@ class _Run:
     tokens_path: Path  # the whole tokenized corpus (calibration reads after the windows)
     tok_key: str
     peaks_by_device: dict  # (device, threads) -> calibrated peaks
+
+    def variant(self, device: str, fmt_name: str, todo, ref_fmt: str | None, threads: int = 0,
+                kernel_fallback: str = "") -> Variant:
+        """Returns one variant of this run for the worker: its workloads `todo`, and where its
+        reference log-probs (those of `ref_fmt` on this device) are read or written."""
+        s = self.suite
+        ref = Reference(ref_fmt, str(reference_path(self, ref_fmt, device)),
+                        "write" if ref_fmt == fmt_name else "read")
+        if ref_fmt is None:
+            ref = Reference(why="no reference format (fp32, fp16, gguf-f16 or bf16) in the suite")
+        elif ref.role == "read" and not cache.valid_npy(Path(ref.path)):
+            ref = Reference(ref_fmt, why=f"the {ref_fmt} reference log-probs are missing or damaged; "
+                                         f"rerun {ref_fmt} (without --resume) to rewrite them")
+        peaks = self.peaks_by_device[device, threads]
+        return Variant(self.model.name, self.model.dir, self.model.digest, get_format(fmt_name), device,
+                       s.thread_count(threads), s, random_weights=self.model.random_weights,
+                       workloads=tuple(todo), data=str(self.data_path), tokens_path=str(self.tokens_path),
+                       calib_start=s.n_ctx * s.ppl_windows, corpus_key=self.tok_key, reference=ref,
+                       partial=str(self.tmp / f"{fmt_name}-{device}-t{threads}.jsonl"),
+                       base={**self.base, "peaks": peaks, "peaks_spec": _spec(device, self.base["env"])},
+                       peaks=peaks, kernel_fallback=kernel_fallback)
 
 
 def _check_cache_writable() -> None:
@@ -333,7 +356,7 @@ def _announce_builds(r: _Run) -> None:
     """Prints the run's expected length at the start, from the cache state and the suite: the
     slow builds ahead (GPTQ/AWQ calibration) and the measuring, at this project's reference speed,
     so a cold first run says where its time goes before it spends it."""
-    from quantbench.backends import Context, get_backend_class
+    from quantbench.backends import get_backend_class
 
     ahead, seen, build_s = [], set(), 0.0
     for device, fmt_name in plan(r.suite):
@@ -341,11 +364,9 @@ def _announce_builds(r: _Run) -> None:
         if fmt.backend != "gptq" or (fmt.base, device) in seen:
             continue
         seen.add((fmt.base, device))
-        ctx = Context(r.model.name, r.model.dir, r.model.digest, fmt, device, r.suite.thread_count(),
-                      r.suite, str(r.tokens_path), r.suite.n_ctx * r.suite.ppl_windows,
-                      r.suite.artifacts.get(fmt.base, ""), r.tok_key)
+        variant = r.variant(device, fmt_name, (), None, r.suite.thread_list[0])
         try:
-            est = get_backend_class(fmt.backend)(ctx).build_estimate_s()
+            est = get_backend_class(fmt.backend)(variant).build_estimate_s()
         except Exception:  # a missing library or a shape it cannot read: the variant will say why
             continue
         if est:
@@ -401,7 +422,7 @@ def _run_variants(r: _Run, after_variant) -> None:
             todo = [w for w in todo_all if not sweep or w.threads == threads]
             if not todo:
                 continue
-            job = _job(r, device, fmt_name, todo, ref_fmt, threads)
+            job = r.variant(device, fmt_name, todo, ref_fmt, threads)
             tag = f"{fmt_name}-{device}" + (f"-t{threads}" if sweep else "")
             ended = _measure(r, job, tag, rec_base)
             if ended.engine_fault and r.suite.kernel_fallback and not fmt.kernel_path \
@@ -413,7 +434,7 @@ def _run_variants(r: _Run, after_variant) -> None:
                 if ref_fmt == fmt_name:  # the reference crashed: its twin writes the log-probs
                     ref_fmt = references[device] = twin
                 why = f"{fmt_name} {ended.reason} on {crash.get('kernel') or 'its default path'}"
-                job = dataclasses.replace(_job(r, device, twin, todo, ref_fmt, threads), kernel_fallback=why)
+                job = r.variant(device, twin, todo, ref_fmt, threads, kernel_fallback=why)
                 ended = _measure(r, job, tag.replace(fmt_name, twin, 1), {**rec_base, "format": twin})
                 _collect(job, r.out, {**rec_base, "format": twin}, ended.reason)
             else:
@@ -425,7 +446,7 @@ def _run_variants(r: _Run, after_variant) -> None:
 INTERRUPTED = "run interrupted (Ctrl-C or SIGTERM) before this workload was measured"
 
 
-def _measure(r: _Run, job: Job, tag: str, rec_base: dict) -> Ended:
+def _measure(r: _Run, job: Variant, tag: str, rec_base: dict) -> Ended:
     """Returns how the worker ended after measuring `job` (a second process when the first built
     the artifact). Interrupted, it first keeps the records the worker wrote (a time-boxed run keeps
     the workloads it finished; --resume measures the rest)."""
@@ -449,10 +470,10 @@ KNOWN_CRASHES = {
 ENGINE_LOG_TAIL = 8  # engine log lines kept in a crash record
 
 
-def _crash_details(job: Job, ended: Ended) -> dict:
+def _crash_details(job: Variant, ended: Ended) -> dict:
     """Returns the crash record's fields: the signal, the kernel path the worker had loaded (its
     side file), the engine's last log lines, and the upstream issue where one is known."""
-    fmt = get_format(job.format)
+    fmt = job.format
     side = Path(job.partial + ".kernel.json")
     loaded = json.loads(side.read_text()) if side.exists() else {}
     log = Path(job.partial + ".engine.log")
@@ -464,34 +485,13 @@ def _crash_details(job: Job, ended: Ended) -> dict:
     return out
 
 
-def _fallback_line(job: Job, ended: Ended, crash: dict, twin: str) -> str:
+def _fallback_line(job: Variant, ended: Ended, crash: dict, twin: str) -> str:
     """Returns the one console line that says an engine crashed and what runs instead."""
     path = KERNEL_PATHS[get_format(twin).kernel_path]
     where = f" in {crash['kernel']}" if crash.get("kernel") else ""
     known = f" (known upstream: {crash['crash_upstream']})" if crash.get("crash_upstream") else ""
-    return (f"[{job.format}/{job.device}] {ended.reason}{where}{known}; its records are kept as failed. "
+    return (f"{job.tag} {ended.reason}{where}{known}; its records are kept as failed. "
             f"Retrying once as {twin}: {path.what}. Suite key kernel_fallback = false turns this off.")
-
-
-def _job(r: _Run, device: str, fmt_name: str, todo: list[Workload], ref_fmt: str | None,
-         threads: int = 0) -> Job:
-    """Returns the worker's job: one variant, its workloads, and where its reference log-probs are."""
-    s = r.suite
-    ref = Reference(ref_fmt, str(reference_path(r, ref_fmt, device)), "write" if ref_fmt == fmt_name else "read")
-    if ref_fmt is None:
-        ref = Reference(why="no reference format (fp32, fp16, gguf-f16 or bf16) in the suite")
-    elif ref.role == "read" and not cache.valid_npy(Path(ref.path)):
-        ref = Reference(ref_fmt, why=f"the {ref_fmt} reference log-probs are missing or damaged; "
-                                     f"rerun {ref_fmt} (without --resume) to rewrite them")
-    return Job(model_name=r.model.name, model_dir=r.model.dir, model_digest=r.model.digest,
-               random_weights=r.model.random_weights, format=fmt_name, device=device,
-               threads=s.thread_count(threads), suite=s, workloads=tuple(todo), data=str(r.data_path),
-               tokens_path=str(r.tokens_path), calib_start=s.n_ctx * s.ppl_windows,
-               corpus_key=r.tok_key, reference=ref,
-               partial=str(r.tmp / f"{fmt_name}-{device}-t{threads}.jsonl"),
-               base={**r.base, "peaks": r.peaks_by_device[device, threads],
-                     "peaks_spec": _spec(device, r.base["env"])},
-               peaks=r.peaks_by_device[device, threads])
 
 
 def reference_path(r: _Run, ref_fmt: str | None, device: str) -> Path:
@@ -503,9 +503,9 @@ def reference_path(r: _Run, ref_fmt: str | None, device: str) -> Path:
     return cache.entry("reference", f"{ref_key}.npy")
 
 
-def _spawn(job_path: Path, job: Job, extra_env: dict | None = None) -> Ended:
+def _spawn(job_path: Path, job: Variant, extra_env: dict | None = None) -> Ended:
     """Runs the worker on a job; returns how it ended (rc RESPAWN: run it again to measure)."""
-    fmt = get_format(job.format)
+    fmt = job.format
     path = KERNEL_PATHS.get(fmt.kernel_path)
     # A format with its own environment (envs.ENVS) runs its worker under that venv's python.
     exe, extra = envs.worker_command(fmt.env) if fmt.env else ([sys.executable], {})
@@ -532,7 +532,7 @@ def _spawn(job_path: Path, job: Job, extra_env: dict | None = None) -> Ended:
     return Ended(rc, _crash_reason(rc, timed_out, _oom_kills() - ooms))
 
 
-def _collect(job: Job, out: Output, rec_base: dict, crash: str, details: dict | None = None,
+def _collect(job: Variant, out: Output, rec_base: dict, crash: str, details: dict | None = None,
              got: list[dict] | None = None, say: bool = True) -> None:
     """Appends the worker's records (`got`, else its partial file's), plus `failed` ones (with the
     crash's `details`) for workloads it never reported."""
@@ -546,4 +546,4 @@ def _collect(job: Job, out: Output, rec_base: dict, crash: str, details: dict | 
     fit.annotate(got)  # the step-time fit over this variant's decode sweep, on its records
     out.append(got + missing)
     if say:
-        print(f"[{job.format}/{job.device}] done" + (f"; {reason}" if missing else ""), flush=True)
+        print(f"{job.tag} done" + (f"; {reason}" if missing else ""), flush=True)

@@ -1,12 +1,12 @@
 """One variant in its own process: build, load, measure each workload, append its records.
 
-Run as `python -m quantbench.measure.worker JOB.json` by the runner; a crash, OOM kill or hang here
-loses only this variant (the runner writes `failed` records for what is missing).
+Run by the runner as `python -m quantbench.measure.worker VARIANT.json` (a core.variant.Variant);
+a crash, OOM kill or hang here loses only this variant (the runner writes `failed` records for what
+is missing). main() reads as the steps: build -> load -> measure, each writing its records.
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -23,59 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from quantbench import backends
-from quantbench.backends import CONSOLE_FD_ENV, Context, Skip, get_backend_class
+from quantbench.arith import sol
+from quantbench.backends import CONSOLE_FD_ENV, Skip, get_backend_class
 from quantbench.core import cache, envs, records
 from quantbench.core.errors import MissingDependency, UserError
-from quantbench.core.formats import Layout, compute_dtypes, get_format
-from quantbench.core.suite import Suite, Workload
+from quantbench.core.suite import Workload
+from quantbench.core.variant import Variant
 from quantbench.measure.timing import EnergyMeter, score_windows, time_decode, time_prefill
-
-
-@dataclasses.dataclass(frozen=True)
-class Reference:
-    """Where the KLD reference log-probs of a variant live: `write` them (the reference format),
-    `read` them, or none (`why` says why)."""
-    format: str = ""
-    path: str = ""
-    role: str = ""  # write, read, or "" when there is no reference
-    why: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-    """One variant for a worker process: what to build and measure, and where its inputs are.
-    The runner writes it as JSON; the worker parses it once (Job.from_json)."""
-    model_name: str
-    model_dir: str  # HF directory every format is built from
-    model_digest: str
-    random_weights: bool  # shape:NAME models: quality workloads are skipped
-    format: str
-    device: str
-    threads: int
-    suite: Suite
-    workloads: tuple[Workload, ...]
-    data: str  # .npz with the ppl windows and the prompt ids
-    tokens_path: str  # the whole tokenized corpus (.npy); calibration reads after the windows
-    calib_start: int
-    corpus_key: str
-    reference: Reference
-    partial: str  # JSONL the worker appends its records to
-    base: dict  # fields every record of this variant carries
-    peaks: dict | None  # calibrated peaks of the device (hardware.Peaks as a dict)
-    kernel_fallback: str = ""  # why this variant runs on a safer path ('' when it was asked for)
-
-    def to_json(self) -> str:
-        d = dataclasses.asdict(self)
-        d["workloads"] = [str(w) for w in self.workloads]
-        return json.dumps(d)
-
-    @classmethod
-    def from_json(cls, text: str) -> Job:
-        d = json.loads(text)
-        d["suite"] = Suite(**{k: tuple(v) if isinstance(v, list) else v for k, v in d["suite"].items()})
-        d["workloads"] = tuple(Workload.parse(w) for w in d["workloads"])
-        d["reference"] = Reference(**d["reference"])
-        return cls(**d)
 
 
 def peak_rss_bytes() -> int:
@@ -116,69 +70,25 @@ def _device_peak(device: str) -> dict:
     return out
 
 
-def _predict(job: Job, shape, info: dict, kind: str, peaks: dict | None = None, **kw) -> dict:
-    """Returns the predicted twins for a workload from the calibrated peaks, or from `peaks`
-    (empty when no shape/peaks are known)."""
-    peaks = peaks or job.peaks
-    if shape is None or not peaks:
-        return {}
-    from quantbench.arith import formulas, hardware
-
-    peaks = hardware.Peaks(**peaks)
-    # A format with a per-tensor layout is priced from it alone (the embedding table's dtype too,
-    # where the table fixes it); the others take what the backend reports it stored (bnb keeps
-    # fp32 embeddings on CPU, a GGUF of a type without a layout has its own mix).
-    fmt = get_format(job.format)
-    keys = () if fmt.embed_layout else ("bits_unquantized",) if fmt.layout else ("bits_per_weight",
-                                                                                  "bits_unquantized")
-    fmt = dataclasses.replace(fmt, **{k: info[k] for k in keys if k in info})
-    if fmt.layout and info.get("weights_layout"):  # the layout the kernel repacked the linears to
-        fmt = dataclasses.replace(fmt, layout=Layout(*info["weights_layout"]))
-    # The peak its kernels compute at (llama.cpp and bnb's CPU int8 path are not torch GEMMs).
-    return formulas.predicted_fields(shape, fmt, peaks, kind, compute_dtypes=compute_dtypes(
-        fmt, job.device), kv_bytes_per_elem=info.get("kv_bytes_per_elem", 2), **kw)
-
-
-def _sol(rec: dict) -> None:
-    """Adds measured / predicted ratios (speed-of-light fractions) where both are present, and
-    `sol_suspect` + its reason: nothing outruns its roofline, so a fraction above 1 says the
-    peaks read low; a calibration taken beside other work makes every fraction doubtful."""
-    for m in ("prefill_tok_s", "decode_tok_s"):
-        if rec.get(m) and rec.get(f"{m}_predicted"):
-            rec[m.replace("_tok_s", "_sol_frac")] = rec[m] / rec[f"{m}_predicted"]
-    fracs = {k: rec[k] for k in ("prefill_sol_frac", "decode_sol_frac", "decode_sol_frac_spec")
-             if rec.get(k) is not None}
-    if not fracs:
-        return
-    why = [f"{k} {v:.2f} > 1: " + ("faster than the datasheet allows: the devices-table row does "
-                                   "not fit this GPU" if k.endswith("_spec") else
-                                   "faster than the calibrated roofline, so the calibration reads "
-                                   "low (taken beside other work?); rerun `quantbench devices "
-                                   f"--calibrate --threads {rec.get('threads') or 0}` on a quiet "
-                                   "machine")
-           for k, v in fracs.items() if v > 1]
-    if cal := (rec.get("peaks") or {}).get("suspect"):
-        why.append(f"calibration suspect: {cal}")
-    rec["sol_suspect"] = bool(why)
-    rec["sol_suspect_reason"] = "; ".join(why)
-
-
-def _reference(job: Job):
+def _reference(v: Variant):
     """Returns the reference log-probs to compare against (memory-mapped), or None."""
-    ref = job.reference
+    ref = v.reference
     if ref.role == "read" and ref.path and Path(ref.path).exists():
         return np.load(ref.path, mmap_mode="r")
     return None
 
 
-def run_workload(job: Job, backend, w: Workload, data, shape, energy=None) -> dict:
-    """Returns the measured fields of one workload."""
-    s = job.suite
+def run_workload(v: Variant, backend, w: Workload, data, shape, energy=None) -> dict:
+    """Returns the measured fields of one workload, with their predicted twins (arith.sol)."""
+    s = v.suite
+
+    def predict(kind: str, peaks: dict | None = v.peaks, **kw) -> dict:
+        return sol.predict(shape, v.format, v.device, peaks, kind, backend.info, **kw)
+
     prompt_src = [int(t) for t in data["prompt"]]
     if w.kind == "load":
         backend.prefill(prompt_src[: s.n_ctx])
-        return {"kv_cache_bytes": backend.kv_cache_bytes(),
-                **_predict(job, shape, backend.info, "load", n_ctx=s.n_ctx)}
+        return {"kv_cache_bytes": backend.kv_cache_bytes(), **predict("load", n_ctx=s.n_ctx)}
     # depth: the first D prompt tokens are cached untimed, the timed prompt follows them
     fill, src = prompt_src[: w.depth], prompt_src[w.depth:]
     if w.kind == "tg":
@@ -188,16 +98,15 @@ def run_workload(job: Job, backend, w: Workload, data, shape, energy=None) -> di
         if w.batch > 1 or w.depth:
             out["kv_cache_bytes"] = backend.kv_cache_bytes()
         kw = {"n_prompt": s.gen_prompt_tokens, "n_gen": w.tokens, "batch": w.batch, "depth": w.depth}
-        out.update(_predict(job, shape, backend.info, "tg", **kw))
-        spec = job.base.get("peaks_spec")  # the datasheet's bandwidth too (GPUs in the table)
-        if spec and (twin := _predict(job, shape, backend.info, "tg", spec, **kw)):
+        out.update(predict("tg", **kw))
+        spec = v.base.get("peaks_spec")  # the datasheet's bandwidth too (GPUs in the table)
+        if spec and (twin := predict("tg", spec, **kw)):
             out["decode_tok_s_predicted_spec"] = twin["decode_tok_s_predicted"]
-            out["decode_sol_frac_spec"] = out["decode_tok_s"] / twin["decode_tok_s_predicted"]
         return out
     if w.kind == "ppl":
-        ref = job.reference
+        ref = v.reference
         windows = [[int(t) for t in x] for x in data["windows"]]
-        reference, write, why = _reference(job), None, ref.why
+        reference, write, why = _reference(v), None, ref.why
         if ref.role == "write":
             write = np.zeros((s.kld_tokens, _vocab(backend, windows)), dtype=np.float16)
         elif reference is not None and reference.shape[1] != (vocab := _vocab(backend, windows)):
@@ -211,7 +120,7 @@ def run_workload(job: Job, backend, w: Workload, data, shape, energy=None) -> di
             tmp = path.with_suffix(".tmp.npy")
             np.save(tmp, write[:rows])
             tmp.rename(path)
-            out.update(kld_reference=job.format, kld_mean=0.0, kld_p99=0.0, top1_agree=1.0,
+            out.update(kld_reference=v.format.name, kld_mean=0.0, kld_p99=0.0, top1_agree=1.0,
                        rms_dp=0.0, kld_tokens=rows)
         elif "kld_mean" in out:
             out["kld_reference"] = ref.format
@@ -219,12 +128,12 @@ def run_workload(job: Job, backend, w: Workload, data, shape, energy=None) -> di
             out["kld_reason"] = why or "no reference log-probs for this model and corpus"
         if "bos_first" in data:  # corpus.bos_first: the window cut this record scored
             out["bos_first"] = bool(data["bos_first"])
-        return {**out, **_predict(job, shape, backend.info, "ppl", n_ctx=s.n_ctx)}
+        return {**out, **predict("ppl", n_ctx=s.n_ctx)}
     # prefill
     out = time_prefill(backend, src[: w.tokens], s.min_samples, s.time_budget_s, fill, s.ci_target,
                        s.max_samples)
     out["kv_cache_bytes"] = backend.kv_cache_bytes()
-    return {**out, **_predict(job, shape, backend.info, "pp", n_prompt=w.tokens, depth=w.depth)}
+    return {**out, **predict("pp", n_prompt=w.tokens, depth=w.depth)}
 
 
 def _vocab(backend, windows) -> int:
@@ -242,9 +151,10 @@ def quiet_import_chatter() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-RESPAWN = 75  # exit code: "artifact built, run me again to measure"
+# Exit code: "artifact built, run me again to measure" (worker.build says why a fresh process).
+RESPAWN = 75
 # Set (to 1) by a fleet's build task: the worker builds (or finds) the artifact, writes what it
-# built to JOB.partial + ".build.json" and exits; a measurement task on the same node then loads it.
+# built to VARIANT.partial + ".build.json" and exits; a measurement task on the same node then loads it.
 BUILD_ONLY_ENV = "QUANTBENCH_BUILD_ONLY"
 
 
@@ -359,109 +269,158 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 def main(job_path: str) -> int:
+    """Returns the exit code after building, loading and measuring the variant that `job_path`
+    holds (Variant JSON) and writing its records: 0, or RESPAWN when it built the artifact."""
     quiet_import_chatter()
     backends.ISOLATED = True
-    job = Job.from_json(Path(job_path).read_text())
-    fmt = get_format(job.format)
-    suite = job.suite
-    data = np.load(job.data)
-    base = {**job.base, "format": fmt.name, "device": job.device, "backend": fmt.backend,
-            "threads": job.threads, "bits_per_weight": fmt.bits_per_weight, "host": socket.gethostname(),
+    v = Variant.from_json(Path(job_path).read_text())
+    out = Writer(v)
+    log = build_log(v.tag)  # quantizers' progress bars and library banners go here
+    try:
+        backend = out.backend = get_backend_class(v.format.backend)(v)
+        if build(v, backend, log):
+            return RESPAWN
+        if os.environ.get(BUILD_ONLY_ENV) == "1":
+            return 0
+        load_s = load(v, backend, log)
+    except (Skip, MissingDependency) as e:  # expected absences; any other ImportError is a bug
+        out.skip_all(e)
+    except Exception as e:  # a build or load that breaks fails this variant only
+        out.fail_all(e)
+    else:
+        measure(v, backend, load_s, out)
+    return 0
+
+
+def record_base(v: Variant) -> dict:
+    """Returns the fields every record of the variant carries: the runner's, then what this
+    process sees (host, OpenMP settings, a backend environment's own library versions)."""
+    fmt = v.format
+    base = {**v.base, "format": fmt.name, "device": v.device, "backend": fmt.backend,
+            "threads": v.threads, "bits_per_weight": fmt.bits_per_weight, "host": socket.gethostname(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default").lower(),
-            "kernel_path": fmt.kernel_path or "default", "kernel_fallback": job.kernel_fallback}
+            "kernel_path": fmt.kernel_path or "default", "kernel_fallback": v.kernel_fallback}
     if (omp := os.environ.get("OMP_NUM_THREADS", "")).isdigit():  # the runner sets it to threads
         base["omp_num_threads"] = int(omp)
     if env_name := os.environ.get(envs.ENV_VAR):  # under a backend environment: its own versions
         base.update(backend_env=env_name, env={**base.get("env", {}), **records.library_versions(),
                                                "python_executable": sys.executable})
-    tag = f"[{fmt.name}/{job.device}]"
+    return base
 
-    def emit(workload: Workload, fields: dict, status="ok", reason=""):
-        rec = {**base, **backend_info(), "workload": str(workload), "depth": workload.depth,
-               "status": status, "reason": reason, "timestamp": records.now(), **fields}
+
+class Writer:
+    """Appends the variant's records to its partial file. Each carries the variant's base fields
+    and the backend's info as it stands then (kernel, artifact, build_s; none before the backend
+    exists); a measured one also its memory peaks and speed-of-light fields."""
+
+    def __init__(self, v: Variant):
+        self.v, self.base = v, record_base(v)
+        self.backend = None  # set once made: its info goes into every record written after
+
+    def write(self, w: Workload, fields: dict, status: str = "ok", reason: str = "") -> None:
+        info = self.backend.info if self.backend is not None else {}
+        rec = {**self.base, **info, "workload": str(w), "depth": w.depth, "status": status,
+               "reason": reason, "timestamp": records.now(), **fields}
         if status == "ok":
-            rec.update(peak_rss_bytes=peak_rss_bytes(), **_device_peak(job.device))
-            _sol(rec)
-        records.append(job.partial, [rec])
+            rec.update(peak_rss_bytes=peak_rss_bytes(), **_device_peak(self.v.device))
+            rec.update(sol.sol_fields(rec))
+        records.append(self.v.partial, [rec])
 
-    ctx = Context(job.model_name, job.model_dir, job.model_digest, fmt, job.device, job.threads,
-                  suite, job.tokens_path, job.calib_start, suite.artifacts.get(fmt.base, ""),
-                  job.corpus_key)
-    backend = None
+    def skip_all(self, e: Exception) -> None:
+        """Writes every workload as skipped: the variant cannot run here (library, kernel absent)."""
+        for w in self.v.workloads:
+            self.write(w, {}, "skipped", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        print(f"{self.v.tag} skipped: {e}", flush=True)
 
-    def backend_info():
-        return dict(backend.info) if backend is not None else {}
 
-    try:
-        backend = get_backend_class(fmt.backend)(ctx)
-        log = build_log(tag)  # quantizers' progress bars and library banners go here
-        logged(backend.build, log, tag)
-        if backend.info.get("build_s"):
-            print(f"{tag} built in {backend.info['build_s']:.1f} s (log: {log})", flush=True)
-        built = Path(job.partial + ".build.json")
-        if os.environ.get(BUILD_ONLY_ENV) == "1":
-            built.write_text(json.dumps({k: backend.info.get(k) for k in ("artifact", "build_s")}, default=str))
-            return 0
-        if built.exists():  # built by this variant's previous process (or a fleet's build task)
-            backend.info.update(json.loads(built.read_text()))
-        elif backend.info.get("build_s"):
-            # Quantizing grew this process; measure in a fresh one so peak RSS is the serving
-            # footprint. It finds the artifact cached; hand it the build time.
-            built.write_text(json.dumps({"build_s": backend.info["build_s"]}))
-            return RESPAWN
-        t0 = time.perf_counter()
-        logged(backend.load, log, tag)
-        load_s = time.perf_counter() - t0
-        # The path now loaded, for the runner's crash record should the engine die measuring.
-        Path(job.partial + ".kernel.json").write_text(json.dumps(
-            {k: backend.info.get(k) for k in ("kernel", "kernel_detail")}, default=str))
-        if log.exists() and log.stat().st_size == 0:
-            log.unlink()
-    except (Skip, MissingDependency) as e:  # expected absences; any other ImportError is a bug
-        for w in job.workloads:
-            emit(w, {}, "skipped", str(e).splitlines()[0] if str(e) else type(e).__name__)
-        print(f"{tag} skipped: {e}", flush=True)
-        return 0
-    except Exception as e:  # a build or load that breaks fails this variant only
+    def fail_all(self, e: Exception) -> None:
+        """Writes every workload as failed with the error's first line; a UserError is said in
+        one line, anything else with its traceback."""
         if isinstance(e, UserError):
-            print(f"{tag} failed: {e}", file=sys.stderr, flush=True)
+            print(f"{self.v.tag} failed: {e}", file=sys.stderr, flush=True)
+            reason = str(e).splitlines()[0]
         else:
-            traceback.print_exc()
-        reason = str(e).splitlines()[0] if isinstance(e, UserError) else \
-            f"{type(e).__name__}: {e}".splitlines()[0]
-        for w in job.workloads:
-            emit(w, {}, "failed", reason)
-        return 0
-    shape = _shape(job)
-    energy = None
-    if job.device.startswith("cuda"):  # energy per token, net of the card's idle draw
-        energy = EnergyMeter(job.device)
-        # sampled by the runner before any variant touched the card; after this worker's load the
-        # clocks are still up and the "idle" draw reads high (on an H200: 125 W, against 88 W idle)
-        energy.idle_w = job.base.get("gpu_idle_w") or energy.measure_idle()
-    common = {"load_s": load_s, "weights_bytes": backend.weights_bytes()}
-    base.update(common)
-    for w in job.workloads:
-        if w.kind == "ppl" and job.random_weights:
-            emit(w, {}, "skipped", f"{job.model_name} has random weights: quality is meaningless")
+            traceback.print_exception(e)
+            reason = f"{type(e).__name__}: {e}".splitlines()[0]
+        for w in self.v.workloads:
+            self.write(w, {}, "failed", reason)
+
+
+def build(v: Variant, backend, log: Path) -> bool:
+    """Builds the variant's artifact (or finds it in the cache); returns True when this process
+    should hand the measuring over to a fresh one (the worker then exits with RESPAWN)."""
+    logged(backend.build, log, v.tag)
+    if backend.info.get("build_s"):
+        print(f"{v.tag} built in {backend.info['build_s']:.1f} s (log: {log})", flush=True)
+    built = Path(v.partial + ".build.json")
+    if os.environ.get(BUILD_ONLY_ENV) == "1":  # a fleet's build task: a measurement task loads it
+        built.write_text(json.dumps({k: backend.info.get(k) for k in ("artifact", "build_s")}, default=str))
+        return False
+    if built.exists():  # built by this variant's previous process (or a fleet's build task)
+        backend.info.update(json.loads(built.read_text()))
+        return False
+    if not backend.info.get("build_s"):
+        return False
+    # Quantizing grew this process, and peak RSS must be the serving footprint. VmHWM could be
+    # reset (/proc/self/clear_refs), but what the quantizer freed is not all handed back to the
+    # OS (glibc arenas, torch's caching allocator) and its libraries stay imported, so only a
+    # fresh process measures cleanly. It finds the artifact cached; the side file hands it the
+    # build time.
+    built.write_text(json.dumps({"build_s": backend.info["build_s"]}))
+    return True
+
+
+def load(v: Variant, backend, log: Path) -> float:
+    """Loads the variant; returns the seconds it took. Leaves the kernel path it loaded in a side
+    file, for the runner's crash record should the engine die while measuring."""
+    t0 = time.perf_counter()
+    logged(backend.load, log, v.tag)
+    load_s = time.perf_counter() - t0
+    Path(v.partial + ".kernel.json").write_text(json.dumps(
+        {k: backend.info.get(k) for k in ("kernel", "kernel_detail")}, default=str))
+    if log.exists() and log.stat().st_size == 0:
+        log.unlink()
+    return load_s
+
+
+def measure(v: Variant, backend, load_s: float, out: Writer) -> None:
+    """Measures each workload and writes its record; one that fails or cannot run costs only
+    itself. Then names the kernels where naming them would have disturbed the timing, and closes."""
+    data = np.load(v.data)
+    shape = _shape(v)
+    energy = _energy_meter(v)
+    out.base.update(load_s=load_s, weights_bytes=backend.weights_bytes())
+    for w in v.workloads:
+        if w.kind == "ppl" and v.random_weights:
+            out.write(w, {}, "skipped", f"{v.model_name} has random weights: quality is meaningless")
             continue
         try:
             started = records.instant()
-            fields = run_workload(job, backend, w, data, shape, energy)
+            fields = run_workload(v, backend, w, data, shape, energy)
             fields.update(started_at=started, ended_at=records.instant())
         except Skip as e:  # e.g. no batched decode in this backend
-            emit(w, {}, "skipped", str(e))
+            out.write(w, {}, "skipped", str(e))
             continue
         except Exception as e:  # one workload failing must not cost the others
             traceback.print_exc()
-            emit(w, {}, "failed", f"{type(e).__name__}: {e}".splitlines()[0])
+            out.write(w, {}, "failed", f"{type(e).__name__}: {e}".splitlines()[0])
             continue
-        emit(w, fields)
-        print(f"{tag} {w}: " + _summary(fields), flush=True)
+        out.write(w, fields)
+        print(f"{v.tag} {w}: " + _summary(fields), flush=True)
     if backend.probe_kernels():
-        restamp(Path(job.partial), {k: backend.info.get(k) for k in ("kernel", "kernel_detail")})
+        restamp(Path(v.partial), {k: backend.info.get(k) for k in ("kernel", "kernel_detail")})
     backend.close()
-    return 0
+
+
+def _energy_meter(v: Variant) -> EnergyMeter | None:
+    """Returns a meter of energy per token, net of the card's idle draw, on a CUDA device; else None."""
+    if not v.device.startswith("cuda"):
+        return None
+    energy = EnergyMeter(v.device)
+    # sampled by the runner before any variant touched the card; after this worker's load the
+    # clocks are still up and the "idle" draw reads high (on an H200: 125 W, against 88 W idle)
+    energy.idle_w = v.base.get("gpu_idle_w") or energy.measure_idle()
+    return energy
 
 
 def restamp(path: Path, fields: dict) -> None:
@@ -474,11 +433,11 @@ def restamp(path: Path, fields: dict) -> None:
     os.replace(tmp, path)
 
 
-def _shape(job):
+def _shape(v: Variant):
     try:
         from quantbench.arith.shapes import shape_from_config
 
-        return shape_from_config(job.model_dir)
+        return shape_from_config(v.model_dir)
     except (ImportError, UserError, OSError, ValueError):
         return None
 
