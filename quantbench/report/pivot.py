@@ -376,7 +376,8 @@ def machine_comparison(recs: list[dict]) -> list[dict]:
         for machine, device, r in found:
             rows.append({"model": model, "format": fmt, "device": device, "workload": workload,
                          "machine": machine, "metric": metric, "measured": num(r[metric]),
-                         "predicted": num(r.get(f"{metric}_predicted")), "sol_frac": sol_frac(r, metric)})
+                         "predicted": num(r.get(f"{metric}_predicted")),
+                         "sol_frac": sol_frac(r, metric.replace("_tok_s", "_sol_frac"))})
     rows.sort(key=lambda x: (str(x["model"]), format_order(x["format"]), x["workload"], x["machine"],
                              str(x["device"])))
     return rows
