@@ -2,6 +2,8 @@
 
 The first run downloads the llama-cpp-python sdist (~75 MB, for convert_hf_to_gguf.py) once.
 """
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -140,8 +142,8 @@ def test_missing_runtime_and_gpu_are_skips(tiny, built, monkeypatch):
     from quantbench.backends import Skip
 
     if not llama_cpp.llama_supports_gpu_offload():
-        b = GGUFBackend(ctx(tiny, "gguf-q8_0"))
-        b.ctx.device, b.path = "cuda", built["gguf-q8_0"].path
+        b = GGUFBackend(dataclasses.replace(ctx(tiny, "gguf-q8_0"), device="cuda"))  # a Variant is frozen
+        b.path = built["gguf-q8_0"].path
         with pytest.raises(Skip, match="no usable GPU offload: built without CUDA"):
             b.load()
     monkeypatch.setitem(__import__("sys").modules, "llama_cpp", None)  # import now fails
