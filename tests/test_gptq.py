@@ -114,13 +114,14 @@ def test_premade_artifact(tiny, tokens_path, built):
     # Our cached checkpoints are plain GPTQ (v1) / AWQ GEMM checkpoints, as auto-gptq and autoawq
     # write them: passing one as a suite artifact loads it without quantizing.
     path = built["gptq-4b"].info["artifact"]
-    b = GPTQBackend(dataclasses.replace(ctx(tiny, tokens_path, "gptq-4b"), artifact=path))
+    c = ctx(tiny, tokens_path, "gptq-4b")  # the artifact comes from the suite's [artifacts] table
+    b = GPTQBackend(dataclasses.replace(c, suite=dataclasses.replace(c.suite, artifacts={"gptq-4b": path})))
     b.build()
     assert (b.info["artifact"], b.info["build_s"]) == (path, 0.0)
     b.load()
     assert b.info["group_size"] == 64 and b.info["kernel"] == built["gptq-4b"].info["kernel"]
     b.close()
-    missing = dataclasses.replace(ctx(tiny, tokens_path, "gptq-4b"), artifact="./no/such/checkpoint")
+    missing = dataclasses.replace(c, suite=dataclasses.replace(c.suite, artifacts={"gptq-4b": "./no/such/checkpoint"}))
     with pytest.raises(UserError, match="no/such/checkpoint"):
         GPTQBackend(missing).build()
 
