@@ -104,8 +104,9 @@ def test_kv_types_axis_expands_gguf_formats():
 
 # Computed by the suite code before its checks were generated from field metadata (issue 24d):
 # records, the build cache and resume find each other by these, so a re-arrangement must keep them;
-# a content change moves its suite's entry on purpose (arith-cpu: batches 2 to 64, issue 27).
-HASHES = {"arith-cpu": "5350fc5c1b9d", "ci": "8d5d729f0f1d", "default": "16ea647f3a1a",
+# a content change moves its suite's entry on purpose (arith-cpu: batches 2 to 64, then depth 1024
+# and a 10 s budget, issue 27).
+HASHES = {"arith-cpu": "31475c78e56c", "ci": "8d5d729f0f1d", "default": "16ea647f3a1a",
           "formats-2026": "538c101036d8", "gpu-compiled": "995649d7a9a9", "gpu-default": "9384a7ed1868",
           "gpu-quick": "afb7eadb12f0", "gpu-sweep": "7d4e830547db", "hub-8b": "4091daef5361",
           "kv": "21b4ebba1890", "parity": "4c0cfff08c72", "quick": "b77ec94da5c3"}
@@ -115,7 +116,7 @@ def test_suite_hashes_do_not_change():
     assert Suite().suite_hash == "98af54455742"
     assert {p.stem: load_suite(p).suite_hash for p in SUITES if p.stem in HASHES} == HASHES
     ladder = [s.suite_hash for s in load_suite("suites/arith-cpu.toml").per_model()]
-    assert ladder == ["3e8eb24d5a7d", "f829a63da592", "810ff0143d91", "4ed42d63a56c"]
+    assert ladder == ["4ff1a2c54ecc", "7678668ace2f", "ef0994792897", "5b58f7d0ec8c"]
 
 
 def test_schema_declares_every_key_with_its_default():

@@ -437,6 +437,19 @@ def test_report_section_arithmetic_vs_measurement(tmp_path):
     assert "## Arithmetic vs measurement" in md and "| embedded:smollm2-135m | bf16 | 2 | 12.0 | 0.5 | 27.0 |" in md
     assert "| 20 / 30 | 1.25 |" in md  # attention fitted beside alone; k_mm
     assert "tg32x64 +0.0 % (62 steps, ±2.5 %)" in md  # what each held-out point rests on
+    assert bf16["misses"] == [] and "held-out miss" not in md
+    # the deepest bf16 point 40 % slower than its terms: the report names attention and its evidence
+    recs = _sweep_records("embedded:smollm2-135m", "bf16", 134_515_008, 270_000_000)
+    for r in recs:
+        if r["workload"] == "tg32@d4096":
+            r["decode_tok_s"] /= 1.4
+    slow = tmp_path / "slow.jsonl"
+    records.append(slow, recs)
+    html = open(write_report([str(slow)], str(tmp_path / "s.html"))[0]).read()
+    assert "Held-out misses beyond ±15 %" in html
+    line = next(x for x in (tmp_path / "s.md").read_text().splitlines() if x.startswith("- held-out miss"))
+    assert line.startswith("- held-out miss: bf16 (embedded:smollm2-135m) tg32@d4096: -28.6 % — attention")
+    assert "GFLOP/s implied here against 20 fitted" in line
 
 
 def test_ladder_fit_per_layer_overhead():
@@ -451,3 +464,30 @@ def test_ladder_fit_per_layer_overhead():
     (x,) = fit.ladder_holdout(rows)
     assert x["held_out"] == "c" and x["fitted_on"] == ["a", "b"]
     assert x["rel_err"] == pytest.approx(0, abs=1e-9)
+
+
+def test_a_held_out_miss_names_its_term_and_the_rate_the_measurement_implies():
+    """Attention at the deepest depth made twice as slow as the fit on the rest says: the miss is
+    the attention term's, and the rate the measurement implies is what is left of the step once the
+    other fitted terms are subtracted. A batch point 30 % slower is the batch terms'."""
+    pts = _points(0.0)
+    deep = next(p for p in pts if p.workload == "tg64x1@d8192")
+    t = TRUE.terms_s(deep)
+    slow = dataclasses.replace(deep, step_s=deep.step_s + t["attn"])  # attention costs 2×
+    big = next(p for p in pts if p.workload == "tg64x64@d0")
+    slower = dataclasses.replace(big, step_s=big.step_s * 1.3)
+    got = fit.diagnose([slow if p is deep else slower if p is big else p for p in pts])
+    by = {m.workload: m for m in got}
+    assert set(by) == {"tg64x1@d8192", "tg64x64@d0"}
+    a = by["tg64x1@d8192"]
+    assert a.term == "attn" and a.rel_err == pytest.approx(deep.step_s / slow.step_s - 1, abs=1e-6)
+    assert a.fitted == pytest.approx(20e9, rel=1e-6) and a.implied == pytest.approx(10e9, rel=1e-6)
+    assert a.term_measured_s == pytest.approx(2 * t["attn"], rel=1e-6)
+    assert a.kv_bytes == deep.kv_bytes and "R_attn 10 GFLOP/s implied here against 20 fitted" in a.text()
+    b = by["tg64x64@d0"]
+    tb = TRUE.terms_s(big)
+    assert b.term == "batch" and b.rel_err == pytest.approx(1 / 1.3 - 1, abs=1e-6)
+    assert b.fitted == pytest.approx((tb["seq"] + tb["gemm"]) / 64, rel=1e-6)
+    assert b.implied == pytest.approx((1.3 * big.step_s - tb["fixed"] - tb["attn"]) / 64, rel=1e-6)
+    # within the bar: nothing to name
+    assert fit.diagnose(pts) == [] and fit.diagnose([slow if p is deep else p for p in pts], bar=0.6) == []

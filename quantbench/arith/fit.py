@@ -149,6 +149,78 @@ def holdout_errors(points: list[Point], which=held_out) -> dict[str, float]:
     return {p.workload: float(f.rel_err(p)) for p in out}
 
 
+MISS = 0.15  # issue 27's bar: a held-out point predicted further off than this is a miss
+
+
+@dataclass(frozen=True)
+class Miss:
+    """A held-out point the fit without it missed, with the term that failed and the measurement
+    that shows it: what that term would have had to be at this point, against what it was fitted."""
+    workload: str
+    rel_err: float  # (predicted − measured) / measured, as holdout_rel_err
+    term: str  # "attn" (the deepest depth) or "batch" (the largest batch: per-sequence + matmuls)
+    measured_s: float  # the step time measured
+    others_s: float  # the fitted terms this point does not test, at this point
+    term_fit_s: float  # the tested term(s) as the fit without this point priced them
+    implied: float  # the tested term's rate the measurement implies (R_attn FLOP/s; batch: s/seq)
+    fitted: float | None  # the same rate as fitted without this point (None: term fitted to 0)
+    kv_bytes: float = 0.0  # the KV cache this point's attention reads (0: not known)
+
+    @property
+    def term_measured_s(self) -> float:
+        """Returns the seconds the measurement leaves for the tested term(s)."""
+        return self.measured_s - self.others_s
+
+    def text(self) -> str:
+        """Returns one line: the miss, the failing term and its evidence."""
+        if self.term == "attn":
+            rate = (f"R_attn {self.implied / 1e9:.3g} GFLOP/s implied here against "
+                    + (f"{self.fitted / 1e9:.3g} fitted on the shallower depths" if self.fitted
+                       else "no attention cost fitted on the shallower depths"))
+            what = "attention over the cache" + (f" ({self.kv_bytes / 1e6:.0f} MB of KV)" if self.kv_bytes else "")
+        else:
+            rate = (f"{self.implied * 1e3:.3g} ms per sequence implied here against "
+                    f"{self.fitted * 1e3:.3g} ms fitted on the smaller batches" if self.fitted is not None else "")
+            what = "the batch terms (per-sequence cost and matmuls)"
+        return (f"{self.workload}: {100 * self.rel_err:+.1f} % — {what}: measured {self.measured_s * 1e3:.2f} ms/step "
+                f"leaves {self.term_measured_s * 1e3:.2f} ms to this term, the fit without this point priced "
+                f"{self.term_fit_s * 1e3:.2f} ms" + (f"; {rate}" if rate else ""))
+
+
+def diagnose(points: list[Point], bar: float = MISS) -> list[Miss]:
+    """Returns a Miss per held-out point predicted beyond ±bar by the fit without the held-out
+    points: a depth point's miss is the attention term's (the fitted other terms are subtracted from
+    the measured step and the attention FLOPs divided by what is left), a batch point's the batch
+    terms' (B · t_seq + matmuls: what is left per sequence)."""
+    out_pts = held_out(points)
+    train = [p for p in points if p not in out_pts]
+    if not out_pts or len(train) < N_TERMS:
+        return []
+    f = fit(train)
+    deepest = max(p.depth for p in points)
+    misses = []
+    for p in out_pts:
+        err = f.rel_err(p)
+        if abs(err) <= bar:
+            continue
+        terms = f.terms_s(p)
+        if p.depth == deepest and p.depth > 0 and p.attn_flops > 0:
+            tested = ("attn",)
+            others = sum(v for k, v in terms.items() if k not in tested)
+            left = p.step_s - others
+            implied = p.attn_flops / left if left > 0 else float("inf")
+            misses.append(Miss(p.workload, float(err), "attn", p.step_s, others, terms["attn"], implied,
+                               f.attn_flop_s, p.kv_bytes))
+        else:
+            tested = ("seq", "gemm")
+            others = sum(v for k, v in terms.items() if k not in tested)
+            left = p.step_s - others
+            fitted = (terms["seq"] + terms["gemm"]) / p.batch
+            misses.append(Miss(p.workload, float(err), "batch", p.step_s, others,
+                               terms["seq"] + terms["gemm"], left / p.batch, fitted))
+    return misses
+
+
 def plateau_knee(tok_s_by_batch: dict[int, float], frac: float = KNEE_PLATEAU_FRAC) -> int | None:
     """Returns the smallest batch whose tok/s reaches frac of the best; None with under 2 batches."""
     if len(tok_s_by_batch) < 2:
@@ -281,6 +353,7 @@ def summaries(recs: list[dict]) -> list[dict]:
                    # what each point rests on: timed steps and the CI its median reached
                    precision={r["workload"]: (r.get("decode_steps_timed"), _num(r.get("decode_ci95_rel")))
                               for r in tg})
+        row["misses"] = diagnose(points_from_records(tg))
         errs = [r["fit_rel_err"] ** 2 for r in tg if _num(r.get("fit_rel_err")) is not None]
         row["rms_rel_err"] = float(np.sqrt(np.mean(errs))) if errs else None
         # overhead: the fixed time beyond reading the weights at the calibrated bandwidth

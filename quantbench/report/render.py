@@ -418,8 +418,18 @@ def arith_section(df, colors: dict) -> Section | None:
                                f"{x['format']}: {x['held_out']} {_pct(x['rel_err'])} (t_layer "
                                f"{x['layer_s'] * 1e3:.2f} ms, BW_eff {_rate(x['bandwidth_bytes_s'], 'B/s')}, "
                                f"from {', '.join(x['fitted_on'])})" for x in ladder)))
+    misses = _misses(rows)
+    if misses:
+        from quantbench.arith.fit import MISS
+        blocks.append(Para(f"Held-out misses beyond ±{100 * MISS:.0f} %, the term that failed and the "
+                           "measurement that shows it: " + "; ".join(misses) + "."))
     blocks += [Figures(heading, tuple(svgs)) for heading, svgs in arith_svgs(rows, colors)]
     return Section("Arithmetic vs measurement", tuple(blocks))
+
+
+def _misses(rows: list[dict]) -> list[str]:
+    """Returns one line per held-out miss: the variant, the point, the failing term and its evidence."""
+    return [f"{r['format']} ({r['model']}) {m.text()}" for r in rows for m in r.get("misses") or ()]
 
 
 def arith_markdown(df) -> list[str]:
@@ -434,6 +444,7 @@ def arith_markdown(df) -> list[str]:
                    f"{x['held_out']} {_pct(x['rel_err'])} (t_layer {x['layer_s'] * 1e3:.2f} ms, BW_eff "
                    f"{_rate(x['bandwidth_bytes_s'], 'B/s')}, from {', '.join(x['fitted_on'])})"
                    for x in ladder]
+    out += [f"- held-out miss: {m}" for m in _misses(rows)]
     return out + [""]
 
 
