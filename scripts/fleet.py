@@ -3,6 +3,7 @@ real one), `overhead` times the local executor against `--executor ray` on one m
 
     python scripts/fleet.py demo [--address HOST:PORT]   # what `nox -s fleet` runs
     python scripts/fleet.py overhead --variants 1 4      # docs/fleet.md "Overhead"
+    python scripts/fleet.py overhead --suite suites/fleet-overhead.toml --repeat 3   # real formats
 
 A local cluster is a head with no CPUs (the driver measures nothing) and one node per kind of the
 suite's node_kinds, each offering one quantbench-slot and its kind label, on 127.0.0.1, with a
@@ -13,11 +14,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import time
 import tomllib
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from quantbench.core.suite import Suite
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = ROOT / "suites" / "fleet.toml"
@@ -55,37 +61,68 @@ def demo(args) -> int:
             cluster.shutdown()
 
 
+def overhead_suites(args) -> list[tuple[int, Suite]]:
+    """Returns (variants, suite) per --variants N: the dummy format on `tiny` at 1..N threads (N
+    variants, one build), or --suite's first N formats, run on any node (its node_kinds dropped)."""
+    from quantbench.core.errors import UserError
+    from quantbench.core.suite import Suite, load_suite
+    from quantbench.measure import runner
+
+    if not args.suite:
+        return [(n, Suite(name="overhead", model="tiny", formats=("dummy",), prompt_lengths=(16,), gen_tokens=4,
+                          min_samples=2, time_budget_s=0.5, n_ctx=32, ppl_windows=1, quality_budget_s=5.0,
+                          kld_tokens=16, threads=tuple(range(1, n + 1))))
+                for n in args.variants or (1, 4)]
+    full = load_suite(args.suite).with_overrides(node_kinds=(), placement="spread")
+    out = []
+    for n in args.variants or (len(full.formats),):
+        if n > len(full.formats):
+            raise UserError(f"--variants {n}: {args.suite} has {len(full.formats)} formats")
+        suite = full.with_overrides(formats=full.formats[:n])
+        out.append((sum(len(runner.plan(m)) * len(m.thread_list) for m in suite.per_model()), suite))
+    return out
+
+
 def overhead(args) -> int:
     """Prints wall seconds of the local executor and of --executor ray on a one-node local
-    cluster, per number of variants (the dummy format at 1..N threads: N variants, one build)."""
+    cluster, per number of variants: each run, then per N the medians, ray − local and ray / local
+    (issue #26's target: ray / local ≤ 1.05, with ray.init's start-up counted apart)."""
     sys.path.insert(0, str(ROOT))
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    from quantbench.core.suite import Suite
+    from quantbench.core.errors import UserError
     from quantbench.measure import fleet, runner
 
+    try:
+        suites = overhead_suites(args)  # a bad --suite fails before Ray starts
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     fleet.connect(None)
     init_s = time.perf_counter() - t0
     rows = []
-    for n in args.variants:
-        suite = Suite(name="overhead", model="tiny", formats=("dummy",), prompt_lengths=(16,), gen_tokens=4,
-                      min_samples=2, time_budget_s=0.5, n_ctx=32, ppl_windows=1, quality_budget_s=5.0,
-                      kld_tokens=16, threads=tuple(range(1, n + 1)))
-        for _ in range(args.repeat):
+    for n, suite in suites:
+        local, ray = [], []
+        for i in range(args.repeat):
             t = time.perf_counter()
-            runner.run(suite, out / f"local-{n}.jsonl")
-            local_s = time.perf_counter() - t
+            runner.run(suite, out / f"{suite.name}-local-{n}.jsonl")
+            local.append(time.perf_counter() - t)
             t = time.perf_counter()
-            fleet.run(suite, out / f"ray-{n}.jsonl")
-            ray_s = time.perf_counter() - t
-            rows.append((n, local_s, ray_s))
-    print(f"\nray.init (one-node local cluster): {init_s:.1f} s; load before/after: {args.load}, "
-          f"{os.getloadavg()[0]:.1f}")
-    print("| variants | local s | ray s | ray − local s | per variant s |\n|---:|---:|---:|---:|---:|")
-    for n, local_s, ray_s in rows:
-        print(f"| {n} | {local_s:.1f} | {ray_s:.1f} | {ray_s - local_s:+.1f} | {(ray_s - local_s) / n:+.2f} |")
+            fleet.run(suite, out / f"{suite.name}-ray-{n}.jsonl")
+            ray.append(time.perf_counter() - t)
+            print(f"[overhead] {n} variants ({', '.join(suite.formats)}), run {i + 1}/{args.repeat}: "
+                  f"local {local[-1]:.1f} s, ray {ray[-1]:.1f} s", flush=True)
+        rows.append((n, local, ray))
+    print(f"\nsuite: {args.suite or 'the dummy format on tiny'}; ray.init (one-node local cluster): {init_s:.1f} s, "
+          f"not in the times below; load before/after: {args.load}, {os.getloadavg()[0]:.1f}")
+    print(f"| variants | local s ({args.repeat} runs) | ray s ({args.repeat} runs) | median ray − local s "
+          "| per variant s | median ratio ray/local | ≤ 1.05 |\n|---:|---|---|---:|---:|---:|:---:|")
+    for n, local, ray in rows:
+        lo, hi = statistics.median(local), statistics.median(ray)
+        print(f"| {n} | {', '.join(f'{x:.1f}' for x in local)} | {', '.join(f'{x:.1f}' for x in ray)} "
+              f"| {hi - lo:+.1f} | {(hi - lo) / n:+.2f} | {hi / lo:.3f} | {'yes' if hi / lo <= 1.05 else 'no'} |")
     return 0
 
 
@@ -99,7 +136,11 @@ def main(argv=None) -> int:
     d.add_argument("--report", default="reports/fleet.html")
     d.add_argument("rest", nargs="*", help="more `quantbench run` flags, after --")
     o = sub.add_parser("overhead", help="wall time: local executor vs --executor ray, one machine")
-    o.add_argument("--variants", type=int, nargs="+", default=[1, 4])
+    o.add_argument("--suite", help="a suite file to time instead of the dummy format on tiny (e.g. "
+                   "suites/fleet-overhead.toml); its node_kinds are dropped: one node")
+    o.add_argument("--variants", type=int, nargs="+",
+                   help="N per row: the dummy format at 1..N threads (default 1 4), or --suite's first N "
+                        "formats (default all)")
     o.add_argument("--repeat", type=int, default=1)
     o.add_argument("--out-dir", default="/tmp/quantbench-fleet-overhead")
     args = ap.parse_args(argv)
