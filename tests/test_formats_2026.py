@@ -45,9 +45,9 @@ def fresh_cache(tiny, tokens_path, tmp_path_factory):
 
 def backend(tiny, tokens_path, fmt: str):
     f = get_format(fmt)
-    ctx = Variant(tiny.name, tiny.dir, tiny.digest, f, "cpu", SUITE.thread_count(), SUITE,
-                  tokens_path=tokens_path, calib_start=SUITE.n_ctx * SUITE.ppl_windows, corpus_key=SUITE.corpus)
-    return get_backend_class(f.backend)(ctx)
+    variant = Variant(tiny.name, tiny.dir, tiny.digest, f, "cpu", SUITE.thread_count(), SUITE,
+                      tokens_path=tokens_path, calib_start=SUITE.n_ctx * SUITE.ppl_windows, corpus_key=SUITE.corpus)
+    return get_backend_class(f.backend)(variant)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_group_size_that_skips_layers_fails_loudly(tiny, tokens_path, fresh_cach
     import dataclasses
 
     b = backend(tiny, tokens_path, "torchao-int4wo")
-    b.ctx = dataclasses.replace(b.ctx, format=dataclasses.replace(b.ctx.format, group_size=128))
+    b.variant = dataclasses.replace(b.variant, format=dataclasses.replace(b.variant.format, group_size=128))
     # 576-wide inputs are not divisible by 128: only the two down_proj (1536 wide) get quantized
     with pytest.raises(RuntimeError, match=r"left 12 decoder Linear layers unquantized .* \(2 quantized"):
         b.build()

@@ -42,7 +42,7 @@ def windows(tiny):
     return corpus.windows(ids, SUITE.n_ctx, SUITE.ppl_windows, corpus.bos_first(tiny.dir))
 
 
-def ctx(tiny, fmt: str) -> Variant:
+def variant(tiny, fmt: str) -> Variant:
     return Variant(tiny.name, tiny.dir, tiny.digest, get_format(fmt), "cpu", 2, SUITE)
 
 
@@ -50,7 +50,7 @@ def ctx(tiny, fmt: str) -> Variant:
 def built(tiny):
     out = {}
     for fmt in ("gguf-f16", "gguf-q8_0", "gguf-q4_0", "gguf-q4_k_m"):
-        b = GGUFBackend(ctx(tiny, fmt))
+        b = GGUFBackend(variant(tiny, fmt))
         b.build()
         out[fmt] = b
     return out
@@ -93,7 +93,7 @@ def test_predicted_bytes_match_the_file(tiny, built, fmt):
 
 
 def test_second_build_is_a_cache_hit(tiny, built):
-    b = GGUFBackend(ctx(tiny, "gguf-q4_k_m"))
+    b = GGUFBackend(variant(tiny, "gguf-q4_k_m"))
     b.build()
     assert b.info["build_s"] == 0.0
     assert b.info["artifact"] == built["gguf-q4_k_m"].info["artifact"]
@@ -127,7 +127,7 @@ def test_logits_prefill_decode_and_kv(built, windows):
 
 def test_f16_ppl_matches_transformers(tiny, built, windows):
     ppl = {}
-    for name, b in (("gguf", built["gguf-f16"]), ("hf", HFBackend(ctx(tiny, "fp32")))):
+    for name, b in (("gguf", built["gguf-f16"]), ("hf", HFBackend(variant(tiny, "fp32")))):
         b.load()
         try:
             ppl[name] = score_windows(b, windows, budget_s=600)["ppl_full"]
@@ -142,13 +142,13 @@ def test_missing_runtime_and_gpu_are_skips(tiny, built, monkeypatch):
     from quantbench.backends import Skip
 
     if not llama_cpp.llama_supports_gpu_offload():
-        b = GGUFBackend(dataclasses.replace(ctx(tiny, "gguf-q8_0"), device="cuda"))  # a Variant is frozen
+        b = GGUFBackend(dataclasses.replace(variant(tiny, "gguf-q8_0"), device="cuda"))  # a Variant is frozen
         b.path = built["gguf-q8_0"].path
         with pytest.raises(Skip, match="no usable GPU offload: built without CUDA"):
             b.load()
     monkeypatch.setitem(__import__("sys").modules, "llama_cpp", None)  # import now fails
     with pytest.raises(Skip, match=r"install quantbench\[gguf\]"):
-        GGUFBackend(ctx(tiny, "gguf-q8_0")).load()
+        GGUFBackend(variant(tiny, "gguf-q8_0")).load()
 
 
 def test_batched_decode_matches_one_sequence(built):
@@ -175,7 +175,7 @@ def test_kv_types(tiny, built, kv, bytes_per_token):
     # tiny caches 2 (K,V) x 2 layers x 3 KV heads x 64 = 768 elements per token: 16, 8.5 and
     # 4.5 bits each (q8_0 / q4_0 blocks of 32 with an f16 scale)
     name = "gguf-q8_0" if kv == "f16" else f"gguf-q8_0+kv-{kv}"
-    b = GGUFBackend(ctx(tiny, name))
+    b = GGUFBackend(variant(tiny, name))
     b.build()
     assert b.info["artifact"] == built["gguf-q8_0"].info["artifact"]  # same weights
     b.load()

@@ -52,7 +52,7 @@ def fresh_cache(tiny, tokens_path, tmp_path_factory):
         yield
 
 
-def ctx(tiny, tokens_path, fmt: str) -> Variant:
+def variant(tiny, tokens_path, fmt: str) -> Variant:
     return Variant(tiny.name, tiny.dir, tiny.digest, get_format(fmt), "cpu", SUITE.thread_count(),
                    SUITE, tokens_path=tokens_path, calib_start=SUITE.n_ctx * SUITE.ppl_windows,
                    corpus_key=SUITE.corpus)
@@ -62,7 +62,7 @@ def ctx(tiny, tokens_path, fmt: str) -> Variant:
 def built(tiny, tokens_path, fresh_cache):
     out = {}
     for fmt in ("gptq-4b", "awq-4b"):
-        b = GPTQBackend(ctx(tiny, tokens_path, fmt))
+        b = GPTQBackend(variant(tiny, tokens_path, fmt))
         b.build()
         b.load()
         out[fmt] = b
@@ -75,7 +75,7 @@ def built(tiny, tokens_path, fresh_cache):
 def fp32_ppl(tiny, tokens_path, windows):
     # fp32 holds the fp16 checkpoint exactly; fp16 itself prefills ~50x slower on CPUs without
     # fp16 GEMM, so it is the reference here.
-    b = HFBackend(ctx(tiny, tokens_path, "fp32"))
+    b = HFBackend(variant(tiny, tokens_path, "fp32"))
     b.load()
     out = score_windows(b, windows, budget_s=1e9)
     b.close()
@@ -104,7 +104,7 @@ def test_build_records_what_it_used(built, fmt):
 
 @pytest.mark.parametrize("fmt", ["gptq-4b", "awq-4b"])
 def test_second_build_is_a_cache_hit(tiny, tokens_path, built, fmt):
-    b = GPTQBackend(ctx(tiny, tokens_path, fmt))
+    b = GPTQBackend(variant(tiny, tokens_path, fmt))
     b.build()
     assert b.info["build_s"] == 0.0
     assert b.info["artifact"] == built[fmt].info["artifact"]
@@ -114,7 +114,7 @@ def test_premade_artifact(tiny, tokens_path, built):
     # Our cached checkpoints are plain GPTQ (v1) / AWQ GEMM checkpoints, as auto-gptq and autoawq
     # write them: passing one as a suite artifact loads it without quantizing.
     path = built["gptq-4b"].info["artifact"]
-    c = ctx(tiny, tokens_path, "gptq-4b")  # the artifact comes from the suite's [artifacts] table
+    c = variant(tiny, tokens_path, "gptq-4b")  # the artifact comes from the suite's [artifacts] table
     b = GPTQBackend(dataclasses.replace(c, suite=dataclasses.replace(c.suite, artifacts={"gptq-4b": path})))
     b.build()
     assert (b.info["artifact"], b.info["build_s"]) == (path, 0.0)
@@ -132,7 +132,7 @@ def test_suite_picks_the_kernel(tiny, tokens_path, built, fmt, kernel, qlinear):
     # gptq_kernel / awq_kernel pass GPTQModel a BACKEND instead of auto (which on an offline H100
     # picks Machete and fails); the record names the QuantLinear class that really ran.
     key = "awq_kernel" if fmt == "awq-4b" else "gptq_kernel"
-    c = ctx(tiny, tokens_path, fmt)
+    c = variant(tiny, tokens_path, fmt)
     b = GPTQBackend(dataclasses.replace(c, suite=SUITE.with_overrides(**{key: kernel})))
     b.build()
     b.load()

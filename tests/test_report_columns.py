@@ -85,8 +85,9 @@ def test_a_key_the_pivot_lacks_fails_loudly(tmp_path):
 def test_templates_ship_with_the_package():
     pyproject = Path("pyproject.toml").read_text()
     assert re.search(r'"jinja2>=3\.1"', pyproject)
-    for name in ("report.html.j2", "report.css", "sort.js", "error.js"):
+    for name in ("base.html.j2", "blocks.html.j2", "report.html.j2", "report.css", "sort.js", "error.js"):
         assert tables.template_text(name).strip(), name
+    assert tables.environment("quantbench.track").get_template("trend.html.j2")  # the trend page's
     assert "document.body.dataset.ready" in render.SORT_JS and "window.onerror" in render.ERROR_JS
 
 

@@ -191,6 +191,70 @@ class _Page(HTMLParser):
         self._in_title = False
 
 
+class _Content(HTMLParser):
+    """A page's content: its tables (rows of cell texts), its headings, paragraphs, summaries and
+    list items in order (text whitespace-collapsed, a list item with its class), its SVG markup."""
+    TEXT = ("h1", "h2", "p", "summary", "li", "th", "td")
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.tables, self.blocks, self._text, self._cls = [], [], None, None
+        self.feed(html)
+        self.svgs = re.findall(r"<svg .*?</svg>", html, re.S)
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in self.TEXT:
+            self._text, self._cls = [], dict(attrs).get("class")
+
+    def handle_data(self, data):
+        if self._text is not None:
+            self._text.append(data)
+
+    def handle_endtag(self, tag):
+        if tag in self.TEXT and self._text is not None:
+            text = " ".join("".join(self._text).split())
+            if tag in ("th", "td"):
+                self.tables[-1][-1].append(text)
+            else:
+                self.blocks.append((tag, self._cls if tag == "li" else None, text))
+            self._text = None
+
+
+STRING_BUILT = Path(__file__).parent / "data" / "trend-string-built.html"
+
+
+def _string_built_history(tmp_path):
+    """Returns the history that tests/data/trend-string-built.html shows (source "results/<history>
+    & co"): 6 runs, decode 1.5x slower from run 3 with a torch upgrade, and 3 runs of a second
+    machine. The page was rendered by the string-built trend.render_html (commit bddb567) before it
+    moved to templates/trend.html.j2; re-render it from this history where the page's content
+    changes on purpose."""
+    hist = write_history(tmp_path, 6, lambda i: {"slow": 1.5, "env": {"torch": "2.14.0"}} if i >= 3 else {})
+    write_history(tmp_path / "m2", 3, lambda i: {"env": {"cpu": "Intel Xeon Platinum 8480+"}}, hist=hist)
+    return hist
+
+
+def test_templated_page_says_what_the_string_built_one_said(tmp_path):
+    t = trend.analyse(_string_built_history(tmp_path))
+    html = trend.render_html(t, "results/<history> & co")
+    new, old = _Content(html), _Content(STRING_BUILT.read_text(encoding="utf-8"))
+    assert new.tables == old.tables and len(new.tables[0]) == 1 + 24  # the gates: head, 24 series
+    assert new.blocks == old.blocks and [b[1] for b in new.blocks].count("REGRESSION") == 2
+    assert new.svgs == old.svgs and len(new.svgs) == 6  # the panels, unchanged
+    # autoescaped: markup in a value is text on the page, in a paragraph, a list item and a cell
+    assert "<code>results/&lt;history&gt; &amp; co</code>" in html and "<history>" not in html
+    key, gate = next(iter(t.gates.items()))
+    t.gates[("<b>m</b>", *key[1:])] = gate
+    t.unconfirmed.append("<script>alert(1)</script> & more")
+    html = trend.render_html(t, "x")
+    assert "<li>&lt;script&gt;alert(1)&lt;/script&gt; &amp; more</li>" in html and "<script>alert" not in html
+    assert '<td class="s machine">&lt;b&gt;m&lt;/b&gt;</td>' in html and "<b>m</b>" not in html
+
+
 def test_trend_page_has_panels_steps_and_hover(tmp_path, capsys):
     hist = write_history(tmp_path, 20, lambda i: {"slow": 1.10} if i >= 10 else {})
     out = tmp_path / "trend.html"

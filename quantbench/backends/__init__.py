@@ -60,21 +60,21 @@ class Skip(Exception):
 class Backend:
     """One way of running a model. Subclasses fill in the methods below; ids are HF token ids."""
 
-    def __init__(self, ctx: Variant):
-        self.ctx = ctx  # the variant it runs: format, device, threads, suite, model paths
+    def __init__(self, variant: Variant):
+        self.variant = variant  # the variant it runs: format, device, threads, suite, model paths
         self.info: dict = {}  # extra record fields: kernel, artifact, build_s, group_size, ...
 
     def calibration(self, n_samples: int, n_tokens: int) -> list[list[int]]:
         """Returns calibration samples drawn after the evaluation windows (never overlapping)."""
         from quantbench.inputs.corpus import calibration
 
-        return calibration(np.load(self.ctx.tokens_path), self.ctx.calib_start, n_samples, n_tokens)
+        return calibration(np.load(self.variant.tokens_path), self.variant.calib_start, n_samples, n_tokens)
 
     def build(self) -> None:
         """Builds (or finds in the cache) this format's artifact; sets info['artifact'/'build_s']."""
 
     def load(self) -> None:
-        """Loads the variant onto ctx.device."""
+        """Loads the variant onto variant.device."""
         raise NotImplementedError
 
     def weights_bytes(self) -> int:
@@ -135,7 +135,7 @@ class Backend:
         cached), and says `what` it is doing and how long it took."""
         from quantbench.core import cache
 
-        fmt = self.ctx.format
+        fmt = self.variant.format
         self.info["artifact"] = str(final)
         if fmt.group_size:
             self.info["group_size"] = fmt.group_size

@@ -2,7 +2,7 @@
 on calibration text), saved in its own `auto_round` format and loaded back through transformers.
 
 Runs in the backend environment 'auto-round' (envs.ENVS). Calibration is the embedded corpus's
-tokens after the evaluation windows (ctx.calibration), never auto-round's default hub dataset.
+tokens after the evaluation windows (variant.calibration), never auto-round's default hub dataset.
 On CPU the tuning is short (CPU_ITERS steps per block, few samples) and auto-round's own log lines
 are forwarded as progress. Loading picks one of auto-round's inference backends: its `ark` CPU
 kernels (auto-round-lib, `auto_round_kernel`) where they are installed and the layer fits, else a
@@ -67,27 +67,27 @@ class AutoRoundBackend(SavedQuantBackend):
         from quantbench.backends import Skip
 
         if importlib.util.find_spec("auto_round") is None:
-            raise Skip(f"{self.ctx.format.name}: auto-round not installed here; {self.install}")
+            raise Skip(f"{self.variant.format.name}: auto-round not installed here; {self.install}")
         return importlib.metadata.version("auto-round")
 
     def _quantize(self, out) -> None:
         from auto_round import AutoRound
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        torch, fmt = self._torch(), self.ctx.format
-        torch.set_num_threads(self.ctx.threads)
-        iters, n, tokens = settings(self.ctx.device)
-        samples = [torch.tensor([ids]) for ids in self.ctx.calibration(n, tokens)]
+        torch, fmt = self._torch(), self.variant.format
+        torch.set_num_threads(self.variant.threads)
+        iters, n, tokens = settings(self.variant.device)
+        samples = [torch.tensor([ids]) for ids in self.variant.calibration(n, tokens)]
         say(f"[auto-round] {fmt.name}: {iters} iterations per block over {len(samples)} x {tokens} corpus "
             f"tokens, group {fmt.group_size}")
-        model = AutoModelForCausalLM.from_pretrained(self.ctx.model_dir, dtype=self.dtype())
-        tok = AutoTokenizer.from_pretrained(self.ctx.model_dir)
+        model = AutoModelForCausalLM.from_pretrained(self.variant.model_dir, dtype=self.dtype())
+        tok = AutoTokenizer.from_pretrained(self.variant.model_dir)
         handler = _Forward()
         logging.getLogger(LOGGER).addHandler(handler)
         try:
             ar = AutoRound(model, tok, bits=int(fmt.param), group_size=fmt.group_size, sym=True,
                            iters=iters, nsamples=len(samples), seqlen=tokens, dataset=samples,
-                           batch_size=min(4, len(samples)), device_map=self.ctx.device.replace("cuda:", ""),
+                           batch_size=min(4, len(samples)), device_map=self.variant.device.replace("cuda:", ""),
                            # inductor compiles each block for minutes on a small CPU, longer than the tune
                            enable_torch_compile=False)
             ar.quantize_and_save(str(out), format=EXPORT)
@@ -102,7 +102,7 @@ class AutoRoundBackend(SavedQuantBackend):
 
     def build(self) -> None:
         super().build()
-        iters, n, tokens = settings(self.ctx.device)  # a cached build was made with these too
+        iters, n, tokens = settings(self.variant.device)  # a cached build was made with these too
         self.info.update(calib_iters=iters, calib_samples=n, calib_tokens=tokens)
 
     def quantized_layers(self, model) -> list[str]:

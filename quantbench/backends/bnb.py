@@ -18,17 +18,17 @@ class BnbBackend(HFBackend):
         # The CPU int8 path warns on every call (fp32 inputs cast to fp16): keep logs readable.
         warnings.filterwarnings("ignore", module="bitsandbytes")
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-        if self.ctx.format.param == "int8":
+        if self.variant.format.param == "int8":
             cfg = BitsAndBytesConfig(load_in_8bit=True)
-            dtype = torch.float16 if self.ctx.device.startswith("cuda") else torch.float32
+            dtype = torch.float16 if self.variant.device.startswith("cuda") else torch.float32
         else:
             # bnb's CPU 4-bit kernel computes in bf16 whatever is asked; say what runs.
             cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                      bnb_4bit_compute_dtype=torch.bfloat16)
             dtype = torch.bfloat16
-        device_map = {"": self.ctx.device if self.ctx.device != "cuda" else 0}
+        device_map = {"": self.variant.device if self.variant.device != "cuda" else 0}
         model = AutoModelForCausalLM.from_pretrained(
-            self.ctx.model_dir, quantization_config=cfg, dtype=dtype, device_map=device_map)
+            self.variant.model_dir, quantization_config=cfg, dtype=dtype, device_map=device_map)
         return model
 
     def load(self) -> None:
@@ -44,7 +44,7 @@ class BnbBackend(HFBackend):
     def kernel_name(self, kernel: str, detail: dict) -> str:
         """Returns `bnb:cpu-<ATen capability>` (bitsandbytes registers its CPU int8 kernel only at
         AVX512 and its fused NF4 one only with AVX512_BF16, asking ATen) or `bnb:cuda-<class>`."""
-        if self.ctx.device.startswith("cuda"):
+        if self.variant.device.startswith("cuda"):
             return "bnb:cuda-" + kernel.removeprefix("torch:cuda-")
         return f"bnb:cpu-{detail.get('cpu_capability', 'unknown').lower()}"
 

@@ -62,16 +62,16 @@ class CompressedTensorsBackend(SavedQuantBackend):
         from llmcompressor.modifiers.quantization import QuantizationModifier
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        fmt = self.ctx.format
-        self._torch().set_num_threads(self.ctx.threads)
-        model = AutoModelForCausalLM.from_pretrained(self.ctx.model_dir, dtype=self.dtype())
+        fmt = self.variant.format
+        self._torch().set_num_threads(self.variant.threads)
+        model = AutoModelForCausalLM.from_pretrained(self.variant.model_dir, dtype=self.dtype())
         group = scheme(fmt.param, fmt.group_size)
         modifier = (QuantizationModifier(targets="Linear", scheme=group, ignore=["lm_head"]) if isinstance(group, str)
                     else QuantizationModifier(config_groups={"group_0": group}, ignore=["lm_head"]))
         oneshot(model=model, recipe=[modifier])  # no dataset: a data-free pipeline
-        self._check(model, self.ctx.model_dir)
+        self._check(model, self.variant.model_dir)
         model.save_pretrained(str(out), save_compressed=True)
-        AutoTokenizer.from_pretrained(self.ctx.model_dir).save_pretrained(str(out))
+        AutoTokenizer.from_pretrained(self.variant.model_dir).save_pretrained(str(out))
 
     def quantized_layers(self, model) -> list[str]:
         return [n for n, m in model.named_modules() if getattr(m, "quantization_scheme", None) is not None]
@@ -83,7 +83,7 @@ class CompressedTensorsBackend(SavedQuantBackend):
         seen = {t.untyped_storage().data_ptr(): tensor_bytes(t) for t in [*model.parameters(), *model.buffers()]}
         self.loaded = {"weights_bytes_compressed": sum(seen.values())}  # as loaded, before the forward
         with self._torch().inference_mode():  # the first forward decompresses (every device alike)
-            model(input_ids=self._torch().tensor([[1, 2]], device=self.ctx.device))
+            model(input_ids=self._torch().tensor([[1, 2]], device=self.variant.device))
         layer = next(m for m in model.modules() if getattr(m, "quantization_scheme", None) is not None)
         self.loaded["weights_dtype"] = str(layer.weight.dtype).removeprefix("torch.")  # bfloat16: dense
         return model
@@ -92,9 +92,9 @@ class CompressedTensorsBackend(SavedQuantBackend):
         """Returns `compressed-tensors:dense (decompressed) (<dense kernel>)`; kernel_detail names the
         kernel vLLM would serve this artifact with on this GPU (CUDA only)."""
         detail.update(execution="dense (decompressed)", **self.loaded)
-        if self.ctx.device.startswith("cuda"):
-            cap = self._torch().cuda.get_device_capability(self.ctx.device)
-            detail["vllm_kernel"] = vllm_kernel(self.ctx.format.param, cap) or "none for this GPU"
-        if self.ctx.format.param == "w8a8":
+        if self.variant.device.startswith("cuda"):
+            cap = self._torch().cuda.get_device_capability(self.variant.device)
+            detail["vllm_kernel"] = vllm_kernel(self.variant.format.param, cap) or "none for this GPU"
+        if self.variant.format.param == "w8a8":
             detail["activations"] = "int8 per token, quantize-dequantize before the dense matmul"
         return f"compressed-tensors:dense (decompressed) ({kernel})"

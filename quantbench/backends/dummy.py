@@ -28,9 +28,9 @@ class DummyBackend(Backend):
 
         def make(out):
             time.sleep(float(seconds))
-            (out / "weights.txt").write_text(f"dummy weights of {self.ctx.model_digest}\n")
+            (out / "weights.txt").write_text(f"dummy weights of {self.variant.model_digest}\n")
 
-        self.build_once(cache.entry("quant", cache.content_key(self.ctx.model_digest, "dummy", seconds)),
+        self.build_once(cache.entry("quant", cache.content_key(self.variant.model_digest, "dummy", seconds)),
                         "making the dummy artifact", make)
 
     def load(self) -> None:

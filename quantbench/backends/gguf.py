@@ -323,22 +323,22 @@ class GGUFBackend(Backend):
 
     def _artifact(self) -> tuple[Path, bool]:
         """Returns the GGUF path and whether this call made it (False: cached or user-given)."""
-        if self.ctx.artifact:
-            path = Path(self.ctx.artifact).expanduser()
+        if self.variant.artifact:
+            path = Path(self.variant.artifact).expanduser()
             if not path.is_file():
-                raise UserError(f"{self.ctx.format.name}: artifact '{path}' is not a file; "
+                raise UserError(f"{self.variant.format.name}: artifact '{path}' is not a file; "
                                 "give a local .gguf path")
             return path, False
         _llama_cpp()  # Skip before a long download when the runtime is missing anyway
-        version, ftype = _version(), self.ctx.format.param
-        f16_key = cache.content_key(self.ctx.model_digest, "F16", version)
+        version, ftype = _version(), self.variant.format.param
+        f16_key = cache.content_key(self.variant.model_digest, "F16", version)
         f16, fresh = _cached(f16_key, "model-F16.gguf",
-                             lambda out: convert_f16(self.ctx.model_dir, out, version))
+                             lambda out: convert_f16(self.variant.model_dir, out, version))
         if ftype == "F16":
             return f16, fresh
         name = "model-" + re.sub(r"[^\w.]", "-", ftype) + ".gguf"
         return _cached(cache.content_key(f16_key, ftype, version), name,
-                       lambda out: quantize(f16, out, ftype, self.ctx.threads))
+                       lambda out: quantize(f16, out, ftype, self.variant.threads))
 
     def build(self) -> None:
         from quantbench.inputs.corpus import load_text
@@ -353,31 +353,31 @@ class GGUFBackend(Backend):
                          # the arithmetic predicts from the file's real density, since llama.cpp
                          # picks per-tensor fallbacks (Q4_K_M on 576-wide rows is mostly Q5_0)
                          bits_unquantized=mix["bits_per_weight"])
-        if self.ctx.format.group_size:  # a block format (MXFP4: 32 weights per scale)
-            self.info["group_size"] = self.ctx.format.group_size
+        if self.variant.format.group_size:  # a block format (MXFP4: 32 weights per scale)
+            self.info["group_size"] = self.variant.format.group_size
         say(f"[gguf] {path.name}: {mix['type_mix']}, {mix['bits_per_weight']:.3f} bits/weight"
             + (f", built in {self.info['build_s']:.1f} s" if fresh else " (cached)"))
         self.info["tokenizer_agree"] = tokenizer_agreement(
-            self.path, self.ctx.model_dir, load_text(self.ctx.suite.corpus)[:2000])
+            self.path, self.variant.model_dir, load_text(self.variant.suite.corpus)[:2000])
 
     def load(self) -> None:
         llama_cpp = self.llama_cpp = _llama_cpp()
-        cuda = self.ctx.device.startswith("cuda")
+        cuda = self.variant.device.startswith("cuda")
         if cuda and not llama_cpp.llama_supports_gpu_offload():
             raise Skip("CUDA asked for but this llama-cpp-python has no usable GPU offload: built "
                        "without CUDA (reinstall it with CMAKE_ARGS=-DGGML_CUDA=on), or its CUDA "
                        "runtime/cuBLAS not found or newer than the driver (see LD_LIBRARY_PATH)")
-        s = self.ctx.suite
+        s = self.variant.suite
         depth = max(s.depths, default=0)  # the untimed fill sits in the same cells
         n_ctx = max(s.n_ctx, depth + max(s.prompt_lengths), depth + s.gen_prompt_tokens + s.gen_tokens
                     + CTX_SLACK)
         n_gpu_layers = -1 if cuda else 0
         # K and V in one type; quantized V needs flash attention, which is on below.
-        self.kv_type = self.ctx.format.kv_type or "f16"
+        self.kv_type = self.variant.format.kv_type or "f16"
         kv_id = GGML_KV_TYPE[self.kv_type]
-        self.kernel_path = self.ctx.format.kernel_path
+        self.kernel_path = self.variant.format.kernel_path
         if not self.kernel_path and not cuda and not backends.ISOLATED \
-                and extra_bufts_crash(self.path, self.ctx.threads):
+                and extra_bufts_crash(self.path, self.variant.threads):
             # In a process whose crash would take more than this variant (pytest, a notebook): the
             # probe said the default path dies here, so take the safer one and say so.
             self.kernel_path = "norepack"
@@ -417,7 +417,7 @@ class GGUFBackend(Backend):
 
     def probe_kernels(self) -> bool:
         """On CUDA, adds the kernels CUPTI saw (after the timed regions: see Backend.probe_kernels)."""
-        if not self.ctx.device.startswith("cuda"):
+        if not self.variant.device.startswith("cuda"):
             return False
         self._probe_cuda()
         return True
@@ -438,10 +438,10 @@ class GGUFBackend(Backend):
 
     def _make_llama(self, llama_cpp, n_ctx: int, n_gpu_layers: int, kv_id: int) -> None:
         self.llm = llama_cpp.Llama(
-            self.path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=self.ctx.threads,
-            n_threads_batch=self.ctx.threads, n_gpu_layers=n_gpu_layers,
+            self.path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=self.variant.threads,
+            n_threads_batch=self.variant.threads, n_gpu_layers=n_gpu_layers,
             # One GPU, the one named: llama.cpp would otherwise split layers over all it sees.
-            split_mode=llama_cpp.LLAMA_SPLIT_MODE_NONE, main_gpu=int(self.ctx.device[5:] or 0),
+            split_mode=llama_cpp.LLAMA_SPLIT_MODE_NONE, main_gpu=int(self.variant.device[5:] or 0),
             # Flash attention matches llama-perplexity's default; without it ppl moves in the 3rd digit.
             flash_attn=True, logits_all=True, seed=0, verbose=False, type_k=kv_id, type_v=kv_id)
 
@@ -489,13 +489,13 @@ class GGUFBackend(Backend):
         lc = self.llama_cpp
         if self.bctx is None or self.bctx_batch != batch:
             self._free_batch_ctx()
-            s = self.ctx.suite
+            s = self.variant.suite
             depth = max(s.depths, default=0) if s.cross_batches_depths else 0
             p = lc.llama_context_default_params()
             p.n_ctx = batch * (depth + s.gen_prompt_tokens + s.gen_tokens + CTX_SLACK)
             p.n_batch = p.n_ubatch = max(batch * max(len(ids), depth, s.gen_prompt_tokens), batch)
             p.n_seq_max = batch
-            p.n_threads = p.n_threads_batch = self.ctx.threads
+            p.n_threads = p.n_threads_batch = self.variant.threads
             p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
             p.type_k = p.type_v = GGML_KV_TYPE[self.kv_type]
             self.bctx = lc.llama_init_from_model(self.llm.model, p)
@@ -568,7 +568,7 @@ class GGUFBackend(Backend):
         return total
 
     def sync(self) -> None:
-        if self.ctx.device.startswith("cuda"):
+        if self.variant.device.startswith("cuda"):
             self.llama_cpp.llama_synchronize(self.llm.ctx)
             if self.bctx is not None:
                 self.llama_cpp.llama_synchronize(self.bctx)

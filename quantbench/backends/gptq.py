@@ -1,10 +1,10 @@
 """GPTQModel backend: GPTQ and AWQ int4 checkpoints, quantized once from the FP16 model and cached.
 
-Quantization runs on ctx.device (CPU: bf16, ~5x faster than fp16 on CPUs without fp16 GEMM;
+Quantization runs on variant.device (CPU: bf16, ~5x faster than fp16 on CPUs without fp16 GEMM;
 CUDA: fp16). Loading goes through `GPTQModel.load`, which picks the fastest kernel it has for the
 device (on AVX512-BF16 CPUs `TorchCpuAvx512Linear` / `TorchCpuAvx512AwqLinear`, which need bf16
 activations); the HF model inside the wrapper then runs through HFBackend unchanged.
-Pre-made checkpoints (ctx.artifact: local path or hub id, GPTQModel/auto-gptq/autoawq) load the
+Pre-made checkpoints (variant.artifact: local path or hub id, GPTQModel/auto-gptq/autoawq) load the
 same way.
 """
 from __future__ import annotations
@@ -111,20 +111,20 @@ def _no_kernel(e: Exception) -> bool:
 
 
 class GPTQBackend(HFBackend):
-    """GPTQ / AWQ int4 through GPTQModel; ctx.format.param is the method ("gptq" or "awq")."""
+    """GPTQ / AWQ int4 through GPTQModel; variant.format.param is the method ("gptq" or "awq")."""
 
     @property
     def method(self) -> str:
-        return self.ctx.format.param
+        return self.variant.format.param
 
     def _dtype(self):
         torch = self._torch()
-        return torch.float16 if self.ctx.device.startswith("cuda") else torch.bfloat16
+        return torch.float16 if self.variant.device.startswith("cuda") else torch.bfloat16
 
     def build_estimate_s(self) -> float:
         """Returns the seconds building this artifact should take (0 when cached or given), scaled
         from the reference machine's measured build times (BUILD_S_PER_PARAM)."""
-        if self.ctx.artifact:
+        if self.variant.artifact:
             return 0.0
         final, _, n, t = self._target()
         if final is None or cache.verified(final, quiet=True):
@@ -132,33 +132,33 @@ class GPTQBackend(HFBackend):
         from quantbench.arith.formulas import params_total
         from quantbench.arith.shapes import shape_from_config
 
-        params = params_total(shape_from_config(self.ctx.model_dir, exact=False))
+        params = params_total(shape_from_config(self.variant.model_dir, exact=False))
         per_param, per_param_token = BUILD_S_PER_PARAM[self.method]
         return params * (per_param + per_param_token * n * t)
 
     def _target(self):
         """Returns (cache dir, group size, calibration samples, tokens); dir None when no group fits."""
-        ctx, s = self.ctx, self.ctx.suite
-        config = json.loads(Path(ctx.model_dir, "config.json").read_text())
-        group = pick_group_size(config, ctx.format.group_size or s.group_size)
+        variant, s = self.variant, self.variant.suite
+        config = json.loads(Path(variant.model_dir, "config.json").read_text())
+        group = pick_group_size(config, variant.format.group_size or s.group_size)
         n, t = ((s.awq_calib_samples, s.awq_calib_tokens) if self.method == "awq"
                 else (s.calib_samples, s.calib_tokens))
         if group is None:
             return None, None, n, t
         calib = self.calibration(n, t)
-        key = cache.content_key(ctx.model_digest, self.method, BITS, group, SYM[self.method],
+        key = cache.content_key(variant.model_digest, self.method, BITS, group, SYM[self.method],
                                 cache.content_key(calib), f"gptqmodel {gptqmodel_version()}", CALIB_BATCH)
         return cache.entry("quant", key), group, n, t
 
     def build(self) -> None:
         version = gptqmodel_version()
-        if self.ctx.artifact:
-            self.info.update(artifact=premade(self.ctx.artifact), build_s=0.0)
+        if self.variant.artifact:
+            self.info.update(artifact=premade(self.variant.artifact), build_s=0.0)
             return
-        ctx, s = self.ctx, self.ctx.suite
+        variant, s = self.variant, self.variant.suite
         final, group, n, t = self._target()
         if group is None:
-            config = json.loads(Path(ctx.model_dir, "config.json").read_text())
+            config = json.loads(Path(variant.model_dir, "config.json").read_text())
             raise Skip(f"no group size of {s.group_size}/64/32 divides in_features "
                        f"{linear_in_features(config)}; pass a pre-made checkpoint in `artifacts`")
         calib = self.calibration(n, t)
@@ -167,8 +167,8 @@ class GPTQBackend(HFBackend):
         if cache.verified(final):
             self.info["build_s"] = 0.0
             return
-        say(f"[quantbench] {self.method} {BITS}-bit g{group} quantizing {ctx.model_name} on "
-            f"{ctx.device}, calibration {n} x {t} tokens (gptqmodel {version}) ...")
+        say(f"[quantbench] {self.method} {BITS}-bit g{group} quantizing {variant.model_name} on "
+            f"{variant.device}, calibration {n} x {t} tokens (gptqmodel {version}) ...")
         t0 = time.perf_counter()
         with cache.atomic_dir(final) as tmp:
             self._quantize(group, calib, tmp)
@@ -176,12 +176,12 @@ class GPTQBackend(HFBackend):
         say(f"[quantbench] {self.method} built in {self.info['build_s']:.1f} s -> {final}")
 
     def _quantize(self, group: int, calib: list[list[int]], out: Path) -> None:
-        """Quantizes ctx.model_dir with GPTQModel and saves checkpoint + tokenizer into `out`."""
+        """Quantizes variant.model_dir with GPTQModel and saves checkpoint + tokenizer into `out`."""
         from gptqmodel import AWQConfig, GPTQConfig, GPTQModel
         from transformers import AutoTokenizer
 
         torch = self._torch()
-        torch.set_num_threads(self.ctx.threads)
+        torch.set_num_threads(self.variant.threads)
         # No disk offload (a 135M-1B model fits in RAM; offload re-reads each layer from disk) and
         # no packing overlapped with the next layer's forward (on 2 cores it only oversubscribes).
         speed = {"offload_to_disk": False, "wait_for_submodule_finalizers": True}
@@ -189,17 +189,17 @@ class GPTQBackend(HFBackend):
             qcfg = AWQConfig(bits=BITS, group_size=group, sym=SYM["awq"], **speed)
         else:
             qcfg = GPTQConfig(bits=BITS, group_size=group, desc_act=False, sym=SYM["gptq"], **speed)
-        model = GPTQModel.load(self.ctx.model_dir, qcfg, device=self.ctx.device, dtype=self._dtype())
+        model = GPTQModel.load(self.variant.model_dir, qcfg, device=self.variant.device, dtype=self._dtype())
         # On CUDA, AWQ packs through its GEMM extension, a ~1 min JIT build; the torch packer writes
         # the same layout (it is what CPUs use), so the build is not needed to quantize.
-        pack = (kernel_backend("awq_torch") if self.method == "awq" and self.ctx.device.startswith("cuda")
+        pack = (kernel_backend("awq_torch") if self.method == "awq" and self.variant.device.startswith("cuda")
                 else {})
         # Batches of equal-length samples: 8x fewer Python round trips; the Hessian is still
         # accumulated per sample, so the result is the batch-1 one up to bf16 rounding.
         model.quantize([{"input_ids": ids, "attention_mask": [1] * len(ids)} for ids in calib],
                        batch_size=CALIB_BATCH, **pack)
         model.save(str(out))
-        AutoTokenizer.from_pretrained(self.ctx.model_dir).save_pretrained(str(out))
+        AutoTokenizer.from_pretrained(self.variant.model_dir).save_pretrained(str(out))
         del model
 
     def load_model(self):
@@ -209,16 +209,16 @@ class GPTQBackend(HFBackend):
 
         torch = self._torch()
         path = self.info["artifact"]  # set by build()
-        s = self.ctx.suite
+        s = self.variant.suite
         kernel = kernel_backend(s.awq_kernel if self.method == "awq" else s.gptq_kernel)
         try:
-            self.wrapper = GPTQModel.load(path, device=self.ctx.device, dtype=self._dtype(), **kernel)
+            self.wrapper = GPTQModel.load(path, device=self.variant.device, dtype=self._dtype(), **kernel)
         except ValueError as e:
             if _no_kernel(e):
-                raise Skip(f"gptqmodel has no {self.method} kernel for {self.ctx.device}: {e}") from e
+                raise Skip(f"gptqmodel has no {self.method} kernel for {self.variant.device}: {e}") from e
             raise
         model = self.wrapper.model
-        torch.set_num_threads(self.ctx.threads)  # loading may change the thread count
+        torch.set_num_threads(self.variant.threads)  # loading may change the thread count
         qcfg = getattr(self.wrapper, "quantize_config", None)
         if qcfg is not None:
             self.info.setdefault("group_size", int(qcfg.group_size))
@@ -226,7 +226,7 @@ class GPTQBackend(HFBackend):
         # CPU kernels repack qweight/qzeros and widen scales to fp32 on their first forward; do it
         # now so weights_bytes and the first timed sample see the layout that actually runs.
         with torch.inference_mode():
-            model(input_ids=torch.tensor([[0, 1]], device=self.ctx.device), use_cache=False)
+            model(input_ids=torch.tensor([[0, 1]], device=self.variant.device), use_cache=False)
         kernels = sorted({type(m).__name__ for m in model.modules() if hasattr(m, "qweight")})
         if not kernels:
             raise RuntimeError(f"{path}: loaded model has no quantized layers (not a GPTQ/AWQ checkpoint?)")

@@ -29,21 +29,21 @@ class HFBackend(Backend):
 
         torch = self._torch()
         model = AutoModelForCausalLM.from_pretrained(
-            self.ctx.model_dir, dtype=getattr(torch, DTYPES[self.ctx.format.param]))
-        return model.to(self.ctx.device)
+            self.variant.model_dir, dtype=getattr(torch, DTYPES[self.variant.format.param]))
+        return model.to(self.variant.device)
 
     def load(self) -> None:
         torch = self._torch()
-        if self.ctx.device.startswith("cuda") and not torch.cuda.is_available():
+        if self.variant.device.startswith("cuda") and not torch.cuda.is_available():
             raise Skip("CUDA asked for but torch sees no GPU (CPU build or no driver)")
-        torch.set_num_threads(self.ctx.threads)
+        torch.set_num_threads(self.variant.threads)
         torch.manual_seed(0)
         self.model = self.load_model().eval()
         self.cache, self.engine_total_s = None, 0.0
         # transformers renamed past_key_values to cache (5.24); accept both.
         params = inspect.signature(self.model.forward).parameters
         self.cache_kw = "cache" if "cache" in params else "past_key_values"
-        if self.ctx.device.startswith("cuda"):
+        if self.variant.device.startswith("cuda"):
             # CUPTI stays attached after a CUDA profile and slows every later launch (an eager
             # decode step on an H200: 32.9 -> 42.2 ms), so on CUDA the probe runs after the timed
             # regions (probe_kernels); until then the kernel is the dtype's.
@@ -51,7 +51,7 @@ class HFBackend(Backend):
             self.info["kernel_detail"] = {"probe": "after the timed regions"}
         else:
             self._probe_kernels()
-        if self.ctx.format.compiled:
+        if self.variant.format.compiled:
             self._setup_compiled()
         # What the loaded model really stores outside the quantized linears, and its KV dtype:
         # the arithmetic predicts from these (bnb-int8 on CPU keeps fp32 embeddings, say).
@@ -64,7 +64,7 @@ class HFBackend(Backend):
         from transformers import DynamicCache
 
         torch = self._torch()
-        ids = torch.arange(100, 108, device=self.ctx.device)[None]
+        ids = torch.arange(100, 108, device=self.variant.device)[None]
         cache = DynamicCache(config=self.model.config)
         with torch.inference_mode():
             self.model(input_ids=ids, use_cache=True, **{self.cache_kw: cache})
@@ -75,7 +75,7 @@ class HFBackend(Backend):
         from quantbench.backends import kernels
 
         try:
-            kernel, detail = kernels.probe(self._probe_step, self.ctx.device, self.probe_dtype())
+            kernel, detail = kernels.probe(self._probe_step, self.variant.device, self.probe_dtype())
         except Exception as e:  # a profiler that cannot attach (CUPTI busy, a sandbox) fails no variant
             self.info["kernel"] = f"torch:{self.probe_dtype()}"
             self.info["kernel_detail"] = {"probe_error": f"{type(e).__name__}: {e}"[:200]}
@@ -83,10 +83,10 @@ class HFBackend(Backend):
         self.info["kernel"], self.info["kernel_detail"] = self.kernel_name(kernel, detail), detail
 
     def probe_kernels(self) -> bool:
-        if not self.ctx.device.startswith("cuda"):
+        if not self.variant.device.startswith("cuda"):
             return False  # probed at load
         self._probe_kernels()
-        if self.ctx.format.compiled:
+        if self.variant.format.compiled:
             self._name_compiled()
         return True
 
@@ -98,7 +98,7 @@ class HFBackend(Backend):
 
     def probe_dtype(self) -> str:
         """Returns the short name of the dtype the matmuls run in (fp32, bf16, fp16)."""
-        return SHORT.get(self.ctx.format.param, self.ctx.format.param)
+        return SHORT.get(self.variant.format.param, self.variant.format.param)
 
     def kernel_name(self, kernel: str, detail: dict) -> str:
         """Returns the record's kernel name from the probe's (subclasses name their own library)."""
@@ -129,7 +129,7 @@ class HFBackend(Backend):
         return self.engine_total_s
 
     def _ids(self, ids):
-        return self._torch().tensor([ids], dtype=self._torch().long, device=self.ctx.device)
+        return self._torch().tensor([ids], dtype=self._torch().long, device=self.variant.device)
 
     def logits(self, ids: list[int]) -> np.ndarray:
         torch = self._torch()
@@ -141,17 +141,17 @@ class HFBackend(Backend):
         """Static KV cache + torch.compile'd decode step, as gpt-fast does (CUDA graphs on GPU)."""
         from transformers import StaticCache
 
-        torch, s = self._torch(), self.ctx.suite
+        torch, s = self._torch(), self.variant.suite
         max_len = max(*s.prompt_lengths, s.n_ctx, s.gen_prompt_tokens + s.gen_tokens) + 8
         self.static = StaticCache(config=self.model.config, max_cache_len=max_len)
-        mode = self.compile_mode = "reduce-overhead" if self.ctx.device.startswith("cuda") else "default"
+        mode = self.compile_mode = "reduce-overhead" if self.variant.device.startswith("cuda") else "default"
         self.step = torch.compile(self.model.forward, mode=mode, fullgraph=True)
         self._name_compiled()
 
     def _prefill_static(self, ids: list[int]) -> int:
         torch = self._torch()
         self.cache, self.pos = self.static, len(ids)
-        pos = torch.arange(len(ids), device=self.ctx.device)
+        pos = torch.arange(len(ids), device=self.variant.device)
         with torch.inference_mode():  # its tensors were made in inference mode
             self.static.reset()
         out = self._forward(self.model, input_ids=self._ids(ids), cache_position=pos, use_cache=True,
@@ -160,19 +160,19 @@ class HFBackend(Backend):
 
     def _decode_static(self, token: int) -> int:
         torch = self._torch()
-        pos = torch.tensor([self.pos], device=self.ctx.device)
+        pos = torch.tensor([self.pos], device=self.variant.device)
         self.pos += 1
         out = self._forward(self.step, input_ids=self._ids([token]), cache_position=pos,
                             use_cache=True, **{self.cache_kw: self.static})
         return int(out.logits[0, -1].argmax())
 
     def prefill(self, ids: list[int]) -> int:
-        if self.ctx.format.compiled:
+        if self.variant.format.compiled:
             return self._prefill_static(ids)
         return self.prefill_batch(ids, 1)[0]
 
     def decode(self, token: int) -> int:
-        if self.ctx.format.compiled:
+        if self.variant.format.compiled:
             return self._decode_static(token)
         return self.decode_batch([token])[0]
 
@@ -180,11 +180,11 @@ class HFBackend(Backend):
         """Returns each sequence's next token; the eager path, batch 1 included."""
         from transformers import DynamicCache
 
-        if self.ctx.format.compiled:
+        if self.variant.format.compiled:
             raise Skip("batched decode runs eager only: the static cache is sized for one sequence")
         torch = self._torch()
         self.cache = DynamicCache(config=self.model.config)
-        out = self._forward(self.model, input_ids=torch.tensor([ids] * batch, device=self.ctx.device),
+        out = self._forward(self.model, input_ids=torch.tensor([ids] * batch, device=self.variant.device),
                             use_cache=True, logits_to_keep=1, **{self.cache_kw: self.cache})
         return out.logits[:, -1].argmax(-1).tolist()
 
@@ -193,16 +193,16 @@ class HFBackend(Backend):
 
     def extend_batch(self, ids: list[int], batch: int) -> list[int]:
         """Returns each sequence's next token after feeding ids on top of the DynamicCache."""
-        if self.ctx.format.compiled:
+        if self.variant.format.compiled:
             raise Skip("depth sweeps run eager only: the static cache is sized for the suite's prompts")
         torch = self._torch()
-        out = self._forward(self.model, input_ids=torch.tensor([ids] * batch, device=self.ctx.device),
+        out = self._forward(self.model, input_ids=torch.tensor([ids] * batch, device=self.variant.device),
                             use_cache=True, logits_to_keep=1, **{self.cache_kw: self.cache})
         return out.logits[:, -1].argmax(-1).tolist()
 
     def decode_batch(self, tokens: list[int]) -> list[int]:
         torch = self._torch()
-        out = self._forward(self.model, input_ids=torch.tensor([[t] for t in tokens], device=self.ctx.device),
+        out = self._forward(self.model, input_ids=torch.tensor([[t] for t in tokens], device=self.variant.device),
                             use_cache=True, **{self.cache_kw: self.cache})
         return out.logits[:, -1].argmax(-1).tolist()
 
@@ -217,7 +217,7 @@ class HFBackend(Backend):
         return total
 
     def sync(self) -> None:
-        if self.ctx.device.startswith("cuda"):
+        if self.variant.device.startswith("cuda"):
             self._torch().cuda.synchronize()
 
     def close(self) -> None:
@@ -255,7 +255,7 @@ class SavedQuantBackend(HFBackend):
         return SHORT[str(self.dtype()).removeprefix("torch.")]
 
     def quant_config(self):
-        """Returns the transformers quantization config of ctx.format."""
+        """Returns the transformers quantization config of variant.format."""
         raise NotImplementedError
 
     def quantized_layers(self, model) -> list[str]:
@@ -275,27 +275,27 @@ class SavedQuantBackend(HFBackend):
 
         from quantbench.core import cache
 
-        fmt = self.ctx.format
-        key = cache.content_key(self.ctx.model_digest, fmt.backend, fmt.param, fmt.group_size,
+        fmt = self.variant.format
+        key = cache.content_key(self.variant.model_digest, fmt.backend, fmt.param, fmt.group_size,
                                 f"{self.library} {self._version()}", f"transformers {transformers.__version__}")
         return cache.entry("quant", key)
 
     def build(self) -> None:
         final = self._target()
-        self.build_once(final, f"quantizing {self.ctx.model_name} with {self.library} {self._version()}",
+        self.build_once(final, f"quantizing {self.variant.model_name} with {self.library} {self._version()}",
                         self._quantize)
         self.info["artifact_bytes"] = files_bytes(final)
 
     def _quantize(self, out) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self._torch().set_num_threads(self.ctx.threads)
-        model = AutoModelForCausalLM.from_pretrained(self.ctx.model_dir, dtype=self.dtype(),
-                                                     device_map=self.ctx.device,
+        self._torch().set_num_threads(self.variant.threads)
+        model = AutoModelForCausalLM.from_pretrained(self.variant.model_dir, dtype=self.dtype(),
+                                                     device_map=self.variant.device,
                                                      quantization_config=self.quant_config())
-        self._check(model, self.ctx.model_dir)
+        self._check(model, self.variant.model_dir)
         self.save(model, out)
-        AutoTokenizer.from_pretrained(self.ctx.model_dir).save_pretrained(str(out))
+        AutoTokenizer.from_pretrained(self.variant.model_dir).save_pretrained(str(out))
 
     def save(self, model, out) -> None:
         """Writes the quantized model into the cache entry `out` (subclasses may change how)."""
@@ -310,9 +310,9 @@ class SavedQuantBackend(HFBackend):
         missed = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
                   and ".layers." in f".{n}" and n not in done]
         if not done or missed:
-            raise RuntimeError(f"{self.ctx.format.name}: {self.library} left {len(missed)} decoder "
+            raise RuntimeError(f"{self.variant.format.name}: {self.library} left {len(missed)} decoder "
                                f"Linear layers unquantized in {where} ({len(done)} quantized; e.g. "
-                               f"{missed[:2]}); group size {self.ctx.format.group_size or 'default'} "
+                               f"{missed[:2]}); group size {self.variant.format.group_size or 'default'} "
                                "must divide their in_features")
         self.info["quantized_layers"] = len(done)
 
@@ -320,9 +320,9 @@ class SavedQuantBackend(HFBackend):
         from transformers import AutoModelForCausalLM
 
         path = self.info["artifact"]  # set by build()
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype(), device_map=self.ctx.device)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype(), device_map=self.variant.device)
         self._check(model, path)
-        self._torch().set_num_threads(self.ctx.threads)
+        self._torch().set_num_threads(self.variant.threads)
         return model
 
     def weights_bytes(self) -> int:

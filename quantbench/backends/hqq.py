@@ -21,27 +21,27 @@ class HQQBackend(SavedQuantBackend):
     def _quant_config(self):
         from hqq.core.quantize import BaseQuantizeConfig
 
-        return BaseQuantizeConfig(nbits=int(self.ctx.format.param), group_size=self.ctx.format.group_size)
+        return BaseQuantizeConfig(nbits=int(self.variant.format.param), group_size=self.variant.format.group_size)
 
     def _quantize(self, out) -> None:
         from hqq.models.hf.base import AutoHQQHFModel
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self._torch().set_num_threads(self.ctx.threads)
-        model = AutoModelForCausalLM.from_pretrained(self.ctx.model_dir, dtype=self.dtype())
+        self._torch().set_num_threads(self.variant.threads)
+        model = AutoModelForCausalLM.from_pretrained(self.variant.model_dir, dtype=self.dtype())
         AutoHQQHFModel.quantize_model(model, quant_config=self._quant_config(), compute_dtype=self.dtype(),
-                                      device=self.ctx.device)
-        self._check(model, self.ctx.model_dir)
+                                      device=self.variant.device)
+        self._check(model, self.variant.model_dir)
         AutoHQQHFModel.save_quantized(model, str(out))
-        AutoTokenizer.from_pretrained(self.ctx.model_dir).save_pretrained(str(out))
+        AutoTokenizer.from_pretrained(self.variant.model_dir).save_pretrained(str(out))
 
     def load_model(self):
         from hqq.models.hf.base import AutoHQQHFModel
 
         path = self.info["artifact"]  # set by build()
-        model = AutoHQQHFModel.from_quantized(path, compute_dtype=self.dtype(), device=self.ctx.device)
+        model = AutoHQQHFModel.from_quantized(path, compute_dtype=self.dtype(), device=self.variant.device)
         self._check(model, path)
-        self._torch().set_num_threads(self.ctx.threads)
+        self._torch().set_num_threads(self.variant.threads)
         return model
 
     def weights_bytes(self) -> int:

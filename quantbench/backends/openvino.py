@@ -49,19 +49,19 @@ class OpenVINOBackend(Backend):
     def quant_config(self):
         from optimum.intel import OVWeightQuantizationConfig
 
-        bits = int(self.ctx.format.param)
+        bits = int(self.variant.format.param)
         if bits == 8:  # per output channel, asymmetric; no group
             return OVWeightQuantizationConfig(bits=8)
-        return OVWeightQuantizationConfig(bits=4, group_size=self.ctx.format.group_size, ratio=1.0)
+        return OVWeightQuantizationConfig(bits=4, group_size=self.variant.format.group_size, ratio=1.0)
 
     def build(self) -> None:
         from quantbench.core import cache
 
-        ov_device(self.ctx.device)  # Skip on CUDA before exporting
-        fmt, versions = self.ctx.format, self._versions()
-        final = cache.entry("quant", cache.content_key(self.ctx.model_digest, "openvino", fmt.param,
+        ov_device(self.variant.device)  # Skip on CUDA before exporting
+        fmt, versions = self.variant.format, self._versions()
+        final = cache.entry("quant", cache.content_key(self.variant.model_digest, "openvino", fmt.param,
                                                        fmt.group_size, sorted(versions.items())))
-        self.build_once(final, f"exporting {self.ctx.model_name} to OpenVINO with {fmt.param}-bit weights "
+        self.build_once(final, f"exporting {self.variant.model_name} to OpenVINO with {fmt.param}-bit weights "
                         f"(optimum-intel {versions['optimum-intel']}, nncf {versions['nncf']})", self._export)
         self.info["artifact_bytes"] = (final / ARTIFACT).stat().st_size
 
@@ -69,16 +69,16 @@ class OpenVINOBackend(Backend):
         from optimum.intel import OVModelForCausalLM
         from transformers import AutoTokenizer
 
-        model = OVModelForCausalLM.from_pretrained(self.ctx.model_dir, export=True, compile=False,
+        model = OVModelForCausalLM.from_pretrained(self.variant.model_dir, export=True, compile=False,
                                                    quantization_config=self.quant_config())
-        self._check(model.model, self.ctx.model_dir)
+        self._check(model.model, self.variant.model_dir)
         model.save_pretrained(str(out))
-        AutoTokenizer.from_pretrained(self.ctx.model_dir).save_pretrained(str(out))
+        AutoTokenizer.from_pretrained(self.variant.model_dir).save_pretrained(str(out))
 
     def _check(self, ov_model, where: str) -> None:
         """Raises unless every decoder MatMul reads compressed weights (NNCF skips a layer whose
         width the group size does not divide)."""
-        fmt = self.ctx.format
+        fmt = self.variant.format
         want = "u8" if fmt.param == "8" else "u4"
         types = Counter(op.get_element_type().get_type_name() for op in ov_model.get_ops()
                         if op.get_type_name() == "Constant" and len(op.get_output_shape(0)) >= 2
@@ -95,21 +95,21 @@ class OpenVINOBackend(Backend):
         import json
         from pathlib import Path
 
-        return json.loads(Path(self.ctx.model_dir, "config.json").read_text())["num_hidden_layers"]
+        return json.loads(Path(self.variant.model_dir, "config.json").read_text())["num_hidden_layers"]
 
     def load(self) -> None:
         from optimum.intel import OVModelForCausalLM
 
         path = self.info["artifact"]
-        device = ov_device(self.ctx.device)
+        device = ov_device(self.variant.device)
         config = {"PERFORMANCE_HINT": "LATENCY"}
         if device == "CPU":
-            config["INFERENCE_NUM_THREADS"] = str(self.ctx.threads)
+            config["INFERENCE_NUM_THREADS"] = str(self.variant.threads)
         self.model = OVModelForCausalLM.from_pretrained(path, device=device, ov_config=config)
         self._check(self.model.model, path)
         self.past, self.n_past, self.engine_total_s = None, 0, 0.0
         self._probe_kernels()
-        self.info["bits_unquantized"] = self.ctx.format.bits_unquantized
+        self.info["bits_unquantized"] = self.variant.format.bits_unquantized
 
     def _probe_kernels(self) -> None:
         """Sets info kernel from the CPU plugin's runtime graph after an 8-token prefill and one
@@ -132,7 +132,7 @@ class OpenVINOBackend(Backend):
         detail["fully_connected"] = {f"{prim} ({prec} weights)": n for (prim, prec), n in fc.most_common()}
         if not fc:  # the GPU plugin names its layers otherwise (unverified here)
             detail["execution"] = "compressed weights in the GPU plugin's kernels (not named by its runtime graph)"
-            self.info["kernel"], self.info["kernel_detail"] = f"openvino:{ov_device(self.ctx.device)}", detail
+            self.info["kernel"], self.info["kernel_detail"] = f"openvino:{ov_device(self.variant.device)}", detail
             return
         (prim, prec), _ = fc.most_common(1)[0]
         detail["execution"] = f"{prec} weights decompressed inside the kernel"

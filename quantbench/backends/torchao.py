@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from quantbench.backends.hf import SavedQuantBackend
 
-# ctx.format.param -> model dtype on CPU. int4's CPU kernel takes bf16 only; the int8 ones run
+# variant.format.param -> model dtype on CPU. int4's CPU kernel takes bf16 only; the int8 ones run
 # an fp32 model there. On CUDA every config runs a bf16 model (torchao's GPU kernels take bf16).
 DTYPE = {"int8wo": "float32", "w8a8": "float32", "int4wo": "bfloat16"}
 # Profiler ops that do the quantized matmul, and what they mean for the record.
@@ -46,13 +46,13 @@ class TorchAOBackend(SavedQuantBackend):
     install = "pip install 'torchao>=0.18' (nox installs it with the GPTQ requirements)"
 
     def dtype(self):
-        return getattr(self._torch(), dtype_name(self.ctx.format.param, self.ctx.device))
+        return getattr(self._torch(), dtype_name(self.variant.format.param, self.variant.device))
 
     def quant_config(self):
         import torchao.quantization
         from transformers import TorchAoConfig
 
-        name, kwargs = config_spec(self.ctx.format.param, self.ctx.device, self.ctx.format.group_size)
+        name, kwargs = config_spec(self.variant.format.param, self.variant.device, self.variant.format.group_size)
         if name.startswith("Prototype"):  # the CPU layout lives in the prototype namespace in 0.18
             from torchao.prototype.quantization.int4 import inference_workflow as module
         else:
@@ -85,7 +85,7 @@ class TorchAOBackend(SavedQuantBackend):
     PICKLED = "model-state.pt"
 
     def _pickled(self) -> bool:
-        return self.ctx.format.param == "int4wo" and not self.ctx.device.startswith("cuda")
+        return self.variant.format.param == "int4wo" and not self.variant.device.startswith("cuda")
 
     def save(self, model, out) -> None:
         if not self._pickled():
@@ -106,17 +106,17 @@ class TorchAOBackend(SavedQuantBackend):
         config.quantization_config = None
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, dtype=self.dtype())
-        state = torch.load(Path(path, self.PICKLED), weights_only=False, map_location=self.ctx.device)
+        state = torch.load(Path(path, self.PICKLED), weights_only=False, map_location=self.variant.device)
         model.load_state_dict(state, assign=True, strict=False)
         model.tie_weights()
         # Non-persistent buffers (rotary inv_freq) are not in a state dict: remake their modules.
         for name, m in list(model.named_modules()):
             if any(b.is_meta for b in m.buffers(recurse=False)):
                 parent, _, attr = name.rpartition(".")
-                with torch.device(self.ctx.device):
+                with torch.device(self.variant.device):
                     setattr(model.get_submodule(parent), attr, type(m)(config=model.config))
         if missing := [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]:
             raise RuntimeError(f"{path}: {self.PICKLED} lacks {missing[:3]}")
         self._check(model, path)
-        torch.set_num_threads(self.ctx.threads)
+        torch.set_num_threads(self.variant.threads)
         return model

@@ -1,5 +1,6 @@
 """The report's page as data: a Section is a heading and its blocks (paragraphs, tables, figures);
-templates/report.html.j2 renders the list of sections as HTML, `markdown` renders one as markdown.
+templates/report.html.j2 renders the list of sections as HTML (the blocks through blocks.html.j2, in
+the frame of base.html.j2, which the trend page shares), `markdown` renders one as markdown.
 A section is added to the report by appending one Section (docs/report.md says how)."""
 from __future__ import annotations
 
@@ -91,12 +92,14 @@ def markdown(s: Section) -> str:
 
 
 @cache
-def environment():
-    """Returns the jinja2 environment over quantbench/report/templates (autoescaped)."""
+def environment(*packages: str):
+    """Returns the jinja2 environment (autoescaped) over the `templates` folder of each package
+    (e.g. "quantbench.track"), then quantbench/report/templates: a page in a higher room extends
+    base.html.j2 and imports blocks.html.j2 from here."""
     import jinja2
 
-    return jinja2.Environment(loader=jinja2.PackageLoader("quantbench.report", "templates"),
-                              autoescape=True, trim_blocks=True, lstrip_blocks=True,
+    loader = jinja2.ChoiceLoader([jinja2.PackageLoader(p, "templates") for p in (*packages, "quantbench.report")])
+    return jinja2.Environment(loader=loader, autoescape=True, trim_blocks=True, lstrip_blocks=True,
                               undefined=jinja2.StrictUndefined)
 
 
@@ -107,6 +110,7 @@ def template_text(name: str) -> str:
     return files("quantbench.report").joinpath("templates", name).read_text(encoding="utf-8")
 
 
-def render(template: str, **context) -> str:
-    """Returns templates/<template> rendered with context."""
-    return environment().get_template(template).render(**context)
+def render(template: str, *packages: str, **context) -> str:
+    """Returns templates/<template> rendered with context, looked up in packages' templates folders
+    before the report's."""
+    return environment(*packages).get_template(template).render(**context)

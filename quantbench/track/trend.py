@@ -24,7 +24,8 @@ from html import escape
 import numpy as np
 
 from quantbench.core.errors import UserError
-from quantbench.report import plots
+from quantbench.report import plots, tables
+from quantbench.report.tables import Cell, Head, Row, Table
 from quantbench.track import compare, history
 
 METRICS = {  # metric -> (label, workloads it is read from: a prefix, or "load" for bytes)
@@ -169,7 +170,7 @@ def analyse(history_dir, fail: list[str] | None = None, alpha: float = compare.A
     return trend
 
 
-# --- HTML -------------------------------------------------------------------------------------
+# --- HTML: the SVG panels are drawn here, like report/plots.py's; the page is templates/trend.html.j2
 
 def _panel(plot_id: str, title: str, metric: str, trend: Trend, keys: list[tuple],
            colors: dict[str, str], names: dict[tuple, str]) -> str:
@@ -241,23 +242,14 @@ def _short(machine: str, i: int) -> str:
 
 
 def _iso(date: str) -> str:
-    """Returns '2026-11-27 13:30Z' for a history date '20261127T133019Z' (else the text, escaped)."""
+    """Returns '2026-11-27 13:30Z' for a history date '20261127T133019Z' (else the text as it is)."""
     if len(date) == 16 and date[8] == "T":
         return f"{date[:4]}-{date[4:6]}-{date[6:8]} {date[9:11]}:{date[11:13]}Z"
-    return escape(date)
+    return date
 
 
 def _ident(rec: dict) -> tuple:
     return rec["model"], rec["format"], rec["device"], rec["workload"]
-
-
-PAGE_CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
-.panels{display:flex;flex-wrap:wrap;gap:8px}.steps li{margin:.2em 0}
-.REGRESSION{color:#a00}.improved{color:#070}svg.plot{border:1px solid #eee;max-width:100%;height:auto}
-details{margin:1em 0}code{background:#f4f4f4;padding:0 .2em}
-.gates td,.gates th{padding:0 .6em;text-align:left}"""
-PAGE_JS = ("window.onerror=function(m){document.body.setAttribute('data-jserror',String(m))};"
-           "window.addEventListener('load',function(){document.body.setAttribute('data-ready','1')});")
 
 
 def learnt(trend: Trend) -> list[tuple[tuple, compare.Gate]]:
@@ -265,20 +257,18 @@ def learnt(trend: Trend) -> list[tuple[tuple, compare.Gate]]:
     return [(k, g) for k, g in sorted(trend.gates.items()) if g is not None and g.source == "noise"]
 
 
-def _gates_html(trend: Trend) -> str:
-    """Returns the table of the gate each metric was judged against, per series (folded)."""
-    gated = sorted((k, g) for k, g in trend.gates.items() if g is not None)
-    rows = "".join(f"<tr><td>{escape(f'{k[1]}/{k[2]}/{k[3]} {k[4]}')}</td><td>{escape(METRICS[k[5]][0])}"
-                   f"</td><td>{escape(g.label())}</td><td><code>{escape(k[0])}</code></td></tr>"
-                   for k, g in gated)
-    return (f"<details class=\"gates\"><summary>Gates: what each series was judged against "
-            f"({len(learnt(trend))} of {len(gated)} raised to a learnt noise floor)</summary>"
-            "<table><tr><th>variant</th><th>metric</th><th>gate</th><th>machine</th></tr>"
-            f"{rows}</table></details>")
+def _gates_table(trend: Trend) -> Table:
+    """Returns the table of the gate each metric was judged against, per series."""
+    head = tuple(Head(h, "s") for h in ("variant", "metric", "gate", "machine"))
+    rows = tuple(Row((Cell(f"{k[1]}/{k[2]}/{k[3]} {k[4]}", "s"), Cell(METRICS[k[5]][0], "s"),
+                      Cell(g.label(), "s"), Cell(k[0], "s machine")))
+                 for k, g in sorted((k, g) for k, g in trend.gates.items() if g is not None))
+    return Table(head, rows, id="gates", scroll=False)
 
 
 def render_html(trend: Trend, source: str) -> str:
-    """Returns the self-contained trend page: steps list, then one SVG panel per metric and workload."""
+    """Returns the self-contained trend page (templates/trend.html.j2, autoescaped): steps list, then
+    one SVG panel per metric and workload."""
     machines = sorted({k[0] for k in trend.series})
     colors = {m: plots.color_for(i) for i, m in enumerate(machines)}
     vary = [j for j in (1, 2, 3) if len({k[j] for k in trend.series}) > 1] or [2]  # model, format, device
@@ -286,33 +276,12 @@ def render_html(trend: Trend, source: str) -> str:
     groups: dict[tuple[str, str], list[tuple]] = {}
     for k in sorted(trend.series):
         groups.setdefault((k[5], k[4]), []).append(k)
-    h = ["<!doctype html><html><head><meta charset='utf-8'><title>quantbench trend</title>",
-         f"<style>{PAGE_CSS}</style><script>{PAGE_JS}</script></head><body>",
-         "<h1>quantbench trend</h1>",
-         f"<p>{len(trend.runs)} runs from <code>{escape(source)}</code>, "
-         f"{_iso(trend.runs[0].date)} to {_iso(trend.runs[-1].date)}, on {len(machines)} machine(s). "
-         "Steps: candidates from ruptures PELT that <code>quantbench compare</code> also calls on the "
-         "two runs around them. Hover a point for commit, date and value.</p>",
-         f"<h2>Steps ({len(trend.steps)})</h2>"]
-    if trend.steps:
-        h.append('<ul class="steps">' + "".join(f'<li class="{s.verdict}">{escape(s.line())}</li>'
-                                                for s in trend.steps) + "</ul>")
-    else:
-        h.append("<p>No step: every change point candidate is within compare's gates or its noise.</p>")
-    if trend.unconfirmed:
-        h.append(f"<details><summary>{len(trend.unconfirmed)} candidate(s) that compare does not "
-                 "call (noise, or under the gate)"
-                 "</summary><ul>" + "".join(f"<li>{escape(u)}</li>" for u in trend.unconfirmed)
-                 + "</ul></details>")
-    h.append(_gates_html(trend))
-    h.append('<div class="panels">')
-    for metric in METRICS:
-        for (m, workload), keys in groups.items():
-            if m == metric:
-                h.append(_panel(f"trend-{metric}-{workload}", f"{METRICS[metric][0]} · {workload}",
-                                metric, trend, keys, colors, names))
-    h.append("</div>")
-    h.append("<h2>Machines</h2><ul>" + "".join(
-        f'<li><span style="color:{colors[m]}">&#9632;</span> {escape(_short(m, i).split()[0])} '
-        f'<code>{escape(m)}</code></li>' for i, m in enumerate(machines)) + "</ul></body></html>")
-    return "\n".join(h) + "\n"
+    panels = [_panel(f"trend-{metric}-{workload}", f"{METRICS[metric][0]} · {workload}",
+                     metric, trend, keys, colors, names)
+              for metric in METRICS for (m, workload), keys in groups.items() if m == metric]
+    return tables.render(
+        "trend.html.j2", "quantbench.track", title="quantbench trend", css=tables.template_text("report.css"),
+        error_js=tables.template_text("error.js"), source=source, runs=len(trend.runs),
+        first=_iso(trend.runs[0].date), last=_iso(trend.runs[-1].date), steps=trend.steps,
+        unconfirmed=trend.unconfirmed, gates=_gates_table(trend), learnt=len(learnt(trend)), panels=panels,
+        machines=[{"color": colors[m], "label": _short(m, i).split()[0], "name": m} for i, m in enumerate(machines)])
