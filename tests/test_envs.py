@@ -68,3 +68,15 @@ def test_autoround_missing_env_is_one_line_naming_the_build():
     assert "\n" not in reason and reason.startswith("autoround-4b runs in the backend environment 'auto-round'")
     assert "`quantbench env build auto-round`" in reason
     assert fmt.group_size == 64 and 576 % fmt.group_size == 0  # 128 does not divide SmolLM2's 576
+
+
+@pytest.mark.skipif(sys.prefix == sys.base_prefix, reason="the overlay test runs from inside a venv")
+def test_run_build_envs_builds_what_the_suite_needs_once(tiny_env):
+    from quantbench.cli.main import _build_envs, build_parser
+
+    assert build_parser().parse_args(["run", "--build-envs"]).build_envs
+    assert envs.python("tiny-env") is None
+    assert _build_envs(dataclasses.replace(SUITE, formats=("dummy",))) == ["tiny-env"]
+    assert envs.python("tiny-env") is not None
+    assert _build_envs(dataclasses.replace(SUITE, formats=("dummy",))) == []  # built: nothing to do
+    assert _build_envs(dataclasses.replace(SUITE, formats=("fp32",))) == []  # needs none

@@ -35,6 +35,19 @@ def _suite(args):
     return suite.with_overrides(**sets)
 
 
+def _build_envs(suite) -> list[str]:
+    """Builds the backend environments the suite's formats run in and that are not built yet;
+    returns their names (a format's own environment: quantbench/core/envs.py)."""
+    from quantbench.core import envs
+    from quantbench.core.formats import get_format
+
+    fmts = [get_format(f) for s in suite.per_model() for f in s.formats]
+    need = sorted({f.env for f in fmts if f.env and envs.python(f.env) is None})
+    for name in need:
+        envs.build(name)
+    return need
+
+
 def cmd_run(args) -> int:
     from quantbench.measure import runner
 
@@ -55,6 +68,8 @@ def cmd_run(args) -> int:
         except Exception as e:  # a report that cannot render yet must not stop the measuring
             print(f"note: report not updated yet ({type(e).__name__}: {e})".splitlines()[0], file=sys.stderr)
 
+    if args.build_envs:
+        _build_envs(suite)
     after = progressive_report if args.report else None
     if args.executor == "ray":
         from quantbench.measure import fleet
@@ -280,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="results JSONL (default results/SUITE.jsonl)")
     r.add_argument("--resume", action="store_true", help="skip variants already ok in --out")
     r.add_argument("--report", help="also write an HTML report here")
+    r.add_argument("--build-envs", action="store_true",
+                   help="first build the backend environments the suite's formats need (quantbench env "
+                        "build NAME for each one not built; ~40 s each); without it, such formats are skipped")
     r.add_argument("--history", metavar="DIR", help="also add the run to this history (quantbench track)")
     r.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local: variants one by one on this machine (default); ray: one Ray task per "
