@@ -77,7 +77,7 @@ class AutoRoundBackend(SavedQuantBackend):
         torch, fmt = self._torch(), self.variant.format
         torch.set_num_threads(self.variant.threads)
         iters, n, tokens = settings(self.variant.device)
-        samples = [torch.tensor([ids]) for ids in self.variant.calibration(n, tokens)]
+        samples = [torch.tensor([ids]) for ids in self.calibration(n, tokens)]
         say(f"[auto-round] {fmt.name}: {iters} iterations per block over {len(samples)} x {tokens} corpus "
             f"tokens, group {fmt.group_size}")
         model = AutoModelForCausalLM.from_pretrained(self.variant.model_dir, dtype=self.dtype())
