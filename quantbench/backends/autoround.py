@@ -2,7 +2,7 @@
 on calibration text), saved in its own `auto_round` format and loaded back through transformers.
 
 Runs in the backend environment 'auto-round' (envs.ENVS). Calibration is the embedded corpus's
-tokens after the evaluation windows (variant.calibration), never auto-round's default hub dataset.
+tokens after the evaluation windows (Backend.calibration), never auto-round's default hub dataset.
 On CPU the tuning is short (CPU_ITERS steps per block, few samples) and auto-round's own log lines
 are forwarded as progress. Loading picks one of auto-round's inference backends: its `ark` CPU
 kernels (auto-round-lib, `auto_round_kernel`) where they are installed and the layer fits, else a
