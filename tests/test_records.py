@@ -22,6 +22,21 @@ def test_append_read_roundtrip(tmp_path):
     assert records.key(got[1]) == ("m", "bf16", "cpu", "tg64")
 
 
+def test_gzipped_results_read_as_the_plain_file_and_a_bad_one_says_so(tmp_path):
+    import gzip
+
+    p = tmp_path / "r.jsonl"
+    records.append(p, [_rec("fp32", decode_tok_s=10.0), _rec("bf16", decode_tok_s=12.5)])
+    gz = tmp_path / "r.jsonl.gz"
+    gz.write_bytes(gzip.compress(p.read_bytes()))
+    assert records.read(gz) == records.read(p)
+    assert list(read_results(gz)["format"]) == ["fp32", "bf16"]
+    bad = tmp_path / "bad.jsonl.gz"
+    bad.write_bytes(p.read_bytes())  # named .gz, not compressed
+    with pytest.raises(UserError, match="not a readable gzip file"):
+        records.read(bad)
+
+
 def test_truncated_last_line_is_skipped_but_corrupt_middle_is_not(tmp_path):
     p = tmp_path / "r.jsonl"
     records.append(p, [_rec("fp32")])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import gzip
 import importlib.metadata
 import json
 import os
@@ -98,6 +99,11 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("started_at", "str", "", "UTC ISO time (microseconds) the workload's measurement began; with "
        "ended_at, overlapping measurements on one host show from the records alone"),
     _f("ended_at", "str", "", "UTC ISO time (microseconds) the workload's measurement ended"),
+    _f("load_avg_1m", "float", "", "the machine's 1-minute load average when the workload's measurement "
+       "began (it counts this run's own threads of the minute before)"),
+    _f("others_busy_pct", "float", "%", "share of all CPUs' time other processes used during the "
+       "workload's measurement (psutil: total busy − this process); above core.load.BUSY_PCT the "
+       "report flags the row's speeds"),
     _f("build_node_id", "str", "", "`--executor ray`: the Ray node whose build task built (or found) "
        "the variant's artefact"),
     _f("build_started_at", "str", "", "`--executor ray`: UTC ISO time (microseconds) that build task "
@@ -513,6 +519,12 @@ def read(path: str | os.PathLike, *, quiet: bool = False) -> list[dict]:
         raise UserError(f"results file '{path}' not found; run `quantbench run` first") from None
     except IsADirectoryError:
         raise UserError(f"'{path}' is a directory, not a results file; pass a .jsonl file") from None
+    if str(path).endswith(".gz"):  # results kept small in git: results/examples/*.jsonl.gz
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise UserError(f"{path}: not a readable gzip file ({e}); recompress the .jsonl with gzip, "
+                            "or pass the .jsonl itself") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
