@@ -2,6 +2,7 @@
 host, one failed and one skipped variant, raw samples, per-window NLL lists (one variant scored
 fewer windows)."""
 import io
+import json
 import math
 import re
 from pathlib import Path
@@ -274,3 +275,18 @@ def test_batched_decode_column(tmp_path):
     cuda = t[t["device"] == "cuda"]
     assert (cuda["decode_tok_s@b8"] / cuda["decode_tok_s"]).tolist() == pytest.approx([6.5] * len(cuda))
     assert t[t["device"] == "cpu"]["decode_tok_s@b8"].isna().all()
+
+
+def test_a_row_timed_beside_other_work_says_so(tmp_path):
+    from quantbench.core.load import BUSY_PCT
+
+    files = synthetic(tmp_path)
+    cpu = Path(files[0])
+    busy = {("fp16", "tg64"): BUSY_PCT + 25, ("fp32", "tg64"): BUSY_PCT - 5}  # one over, one under
+    recs = [dict(r, others_busy_pct=busy[r["format"], r["workload"]]) if (r["format"], r["workload"]) in busy
+            else r for r in records.read(cpu)]
+    cpu.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    rows = {(r["format"], r["device"]): r for r in pivot.pivot(records.read_results(*files)).to_dict("records")}
+    flag = "other processes used 35% of the CPUs while its speeds were timed"
+    assert flag in render.details_text(rows["fp16", "cpu"])
+    assert "other processes used" not in render.details_text(rows["fp32", "cpu"])

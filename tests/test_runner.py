@@ -35,6 +35,8 @@ def test_records_carry_schema_and_env(tiny_run):
     r = tiny_run[("bf16", "tg8")]
     assert set(records.IDENTITY) <= set(r) and r["suite_hash"] == TINY.suite_hash
     assert r["env"]["torch"] and r["threads"] >= 1
+    # the machine's load rides on every measured workload (core.load): a share of all CPUs, in %
+    assert r["load_avg_1m"] >= 0 and 0 <= r["others_busy_pct"] <= 100
     assert r["n_gen"] == 8 and len(r["decode_samples_s"]) == r["decode_tokens_timed"] >= 3
     assert r["decode_p50_s"] <= r["decode_p90_s"] <= r["decode_p99_s"]
     assert math.isclose(r["decode_tok_s"], 1 / r["decode_p50_s"], rel_tol=1e-9)

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-spec = importlib.util.spec_from_file_location("weight_error", Path(__file__).parent.parent / "scripts" / "weight_error.py")
+spec = importlib.util.spec_from_file_location(
+    "weight_error", Path(__file__).parent.parent / "scripts" / "weight_error.py")
 weight_error = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(weight_error)
 

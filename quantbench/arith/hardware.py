@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 
 from quantbench.core.errors import UserError
+from quantbench.core.load import BUSY_PCT
+from quantbench.core.load import LoadWatch as _Load
 
 T, G = 1e12, 1e9
 GiB = 2**30  # HBM/GDDR capacities are binary: an "80GB" part holds 80 GiB (CUDA shows ~79.2 usable)
@@ -187,10 +189,8 @@ def _attn_flop_s(torch, dtype, device: str, budget_s: float, sync) -> float:
     return 4 * ATTN_HEADS * ATTN_HEAD_DIM * ATTN_CTX / t
 
 
-# Other processes using more than this share of all CPUs while the machine is measured make the
-# figures read low (a compiler beside a calibration once gave 7.5 GB/s for a quiet 46): such a
-# calibration is retried, and never cached.
-BUSY_PCT = 10.0
+# A calibration during which other processes used more than BUSY_PCT of all CPUs (core.load) is
+# retried, and never cached.
 CALIBRATION_TRIES, RETRY_WAIT_S = 2, 3.0
 # The cached peaks are re-checked at each run start by a ~0.3 s probe (copy bandwidth and one
 # fixed-size fp32 GEMM) against the probe taken right after the calibration: reading this much
@@ -208,34 +208,6 @@ def _torch_threads(torch, threads: int):
         yield torch.get_num_threads()
     finally:
         torch.set_num_threads(was)
-
-
-class _Load:
-    """Watches the machine while a block measures: the 1-minute load average at the start and the
-    share of all CPUs' time that other processes used meanwhile (total busy − this process)."""
-
-    def __init__(self):
-        import psutil
-
-        self.psutil, self.me = psutil, psutil.Process()
-        self.load_avg_1m = os.getloadavg()[0]
-        self.t0, self.busy0, self.own0 = time.perf_counter(), self._busy_s(), self._own_s()
-
-    def _busy_s(self) -> float:
-        t = self.psutil.cpu_times()
-        # Linux counts guest time inside user time; iowait is idle time waiting on a disk.
-        total = sum(t) - getattr(t, "guest", 0) - getattr(t, "guest_nice", 0)
-        return total - t.idle - getattr(t, "iowait", 0)
-
-    def _own_s(self) -> float:
-        c = self.me.cpu_times()
-        return c.user + c.system
-
-    def others_busy_pct(self) -> float:
-        """Returns other processes' CPU time since the start, in % of all CPUs' wall time."""
-        wall_s = time.perf_counter() - self.t0
-        others_s = (self._busy_s() - self.busy0) - (self._own_s() - self.own0)
-        return max(0.0, 100 * others_s / (wall_s * (self.psutil.cpu_count() or 1)))
 
 
 def calibrate(device: str = "cpu", seconds: float = 6.0, threads: int = 0) -> Peaks:

@@ -27,6 +27,7 @@ from quantbench.arith import sol
 from quantbench.backends import CONSOLE_FD_ENV, Skip, get_backend_class
 from quantbench.core import cache, envs, records
 from quantbench.core.errors import MissingDependency, UserError
+from quantbench.core.load import LoadWatch
 from quantbench.core.suite import Workload
 from quantbench.core.variant import Variant
 from quantbench.measure.timing import EnergyMeter, score_windows, time_decode, time_prefill
@@ -395,9 +396,11 @@ def measure(v: Variant, backend, load_s: float, out: Writer) -> None:
             out.write(w, {}, "skipped", f"{v.model_name} has random weights: quality is meaningless")
             continue
         try:
-            started = records.instant()
+            started, watch = records.instant(), LoadWatch()
             fields = run_workload(v, backend, w, data, shape, energy)
-            fields.update(started_at=started, ended_at=records.instant())
+            fields.update(started_at=started, ended_at=records.instant(),
+                          load_avg_1m=round(watch.load_avg_1m, 2),
+                          others_busy_pct=round(watch.others_busy_pct(), 1))
         except Skip as e:  # e.g. no batched decode in this backend
             out.write(w, {}, "skipped", str(e))
             continue

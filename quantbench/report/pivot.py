@@ -130,6 +130,8 @@ def _variant_row(key: tuple, recs: list[dict]) -> dict:
                 "decode_p90_s", "decode_p99_s", "decode_samples_s", "engine_decode_s", "harness_decode_s",
                 "decode_energy_j_per_tok", "decode_power_w", "gpu_idle_w", "energy_reason"):
         row[col] = tg.get(col)
+    busy = [num(r.get("others_busy_pct")) for _, r in by_kind["pp"] + by_kind["tg"] + by_kind["batched"]]
+    row["others_busy_pct"] = max((b for b in busy if b is not None), default=None)  # core.load
     row["decode_sol_frac"] = sol_frac(tg, "decode_sol_frac")
     row["decode_sol_frac_spec"] = sol_frac(tg, "decode_sol_frac_spec")
     row["decode_bound"] = _text(tg.get("bound"))

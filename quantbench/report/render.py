@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from quantbench.core.errors import UserError
+from quantbench.core.load import BUSY_PCT
 from quantbench.core.records import LIBRARIES
 from quantbench.report import columns, plots, tables
 from quantbench.report.columns import SOL_COLUMNS
@@ -108,6 +109,9 @@ def details_text(row: dict) -> str:
     if row.get("crash_signal"):
         known = f" (known upstream: {row['crash_upstream']})" if row.get("crash_upstream") else ""
         parts.append(f"✖ engine crash: {row['crash_signal']} in {row.get('kernel') or 'the engine'}{known}")
+    if num(row.get("others_busy_pct")) is not None and row["others_busy_pct"] > BUSY_PCT:
+        parts.append(f"⚠ other processes used {row['others_busy_pct']:.0f}% of the CPUs while its speeds "
+                     "were timed: they may read low")
     if row.get("kernel_fallback"):
         parts.append(f"⚠ kernel fallback: {row['kernel_fallback']}")
     if row.get("kernel"):
