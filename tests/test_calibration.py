@@ -222,3 +222,18 @@ def test_gemm_by_m_reads_the_stack_and_keeps_to_its_budget():
     assert "1" in got and got["1"] > 1e7 and list(got) == sorted(got, key=int)
     assert time.perf_counter() - t0 < 5  # the budget stops the M ladder (one call may overrun it)
     assert hardware._attn_flop_s(torch, torch.float32, "cpu", 0.02, lambda: None) > 1e7
+
+
+def test_one_outlying_probe_does_not_recalibrate(fake_machine, tmp_path, monkeypatch):
+    # The fleet overhead run: a fresh Ray worker's probe read 1.4x the driver's, each recalibrated
+    # (~8 s) and the next process, reading the other way, recalibrated back.
+    hardware.local_peaks("cpu", threads=1)
+    assert len(fake_machine["threads"]) == 1
+    quiet = {"bandwidth_bytes_s": 10e9, "fp32_flop_s": 100e9, "others_busy_pct": 0.0}
+    readings = [{**quiet, "bandwidth_bytes_s": 15e9}, quiet]  # an outlier, then the usual
+    monkeypatch.setattr(hardware, "probe", lambda device="cpu", threads=0: readings.pop(0))
+    assert hardware.local_peaks("cpu", threads=1).bandwidth_bytes_s == 10e9
+    assert len(fake_machine["threads"]) == 1 and readings == []  # probed twice, not recalibrated
+    readings[:] = [{**quiet, "bandwidth_bytes_s": 15e9}] * 2 + [quiet]  # it holds: recalibrate
+    hardware.local_peaks("cpu", threads=1)
+    assert len(fake_machine["threads"]) == 2 and len(readings) == 0  # and the new cache's own probe

@@ -195,6 +195,7 @@ CALIBRATION_TRIES, RETRY_WAIT_S = 2, 3.0
 # The cached peaks are re-checked at each run start by a ~0.3 s probe (copy bandwidth and one
 # fixed-size fp32 GEMM) against the probe taken right after the calibration: reading this much
 # faster means the cache reads low; this much slower on a quiet machine means the machine changed.
+# A second probe must agree before the ~8 s recalibration (local_peaks).
 DRIFT_FASTER, DRIFT_SLOWER = 1.25, 1 / 1.5
 
 
@@ -324,7 +325,8 @@ def local_peaks(device: str = "cpu", refresh: bool = False, threads: int = 0) ->
     """Returns this machine's Peaks at `threads` torch threads (0: torch's current count),
     calibrated once and cached per host, device and thread count.
 
-    Each call re-checks the cache with a short probe and recalibrates when it drifted (`drift`).
+    Each call re-checks the cache with a short probe and recalibrates when it drifted (`drift`) and
+    a second probe says so too.
     A calibration taken beside other work (`calibrate`: suspect) is retried once; if still busy
     it is used for this run, flagged, and not cached. refresh=True recalibrates regardless.
     """
@@ -337,6 +339,10 @@ def local_peaks(device: str = "cpu", refresh: bool = False, threads: int = 0) ->
             cached = json.loads(path.read_text())
             old = Peaks(**cached["peaks"])
             why = drift(cached["probe"], probe(device, threads))
+            # a drift must hold on a second probe: one 0.3 s reading moves +-25 % between processes
+            # (a fresh Ray worker against the driver), and a lone outlier would recalibrate (~8 s)
+            # in one process and again, the other way, in the next
+            why = why and drift(cached["probe"], probe(device, threads)) and why
         except (ValueError, TypeError, KeyError, AttributeError) as e:  # truncated or foreign file
             old, why = None, f"unreadable ({type(e).__name__})"
         if not why:
