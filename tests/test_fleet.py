@@ -99,6 +99,36 @@ def test_an_unreachable_address_is_one_line(tmp_path, capsys):
     assert f"--ray-address 127.0.0.1:{port}: no Ray cluster answers there" in err[0]
 
 
+def test_a_build_task_finds_a_cached_artifact_without_a_worker(monkeypatch, tiny, tmp_path):
+    # The fleet-overhead run: a build task spawned a worker (~7 s of imports) to find an artifact
+    # the cache already held, before every built variant's measurement.
+    from quantbench.core.formats import get_format
+    from quantbench.core.variant import Variant
+    from quantbench.measure import fleet_node, runner
+
+    monkeypatch.setenv("QUANTBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("QUANTBENCH_DUMMY_BUILD_S", "0.01")
+    suite = Suite(name="cached", model="tiny", formats=("dummy",))
+    job = Variant(tiny.name, tiny.dir, tiny.digest, get_format("dummy"), "cpu", 1, suite)
+    monkeypatch.setattr(fleet_node, "_this_node", lambda kind: ("n" * 56, kind))
+    monkeypatch.setattr(fleet_node, "_on_node", lambda job, kind, here, calibrate=True: (
+        dataclasses.replace(job, partial=str(here / "records.jsonl")), None))
+    spawned = []
+    monkeypatch.setattr(runner, "_spawn", lambda path, job, env=None: spawned.append(env) or runner.Ended(0))
+    assert fleet_node._cached_artifact(job) == ""  # not built yet: the worker builds it
+    fleet_node.build_on_node(job, "qb-kind:a")
+    assert len(spawned) == 1
+    from quantbench.backends.dummy import DummyBackend
+
+    DummyBackend(job).build()  # now the node's cache holds it
+    built = fleet_node.build_on_node(job, "qb-kind:a")
+    assert len(spawned) == 1 and built.build_s == 0.0 and built.records == ()
+    assert Path(built.artifact, "weights.txt").exists() and built.started_at <= built.ended_at
+    # a format in a backend environment of its own is the worker's to judge, cached or not
+    ct = dataclasses.replace(job, format=get_format("ct-w4a16"))
+    assert fleet_node._cached_artifact(ct) == ""
+
+
 def test_ray_address_without_the_ray_executor_is_one_line(capsys):
     rc = main.main(["run", "--ray-address", "127.0.0.1:6379", "--model", "tiny", "--formats", "dummy"])
     assert rc == 2 and "needs --executor ray" in capsys.readouterr().err

@@ -99,6 +99,14 @@ def test_second_build_is_a_cache_hit(tiny, built):
     assert b.info["artifact"] == built["gguf-q4_k_m"].info["artifact"]
 
 
+def test_cached_artifact_is_the_file_a_build_finds(tiny, built):
+    # a fleet's build task asks this in its own process instead of spawning a worker
+    for fmt, b in built.items():
+        assert GGUFBackend(variant(tiny, fmt)).cached_artifact() == b.path
+    other = dataclasses.replace(variant(tiny, "gguf-q4_0"), model_digest="0" * 64)
+    assert GGUFBackend(other).cached_artifact() == ""  # another model's file is not there
+
+
 def test_logits_prefill_decode_and_kv(built, windows):
     b = built["gguf-q8_0"]
     b.load()

@@ -73,6 +73,12 @@ class Backend:
     def build(self) -> None:
         """Builds (or finds in the cache) this format's artifact; sets info['artifact'/'build_s']."""
 
+    def cached_artifact(self) -> str:
+        """Returns the artifact's path when build() would find it whole in the cache (or given by
+        the user), else '' (not there, or this backend cannot tell without building): a fleet's
+        build task asks first, in its own process, and spawns no worker for a cache hit."""
+        return ""
+
     def load(self) -> None:
         """Loads the variant onto variant.device."""
         raise NotImplementedError

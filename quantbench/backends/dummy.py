@@ -20,18 +20,27 @@ class DummyBackend(Backend):
     vocab = 1 << 16  # covers every tokenizer the tests use
     rank = 8
 
-    def build(self) -> None:
-        seconds = os.environ.get("QUANTBENCH_DUMMY_BUILD_S")
-        if not seconds:
-            return
+    def _entry(self):
         from quantbench.core import cache
 
+        seconds = os.environ.get("QUANTBENCH_DUMMY_BUILD_S")
+        return cache.entry("quant", cache.content_key(self.variant.model_digest, "dummy", seconds)) if seconds else None
+
+    def build(self) -> None:
+        if (final := self._entry()) is None:
+            return
+
         def make(out):
-            time.sleep(float(seconds))
+            time.sleep(float(os.environ["QUANTBENCH_DUMMY_BUILD_S"]))
             (out / "weights.txt").write_text(f"dummy weights of {self.variant.model_digest}\n")
 
-        self.build_once(cache.entry("quant", cache.content_key(self.variant.model_digest, "dummy", seconds)),
-                        "making the dummy artifact", make)
+        self.build_once(final, "making the dummy artifact", make)
+
+    def cached_artifact(self) -> str:
+        from quantbench.core import cache
+
+        final = self._entry()
+        return str(final) if final is not None and cache.verified(final, quiet=True) else ""
 
     def load(self) -> None:
         sig = os.environ.get("QUANTBENCH_DUMMY_CRASH")

@@ -331,14 +331,26 @@ class GGUFBackend(Backend):
             return path, False
         _llama_cpp()  # Skip before a long download when the runtime is missing anyway
         version, ftype = _version(), self.variant.format.param
-        f16_key = cache.content_key(self.variant.model_digest, "F16", version)
-        f16, fresh = _cached(f16_key, "model-F16.gguf",
-                             lambda out: convert_f16(self.variant.model_dir, out, version))
+        (f16_key, f16_name), quant = self._entries()
+        f16, fresh = _cached(f16_key, f16_name, lambda out: convert_f16(self.variant.model_dir, out, version))
         if ftype == "F16":
             return f16, fresh
+        return _cached(*quant, lambda out: quantize(f16, out, ftype, self.variant.threads))
+
+    def _entries(self) -> tuple[tuple[str, str], tuple[str, str]]:
+        """Returns the (cache key, file name) of the F16 conversion and of this format's file."""
+        version, ftype = _version(), self.variant.format.param
+        f16_key = cache.content_key(self.variant.model_digest, "F16", version)
         name = "model-" + re.sub(r"[^\w.]", "-", ftype) + ".gguf"
-        return _cached(cache.content_key(f16_key, ftype, version), name,
-                       lambda out: quantize(f16, out, ftype, self.variant.threads))
+        return (f16_key, "model-F16.gguf"), (cache.content_key(f16_key, ftype, version), name)
+
+    def cached_artifact(self) -> str:
+        if self.variant.artifact:
+            path = Path(self.variant.artifact).expanduser()
+            return str(path) if path.is_file() else ""
+        key, name = self._entries()[self.variant.format.param != "F16"]
+        final = cache.entry("gguf", key)
+        return str(final / name) if cache.verified(final, quiet=True) and (final / name).exists() else ""
 
     def build(self) -> None:
         from quantbench.inputs.corpus import load_text

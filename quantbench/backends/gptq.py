@@ -150,6 +150,12 @@ class GPTQBackend(HFBackend):
                                 cache.content_key(calib), f"gptqmodel {gptqmodel_version()}", CALIB_BATCH)
         return cache.entry("quant", key), group, n, t
 
+    def cached_artifact(self) -> str:
+        if self.variant.artifact:
+            return ""  # premade() checks and may convert it: the worker does that
+        final = self._target()[0]
+        return str(final) if final is not None and cache.verified(final, quiet=True) else ""
+
     def build(self) -> None:
         version = gptqmodel_version()
         if self.variant.artifact:

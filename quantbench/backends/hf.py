@@ -280,6 +280,12 @@ class SavedQuantBackend(HFBackend):
                                 f"{self.library} {self._version()}", f"transformers {transformers.__version__}")
         return cache.entry("quant", key)
 
+    def cached_artifact(self) -> str:
+        from quantbench.core import cache
+
+        final = self._target()
+        return str(final) if cache.verified(final, quiet=True) else ""
+
     def build(self) -> None:
         final = self._target()
         self.build_once(final, f"quantizing {self.variant.model_name} with {self.library} {self._version()}",

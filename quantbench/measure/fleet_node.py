@@ -16,6 +16,7 @@ import socket
 import tempfile
 from pathlib import Path
 
+from quantbench.backends import get_backend_class
 from quantbench.core import envs, records
 from quantbench.core.variant import Reference, Variant
 from quantbench.measure import runner
@@ -111,9 +112,11 @@ def build_on_node(job: Variant, kind: str) -> Built:
         node_id, _ = _this_node(kind)
         if early:
             return Built(node_id, records=tuple(early.records), reason=early.ended.reason)
+        started = records.instant()
+        if found := _cached_artifact(job):  # a cache hit needs no worker (~7 s of imports saved)
+            return Built(node_id, found, 0.0, started_at=started, ended_at=records.instant())
         job_path = here / "job.json"
         job_path.write_text(job.to_json())
-        started = records.instant()
         ended = runner._spawn(job_path, job, {BUILD_ONLY_ENV: "1"})
         span = {"started_at": started, "ended_at": records.instant()}
         partial = Path(job.partial)
@@ -125,6 +128,18 @@ def build_on_node(job: Variant, kind: str) -> Built:
                      **span)
     finally:
         shutil.rmtree(here, ignore_errors=True)
+
+
+def _cached_artifact(job: Variant) -> str:
+    """Returns the job's artifact when this node's cache already holds it whole, asked in this
+    process; '' when it does not, or when only the worker can tell (a backend environment of its
+    own, a backend that cannot import here: the worker then reports why)."""
+    if job.format.env:
+        return ""
+    try:
+        return get_backend_class(job.format.backend)(job).cached_artifact()
+    except Exception:  # noqa: BLE001 - any failure here is the worker's to report
+        return ""
 
 
 def measure_on_node(job: Variant, kind: str, built: Built | None = None) -> Measured:
