@@ -305,6 +305,17 @@ def test_predicted_fields_split_the_step_by_kernel():
         pytest.approx(r["decode_step_flops_predicted"])
     assert r["decode_gemm_flop_s"] == 18e9  # M = 4
     assert "attn_flop_s_calibrated" not in r  # this calibration has no attention figure
+    # the attention kernel's own dtype, not the faster fp32 (the arith-cpu run: bf16 4.6 GFLOP/s
+    # alone, fp32 36, and bf16's fitted rate 3.6)
+    peaks = dataclasses.replace(PEAKS, attn_flop_s={"bf16": 4.6e9, "fp32": 36e9})
+    kw = dict(n_prompt=8, n_gen=4, batch=4, depth=100)
+    assert formulas.predicted_fields(s, fmt, peaks, "tg", compute_dtypes=("bf16",), **kw)[
+        "attn_flop_s_calibrated"] == 4.6e9
+    assert formulas.predicted_fields(s, get_format("fp32"), peaks, "tg", compute_dtypes=("fp32",), **kw)[
+        "attn_flop_s_calibrated"] == 36e9
+    peaks = dataclasses.replace(PEAKS, attn_flop_s={"fp32": 36e9})  # no bf16 figure: fp32's
+    assert formulas.predicted_fields(s, fmt, peaks, "tg", compute_dtypes=("bf16",), **kw)[
+        "attn_flop_s_calibrated"] == 36e9
 
 
 # --- end to end: the dummy backend through the runner, and real KV bytes at depth on `tiny`
