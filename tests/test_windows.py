@@ -38,3 +38,23 @@ def test_bos_first_follows_the_model(tiny, tmp_path):
         w.close()
         # a GGUF-born model follows its file's tokenizer.ggml.add_bos_token, as llama.cpp does
         assert corpus.bos_first(tiny.dir, str(path)) == (1 if flag else None)
+
+
+def test_bos_first_is_answered_once_per_process_per_files(tiny, monkeypatch, tmp_path):
+    import shutil
+
+    import transformers
+
+    loads = []
+    real = transformers.AutoTokenizer.from_pretrained
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
+                        lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    model = tmp_path / "model"
+    shutil.copytree(tiny.dir, model)
+    assert corpus.bos_first(str(model)) is None and corpus.bos_first(str(model)) is None
+    assert len(loads) == 1  # the second answer came from memory
+    cfg = model / "tokenizer_config.json"
+    cfg.write_text(cfg.read_text().replace("{", '{"add_bos_token": true, ', 1))
+    corpus.bos_first(str(model))  # the files changed: asked again
+    assert len(loads) == 2
+

@@ -71,13 +71,33 @@ def token_ids(model_dir: str, model_digest: str, corpus: str) -> np.ndarray:
     return ids
 
 
+_BOS: dict[tuple, int | None] = {}  # bos_first's answers in this process, by the files it read
+
+
+def _stamp(path: str) -> tuple:
+    """Returns what says a path's contents changed: (path, size, mtime) of it or of its files."""
+    p = Path(path)
+    files = sorted(p.glob("*token*")) if p.is_dir() else [p] if p.exists() else []
+    return (path, *((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
+
 def bos_first(model_dir: str, gguf_path: str = "") -> int | None:
     """Returns the BOS id when the model puts BOS first (add_bos_token), else None.
 
     A model born from a GGUF follows the file's tokenizer.ggml.add_bos_token, as llama.cpp does.
     Otherwise it is what the HF tokenizer does with special tokens on: the flag lives in
     different places per tokenizer class (tokenizer_config.json, a post-processor).
+
+    Asked again in one process about unchanged files, it answers from memory: loading the
+    tokenizer costs ~2.5 s, which a fleet's node paid per variant (a Ray worker serves many).
     """
+    key = (_stamp(model_dir), _stamp(gguf_path) if gguf_path else ())
+    if key not in _BOS:
+        _BOS[key] = _bos_first(model_dir, gguf_path)
+    return _BOS[key]
+
+
+def _bos_first(model_dir: str, gguf_path: str) -> int | None:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
