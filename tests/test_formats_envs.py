@@ -21,7 +21,7 @@ SUITE = Suite(name="f2026-envs", model="tiny", prompt_lengths=(8,), gen_tokens=2
               time_budget_s=1.0, n_ctx=128, ppl_windows=3, quality_budget_s=60.0, kld_tokens=128)
 # format -> (kernel prefix, ppl band against fp32, bits the weights hold in memory). tiny's ppl
 # (~1.7e8, 2 layers) moves both ways under quantization: only the upper band is checked. Measured
-# here: openvino-int8 -0.7 %, openvino-int4 -25 %, ct-w8a8 -4.7 %, ct-w4a16 -34 %.
+# here: openvino-int8 -0.7 %, openvino-int4 -25 %, ct-w8a8 -4.7 % (data-free), ct-w4a16 -34 %.
 CASES = {
     "openvino-int8": ("openvino:CPU FullyConnected brgemm", 1.02, None),  # memory = the IR's constants
     "openvino-int4": ("openvino:CPU FullyConnected brgemm", 1.35, None),
@@ -71,6 +71,10 @@ def test_build_load_forward_ppl(recs, fmt):
     assert {recs[(fmt, w)]["status"] for w in ("pp8", "tg2")} == {"ok"}
     ppl = rec["ppl"]
     assert math.isfinite(ppl) and ppl <= recs[("fp32", "ppl128")]["ppl"] * band
+    if fmt.startswith("ct-"):  # calibrated on corpus tokens with llmcompressor's own recipe
+        recipe = {"ct-w8a8": "smoothquant-0.8 + gptq", "ct-w4a16": "gptq"}[fmt]
+        assert rec["kernel_detail"]["recipe"] == recipe
+        assert (rec["calib_samples"], rec["calib_tokens"]) == (32, 512)
     if fmt == "autoround-4b":  # a short tune on the corpus, and the kernel auto-round picked
         assert (rec["calib_iters"], rec["calib_samples"], rec["calib_tokens"]) == (20, 8, 256)
         assert rec["kernel"] in ("auto-round:ark", "auto-round:torch dequantized per call") or \

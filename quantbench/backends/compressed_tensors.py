@@ -1,11 +1,14 @@
 """compressed-tensors backend: W8A8 (int8 weights per channel + int8 activations per token, dynamic)
 and W4A16 (int4 weights, group 64), quantized by llmcompressor's `oneshot` and saved compressed:
 `int-quantized` (int8 weights) or `pack-quantized` (8 int4 codes per int32), bf16 scales, no zero
-points (symmetric). W8A8 (and the CUDA presets) are data-free, a `QuantizationModifier` with a
-min-max observer. W4A16 is calibrated, llmcompressor's `GPTQModifier` over corpus tokens after the
-evaluation windows (CALIB): data-free min-max rounding on a symmetric 4-bit grid put SmolLM2 at
-+43 % ppl over fp32, beyond the 4-bit band, where GPTQ's error feedback is what W4A16 checkpoints
-served by vLLM are made with.
+points (symmetric). Both are calibrated on corpus tokens after the evaluation windows (CALIB),
+the way llmcompressor's own examples make the checkpoints vLLM serves (RECIPES): W4A16 with
+`GPTQModifier`; W8A8 with `SmoothQuantModifier` (strength 0.8: each input channel of a linear
+is divided by a smoothing factor and its weight column multiplied by it, moving activation range
+into the weights before int8 per-token quantization) and then GPTQ. Data-free min-max rounding put
+SmolLM2 at +43 % ppl over fp32 for W4A16 (beyond the 4-bit band) and +2.8 % for W8A8 (beyond the
+8-bit band). The CUDA presets (fp8 / nvfp4) stay data-free, a `QuantizationModifier` with a
+min-max observer.
 
 Runs in the backend environment 'compressed-tensors' (envs.ENVS: llmcompressor pins transformers
 5.17). Real int kernels for this format are vLLM's; transformers loads the compressed tensors and
@@ -20,9 +23,11 @@ from __future__ import annotations
 
 from quantbench.backends.hf import SavedQuantBackend
 
-# W4A16's GPTQ calibration: samples x tokens of the corpus after the evaluation windows (half the
+# The calibration (W4A16, W8A8): samples x tokens of the corpus after the evaluation windows (half the
 # GPTQModel suite default's samples: llmcompressor's sequential pipeline on CPU is the slower one).
 CALIB = (32, 512)
+# Each calibrated format's llmcompressor recipe, as its modifiers in order (they key the cache).
+RECIPES = {"w4a16": ("gptq",), "w8a8": ("smoothquant-0.8", "gptq")}
 # llmcompressor preset schemes for the CUDA formats (data-free: weights only need min-max).
 PRESETS = {"fp8": "FP8_DYNAMIC", "nvfp4": "NVFP4A16"}
 # The kernel vLLM serves each with, by the GPU's compute capability (lowest first): vLLM's
@@ -57,6 +62,23 @@ def scheme(param: str, group_size: int) -> dict | str:
     return {"targets": ["Linear"], "weights": weights, "input_activations": acts}
 
 
+def recipe(param: str, group: dict) -> list:
+    """Returns llmcompressor's modifiers for a calibrated format (RECIPES[param], in order)."""
+    from llmcompressor.modifiers.quantization import GPTQModifier
+
+    mods = []
+    for step in RECIPES[param]:
+        if step.startswith("smoothquant-"):
+            from llmcompressor.modifiers.smoothquant import SmoothQuantModifier
+
+            mods.append(SmoothQuantModifier(smoothing_strength=float(step.removeprefix("smoothquant-"))))
+        elif step == "gptq":
+            mods.append(GPTQModifier(config_groups={"group_0": group}, ignore=["lm_head"]))
+        else:
+            raise ValueError(f"unknown recipe step {step!r}")
+    return mods
+
+
 class CompressedTensorsBackend(SavedQuantBackend):
     library = "llmcompressor"
     install = "quantbench env build compressed-tensors"
@@ -65,8 +87,8 @@ class CompressedTensorsBackend(SavedQuantBackend):
         return self._torch().bfloat16
 
     def calibrated(self) -> bool:
-        """Returns whether this format is quantized with GPTQ over corpus tokens (W4A16)."""
-        return self.variant.format.param == "w4a16"
+        """Returns whether this format is quantized over corpus tokens (W4A16, W8A8: RECIPES)."""
+        return self.variant.format.param in RECIPES
 
     def _target(self):
         from quantbench.core import cache
@@ -74,7 +96,8 @@ class CompressedTensorsBackend(SavedQuantBackend):
         base = super()._target()
         if not self.calibrated():
             return base
-        return cache.entry("quant", cache.content_key(base.name, "gptq", *CALIB, self.variant.corpus_key))
+        return cache.entry("quant", cache.content_key(base.name, *RECIPES[self.variant.format.param], *CALIB,
+                                             self.variant.corpus_key))
 
     def build(self) -> None:
         super().build()
@@ -83,7 +106,7 @@ class CompressedTensorsBackend(SavedQuantBackend):
 
     def _quantize(self, out) -> None:
         from llmcompressor import oneshot
-        from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
+        from llmcompressor.modifiers.quantization import QuantizationModifier
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         fmt = self.variant.format
@@ -101,7 +124,7 @@ class CompressedTensorsBackend(SavedQuantBackend):
             ids = self.calibration(n, tokens)
             data = Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids]})
             oneshot(model=model, dataset=data, num_calibration_samples=len(ids), max_seq_length=tokens,
-                    recipe=[GPTQModifier(config_groups={"group_0": group}, ignore=["lm_head"])])
+                    recipe=recipe(fmt.param, group))
         self._check(model, self.variant.model_dir)
         model.save_pretrained(str(out), save_compressed=True)
         AutoTokenizer.from_pretrained(self.variant.model_dir).save_pretrained(str(out))
@@ -128,6 +151,8 @@ class CompressedTensorsBackend(SavedQuantBackend):
         if self.variant.device.startswith("cuda"):
             cap = self._torch().cuda.get_device_capability(self.variant.device)
             detail["vllm_kernel"] = vllm_kernel(self.variant.format.param, cap) or "none for this GPU"
+        if self.calibrated():
+            detail["recipe"] = " + ".join(RECIPES[self.variant.format.param])
         if self.variant.format.param == "w8a8":
             detail["activations"] = "int8 per token, quantize-dequantize before the dense matmul"
         return f"compressed-tensors:dense (decompressed) ({kernel})"
