@@ -83,6 +83,30 @@ def overhead_suites(args) -> list[tuple[int, Suite]]:
     return out
 
 
+def drop_artifacts(suite: Suite) -> list[str]:
+    """Removes from this machine's cache the artefacts of the suite's formats that build in the
+    main environment (`Backend.cached_artifact`), so the next run builds them again; a GGUF's F16
+    conversion, which every GGUF format is made from, stays. Returns the entries removed."""
+    import shutil
+
+    from quantbench.backends import get_backend_class
+    from quantbench.core.formats import get_format
+    from quantbench.core.variant import Variant
+    from quantbench.inputs.models import resolve
+
+    model, gone = resolve(suite.model), []
+    for name in suite.formats:
+        fmt = get_format(name)
+        if fmt.env or fmt.param == "F16":
+            continue
+        v = Variant(model.name, model.dir, model.digest, fmt, "cpu", suite.thread_count(), suite)
+        if path := get_backend_class(fmt.backend)(v).cached_artifact():
+            entry = Path(path) if Path(path).is_dir() else Path(path).parent
+            shutil.rmtree(entry)
+            gone.append(f"{name}: {entry.name}")
+    return gone
+
+
 def overhead(args) -> int:
     """Prints wall seconds of the local executor and of --executor ray on a one-node local
     cluster, per number of variants: each run, then per N the medians, ray − local and ray / local
@@ -106,17 +130,23 @@ def overhead(args) -> int:
     for n, suite in suites:
         local, ray = [], []
         for i in range(args.repeat):
+            if args.cold:
+                print(f"[overhead] cold: removed {', '.join(drop_artifacts(suite)) or 'nothing'}", flush=True)
             t = time.perf_counter()
             runner.run(suite, out / f"{suite.name}-local-{n}.jsonl")
             local.append(time.perf_counter() - t)
+            if args.cold:
+                print(f"[overhead] cold: removed {', '.join(drop_artifacts(suite)) or 'nothing'}", flush=True)
             t = time.perf_counter()
             fleet.run(suite, out / f"{suite.name}-ray-{n}.jsonl")
             ray.append(time.perf_counter() - t)
             print(f"[overhead] {n} variants ({', '.join(suite.formats)}), run {i + 1}/{args.repeat}: "
                   f"local {local[-1]:.1f} s, ray {ray[-1]:.1f} s", flush=True)
         rows.append((n, local, ray))
-    print(f"\nsuite: {args.suite or 'the dummy format on tiny'}; ray.init (one-node local cluster): {init_s:.1f} s, "
-          f"not in the times below; load before/after: {args.load}, {os.getloadavg()[0]:.1f}")
+    cold = " (cold: each run builds)" if args.cold else ""
+    print(f"\nsuite: {args.suite or 'the dummy format on tiny'}{cold}; "
+          f"ray.init (one-node local cluster): {init_s:.1f} s, not in the times below; "
+          f"load before/after: {args.load}, {os.getloadavg()[0]:.1f}")
     print(f"| variants | local s ({args.repeat} runs) | ray s ({args.repeat} runs) | median ray − local s "
           "| per variant s | median ratio ray/local | ≤ 1.05 |\n|---:|---|---|---:|---:|---:|:---:|")
     for n, local, ray in rows:
@@ -142,6 +172,9 @@ def main(argv=None) -> int:
                    help="N per row: the dummy format at 1..N threads (default 1 4), or --suite's first N "
                         "formats (default all)")
     o.add_argument("--repeat", type=int, default=1)
+    o.add_argument("--cold", action="store_true",
+                   help="remove the suite's built artefacts before every run, so each run builds them (on Ray "
+                        "as build tasks that overlap one another): what overlapping the builds buys")
     o.add_argument("--out-dir", default="/tmp/quantbench-fleet-overhead")
     args = ap.parse_args(argv)
     args.load = f"{os.getloadavg()[0]:.1f}"

@@ -129,6 +129,36 @@ def test_a_build_task_finds_a_cached_artifact_without_a_worker(monkeypatch, tiny
     assert fleet_node._cached_artifact(ct) == ""
 
 
+def test_overhead_cold_drops_only_the_suites_built_artifacts(monkeypatch, tiny, tmp_path):
+    # `scripts/fleet.py overhead --cold`: every run builds again, so the build tasks' overlap is timed
+    import importlib.util
+
+    from quantbench.backends.dummy import DummyBackend
+    from quantbench.core.formats import get_format
+    from quantbench.core.variant import Variant
+
+    spec = importlib.util.spec_from_file_location("fleet_script", ROOT / "scripts" / "fleet.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    from quantbench.core.cache import cache_dir
+
+    models = cache_dir() / "models"  # tiny, where `resolve` finds it; the builds go to a cache of the test's
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "models").symlink_to(models)
+    monkeypatch.setenv("QUANTBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("QUANTBENCH_DUMMY_BUILD_S", "0.01")
+    suite = Suite(name="cold", model="tiny", formats=("dummy", "ct-w4a16"))
+    job = Variant(tiny.name, tiny.dir, tiny.digest, get_format("dummy"), "cpu", suite.thread_count(), suite)
+    DummyBackend(job).build()
+    built = Path(DummyBackend(job).cached_artifact())
+    assert built.is_dir() and built.is_relative_to(tmp_path)
+    other = built.parent / "someone-elses-build"
+    other.mkdir()
+    gone = script.drop_artifacts(suite)  # ct-w4a16's environment is its worker's to judge: left alone
+    assert gone == [f"dummy: {built.name}"] and not built.exists() and other.exists()
+    assert script.drop_artifacts(suite) == []
+
+
 def test_ray_address_without_the_ray_executor_is_one_line(capsys):
     rc = main.main(["run", "--ray-address", "127.0.0.1:6379", "--model", "tiny", "--formats", "dummy"])
     assert rc == 2 and "needs --executor ray" in capsys.readouterr().err
