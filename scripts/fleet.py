@@ -107,6 +107,12 @@ def drop_artifacts(suite: Suite) -> list[str]:
     return gone
 
 
+def go_cold(args, suite: Suite) -> None:
+    """With --cold, drops the suite's built artefacts before a run and says which."""
+    if args.cold:
+        print(f"[overhead] cold: removed {', '.join(drop_artifacts(suite)) or 'nothing'}", flush=True)
+
+
 def overhead(args) -> int:
     """Prints wall seconds of the local executor and of --executor ray on a one-node local
     cluster, per number of variants: each run, then per N the medians, ray − local and ray / local
@@ -130,13 +136,11 @@ def overhead(args) -> int:
     for n, suite in suites:
         local, ray = [], []
         for i in range(args.repeat):
-            if args.cold:
-                print(f"[overhead] cold: removed {', '.join(drop_artifacts(suite)) or 'nothing'}", flush=True)
+            go_cold(args, suite)
             t = time.perf_counter()
             runner.run(suite, out / f"{suite.name}-local-{n}.jsonl")
             local.append(time.perf_counter() - t)
-            if args.cold:
-                print(f"[overhead] cold: removed {', '.join(drop_artifacts(suite)) or 'nothing'}", flush=True)
+            go_cold(args, suite)
             t = time.perf_counter()
             fleet.run(suite, out / f"{suite.name}-ray-{n}.jsonl")
             ray.append(time.perf_counter() - t)

@@ -342,7 +342,8 @@ def local_peaks(device: str = "cpu", refresh: bool = False, threads: int = 0) ->
             # a drift must hold on a second probe: one 0.3 s reading moves +-25 % between processes
             # (a fresh Ray worker against the driver), and a lone outlier would recalibrate (~8 s)
             # in one process and again, the other way, in the next
-            why = why and drift(cached["probe"], probe(device, threads)) and why
+            if why and not drift(cached["probe"], probe(device, threads)):
+                why = ""
         except (ValueError, TypeError, KeyError, AttributeError) as e:  # truncated or foreign file
             old, why = None, f"unreadable ({type(e).__name__})"
         if not why:

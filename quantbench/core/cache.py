@@ -60,6 +60,18 @@ def valid_npy(path: str | os.PathLike, n_elements: int | None = None) -> bool:
     return ok
 
 
+def save_npy(path: str | os.PathLike, array) -> None:
+    """Writes a .npy file whole or not at all: through a temp name of this process's own, since two
+    processes (two nodes of one host) may write the same entry at once, then renamed over it."""
+    import numpy as np
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
 MANIFEST = "quantbench-manifest.json"
 
 

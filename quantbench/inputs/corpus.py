@@ -10,7 +10,6 @@ calibration never sees an evaluated token.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -65,10 +64,7 @@ def token_ids(model_dir: str, model_digest: str, corpus: str) -> np.ndarray:
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     ids = np.asarray(tok(text, add_special_tokens=False).input_ids, dtype=np.int32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")  # unique: two processes may tokenize at once
-    np.save(tmp, ids)
-    tmp.rename(path)
+    cache.save_npy(path, ids)
     return ids
 
 

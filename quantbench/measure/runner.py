@@ -331,10 +331,7 @@ def inputs(suite: Suite, model, tmp: Path) -> tuple[Path, Path, str]:
     tok_key = cache.content_key("tokens", model.digest, ids.tobytes())  # a file: corpus may change
     tokens_path = cache.entry("tokens", f"ids-{tok_key}.npy")
     if not cache.valid_npy(tokens_path, len(ids)):
-        tokens_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_npy = tokens_path.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp_npy, ids)
-        tmp_npy.rename(tokens_path)
+        cache.save_npy(tokens_path, ids)
     data_path = tmp / "data.npz"
     np.savez(data_path, windows=np.asarray(windows, dtype=np.int32),
              prompt=np.asarray(prompt, dtype=np.int32), bos_first=bos is not None)

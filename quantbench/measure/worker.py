@@ -116,11 +116,7 @@ def run_workload(v: Variant, backend, w: Workload, data, shape, energy=None) -> 
         out = score_windows(backend, windows, s.quality_budget_s, reference, s.kld_tokens, write)
         rows = out.pop("reference_rows")
         if write is not None:
-            path = Path(ref.path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")  # two nodes of one host may write it at once
-            np.save(tmp, write[:rows])
-            tmp.rename(path)
+            cache.save_npy(ref.path, write[:rows])
             out.update(kld_reference=v.format.name, kld_mean=0.0, kld_p99=0.0, top1_agree=1.0,
                        rms_dp=0.0, kld_tokens=rows)
         elif "kld_mean" in out:
