@@ -290,3 +290,14 @@ def test_a_row_timed_beside_other_work_says_so(tmp_path):
     flag = "other processes used 35% of the CPUs while its speeds were timed"
     assert flag in render.details_text(rows["fp16", "cpu"])
     assert "other processes used" not in render.details_text(rows["fp32", "cpu"])
+
+
+def test_peaks_are_the_gemm_peaks_not_the_decode_shaped_rates():
+    # The README run's header read "bf16 1.7GFLOP/s, fp32 23.8GFLOP/s" (the attention kernel alone)
+    # where the calibrated GEMM peaks were 394 and 181, and the roofline drew those roofs.
+    from quantbench.report import pivot
+
+    rec = {"peaks.bandwidth_bytes_s": 41e9, "peaks.attn_flop_s.bf16": 1.7e9, "peaks.attn_flop_s.fp32": 23.8e9,
+           "peaks.flop_s.bf16": 394e9, "peaks.flop_s.fp32": 181e9,
+           "peaks.gemm_flop_s_by_m.bf16.1": 7.8e9, "peaks.gemm_flop_s_by_m.bf16.64": 265e9}
+    assert pivot.peaks([rec]) == (41e9, {"bf16": 394e9, "fp32": 181e9})

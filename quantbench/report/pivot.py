@@ -319,8 +319,15 @@ def cross_backend(p) -> list[str]:
     return out
 
 
+# Calibrated rates that are not a dtype's GEMM peak (hardware.calibrate: the attention kernel alone,
+# GEMM at the decode batch's small M): under their dtype's name they overwrote the peak in the
+# header and drew a bf16 roof at the attention kernel's 1.7 GFLOP/s.
+DECODE_SHAPED = ("attn_flop_s", "gemm_flop_s_by_m")
+
+
 def peaks(recs: list[dict]) -> tuple[float | None, dict[str, float]]:
-    """Returns (bandwidth bytes/s, {dtype: peak FLOP/s}) from optional calib.*/peaks.*/env.* fields."""
+    """Returns (bandwidth bytes/s, {dtype: peak GEMM FLOP/s}) from optional calib.*/peaks.*/env.*
+    fields (the decode-shaped figures, DECODE_SHAPED, are not peaks)."""
     bw, flops = None, {}
 
     def walk(path: str, v):
@@ -331,7 +338,7 @@ def peaks(recs: list[dict]) -> tuple[float | None, dict[str, float]]:
         elif num(v) is not None:
             if path.endswith("bandwidth_bytes_s"):
                 bw = bw or v
-            elif "flop_s" in path:
+            elif "flop_s" in path and not any(w in path for w in DECODE_SHAPED):
                 dtype = path.split("flop_s", 1)[1].strip("._") or "peak"
                 flops.setdefault(dtype, v)
 
