@@ -111,6 +111,21 @@ def test_predicted_bytes_match_the_artifact(tiny, built, fmt):
     assert abs(predicted / b.weights_bytes() - 1) < 0.02, (predicted, b.weights_bytes())
 
 
+def test_w8a8_is_smoothquant_calibrated_and_the_cache_keeps_it(built):
+    """torchao-w8a8 is built with torchao's SmoothQuant: each decoder Linear's weight carries the
+    per-input-channel 1/s it multiplies into the activation before rounding it to int8, and the
+    pickled artifact the backend loaded from still holds it."""
+    b = built["torchao-w8a8"]
+    assert b.info["kernel_detail"]["recipe"] == "smoothquant-0.5"
+    assert (b.info["calib_samples"], b.info["calib_tokens"]) == (32, 512)
+    linears = {n: m for n, m in b.model.named_modules() if ".layers." in n and hasattr(m, "in_features")}
+    assert len(linears) == 14
+    for m in linears.values():
+        pre = m.weight.act_pre_scale
+        assert pre is not None and tuple(pre.shape)[-1] == m.in_features
+        assert float(pre.min()) > 0 and float(pre.max() / pre.min()) > 2  # channels really rescaled
+
+
 def test_second_build_is_a_cache_hit(tiny, tokens_path, built):
     for fmt in CASES:
         b = backend(tiny, tokens_path, fmt)
