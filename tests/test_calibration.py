@@ -222,6 +222,10 @@ def test_gemm_by_m_reads_the_stack_and_keeps_to_its_budget():
     assert "1" in got and got["1"] > 1e7 and list(got) == sorted(got, key=int)
     assert time.perf_counter() - t0 < 5  # the budget stops the M ladder (one call may overrun it)
     assert hardware._attn_flop_s(torch, torch.float32, "cpu", 0.02, lambda: None) > 1e7
+    # the weight stream by width: every K within the budget, in weight bytes per second
+    by_k = hardware._gemv_by_k(torch, torch.float32, "cpu", 10.0, lambda: None, stack_bytes=4 * 2**20)
+    assert list(by_k) == [str(k) for k in hardware.GEMV_KS] and all(v > 1e7 for v in by_k.values())
+    assert list(hardware._gemv_by_k(torch, torch.float32, "cpu", 0.0, lambda: None, stack_bytes=2**20)) == ["512"]
 
 
 def test_one_outlying_probe_does_not_recalibrate(fake_machine, tmp_path, monkeypatch):

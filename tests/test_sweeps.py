@@ -142,6 +142,20 @@ def test_gemm_rate_interpolates_between_calibrated_m():
     assert formulas.gemm_flop_s_at(PEAKS, ("fp32",), 4) is None  # fp32 not calibrated by M
 
 
+def test_weight_stream_interpolates_between_calibrated_widths():
+    peaks = dataclasses.replace(PEAKS, gemv_bytes_s_by_k={"bf16": {"512": 8e9, "2048": 18e9}, "fp32": {"512": 9e9}})
+    assert formulas.gemv_bytes_s_at(peaks, ("bf16", "fp32"), 1024) == pytest.approx((8e9 * 18e9) ** 0.5)
+    assert formulas.gemv_bytes_s_at(peaks, ("bf16",), 4096) == 18e9  # the ends held flat
+    assert formulas.gemv_bytes_s_at(peaks, ("fp16", "fp32"), 2048) == 9e9  # the first dtype calibrated
+    assert formulas.gemv_bytes_s_at(PEAKS, ("bf16",), 576) is None
+    s = formulas.ModelShape(n_layers=2, d_model=1024, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=128,
+                            vocab=100, tied_embeddings=True, name="t")
+    r = formulas.predicted_fields(s, get_format("bf16"), peaks, "tg", n_prompt=8, n_gen=4, compute_dtypes=("bf16",))
+    assert r["decode_gemv_bytes_s"] == pytest.approx(12e9)
+    assert "decode_gemv_bytes_s" not in formulas.predicted_fields(s, get_format("bf16"), PEAKS, "tg", n_prompt=8,
+                                                                  n_gen=4, compute_dtypes=("bf16",))
+
+
 def test_fit_recovers_known_parameters():
     exact = fit.fit(_points(0.0))
     assert exact.fixed_s == pytest.approx(0.010, rel=1e-6)
@@ -475,6 +489,26 @@ def test_ladder_fit_per_layer_overhead():
     (x,) = fit.ladder_holdout(rows)
     assert x["held_out"] == "c" and x["fitted_on"] == ["a", "b"]
     assert x["rel_err"] == pytest.approx(0, abs=1e-9)
+
+
+def test_ladder_prices_each_models_bytes_at_its_widths_stream():
+    """Small matrices stream slower: three rungs whose weights read at the calibrated rate of their
+    width (x 1.25) plus 1 ms per layer. The stream-priced fit recovers k_bw and predicts the largest
+    exactly; one flat BW_eff, fitted on the slow small rungs, predicts it too slow."""
+    layers, bytes_ = np.array([30.0, 32.0, 24.0, 16.0]), np.array([270e6, 724e6, 988e6, 2.47e9])
+    stream = np.array([9e9, 12e9, 12e9, 20e9])  # 576, 960, 896, 2048 wide
+    t = 1e-3 * layers + 1.25 * bytes_ / stream
+    rows = [{"host": "h", "device": "cpu", "format": "bf16", "threads": 2, "model": m, "params": p,
+             "n_layers": n, "gemv_bytes_s": g, "points": [{"depth": 0, "batch": 1, "bytes": b, "tok_s": 1 / s}]}
+            for m, p, n, b, s, g in zip("abcd", (1, 2, 3, 4), layers, bytes_, t, stream, strict=True)]
+    (x,) = fit.ladder_holdout(rows)
+    assert x["held_out"] == "d" and x["fitted_on"] == ["a", "b", "c"]
+    assert x["stream_scale"] == pytest.approx(1.25) and x["layer_s"] == pytest.approx(1e-3)
+    assert x["rel_err"] == pytest.approx(0, abs=1e-9) and x["rel_err_flat"] > 0.15
+    assert x["bandwidth_bytes_s"] == pytest.approx(20e9 / 1.25) and x["stream_bytes_s"]["a"] == 9e9
+    rows[0]["gemv_bytes_s"] = None  # one rung without the calibration: the flat fit alone
+    (y,) = fit.ladder_holdout(rows)
+    assert y["stream_scale"] is None and y["rel_err"] == y["rel_err_flat"] == x["rel_err_flat"]
 
 
 def test_a_held_out_miss_names_its_term_and_the_rate_the_measurement_implies():

@@ -335,6 +335,7 @@ def summaries(recs: list[dict]) -> list[dict]:
                    gemm_scale=_num(r0.get("fit_gemm_scale")),
                    gemm1_flop_s=_num(r0.get("fit_gemm_flop_s")),
                    gemm1_cal_flop_s=_num(r0.get("decode_gemm_flop_s")) or _num(r0.get("peak_flop_s")),
+                   gemv_bytes_s=_num(r0.get("decode_gemv_bytes_s")),
                    gemm_top_flop_s=_num(top.get("fit_gemm_flop_s")),
                    gemm_top_cal_flop_s=_num(top.get("decode_gemm_flop_s")) or _num(top.get("peak_flop_s")),
                    weights_bytes=_num(r0.get("weights_bytes_predicted")),
@@ -397,8 +398,15 @@ def fit_layers(layers: np.ndarray, bytes_: np.ndarray, t: np.ndarray) -> tuple[f
 
 def ladder_holdout(rows: list[dict]) -> list[dict]:
     """Returns, per (host, device, format, threads) run on 3 or more models, the batch-1 depth-0
-    step time of the largest model predicted by t_layer · layers + bytes / BW_eff fitted on the
-    others."""
+    step time of the largest model predicted from the others by
+
+        t = t_layer · layers + k_bw · bytes / S(width)
+
+    S(width) the calibrated weight stream at the model's hidden size (`decode_gemv_bytes_s`:
+    small matrices stream slower than large ones), k_bw dimensionless (1: the model reads its
+    weights as fast as the calibration's M = 1 F.linear at that width). Where a rung has no such
+    calibration S is 1 and the fit is the flat t_layer · layers + bytes / BW_eff of before. Both
+    predictions are returned (`rel_err`, `rel_err_flat`)."""
     by: dict[tuple, list[dict]] = {}
     for r in rows:
         by.setdefault((r["host"], r["device"], r["format"], r["threads"]), []).append(r)
@@ -408,15 +416,24 @@ def ladder_holdout(rows: list[dict]) -> list[dict]:
         for r in rs:
             p0 = next((p for p in r["points"] if p["depth"] == 0 and p["batch"] == 1 and p["bytes"]), None)
             if p0 and r.get("params") and r.get("n_layers"):
-                pts.append((r["params"], r["model"], r["n_layers"], p0["bytes"], 1 / p0["tok_s"]))
+                pts.append((r["params"], r["model"], r["n_layers"], p0["bytes"], 1 / p0["tok_s"],
+                            r.get("gemv_bytes_s")))
         if len(pts) < 3:
             continue
-        pts.sort()
+        pts.sort(key=lambda p: p[0])
         train, last = pts[:-1], pts[-1]
         layers, bytes_, t = (np.array([p[i] for p in train], float) for i in (2, 3, 4))
-        c, a = fit_layers(layers, bytes_, t)
-        out.append({"host": host, "device": device, "format": fmt, "threads": threads,
-                    "fitted_on": [p[1] for p in train], "held_out": last[1], "layer_s": c,
-                    "bandwidth_bytes_s": 1 / a if a > 0 else None,
-                    "rel_err": (c * last[2] + a * last[3]) / last[4] - 1})
+        c0, a0 = fit_layers(layers, bytes_, t)
+        flat = (c0 * last[2] + a0 * last[3]) / last[4] - 1
+        row = {"host": host, "device": device, "format": fmt, "threads": threads,
+               "fitted_on": [p[1] for p in train], "held_out": last[1], "layer_s": c0,
+               "bandwidth_bytes_s": 1 / a0 if a0 > 0 else None, "rel_err": flat, "rel_err_flat": flat,
+               "stream_scale": None, "stream_bytes_s": {}}
+        if all(p[5] for p in pts):  # every rung's width calibrated: price its bytes at its own rate
+            stream = np.array([p[5] for p in train], float)
+            c, k = fit_layers(layers, bytes_ / stream, t)
+            row.update(layer_s=c, stream_scale=k, rel_err=(c * last[2] + k * last[3] / last[5]) / last[4] - 1,
+                       bandwidth_bytes_s=last[5] / k if k > 0 else None,
+                       stream_bytes_s={p[1]: p[5] for p in pts})
+        out.append(row)
     return out

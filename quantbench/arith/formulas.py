@@ -530,24 +530,31 @@ def peak_for(peaks: Peaks, compute_dtype: str | tuple[str, ...]) -> float:
     return max((peaks.flop_s.get(d) or 0 for d in names), default=0) or peaks.flop_s["fp32"]
 
 
+def _loglog(table: dict[str, float], x: float) -> float | None:
+    """Returns table ({str(x): y}) at x by log-log interpolation, the ends held flat (None: empty)."""
+    grid = sorted((int(k), v) for k, v in (table or {}).items() if v > 0)
+    if not grid:
+        return None
+    if x <= grid[0][0]:
+        return grid[0][1]
+    if x >= grid[-1][0]:
+        return grid[-1][1]
+    (x0, y0), (x1, y1) = next((a, b) for a, b in zip(grid, grid[1:], strict=False) if a[0] <= x <= b[0])
+    f = math.log(x / x0) / math.log(x1 / x0)
+    return math.exp(math.log(y0) + f * (math.log(y1) - math.log(y0)))
+
+
 def gemm_flop_s_at(peaks: Peaks, dtypes: tuple[str, ...], m: int) -> float | None:
     """Returns the calibrated GEMM FLOP/s at M = m for the best of `dtypes`: log-log interpolation
     between the calibrated M, the ends held flat (None: no per-M calibration of those dtypes)."""
-    best = None
-    for d in dtypes:
-        grid = sorted((int(k), v) for k, v in (peaks.gemm_flop_s_by_m.get(d) or {}).items() if v > 0)
-        if not grid:
-            continue
-        if m <= grid[0][0]:
-            r = grid[0][1]
-        elif m >= grid[-1][0]:
-            r = grid[-1][1]
-        else:
-            (m0, r0), (m1, r1) = next((a, b) for a, b in zip(grid, grid[1:], strict=False) if a[0] <= m <= b[0])
-            f = math.log(m / m0) / math.log(m1 / m0)
-            r = math.exp(math.log(r0) + f * (math.log(r1) - math.log(r0)))
-        best = r if best is None else max(best, r)
-    return best
+    rates = [r for d in dtypes if (r := _loglog(peaks.gemm_flop_s_by_m.get(d), m)) is not None]
+    return max(rates, default=None)
+
+
+def gemv_bytes_s_at(peaks: Peaks, dtypes: tuple[str, ...], width: int) -> float | None:
+    """Returns the calibrated weight stream (M = 1, bytes/s) at matrices `width` wide, for the first
+    of `dtypes` calibrated: log-log between the calibrated K, the ends held flat (None: none)."""
+    return next((r for d in dtypes if (r := _loglog(peaks.gemv_bytes_s_by_k.get(d), width)) is not None), None)
 
 
 def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prompt: int = 0,
@@ -612,6 +619,9 @@ def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prom
             out["decode_gemm_flop_s"] = gemm
         # the attention kernel runs in the format's compute dtype (bf16 SDPA on a CPU without
         # bf16 units was 8x slower than fp32's): its own figure, fp32 only where it has none
+        # the weight stream at this model's width (the size ladder prices its bytes there)
+        if (gemv := gemv_bytes_s_at(peaks, names, s.d_model)) is not None:
+            out["decode_gemv_bytes_s"] = gemv
         if attn_cal := next((peaks.attn_flop_s[d] for d in names if peaks.attn_flop_s.get(d)), None):
             out["attn_flop_s_calibrated"] = attn_cal
         # Kipply's knee for this model and format: bytes and FLOPs per weight over the whole model

@@ -50,6 +50,12 @@ class Peaks:
     # The attention kernel alone: one decode query over ATTN_CTX cached tokens (torch's
     # scaled_dot_product_attention), 4 · H · h FLOPs per cached token, per dtype. {}: not measured.
     attn_flop_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    # The weight stream by matrix size: M = 1 F.linear over a stack of K × K weights for K in
+    # GEMV_KS, in weight bytes per second: {dtype: {"K": bytes/s}}. A decode step at batch 1 reads
+    # each of its matrices this way, and small matrices stream slower than large ones (per-call
+    # and per-row costs); the size ladder prices each model's bytes at its width's rate. {}: not
+    # measured (spec sheets, older caches).
+    gemv_bytes_s_by_k: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if "fp32" not in self.flop_s:
@@ -150,6 +156,8 @@ GEMM_MS = (1, 4, 16, 64)
 GEMM_K = 2048  # K = N: the width of a small model's MLP
 GEMM_STACK_BYTES = 96 * 2**20
 ATTN_HEADS, ATTN_HEAD_DIM, ATTN_CTX = 8, 64, 4096
+# The widths (hidden sizes) the weight stream is calibrated at: SmolLM2-135M's 576 to an 8B's 4096.
+GEMV_KS = (512, 1024, 2048, 4096)
 
 
 def _gemm_by_m(torch, dtype, device: str, budget_s: float, sync,
@@ -173,6 +181,31 @@ def _gemm_by_m(torch, dtype, device: str, budget_s: float, sync,
             sync()
             times.append(time.perf_counter() - t0)
         out[str(m)] = 2 * m * GEMM_K * GEMM_K * n / statistics.median(times[1:] or times)
+        if time.perf_counter() - start >= budget_s:
+            break
+    return out
+
+
+def _gemv_by_k(torch, dtype, device: str, budget_s: float, sync,
+               stack_bytes: int = GEMM_STACK_BYTES) -> dict[str, float]:
+    """Returns {str(K): weight bytes/s} of F.linear at M = 1 over a stack of K × K weights of
+    stack_bytes, for K in GEMV_KS: the median of 3 passes after a cold one (as _gemm_by_m); the K
+    left when the budget is spent are left out."""
+    size = torch.tensor([], dtype=dtype).element_size()
+    out, start = {}, time.perf_counter()
+    for k in GEMV_KS:
+        n = max(1, stack_bytes // (k * k * size))
+        ws = [torch.full((k, k), 0.01, dtype=dtype, device=device) for _ in range(n)]
+        x = torch.full((1, k), 0.01, dtype=dtype, device=device)
+        times = []
+        while len(times) < 4:
+            t0 = time.perf_counter()
+            for w in ws:
+                torch.nn.functional.linear(x, w)
+            sync()
+            times.append(time.perf_counter() - t0)
+        out[str(k)] = n * k * k * size / statistics.median(times[1:])
+        del ws
         if time.perf_counter() - start >= budget_s:
             break
     return out
@@ -254,7 +287,7 @@ def calibrate(device: str = "cpu", seconds: float = 6.0, threads: int = 0) -> Pe
         torch.backends.cuda.matmul.allow_tf32 = False
         # the decode-shaped figures: GEMM at small M and attention alone, for the dtypes decode
         # runs in (fp16 only where it has kernels: a CPU's fp16 GEMM can be 50x slower)
-        by_m, attn = {}, {}
+        by_m, attn, by_k = {}, {}, {}
         small = ("fp32", "bf16", "fp16") if cuda else ("fp32", "bf16")
         for key in small:
             if key not in flops:
@@ -264,6 +297,7 @@ def calibrate(device: str = "cpu", seconds: float = 6.0, threads: int = 0) -> Pe
                 stack = GEMM_STACK_BYTES if cuda else int(min(GEMM_STACK_BYTES, GEMM_STACK_BYTES * seconds / 6))
                 by_m[key] = _gemm_by_m(torch, dtypes[key], device, share, sync, stack)
                 attn[key] = _attn_flop_s(torch, dtypes[key], device, share / 8, sync)
+                by_k[key] = _gemv_by_k(torch, dtypes[key], device, share / 4, sync, stack)
             except RuntimeError:
                 pass
         torch.backends.cuda.matmul.allow_tf32 = tf32_was
@@ -271,7 +305,7 @@ def calibrate(device: str = "cpu", seconds: float = 6.0, threads: int = 0) -> Pe
     suspect = (f"other processes used {busy:.0f}% of the CPUs while it measured (load average "
                f"{load.load_avg_1m:.2f}), so its figures may read low" if busy > BUSY_PCT else "")
     return Peaks(name, flops, bw, float(memory), "measured", threads, round(load.load_avg_1m, 2),
-                 round(busy, 1), suspect, by_m, attn)
+                 round(busy, 1), suspect, by_m, attn, by_k)
 
 
 def probe(device: str = "cpu", threads: int = 0, budget_s: float = 0.15) -> dict[str, float]:
@@ -317,8 +351,9 @@ def _calibration_path(device: str, threads: int):
 
     host = socket.gethostname()
     # v3: records load and threads, probe beside the peaks; v4: GEMM at small M and attention
-    # alone. Bump when the method changes so stale figures are not reused.
-    return cache_dir() / "calibration" / f"v4-{host}-{device}-{threads}t.json"
+    # alone; v5: the weight stream by matrix width. Bump when the method changes so stale figures
+    # are not reused.
+    return cache_dir() / "calibration" / f"v5-{host}-{device}-{threads}t.json"
 
 
 def local_peaks(device: str = "cpu", refresh: bool = False, threads: int = 0) -> Peaks:

@@ -285,6 +285,9 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("decode_gemm_flop_s", "float", "FLOP/s", "calibrated GEMM rate at M = batch rows for the format's "
        "compute dtypes (Peaks.gemm_flop_s_by_m, log-log between M = 1, 4, 16, 64): what the step's "
        "matmuls are priced at"),
+    _f("decode_gemv_bytes_s", "float", "B/s", "calibrated weight stream at M = 1 over matrices as wide "
+       "as the model's hidden size, for the format's compute dtypes (Peaks.gemv_bytes_s_by_k, log-log "
+       "between K = 512, 1024, 2048, 4096): what the size ladder prices a model's bytes at"),
     _f("attn_flop_s_calibrated", "float", "FLOP/s", "the attention kernel alone: one decode query over "
        "4096 cached tokens (torch scaled_dot_product_attention), the fit's attention rate's counterpart"),
     _f("knee_batch_predicted", "float", "", "decode batch where the roofline turns compute-bound: "

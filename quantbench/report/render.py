@@ -417,11 +417,10 @@ def arith_section(df, colors: dict) -> Section | None:
                     tuple(Row(tuple(Cell(c, "s" if i < 2 else "") for i, c in enumerate(cells)))
                           for cells in arith_table(rows)), id="arith")]
     if ladder:
-        blocks.append(Para("Size ladder, held out (t_step = t_layer · layers + bytes / BW_eff fitted on the "
-                           "smaller models, the largest predicted): " + "; ".join(
-                               f"{x['format']}: {x['held_out']} {_pct(x['rel_err'])} (t_layer "
-                               f"{x['layer_s'] * 1e3:.2f} ms, BW_eff {_rate(x['bandwidth_bytes_s'], 'B/s')}, "
-                               f"from {', '.join(x['fitted_on'])})" for x in ladder)))
+        blocks.append(Para("Size ladder, held out (t_step = t_layer · layers + k_bw · bytes / S(width) "
+                           "fitted on the smaller models, the largest predicted; S is the calibrated "
+                           "weight stream at each model's hidden size, 1 where not calibrated): "
+                           + "; ".join(map(_ladder_text, ladder))))
     misses = _misses(rows)
     if misses:
         from quantbench.arith.fit import MISS
@@ -429,6 +428,17 @@ def arith_section(df, colors: dict) -> Section | None:
                            "measurement that shows it: " + "; ".join(misses) + "."))
     blocks += [Figures(heading, tuple(svgs)) for heading, svgs in arith_svgs(rows, colors)]
     return Section("Arithmetic vs measurement", tuple(blocks))
+
+
+def _ladder_text(x: dict) -> str:
+    """Returns one ladder row in words: the held-out error, the fitted terms and where they came from."""
+    if x.get("stream_scale") is None:
+        terms = f"t_layer {x['layer_s'] * 1e3:.2f} ms, BW_eff {_rate(x['bandwidth_bytes_s'], 'B/s')}"
+    else:
+        rates = ", ".join(f"{m} {_rate(v, 'B/s')}" for m, v in x["stream_bytes_s"].items())
+        terms = (f"t_layer {x['layer_s'] * 1e3:.2f} ms, k_bw {x['stream_scale']:.2f} on S: {rates}; "
+                 f"one flat BW_eff: {_pct(x['rel_err_flat'])}")
+    return f"{x['format']}: {x['held_out']} {_pct(x['rel_err'])} ({terms}; from {', '.join(x['fitted_on'])})"
 
 
 def _misses(rows: list[dict]) -> list[str]:
@@ -444,9 +454,7 @@ def arith_markdown(df) -> list[str]:
     out = ["## Arithmetic vs measurement", "", "| " + " | ".join(ARITH_HEADERS) + " |",
            "|" + "|".join("---" if i < 2 else "---:" for i in range(len(ARITH_HEADERS))) + "|"]
     out += ["| " + " | ".join(arith_table([r])[0]) + " |" for r in rows]
-    out += [""] + [f"- ladder held out (t_layer · layers + bytes / BW_eff): {x['format']}: "
-                   f"{x['held_out']} {_pct(x['rel_err'])} (t_layer {x['layer_s'] * 1e3:.2f} ms, BW_eff "
-                   f"{_rate(x['bandwidth_bytes_s'], 'B/s')}, from {', '.join(x['fitted_on'])})"
+    out += [""] + [f"- ladder held out (t_layer · layers + k_bw · bytes / S(width)): {_ladder_text(x)}"
                    for x in ladder]
     out += [f"- held-out miss: {m}" for m in _misses(rows)]
     return out + [""]
