@@ -417,10 +417,10 @@ def arith_section(df, colors: dict) -> Section | None:
                     tuple(Row(tuple(Cell(c, "s" if i < 2 else "") for i, c in enumerate(cells)))
                           for cells in arith_table(rows)), id="arith")]
     if ladder:
-        blocks.append(Para("Size ladder, held out (t_step = t_layer · layers + k_bw · bytes / S(width) "
-                           "fitted on the smaller models, the largest predicted; S is the calibrated "
-                           "weight stream at each model's hidden size, 1 where not calibrated): "
-                           + "; ".join(map(_ladder_text, ladder))))
+        blocks.append(Para("Size ladder, held out (t_step = t_layer · layers + bytes / BW_eff fitted on the "
+                           "smaller models, the largest predicted; beside it, where calibrated, the "
+                           "alternative k_bw · bytes / S(width), S the weight stream at each model's "
+                           "hidden size): " + "; ".join(map(_ladder_text, ladder))))
     misses = _misses(rows)
     if misses:
         from quantbench.arith.fit import MISS
@@ -432,12 +432,10 @@ def arith_section(df, colors: dict) -> Section | None:
 
 def _ladder_text(x: dict) -> str:
     """Returns one ladder row in words: the held-out error, the fitted terms and where they came from."""
-    if x.get("stream_scale") is None:
-        terms = f"t_layer {x['layer_s'] * 1e3:.2f} ms, BW_eff {_rate(x['bandwidth_bytes_s'], 'B/s')}"
-    else:
+    terms = f"t_layer {x['layer_s'] * 1e3:.2f} ms, BW_eff {_rate(x['bandwidth_bytes_s'], 'B/s')}"
+    if x.get("rel_err_stream") is not None:
         rates = ", ".join(f"{m} {_rate(v, 'B/s')}" for m, v in x["stream_bytes_s"].items())
-        terms = (f"t_layer {x['layer_s'] * 1e3:.2f} ms, k_bw {x['stream_scale']:.2f} on S: {rates}; "
-                 f"one flat BW_eff: {_pct(x['rel_err_flat'])}")
+        terms += f"; priced at S(width) instead: {_pct(x['rel_err_stream'])}, k_bw {x['stream_scale']:.2f}, S {rates}"
     return f"{x['format']}: {x['held_out']} {_pct(x['rel_err'])} ({terms}; from {', '.join(x['fitted_on'])})"
 
 
@@ -454,7 +452,7 @@ def arith_markdown(df) -> list[str]:
     out = ["## Arithmetic vs measurement", "", "| " + " | ".join(ARITH_HEADERS) + " |",
            "|" + "|".join("---" if i < 2 else "---:" for i in range(len(ARITH_HEADERS))) + "|"]
     out += ["| " + " | ".join(arith_table([r])[0]) + " |" for r in rows]
-    out += [""] + [f"- ladder held out (t_layer · layers + k_bw · bytes / S(width)): {_ladder_text(x)}"
+    out += [""] + [f"- ladder held out (t_layer · layers + bytes / BW_eff): {_ladder_text(x)}"
                    for x in ladder]
     out += [f"- held-out miss: {m}" for m in _misses(rows)]
     return out + [""]
