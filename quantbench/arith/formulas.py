@@ -617,11 +617,11 @@ def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prom
         names = tuple(compute_dtypes or (fmt.compute_dtype,)) + ("fp32",)
         if (gemm := gemm_flop_s_at(peaks, names, batch)) is not None:
             out["decode_gemm_flop_s"] = gemm
-        # the attention kernel runs in the format's compute dtype (bf16 SDPA on a CPU without
-        # bf16 units was 8x slower than fp32's): its own figure, fp32 only where it has none
-        # the weight stream at this model's width (the size ladder prices its bytes there)
+        # the weight stream at this model's width (the size ladder's alternative prices its bytes there)
         if (gemv := gemv_bytes_s_at(peaks, names, s.d_model)) is not None:
             out["decode_gemv_bytes_s"] = gemv
+        # the attention kernel runs in the format's compute dtype (bf16 SDPA on a CPU without
+        # bf16 units was 8x slower than fp32's): its own figure, fp32 only where it has none
         if attn_cal := next((peaks.attn_flop_s[d] for d in names if peaks.attn_flop_s.get(d)), None):
             out["attn_flop_s_calibrated"] = attn_cal
         # Kipply's knee for this model and format: bytes and FLOPs per weight over the whole model

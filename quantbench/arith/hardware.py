@@ -53,8 +53,8 @@ class Peaks:
     # The weight stream by matrix size: M = 1 F.linear over a stack of K × K weights for K in
     # GEMV_KS, in weight bytes per second: {dtype: {"K": bytes/s}}. A decode step at batch 1 reads
     # each of its matrices this way, and small matrices stream slower than large ones (per-call
-    # and per-row costs); the size ladder prices each model's bytes at its width's rate. {}: not
-    # measured (spec sheets, older caches).
+    # and per-row costs); the size ladder's reported alternative prices each model's bytes at its
+    # width's rate (fit.ladder_holdout). {}: not measured (spec sheets, older caches).
     gemv_bytes_s_by_k: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
