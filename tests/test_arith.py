@@ -234,6 +234,15 @@ def test_kernel_peaks_pick_what_the_kernels_compute_in():
     assert formulas.peak_for(busy, ("int8", "fp32")) == 75e9
     assert compute_dtypes(get_format("bnb-int8"), "cuda") == ("int8",)  # cuBLASLt igemm
     assert compute_dtypes(get_format("bf16+compiled"), "cpu") == ("bf16",)
+    # GPTQModel's CPU kernels outran bf16's GEMM on a CPU without bf16 units (Zen 3: 19 GFLOP/s bf16,
+    # 137 fp32): the faster of the two bounds them; torchao W8A8 as bnb-int8
+    zen3 = Peaks("cpu", {"fp32": 137e9, "bf16": 19e9, "int8": 2.4e9}, 28e9, 16 * GiB, "measured")
+    for fmt in ("gptq-4b", "awq-4b"):
+        assert compute_dtypes(get_format(fmt), "cpu") == ("bf16", "fp32")
+        assert formulas.peak_for(zen3, compute_dtypes(get_format(fmt), "cpu")) == 137e9
+    assert formulas.peak_for(busy, compute_dtypes(get_format("gptq-4b"), "cpu")) == 140e9  # bf16 where faster
+    assert compute_dtypes(get_format("gptq-4b"), "cuda") == ("bf16",)  # its compute_dtype: unchanged
+    assert compute_dtypes(get_format("torchao-w8a8"), "cpu") == ("int8", "fp32")
     pp = formulas.predicted_fields(SMOL, q4, busy, "pp", n_prompt=512,
                                 compute_dtypes=compute_dtypes(q4, "cpu"))
     assert pp["peak_flop_s"] == 140e9 and pp["bound"] == "compute"

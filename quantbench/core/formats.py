@@ -202,6 +202,14 @@ KERNEL_PEAKS: dict[tuple[str, str], tuple[str, ...]] = {
     # bitsandbytes' CPU int8 matmul is torch._int_mm on AVX512 CPUs, an fp32 matmul elsewhere
     # (bitsandbytes/backends/cpu/ops.py, 0.50).
     ("bnb-int8", "cpu"): ("int8", "fp32"),
+    # GPTQModel's CPU kernels for GPTQ/AWQ take a bf16 model, but on a CPU without bf16 units
+    # (AMD Zen 3, AVX2) they ran the tiny CI model's 64-token prefill at 1.6x (GPTQ) and 2.2x (AWQ)
+    # the calibrated bf16 GEMM (19 GFLOP/s there, fp32 137): they do not compute through torch's
+    # bf16 GEMM. The faster of bf16 and fp32 bounds them (on AVX512-bf16 CPUs that is bf16).
+    ("gptq", "cpu"): ("bf16", "fp32"),
+    # torchao's W8A8: torch._int_mm inside the model outran the int8 calibration (2.4 GOP/s on
+    # the Zen 3, SoL 2.5 at prefill): int8 or fp32, whichever is faster, as bnb-int8.
+    ("torchao-w8a8", "cpu"): ("int8", "fp32"),
 }
 
 
