@@ -23,10 +23,10 @@ from __future__ import annotations
 
 from quantbench.backends.hf import SavedQuantBackend
 
-# The calibration (W4A16, W8A8): samples x tokens of the corpus after the evaluation windows (half the
-# GPTQModel suite default's samples: llmcompressor's sequential pipeline on CPU is the slower one).
-CALIB = (32, 512)
-# Each calibrated format's llmcompressor recipe, as its modifiers in order (they key the cache).
+# The calibration (W4A16, W8A8) is SavedQuantBackend.CALIB: 32 x 512 tokens of the corpus after the
+# evaluation windows (half the GPTQModel suite default's samples: llmcompressor's sequential pipeline
+# on CPU is the slower one). Each calibrated format's llmcompressor recipe, as its modifiers in order
+# (SavedQuantBackend.RECIPES: they key the cache).
 RECIPES = {"w4a16": ("gptq",), "w8a8": ("smoothquant-0.8", "gptq")}
 # llmcompressor preset schemes for the CUDA formats (data-free: weights only need min-max).
 PRESETS = {"fp8": "FP8_DYNAMIC", "nvfp4": "NVFP4A16"}
@@ -80,29 +80,12 @@ def recipe(param: str, group: dict) -> list:
 
 
 class CompressedTensorsBackend(SavedQuantBackend):
+    RECIPES = RECIPES
     library = "llmcompressor"
     install = "quantbench env build compressed-tensors"
 
     def dtype(self):
         return self._torch().bfloat16
-
-    def calibrated(self) -> bool:
-        """Returns whether this format is quantized over corpus tokens (W4A16, W8A8: RECIPES)."""
-        return self.variant.format.param in RECIPES
-
-    def _target(self):
-        from quantbench.core import cache
-
-        base = super()._target()
-        if not self.calibrated():
-            return base
-        return cache.entry("quant", cache.content_key(base.name, *RECIPES[self.variant.format.param], *CALIB,
-                                             self.variant.corpus_key))
-
-    def build(self) -> None:
-        super().build()
-        if self.calibrated():  # a cached build was made with these too (they key it)
-            self.info.update(calib_samples=CALIB[0], calib_tokens=CALIB[1])
 
     def _quantize(self, out) -> None:
         from llmcompressor import oneshot
@@ -120,7 +103,7 @@ class CompressedTensorsBackend(SavedQuantBackend):
         else:
             from datasets import Dataset
 
-            n, tokens = CALIB
+            n, tokens = self.CALIB
             ids = self.calibration(n, tokens)
             data = Dataset.from_dict({"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids]})
             oneshot(model=model, dataset=data, num_calibration_samples=len(ids), max_seq_length=tokens,
@@ -152,7 +135,7 @@ class CompressedTensorsBackend(SavedQuantBackend):
             cap = self._torch().cuda.get_device_capability(self.variant.device)
             detail["vllm_kernel"] = vllm_kernel(self.variant.format.param, cap) or "none for this GPU"
         if self.calibrated():
-            detail["recipe"] = " + ".join(RECIPES[self.variant.format.param])
+            detail["recipe"] = self.recipe()
         if self.variant.format.param == "w8a8":
             detail["activations"] = "int8 per token, quantize-dequantize before the dense matmul"
         return f"compressed-tensors:dense (decompressed) ({kernel})"

@@ -247,6 +247,11 @@ class SavedQuantBackend(HFBackend):
 
     library = ""  # import name, also the pip name in the skip reason
     install = ""  # the command that installs it
+    # Calibrated params: format.param -> the recipe's steps in order (they key the cache and are
+    # recorded as kernel_detail.recipe). A calibrated build sees CALIB = (samples, tokens) of the
+    # corpus after the evaluation windows (self.calibration).
+    RECIPES: dict[str, tuple[str, ...]] = {}
+    CALIB = (32, 512)
 
     def dtype(self):
         raise NotImplementedError
@@ -278,7 +283,19 @@ class SavedQuantBackend(HFBackend):
         fmt = self.variant.format
         key = cache.content_key(self.variant.model_digest, fmt.backend, fmt.param, fmt.group_size,
                                 f"{self.library} {self._version()}", f"transformers {transformers.__version__}")
-        return cache.entry("quant", key)
+        entry = cache.entry("quant", key)
+        if not self.calibrated():
+            return entry
+        return cache.entry("quant", cache.content_key(entry.name, *self.RECIPES[fmt.param], *self.CALIB,
+                                                      self.variant.corpus_key))
+
+    def calibrated(self) -> bool:
+        """Returns whether this format is quantized over corpus tokens (its param is in RECIPES)."""
+        return self.variant.format.param in self.RECIPES
+
+    def recipe(self) -> str:
+        """Returns the calibrated format's recipe as recorded (steps joined by " + "), else ""."""
+        return " + ".join(self.RECIPES[self.variant.format.param]) if self.calibrated() else ""
 
     def cached_artifact(self) -> str:
         from quantbench.core import cache
@@ -291,6 +308,8 @@ class SavedQuantBackend(HFBackend):
         self.build_once(final, f"quantizing {self.variant.model_name} with {self.library} {self._version()}",
                         self._quantize)
         self.info["artifact_bytes"] = files_bytes(final)
+        if self.calibrated():  # a cached build was made with these too (they key it)
+            self.info.update(calib_samples=self.CALIB[0], calib_tokens=self.CALIB[1])
 
     def _quantize(self, out) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -21,11 +21,10 @@ from quantbench.backends.hf import SavedQuantBackend
 # variant.format.param -> model dtype on CPU. int4's CPU kernel takes bf16 only; the int8 ones run
 # an fp32 model there. On CUDA every config runs a bf16 model (torchao's GPU kernels take bf16).
 DTYPE = {"int8wo": "float32", "w8a8": "float32", "int4wo": "bfloat16"}
-# Calibrated params: the recipe applied before quantizing (it keys the cache and is recorded as
-# kernel_detail.recipe). 0.5 is torchao's default strength (and the SmoothQuant paper's).
-RECIPES = {"w8a8": "smoothquant-0.5"}
-# Calibration samples x tokens, as compressed-tensors' W8A8 uses.
-CALIB = (32, 512)
+# Calibrated params: the recipe applied before quantizing (SavedQuantBackend.RECIPES: it keys the
+# cache and is recorded as kernel_detail.recipe). 0.5 is torchao's default strength (and the
+# SmoothQuant paper's). Calibrated over SavedQuantBackend.CALIB, as compressed-tensors' W8A8 is.
+RECIPES = {"w8a8": ("smoothquant-0.5",)}
 # Profiler ops that do the quantized matmul, and what they mean for the record.
 FUSED_OPS = {"aten::_int_mm": "int8 x int8 GEMM (torch._int_mm)",
              "aten::_weight_int4pack_mm_for_cpu": "fused int4 GEMM (_weight_int4pack_mm_for_cpu)",
@@ -54,6 +53,7 @@ def config_spec(param: str, device: str, group_size: int) -> tuple[str, dict]:
 
 
 class TorchAOBackend(SavedQuantBackend):
+    RECIPES = RECIPES
     library = "torchao"
     install = "pip install 'torchao>=0.18' (nox installs it with the GPTQ requirements)"
 
@@ -71,23 +71,6 @@ class TorchAOBackend(SavedQuantBackend):
             module = torchao.quantization
         return TorchAoConfig(quant_type=getattr(module, name)(**kwargs))
 
-    def calibrated(self) -> bool:
-        return self.variant.format.param in RECIPES
-
-    def _target(self):
-        from quantbench.core import cache
-
-        base = super()._target()
-        if not self.calibrated():
-            return base
-        return cache.entry("quant", cache.content_key(base.name, RECIPES[self.variant.format.param], *CALIB,
-                                                      self.variant.corpus_key))
-
-    def build(self) -> None:
-        super().build()
-        if self.calibrated():  # a cached build was made with these too (they key it)
-            self.info.update(calib_samples=CALIB[0], calib_tokens=CALIB[1])
-
     def _quantize(self, out) -> None:
         if not self.calibrated():
             return super()._quantize(out)
@@ -97,7 +80,8 @@ class TorchAOBackend(SavedQuantBackend):
         torch.set_num_threads(self.variant.threads)
         model = AutoModelForCausalLM.from_pretrained(self.variant.model_dir, dtype=self.dtype(),
                                                      device_map=self.variant.device).eval()
-        smooth_quant(model, self.calibration(*CALIB), float(RECIPES[self.variant.format.param].split("-")[1]))
+        (step,) = self.RECIPES[self.variant.format.param]
+        smooth_quant(model, self.calibration(*self.CALIB), float(step.removeprefix("smoothquant-")))
         self._check(model, self.variant.model_dir)
         self.save(model, out)
         AutoTokenizer.from_pretrained(self.variant.model_dir).save_pretrained(str(out))
@@ -117,7 +101,7 @@ class TorchAOBackend(SavedQuantBackend):
                                         if hasattr(m, "weight") and type(m.weight).__name__ not in
                                         ("Parameter", "Tensor")})
         if self.calibrated():
-            detail["recipe"] = RECIPES[self.variant.format.param]
+            detail["recipe"] = self.recipe()
         if fused:
             detail["execution"] = FUSED_OPS[fused]
             return f"torchao:{fused.removeprefix('aten::')}"
