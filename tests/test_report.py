@@ -301,3 +301,30 @@ def test_peaks_are_the_gemm_peaks_not_the_decode_shaped_rates():
            "peaks.flop_s.bf16": 394e9, "peaks.flop_s.fp32": 181e9,
            "peaks.gemm_flop_s_by_m.bf16.1": 7.8e9, "peaks.gemm_flop_s_by_m.bf16.64": 265e9}
     assert pivot.peaks([rec]) == (41e9, {"bf16": 394e9, "fp32": 181e9})
+
+
+def _nll_rows(shift: list[float], a="torchao-int8wo", b="bnb-int8", tokens=256) -> pd.DataFrame:
+    base = [600.0 + 37.0 * (i % 5) for i in range(len(shift))]  # windows of unequal difficulty
+    row = {"model": "m", "host": "h", "device": "cpu", "n_ctx": 512, "window_tokens": tokens, "ppl": 10.0}
+    return pd.DataFrame([{**row, "format": a, "window_nll": base},
+                         {**row, "format": b, "window_nll": [x + s for x, s in zip(base, shift, strict=True)]}])
+
+
+def test_same_number_format_pairs_are_judged_on_paired_window_noise():
+    # b costs 0.02 nats per token more on every window, ± 0.01 alternating: mean 0.02, sd of
+    # the per-window differences sqrt(20/19) x 0.01, t(0.975, 19) = 2.093
+    d_tok = [0.02 + (0.01 if i % 2 else -0.01) for i in range(20)]
+    p = _nll_rows([x * 256 for x in d_tok])
+    d, ci, k = pivot.paired_dppl(p.iloc[1].to_dict(), p.iloc[0].to_dict())
+    assert k == 20 and d == pytest.approx(100 * (math.exp(0.02) - 1), rel=1e-9)
+    half = 2.093 * 0.01 * math.sqrt(20 / 19) / math.sqrt(20)
+    assert ci == pytest.approx(100 * (math.exp(0.02 + half) - math.exp(0.02)), rel=1e-3)
+    (line,) = pivot.same_number_format(p)
+    assert line.startswith("cpu: bnb-int8 vs torchao-int8wo (int8 weights, one scale per output channel): ppl +2.02 %")
+    assert "✗ differ beyond noise: bitsandbytes' LLM.int8 is not weight-only" in line
+    # the same spread around a zero mean: within noise, although each window moves by 1 %
+    p = _nll_rows([(0.01 if i % 2 else -0.01) * 256 for i in range(20)])
+    assert "✓ agree within noise" in pivot.same_number_format(p)[0]
+    # a pair the table does not list, or fewer than 3 common windows: no line
+    assert pivot.same_number_format(_nll_rows([1.0] * 20, b="gguf-q8_0")) == []
+    assert pivot.same_number_format(_nll_rows([1.0] * 2)) == []

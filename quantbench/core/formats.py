@@ -285,6 +285,30 @@ def with_kernel_paths(formats, paths) -> list[str]:
     return out
 
 
+
+@dataclass(frozen=True)
+class SharedNumberFormat:
+    """Two formats whose weights are the same number format: their ppl should agree within the
+    windows' paired noise, and where they do not, `differs` says what else the two do differently
+    (the report's "same number format" check lines)."""
+    a: str
+    b: str
+    number_format: str
+    differs: str
+
+
+SAME_NUMBER_FORMAT = (
+    SharedNumberFormat("torchao-int8wo", "bnb-int8", "int8 weights, one scale per output channel",
+                       "bitsandbytes' LLM.int8 is not weight-only: it rounds activations to int8 per row "
+                       "and keeps outlier input columns (|x| ≥ 6) in 16 bits"),
+    SharedNumberFormat("gguf-q8_0", "openvino-int8", "int8 weights",
+                       "Q8_0 is symmetric with one fp16 scale per block of 32 weights; OpenVINO's NNCF "
+                       "int8 is asymmetric (u8 + zero point) with one scale per output channel"),
+    SharedNumberFormat("torchao-w8a8", "ct-w8a8", "int8 weights per output channel, int8 activations per token",
+                       "torchao: SmoothQuant at strength 0.5, then round-to-nearest; llmcompressor: "
+                       "SmoothQuant at 0.8, then GPTQ"),
+)
+
 # llama.cpp type names a user may ask for as `gguf-<type>` beyond the table (bits per weight).
 GGUF_EXTRA_BPW = {"Q4_1": 5.0, "Q5_0": 5.5, "Q5_1": 6.0, "Q5_K_M": 5.69, "Q6_K": 6.5625,
                   "Q3_K_M": 3.91, "Q2_K": 2.625, "IQ4_NL": 4.5, "BF16": 16.0}

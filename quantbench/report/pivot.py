@@ -13,7 +13,7 @@ import math
 import numbers
 
 from quantbench.arith.sol import sol_frac
-from quantbench.core.formats import COMPILED, FORMATS, REFERENCE_ORDER
+from quantbench.core.formats import COMPILED, FORMATS, REFERENCE_ORDER, SAME_NUMBER_FORMAT
 from quantbench.core.suite import Workload
 
 OVERHEAD_BOUND_SOL = 0.30  # decode below 30 % of its bandwidth roofline: Python/launch overhead rules
@@ -318,6 +318,49 @@ def cross_backend(p) -> list[str]:
                    f"{mark} (tolerance {CROSS_BACKEND_TOL_PCT} %)")
     return out
 
+
+
+def paired_dppl(a: dict, b: dict) -> tuple[float, float, int] | None:
+    """Returns (100 × (ppl_a / ppl_b − 1), its 95 % CI half-width in %, windows) over the common
+    windows of both window_nll lists, or None with fewer than 3 common windows. The noise is
+    paired: each window's NLL difference, so text that is hard for both formats cancels
+    (Student's t over the per-window mean log-ppl difference, scipy.stats.t)."""
+    from scipy import stats
+
+    na, nb = a.get("window_nll"), b.get("window_nll")
+    if not (isinstance(na, list) and isinstance(nb, list)):
+        return None
+    k = min(len(na), len(nb))
+    t = (tokens_per_window(nb, b.get("ppl"), b.get("n_ctx"), b.get("window_tokens"))
+         or tokens_per_window(na, a.get("ppl"), a.get("n_ctx"), a.get("window_tokens")))
+    if k < 3 or not t:
+        return None
+    d = [(x - y) / t for x, y in zip(na[:k], nb[:k], strict=True)]
+    mean = sum(d) / k
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (k - 1))
+    half = float(stats.t.ppf(0.975, k - 1)) * sd / math.sqrt(k)
+    # exp(mean ± half) − 1, reported as the centre and the larger side of the interval
+    return 100 * (math.exp(mean) - 1), 100 * max(math.exp(mean + half) - math.exp(mean),
+                                                 math.exp(mean) - math.exp(mean - half)), k
+
+
+def same_number_format(p) -> list[str]:
+    """Returns per device one line for each pair of formats in SAME_NUMBER_FORMAT that both have
+    window NLLs: their ppl difference on common windows with its paired 95 % CI, and either
+    "agree within noise" or what else the two formats do differently."""
+    out = []
+    for (_, _, device), grp in groups(p.to_dict("records")).items():
+        by = {r["format"]: r for r in grp}
+        for pair in SAME_NUMBER_FORMAT:
+            got = pair.a in by and pair.b in by and paired_dppl(by[pair.b], by[pair.a])
+            if not got:
+                continue
+            d, ci, k = got
+            verdict = ("✓ agree within noise" if abs(d) <= ci else
+                       f"✗ differ beyond noise: {pair.differs}")
+            out.append(f"{device}: {pair.b} vs {pair.a} ({pair.number_format}): ppl {d:+.2f} % "
+                       f"± {ci:.2f} % (95 % CI, paired over {k} windows) {verdict}")
+    return out
 
 # Calibrated rates that are not a dtype's GEMM peak (hardware.calibrate: the attention kernel alone,
 # GEMM at the decode batch's small M): under their dtype's name they overwrote the peak in the

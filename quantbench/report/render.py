@@ -32,6 +32,7 @@ from quantbench.report.pivot import (
     pivot,
     prepare,
     quality_metric,
+    same_number_format,
     verdicts,
 )
 from quantbench.report.tables import Cell, Figures, Head, Para, Row, Section, Table
@@ -500,6 +501,7 @@ def page_sections(df, p, extra: list[Section] = ()) -> list[Section]:
     skipped and failed, arithmetic vs measurement (when a record carries a fit), plots. A new section
     is one more Section appended here (docs/report.md)."""
     verdict = [Para(v) for v in verdicts(p)] + [Para(f"Cross-backend: {line}", "check") for line in cross_backend(p)]
+    verdict += [Para(f"Same number format: {line}", "check") for line in same_number_format(p)]
     problems = _problems(p)
     colors = {f: plots.color_for(i) for i, f in enumerate(sorted(p["format"].unique(), key=format_order))}
     out = [Section("Verdict", tuple(verdict)), *extra,
@@ -572,6 +574,7 @@ def render_markdown(df, *, p=None, sections: list[Section] = ()) -> str:
 def _summary_lines(p, t, cols) -> list[str]:
     out = ["## Verdict", ""] + [f"- {v}" for v in verdicts(p)]
     out += [f"- cross-backend: {c}" for c in cross_backend(p)]
+    out += [f"- same number format: {c}" for c in same_number_format(p)]
     out += ["", "## Variants", "", "| " + " | ".join(h for _, h, _ in cols) + " |",
             "|" + "|".join("---:" if f else "---" for _, _, f in cols) + "|"]
     out += ["| " + " | ".join(cell_text(r, c, f).replace("|", "\\|") for c, _, f in cols) + " |"
