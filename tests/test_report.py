@@ -328,3 +328,12 @@ def test_same_number_format_pairs_are_judged_on_paired_window_noise():
     # a pair the table does not list, or fewer than 3 common windows: no line
     assert pivot.same_number_format(_nll_rows([1.0] * 20, b="gguf-q8_0")) == []
     assert pivot.same_number_format(_nll_rows([1.0] * 2)) == []
+
+
+def test_same_number_format_pairs_name_real_formats_that_share_their_weight_bits():
+    from quantbench.core.formats import FORMATS, SAME_NUMBER_FORMAT
+
+    for pair in SAME_NUMBER_FORMAT:
+        a, b = FORMATS[pair.a], FORMATS[pair.b]
+        assert pair.a != pair.b and pair.differs
+        assert round(a.bits_per_weight) == round(b.bits_per_weight) == 8, pair  # all int8 today
