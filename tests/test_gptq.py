@@ -202,3 +202,23 @@ def test_ppl_close_to_fp32(built, windows, fp32_ppl, fmt):
     assert math.isfinite(ppl)
     # The 2-layer cut has a huge ppl; 4-bit g64 moves it by a few percent, never by 1.5x.
     assert fp32_ppl / 1.5 < ppl < fp32_ppl * 1.5
+
+
+def test_cpu_without_onednn_bf16_quantizes_in_fp32(tiny, tokens_path, built, windows, fp32_ppl, monkeypatch):
+    """On a CPU where torch has no oneDNN bf16 GEMM (a Zen 3), GPTQModel quantizes in fp32, under
+    its own cache key, and the model it makes scores like the bf16 one."""
+    import quantbench.backends.gptq as gptq
+
+    assert built["gptq-4b"].info["quantize_dtype"] == "bfloat16"  # this CPU has oneDNN bf16
+    monkeypatch.setattr(gptq, "bf16_gemm_fast", lambda torch: False)
+    b = GPTQBackend(variant(tiny, tokens_path, "gptq-4b"))
+    assert b.cached_artifact() == ""  # not the bf16 build's entry
+    b.build()
+    assert b.info["quantize_dtype"] == "float32" and b.info["build_s"] > 0
+    assert b.info["artifact"] != built["gptq-4b"].info["artifact"]
+    b.load()
+    try:
+        ppl = score_windows(b, windows, budget_s=1e9)["ppl"]
+    finally:
+        b.close()
+    assert fp32_ppl / 1.5 < ppl < fp32_ppl * 1.5

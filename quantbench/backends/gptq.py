@@ -110,6 +110,13 @@ def _no_kernel(e: Exception) -> bool:
     return msg.startswith(("No auto-select kernels", "No valid quant linear"))
 
 
+def bf16_gemm_fast(torch) -> bool:
+    """Returns whether torch runs bf16 matmuls on this CPU through oneDNN (AVX-512 or AMX), not
+    its reference kernel."""
+    return bool(torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+                and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 class GPTQBackend(HFBackend):
     """GPTQ / AWQ int4 through GPTQModel; variant.format.param is the method ("gptq" or "awq")."""
 
@@ -120,6 +127,16 @@ class GPTQBackend(HFBackend):
     def _dtype(self):
         torch = self._torch()
         return torch.float16 if self.variant.device.startswith("cuda") else torch.bfloat16
+
+    def _quant_dtype(self):
+        """Returns the dtype GPTQModel quantizes in: the load dtype, but fp32 on a CPU where torch
+        has no oneDNN bf16 GEMM (no AVX-512, e.g. Zen 3). There bf16 matmuls fall back to
+        a reference kernel: 37 against fp32's 191 GFLOP/s with oneDNN off on the Zen 4 (F.linear
+        512 x 576 x 1536, 2 threads), and the Zen 3's calibration ran 28 min against ~3 estimated."""
+        torch = self._torch()
+        if self.variant.device.startswith("cuda") or bf16_gemm_fast(torch):
+            return self._dtype()
+        return torch.float32
 
     def build_estimate_s(self) -> float:
         """Returns the seconds building this artifact should take (0 when cached or given), scaled
@@ -146,8 +163,11 @@ class GPTQBackend(HFBackend):
         if group is None:
             return None, None, n, t
         calib = self.calibration(n, t)
+        # a fp32 quantization keys its own entry; the bf16/fp16 keys stay those of earlier builds
+        fp32 = ("quantized in float32",) if self._quant_dtype() == self._torch().float32 else ()
         key = cache.content_key(variant.model_digest, self.method, BITS, group, SYM[self.method],
-                                cache.content_key(calib), f"gptqmodel {gptqmodel_version()}", CALIB_BATCH)
+                                cache.content_key(calib), f"gptqmodel {gptqmodel_version()}", CALIB_BATCH,
+                                *fp32)
         return cache.entry("quant", key), group, n, t
 
     def cached_artifact(self) -> str:
@@ -168,7 +188,8 @@ class GPTQBackend(HFBackend):
             raise Skip(f"no group size of {s.group_size}/64/32 divides in_features "
                        f"{linear_in_features(config)}; pass a pre-made checkpoint in `artifacts`")
         calib = self.calibration(n, t)
-        self.info.update(group_size=group, calib_samples=n, calib_tokens=t, sym=SYM[self.method])
+        self.info.update(group_size=group, calib_samples=n, calib_tokens=t, sym=SYM[self.method],
+                         quantize_dtype=str(self._quant_dtype()).removeprefix("torch."))
         self.info["artifact"] = str(final)
         if cache.verified(final):
             self.info["build_s"] = 0.0
@@ -195,7 +216,7 @@ class GPTQBackend(HFBackend):
             qcfg = AWQConfig(bits=BITS, group_size=group, sym=SYM["awq"], **speed)
         else:
             qcfg = GPTQConfig(bits=BITS, group_size=group, desc_act=False, sym=SYM["gptq"], **speed)
-        model = GPTQModel.load(self.variant.model_dir, qcfg, device=self.variant.device, dtype=self._dtype())
+        model = GPTQModel.load(self.variant.model_dir, qcfg, device=self.variant.device, dtype=self._quant_dtype())
         # On CUDA, AWQ packs through its GEMM extension, a ~1 min JIT build; the torch packer writes
         # the same layout (it is what CPUs use), so the build is not needed to quantize.
         pack = (kernel_backend("awq_torch") if self.method == "awq" and self.variant.device.startswith("cuda")

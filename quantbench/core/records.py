@@ -141,6 +141,8 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("quantized_layers", "int", "", "decoder Linear layers the library really quantized (torchao, HQQ; "
        "checked against all of them)"),
     _f("sym", "bool", "", "symmetric quantization (GPTQ/AWQ)"),
+    _f("quantize_dtype", "str", "", "dtype GPTQModel quantized in (bfloat16; float32 on a CPU without "
+       "oneDNN bf16 GEMM; float16 on CUDA)"),
     _f("calib_samples", "int", "", "GPTQ/AWQ calibration sequences actually used"),
     _f("calib_tokens", "int", "token", "tokens per calibration sequence"),
     _f("calib_iters", "int", "", "AutoRound tuning iterations per block"),
