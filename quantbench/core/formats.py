@@ -285,7 +285,6 @@ def with_kernel_paths(formats, paths) -> list[str]:
     return out
 
 
-
 @dataclass(frozen=True)
 class SharedNumberFormat:
     """Two formats whose weights are the same number format: their ppl should agree within the
@@ -308,6 +307,7 @@ SAME_NUMBER_FORMAT = (
                        "torchao: SmoothQuant at strength 0.5, then round-to-nearest; llmcompressor: "
                        "SmoothQuant at 0.8, then GPTQ"),
 )
+
 
 # llama.cpp type names a user may ask for as `gguf-<type>` beyond the table (bits per weight).
 GGUF_EXTRA_BPW = {"Q4_1": 5.0, "Q5_0": 5.5, "Q5_1": 6.0, "Q5_K_M": 5.69, "Q6_K": 6.5625,

@@ -170,16 +170,26 @@ def tokens_per_window(nll: list, ppl, n_ctx, window_tokens=None) -> float | None
     return num(n_ctx) and n_ctx / 2
 
 
+def common_windows(a: dict, b: dict) -> tuple[list, list, float] | None:
+    """Returns (a's window NLLs, b's, scored tokens per window) over the common prefix of both
+    window_nll lists, or None without both lists or a token count."""
+    na, nb = a.get("window_nll"), b.get("window_nll")
+    if not (isinstance(na, list) and isinstance(nb, list) and na and nb):
+        return None
+    k = min(len(na), len(nb))
+    t = (tokens_per_window(nb, b.get("ppl"), b.get("n_ctx"), b.get("window_tokens"))
+         or tokens_per_window(na, a.get("ppl"), a.get("n_ctx"), a.get("window_tokens")))
+    return (na[:k], nb[:k], t) if t else None
+
+
 def dppl_common_pct(a: dict, b: dict) -> tuple[float | None, int | None]:
     """Returns (100 × (ppl_a / ppl_b − 1), windows) on the common prefix of both window_nll lists;
     with no window lists, the recorded ppls and None windows."""
-    na, nb = a.get("window_nll"), b.get("window_nll")
-    if isinstance(na, list) and isinstance(nb, list) and na and nb:
-        k = min(len(na), len(nb))
-        t = (tokens_per_window(nb, b.get("ppl"), b.get("n_ctx"), b.get("window_tokens"))
-             or tokens_per_window(na, a.get("ppl"), a.get("n_ctx"), a.get("window_tokens")))
-        if t:
-            return 100 * (math.exp((sum(na[:k]) - sum(nb[:k])) / (k * t)) - 1), k
+    common = common_windows(a, b)
+    if common:
+        na, nb, t = common
+        k = len(na)
+        return 100 * (math.exp((sum(na) - sum(nb)) / (k * t)) - 1), k
     if num(a.get("ppl")) and num(b.get("ppl")):
         return 100 * (a["ppl"] / b["ppl"] - 1), None
     return None, None
@@ -319,7 +329,6 @@ def cross_backend(p) -> list[str]:
     return out
 
 
-
 def paired_dppl(a: dict, b: dict) -> tuple[float, float, int] | None:
     """Returns (100 × (ppl_a / ppl_b − 1), its 95 % CI half-width in %, windows) over the common
     windows of both window_nll lists, or None with fewer than 3 common windows. The noise is
@@ -327,15 +336,12 @@ def paired_dppl(a: dict, b: dict) -> tuple[float, float, int] | None:
     (Student's t over the per-window mean log-ppl difference, scipy.stats.t)."""
     from scipy import stats
 
-    na, nb = a.get("window_nll"), b.get("window_nll")
-    if not (isinstance(na, list) and isinstance(nb, list)):
+    common = common_windows(a, b)
+    if not common or len(common[0]) < 3:
         return None
-    k = min(len(na), len(nb))
-    t = (tokens_per_window(nb, b.get("ppl"), b.get("n_ctx"), b.get("window_tokens"))
-         or tokens_per_window(na, a.get("ppl"), a.get("n_ctx"), a.get("window_tokens")))
-    if k < 3 or not t:
-        return None
-    d = [(x - y) / t for x, y in zip(na[:k], nb[:k], strict=True)]
+    na, nb, t = common
+    k = len(na)
+    d = [(x - y) / t for x, y in zip(na, nb, strict=True)]
     mean = sum(d) / k
     sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (k - 1))
     half = float(stats.t.ppf(0.975, k - 1)) * sd / math.sqrt(k)
@@ -361,6 +367,7 @@ def same_number_format(p) -> list[str]:
             out.append(f"{device}: {pair.b} vs {pair.a} ({pair.number_format}): ppl {d:+.2f} % "
                        f"± {ci:.2f} % (95 % CI, paired over {k} windows) {verdict}")
     return out
+
 
 # Calibrated rates that are not a dtype's GEMM peak (hardware.calibrate: the attention kernel alone,
 # GEMM at the decode batch's small M): under their dtype's name they overwrote the peak in the
