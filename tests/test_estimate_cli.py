@@ -120,8 +120,27 @@ def test_calibrate_cpu_is_short_and_sane():
     assert time.perf_counter() - t0 < 10
     assert p.source == "measured" and p.bandwidth_bytes_s > 1e8 and p.flop_s["fp32"] > 1e8
     # the decode-shaped figures: GEMM at M = 1 (a weight read) at least, and attention alone
-    assert p.gemm_flop_s_by_m["fp32"]["1"] > 1e7 and set(p.gemm_flop_s_by_m["fp32"]) <= {"1", "4", "16", "64"}
+    assert p.gemm_flop_s_by_m["fp32"]["1"] > 1e7
+    assert set(p.gemm_flop_s_by_m["fp32"]) <= {str(m) for m in hardware.GEMM_MS}
     assert p.attn_flop_s["fp32"] > 1e7
+
+
+def test_gemm_by_m_covers_every_decode_batch_for_float_and_int8():
+    """Each power of two a decode sweep runs is calibrated itself (kernels step with their tiles,
+    so a log-log curve between fewer M misses them), int8 through torch._int_mm as bitsandbytes'
+    LLM.int8 runs it on AVX-512 CPUs; a decode batch's G is then the figure at its own M."""
+    import torch
+
+    from quantbench.arith import formulas
+
+    assert hardware.GEMM_MS == (1, 2, 4, 8, 16, 32, 64)
+    for dtype in (torch.float32, torch.int8):
+        by_m = hardware._gemm_by_m(torch, dtype, "cpu", 20.0, lambda: None, stack_bytes=4 * 2**20)
+        assert list(by_m) == [str(m) for m in hardware.GEMM_MS]
+        assert all(v > 1e7 for v in by_m.values())
+        peaks = hardware.Peaks("t", {"fp32": 1e11}, 1e10, 1e9, gemm_flop_s_by_m={"int8": by_m})
+        for m in (2, 8, 32):
+            assert formulas.gemm_flop_s_at(peaks, ("int8",), m) == pytest.approx(by_m[str(m)], rel=1e-9)
 
 
 def test_estimate_kv_types(capsys, config):

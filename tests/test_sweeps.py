@@ -332,6 +332,28 @@ def test_predicted_fields_split_the_step_by_kernel():
         "attn_flop_s_calibrated"] == 36e9
 
 
+def test_llama_cpp_attention_counts_the_padded_cells_it_iterates():
+    """llama.cpp attends over n_kv cells: the cells in use rounded up to 256, at least 256, capped
+    at the cache's cells per sequence (llama_kv_cache::get_n_kv)."""
+    assert [formulas.attended_cells(u, 256, 2176) for u in (1, 48, 256, 257, 300, 2096)] == \
+        [256, 256, 256, 512, 512, 2176]
+    assert formulas.attended_cells(48, 256, 128) == 128  # a batched context's smaller stream
+    assert formulas.attended_cells(48) == 48  # no padding: the tokens held
+    s = formulas.ModelShape(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=128,
+                            vocab=100, tied_embeddings=True, name="t")
+    fmt = get_format("gguf-q4_0")
+    kw = dict(n_prompt=8, n_gen=4, batch=4, compute_dtypes=("fp32",))
+    # depth 0: contexts 8..11, so 9..12 cells in use, each step iterating 256 of the 2176
+    r = formulas.predicted_fields(s, fmt, PEAKS, "tg", kv_pad=256, kv_cells=2176, **kw)
+    assert r["decode_step_attn_flops_predicted"] == 4 * 256 * 256 * 2  # batch · cells · 4·H·h · layers
+    assert formulas.predicted_fields(s, fmt, PEAKS, "tg", **kw)["decode_step_attn_flops_predicted"] == \
+        pytest.approx(4 * 9.5 * 256 * 2)
+    # depth 250: 259..262 cells in use, 512 iterated; the matmul half does not move
+    deep = formulas.predicted_fields(s, fmt, PEAKS, "tg", kv_pad=256, kv_cells=2176, depth=250, **kw)
+    assert deep["decode_step_attn_flops_predicted"] == 4 * 512 * 256 * 2
+    assert deep["decode_step_matmul_flops_predicted"] == r["decode_step_matmul_flops_predicted"]
+
+
 # --- end to end: the dummy backend through the runner, and real KV bytes at depth on `tiny`
 
 def test_runner_sweeps_threads_and_depths(tmp_path, tiny):
@@ -373,11 +395,16 @@ def test_kv_bytes_at_depth_equal_the_prediction(tiny, fmt):
 
         b.prefill(ids[:200])
         assert b.kv_cache_bytes() == predicted(200)
+        if f.backend == "gguf":  # what its attention iterates: n_kv padded to 256, per sequence
+            assert b.info["kv_attend_pad"] == 256 and b.info["kv_cells_per_seq"] == b.llm.n_ctx()
         tok = b.extend(ids[200:232])
         assert b.kv_cache_bytes() == predicted(232) == 232 * 1536
         b.decode(tok)
         assert b.kv_cache_bytes() == predicted(233)
         b.prefill_batch(ids[:200], 3)
+        if f.backend == "gguf":  # three streams of their own (kv_unified off), each a third
+            n = b.llama_cpp.llama_n_ctx(b.bctx)
+            assert b.info["kv_cells_per_seq"] == n // 3 >= 200 + 16 + 8 + 8
         toks = b.extend_batch(ids[200:216], 3)
         assert b.kv_cache_bytes() == predicted(216, 3)
         b.decode_batch(toks)

@@ -17,7 +17,7 @@ its kernels do, each priced by a quantity of the arithmetic and one fitted coeff
   kernel measured alone (`Peaks.attn_flop_s`); whichever counterpart is nearer says what bounds it.
 - M(B) = B · 2 · active matmul params (`decode_step_matmul_flops_predicted`) priced at G(B), the
   GEMM FLOP/s this machine's calibration reached at M = B rows for the format's compute dtype
-  (`Peaks.gemm_flop_s_by_m`, M = 1, 4, 16, 64: at M = 1 that is reading the weights; on an AMX or
+  (`Peaks.gemm_flop_s_by_m`, every power of two M to 64: at M = 1 that is reading the weights; on an AMX or
   AVX512 CPU it climbs steeply with M). k_mm is dimensionless: 1 means the framework's matmuls run
   as fast as the calibrated GEMM, the effective rate is G(B) / k_mm. Without a per-M calibration G
   is the flat calibrated peak.

@@ -288,6 +288,26 @@ def kv_elems_per_layer(s: ModelShape, layout: str = "decompressed") -> int:
     return s.n_heads * (s.head_dim + s.v_head_dim)
 
 
+# llama.cpp attends over n_kv cells per sequence, not over the tokens it holds: the cells in use
+# rounded up to a multiple of 256 (at least 256), capped at the cache's cells per sequence
+# (llama_kv_cache::get_n_kv in src/llama-kv-cache.cpp: "pad the n_kv value so that the graph remains
+# constant across batches"). Measured on the AVX-512 EPYC (Q4_0 SmolLM2-135M, batch 1, 2 threads):
+# a decode step after 128 cached tokens (n_kv 256) took 5.8 / 7.1 ms in two passes, after 256 and 384
+# (n_kv 512 both) 7.8 / 8.3 and 7.5 / 8.0 ms: the step follows n_kv, not the tokens.
+LLAMA_CPP_KV_PAD = 256
+
+
+def attended_cells(used: int, pad: int = 0, cells: int = 0) -> int:
+    """Returns the KV cells a decode step's attention iterates with `used` cells in use: `used`
+    itself, or with a padding engine (pad > 0, llama.cpp: LLAMA_CPP_KV_PAD) used rounded up to a
+    multiple of pad, at least pad, capped at the cache's `cells` per sequence (0: no cap).
+    llama.cpp at 48 cells in use of 2176 attends 256; at 2096, 2176."""
+    if pad <= 0:
+        return used
+    n = max(pad, -(-used // pad) * pad)
+    return min(n, cells) if cells > 0 else n
+
+
 def held_tokens(s: ModelShape, seq_len: int) -> int:
     """Returns the cached positions summed over layers at context seq_len: Σ_l min(T, W_l).
 
@@ -561,7 +581,7 @@ def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prom
                      n_gen: int = 0, n_ctx: int = 0, batch: int = 1,
                      kv_bytes_per_elem: float = 2, kv_layout: str | None = None,
                      bits_experts: float | None = None, compute_dtypes: tuple[str, ...] = (),
-                     depth: int = 0) -> dict:
+                     depth: int = 0, kv_pad: int = 0, kv_cells: int = 0) -> dict:
     """Returns the *_predicted fields for one workload record (pp, tg, ppl or load).
 
     KV cache is for the context the workload holds: depth + n_prompt (pp), depth + n_prompt +
@@ -572,7 +592,9 @@ def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prom
     is the prefill of the prompt (at least one token) after the depth's cached tokens. An MLA
     cache is laid out as the format's backend keeps it unless kv_layout says.
     Prefill (pp, load, TTFT) keeps the last position's logits, as every backend's prefill does;
-    ppl scores every position. The compute peak is the highest of `compute_dtypes`
+    ppl scores every position. A decode step's attention FLOPs count the cells its kernel
+    iterates (`attended_cells`: kv_pad and kv_cells are the engine's padding and cells per
+    sequence; 0: the tokens held). The compute peak is the highest of `compute_dtypes`
     (formats.compute_dtypes: what the kernels really compute in), else the format's compute_dtype.
     """
     kv_layout = kv_layout or MLA_KV_LAYOUT_BY_BACKEND.get(fmt.backend, "decompressed")
@@ -611,7 +633,9 @@ def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prom
         out["decode_step_flops_predicted"] = flops / len(ctxs)
         # the step's two kinds of work, as its kernels do them (arith/fit.py prices each): the
         # batch's matmuls (M = batch rows through every weight) and attention over the cache
-        attn = sum(batch * attn_flops_per_position(s, kv_layout) * held_tokens(s, t) for t in ctxs)
+        # (a step after t cached tokens has t + 1 cells in use, its own token's included)
+        attn = sum(batch * attn_flops_per_position(s, kv_layout)
+                   * held_tokens(s, attended_cells(t + 1, kv_pad, kv_cells) if kv_pad else t) for t in ctxs)
         out["decode_step_attn_flops_predicted"] = attn / len(ctxs)
         out["decode_step_matmul_flops_predicted"] = batch * 2 * _matmul_params_active(s)
         names = tuple(compute_dtypes or (fmt.compute_dtype,)) + ("fp32",)

@@ -152,7 +152,10 @@ def _gemm_flop_s(torch, dtype, device: str, n_max: int, budget_s: float, sync) -
 
 # The decode batch's matmuls are M × K by K × N with M = batch: calibrated at these M over a stack of
 # weights larger than the caches (a model's layers are), so M = 1 is what a weight read costs.
-GEMM_MS = (1, 4, 16, 64)
+# Every power of two a decode sweep runs, not a log-log curve between fewer: the kernels step with
+# their tiles. On the AVX-512 EPYC, fp32 reached 8.1, 8.2, 18.8 and 41 GFLOP/s at M = 1, 2, 4, 8: M = 2
+# costs twice M = 1 and as much as M = 4, where log-log between 1, 4 and 16 said 12.4 and 30 at 2 and 8.
+GEMM_MS = (1, 2, 4, 8, 16, 32, 64)
 GEMM_K = 2048  # K = N: the width of a small model's MLP
 GEMM_STACK_BYTES = 96 * 2**20
 ATTN_HEADS, ATTN_HEAD_DIM, ATTN_CTX = 8, 64, 4096
@@ -165,19 +168,29 @@ def _gemm_by_m(torch, dtype, device: str, budget_s: float, sync,
     """Returns {str(M): FLOP/s} of F.linear at M in GEMM_MS over a stack of K × K weights of
     stack_bytes (each call reads every weight once, as a decode step does): the median of up
     to 3 calls per M (the first, cold, is only kept when it is the only one); the M left when the
-    budget is spent are left out (a dtype without fast kernels keeps M = 1 alone)."""
+    budget is spent are left out (a dtype without fast kernels keeps M = 1 alone).
+    int8: torch._int_mm (int8 × int8 → int32), the matmul bitsandbytes' LLM.int8 and torchao's
+    W8A8 run on a CPU with AVX-512 (elsewhere it is a scalar loop, and they take fp32)."""
     n = max(1, stack_bytes // (GEMM_K * GEMM_K * torch.tensor([], dtype=dtype).element_size()))
     # constant weights: filling is cheap (randn of 96 MiB takes longer than the GEMMs) and the
     # kernels' speed does not depend on the values (0.01 is no denormal in any of these dtypes)
-    ws = [torch.full((GEMM_K, GEMM_K), 0.01, dtype=dtype, device=device) for _ in range(n)]
+    fill = 1 if dtype == torch.int8 else 0.01
+    ws = [torch.full((GEMM_K, GEMM_K), fill, dtype=dtype, device=device) for _ in range(n)]
+    if dtype == torch.int8:  # weights stored out × in, as nn.Linear and bitsandbytes keep them
+        ws = [w.t() for w in ws]
+
+        def mm(x, w):
+            return torch._int_mm(x, w)
+    else:
+        mm = torch.nn.functional.linear
     out, start = {}, time.perf_counter()
     for m in GEMM_MS:
-        x = torch.full((m, GEMM_K), 0.01, dtype=dtype, device=device)
+        x = torch.full((m, GEMM_K), fill, dtype=dtype, device=device)
         times = []
         while len(times) < 4 and (not times or time.perf_counter() - start + times[-1] < budget_s):
             t0 = time.perf_counter()
             for w in ws:
-                torch.nn.functional.linear(x, w)
+                mm(x, w)
             sync()
             times.append(time.perf_counter() - t0)
         out[str(m)] = 2 * m * GEMM_K * GEMM_K * n / statistics.median(times[1:] or times)
@@ -263,7 +276,7 @@ def calibrate(device: str = "cpu", seconds: float = 6.0, threads: int = 0) -> Pe
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if cuda or hasattr(torch, "_int_mm"):
         dtypes["int8"] = torch.int8
-    share = seconds / (len(dtypes) + 4)  # copy, GEMM per dtype, then small-M GEMMs of two dtypes
+    share = seconds / (len(dtypes) + 5)  # copy, GEMM per dtype, then small-M GEMMs of three dtypes
     with _torch_threads(torch, threads) as threads:
         load = _Load()
         if cuda:
@@ -289,15 +302,20 @@ def calibrate(device: str = "cpu", seconds: float = 6.0, threads: int = 0) -> Pe
         # runs in (fp16 only where it has kernels: a CPU's fp16 GEMM can be 50x slower)
         by_m, attn, by_k = {}, {}, {}
         small = ("fp32", "bf16", "fp16") if cuda else ("fp32", "bf16")
+        # a short calibration (a test's) reads a smaller stack: cached, it reads high
+        stack = GEMM_STACK_BYTES if cuda else int(min(GEMM_STACK_BYTES, GEMM_STACK_BYTES * seconds / 6))
         for key in small:
             if key not in flops:
                 continue
             try:
-                # a short calibration (a test's) reads a smaller stack: cached, it reads high
-                stack = GEMM_STACK_BYTES if cuda else int(min(GEMM_STACK_BYTES, GEMM_STACK_BYTES * seconds / 6))
                 by_m[key] = _gemm_by_m(torch, dtypes[key], device, share, sync, stack)
                 attn[key] = _attn_flop_s(torch, dtypes[key], device, share / 8, sync)
                 by_k[key] = _gemv_by_k(torch, dtypes[key], device, share / 4, sync, stack)
+            except RuntimeError:
+                pass
+        if not cuda and "int8" in flops:  # CUDA's _int_mm takes M > 16 only: no decode-shaped figure
+            try:
+                by_m["int8"] = _gemm_by_m(torch, torch.int8, device, share, sync, stack)
             except RuntimeError:
                 pass
         torch.backends.cuda.matmul.allow_tf32 = tf32_was
@@ -351,9 +369,9 @@ def _calibration_path(device: str, threads: int):
 
     host = socket.gethostname()
     # v3: records load and threads, probe beside the peaks; v4: GEMM at small M and attention
-    # alone; v5: the weight stream by matrix width. Bump when the method changes so stale figures
-    # are not reused.
-    return cache_dir() / "calibration" / f"v5-{host}-{device}-{threads}t.json"
+    # alone; v5: the weight stream by matrix width; v6: GEMM at every power of two M to 64, and
+    # int8. Bump when the method changes so stale figures are not reused.
+    return cache_dir() / "calibration" / f"v6-{host}-{device}-{threads}t.json"
 
 
 def local_peaks(device: str = "cpu", refresh: bool = False, threads: int = 0) -> Peaks:

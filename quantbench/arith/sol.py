@@ -47,7 +47,9 @@ def predict(shape, fmt, device: str, peaks: dict | None, kind: str, info: dict |
     # The peak its kernels compute at (llama.cpp and bnb's CPU int8 path are not torch GEMMs).
     return formulas.predicted_fields(shape, fmt, hardware.Peaks(**peaks), kind,
                                      compute_dtypes=compute_dtypes(fmt, device),
-                                     kv_bytes_per_elem=info.get("kv_bytes_per_elem", 2), **kw)
+                                     kv_bytes_per_elem=info.get("kv_bytes_per_elem", 2),
+                                     kv_pad=info.get("kv_attend_pad", 0), kv_cells=info.get("kv_cells_per_seq", 0),
+                                     **kw)
 
 
 def _num(v) -> float | None:

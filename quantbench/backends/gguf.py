@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from quantbench import backends
+from quantbench.arith.formulas import LLAMA_CPP_KV_PAD
 from quantbench.backends import CRASH_HOOK_ENV, ENGINE_LOG_ENV, Backend, Skip, crash_hook, say
 from quantbench.core import cache
 from quantbench.core.errors import UserError
@@ -424,6 +425,10 @@ class GGUFBackend(Backend):
                          kv_type=self.kv_type, kv_bytes_per_elem=KV_TYPE_BITS[self.kv_type] / 8,
                          kv_cache_source="computed from model metadata: 2 x n_layer x n_head_kv x "
                                          "head_dim x cells in use x bytes per element of kv_type")
+        # what its attention iterates (arith.attended_cells): n_kv, padded, per sequence of the
+        # context in use (the batched context's, while a batch runs: _use_ctx)
+        self.info["kv_attend_pad"] = LLAMA_CPP_KV_PAD
+        self._use_ctx(self.llm.ctx)
         if self.kv_logged:  # llama.cpp's own account, beside the arithmetic's per-token figure
             self.info["kv_cache_bytes_per_token"] = self.kv_logged[0] / self.kv_logged[1]
 
@@ -482,8 +487,13 @@ class GGUFBackend(Backend):
         row = self.llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
         return int(np.ctypeslib.as_array(row, shape=(self.n_vocab,)).argmax())
 
+    def _use_ctx(self, ctx) -> None:
+        """Records the cache cells per sequence of the context the next workload runs in."""
+        self.info["kv_cells_per_seq"] = int(self.llama_cpp.llama_n_ctx_seq(ctx))
+
     def prefill(self, ids: list[int]) -> int:
         lc, self.batched = self.llama_cpp, False
+        self._use_ctx(self.llm.ctx)
         lc.llama_memory_clear(lc.llama_get_memory(self.llm.ctx), True)
         return self._decode(ids)
 
@@ -516,6 +526,7 @@ class GGUFBackend(Backend):
             self.bctx_batch = batch
             self.batch_buf = lc.llama_batch_init(p.n_batch, 0, batch)
         lc.llama_memory_clear(lc.llama_get_memory(self.bctx), True)
+        self._use_ctx(self.bctx)
         self.bpos, self.batched = len(ids), True
         return self._decode_seqs([(seq, pos, t) for seq in range(batch) for pos, t in enumerate(ids)])
 

@@ -160,6 +160,10 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("n_gpu_layers", "int", "", "layers llama.cpp offloaded to the GPU"),
     _f("kv_bytes_per_elem", "float", "byte", "bytes per cached K/V element"),
     _f("kv_cache_source", "str", "", "how kv_cache_bytes was measured (DynamicCache tensors, llama.cpp cells)"),
+    _f("kv_attend_pad", "int", "cell", "the engine pads the KV cells its attention iterates to a multiple of "
+       "this (llama.cpp: 256, llama_kv_cache::get_n_kv); decode_step_attn_flops_predicted counts them"),
+    _f("kv_cells_per_seq", "int", "cell", "KV cache cells per sequence of the context the workload ran in "
+       "(llama_n_ctx_seq): the cap on the cells attended"),
     # memory
     _f("weights_bytes", "int", "byte", "bytes of parameters + buffers (or the GGUF tensor data)",
        show=_D("weights MB", ".1f", 1e-6, "weights_mb")),
@@ -285,7 +289,7 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("decode_step_matmul_flops_predicted", "float", "FLOP", "matmul FLOPs of one decode step: batch × 2 "
        "× active matmul params (lm_head included)"),
     _f("decode_gemm_flop_s", "float", "FLOP/s", "calibrated GEMM rate at M = batch rows for the format's "
-       "compute dtypes (Peaks.gemm_flop_s_by_m, log-log between M = 1, 4, 16, 64): what the step's "
+       "compute dtypes (Peaks.gemm_flop_s_by_m at M = 1, 2, 4 ... 64; log-log between): what the step's "
        "matmuls are priced at"),
     _f("decode_gemv_bytes_s", "float", "B/s", "calibrated weight stream at M = 1 over matrices as wide "
        "as the model's hidden size, for the format's compute dtypes (Peaks.gemv_bytes_s_by_k, log-log "
