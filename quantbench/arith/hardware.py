@@ -199,6 +199,99 @@ def _gemm_by_m(torch, dtype, device: str, budget_s: float, sync,
     return out
 
 
+# The model's own matmuls by M: a decode step's matrices are the model's (576 wide for SmolLM2-135M,
+# a 49152-row lm_head), and they reach rates of their own. Measured on the AVX-512 EPYC in fp32 at
+# M = 1 / 8 / 64: 5.4 / 33.6 / 121.7 GFLOP/s over SmolLM2-135M's matrices against 7.7 / 35.0 /
+# 133 over the 2048² stack; priced at its own matrices, fp32's fitted k_mm went from 0.54 to 0.91.
+MODEL_GEMM_DTYPES = ("fp32", "bf16", "int8")
+MODEL_GEMM_BUDGET_S = 8.0  # per dtype; the M left when it is spent fall back to log-log
+
+
+def model_gemm_by_m(torch, dtype, layer: list[tuple[int, int]], n_layers: int, head: tuple[int, int],
+                    budget_s: float = MODEL_GEMM_BUDGET_S, stack_bytes: int = GEMM_STACK_BYTES,
+                    device: str = "cpu", sync=lambda: None) -> dict[str, float]:
+    """Returns {str(M): FLOP/s} of one decode step's matmuls at M rows for M in GEMM_MS: the
+    matrices of one layer (`layer`: (out, in) features each) in copies until they outgrow the
+    caches (stack_bytes, at most n_layers copies), timed and scaled to n_layers, plus the
+    lm_head (`head`) once; the rate is Σ 2·M·out·in over that time. Median of 3 passes after a
+    cold one. int8 through torch._int_mm, as _gemm_by_m."""
+    int8 = dtype == torch.int8
+    size = torch.tensor([], dtype=dtype).element_size()
+    per_layer = sum(r * c for r, c in layer)
+    copies = max(1, min(n_layers, -(-stack_bytes // (per_layer * size))))
+    fill = 1 if int8 else 0.01
+
+    def weights(r, c):
+        w = torch.full((r, c), fill, dtype=dtype, device=device)
+        return w.t() if int8 else w
+
+    stack = [weights(r, c) for _ in range(copies) for r, c in layer]
+    lm_head = weights(*head)
+    mm = torch._int_mm if int8 else torch.nn.functional.linear
+    out, start = {}, time.perf_counter()
+    for m in GEMM_MS:
+        xs = {c: torch.full((m, c), fill, dtype=dtype, device=device) for c in {c for _, c in layer} | {head[1]}}
+
+        def timed(ws, xs=xs):
+            t0 = time.perf_counter()
+            for w in ws:
+                mm(xs[w.shape[0] if int8 else w.shape[1]], w)
+            sync()
+            return time.perf_counter() - t0
+
+        passes = []
+        while len(passes) < 4 and (not passes or time.perf_counter() - start + sum(passes[-1]) < budget_s):
+            passes.append((timed(stack), timed([lm_head])))
+        keep = passes[1:] or passes
+        t = statistics.median(a for a, _ in keep) * n_layers / copies + statistics.median(b for _, b in keep)
+        out[str(m)] = 2 * m * (per_layer * n_layers + head[0] * head[1]) / t
+        if time.perf_counter() - start >= budget_s:
+            break
+    return out
+
+
+def model_gemm_tables(shape, dtypes: tuple[str, ...], peaks: dict) -> dict[str, dict[str, float]]:
+    """Returns {dtype: {str(M): FLOP/s}} of `shape`'s own matmuls (model_gemm_by_m) on this CPU at
+    torch's thread count, for each of `dtypes` in MODEL_GEMM_DTYPES that the machine calibration
+    (`peaks`, a Peaks as a dict) has per-M figures for. Cached per host beside the calibration,
+    keyed by the matrices, the threads and the calibration itself (a new calibration measures them
+    anew). {}: an MoE or MLA shape (formulas.linear_shapes covers dense ones), or no torch."""
+    if shape is None or shape.n_experts or shape.kv_lora_rank:
+        return {}
+    try:
+        import torch
+    except ImportError:
+        return {}
+    from quantbench.arith.formulas import linear_shapes
+    from quantbench.core.cache import cache_dir, content_key
+
+    layer = linear_shapes(shape)[: len(linear_shapes(shape)) // shape.n_layers]
+    head = (shape.vocab, shape.d_model)
+    calibrated = peaks.get("gemm_flop_s_by_m") or {}
+    out = {}
+    for d in dict.fromkeys(dtypes):
+        if d not in MODEL_GEMM_DTYPES or d not in calibrated:
+            continue
+        key = content_key(layer, shape.n_layers, head, d, torch.get_num_threads(),
+                          peaks.get("gemm_flop_s_by_m"), peaks.get("bandwidth_bytes_s"))
+        path = cache_dir() / "calibration" / f"v6-model-gemm-{socket.gethostname()}-{key}.json"
+        try:
+            out[d] = json.loads(path.read_text())
+            continue
+        except (OSError, ValueError):
+            pass
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}[d]
+        try:
+            out[d] = model_gemm_by_m(torch, dtype, layer, shape.n_layers, head)
+        except RuntimeError:  # no kernel for this dtype here
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(out[d]))
+        os.replace(tmp, path)
+    return out
+
+
 def _gemv_by_k(torch, dtype, device: str, budget_s: float, sync,
                stack_bytes: int = GEMM_STACK_BYTES) -> dict[str, float]:
     """Returns {str(K): weight bytes/s} of F.linear at M = 1 over a stack of K × K weights of
