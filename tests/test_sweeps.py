@@ -4,7 +4,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from quantbench.arith import fit, formulas, hardware
+from quantbench.arith import fit, formulas
 from quantbench.arith.hardware import Peaks
 from quantbench.arith.shapes import shape_from_config
 from quantbench.core import records
@@ -353,36 +353,6 @@ def test_llama_cpp_attention_counts_the_padded_cells_it_iterates():
     assert deep["decode_step_attn_flops_predicted"] == 4 * 512 * 256 * 2
     assert deep["decode_step_matmul_flops_predicted"] == r["decode_step_matmul_flops_predicted"]
 
-
-def test_decode_matmuls_are_priced_at_the_models_own_matrices(tmp_path, monkeypatch):
-    """G(B) from the model's own matrices (one layer stacked past the caches, scaled to every
-    layer, plus lm_head), cached per host; the 2048² stack where they are not measured."""
-    import torch
-
-    from quantbench.core import cache
-
-    monkeypatch.setattr(cache, "cache_dir", lambda: tmp_path)
-    s = formulas.ModelShape(n_layers=4, d_model=64, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=128,
-                            vocab=256, tied_embeddings=True, name="t")
-    layer = formulas.linear_shapes(s)[:7]
-    assert layer == [(64, 64), (32, 64), (32, 64), (64, 64), (128, 64), (128, 64), (64, 128)]
-    by_m = hardware.model_gemm_by_m(torch, torch.float32, layer, 4, (256, 64), budget_s=20.0,
-                                    stack_bytes=2**20)
-    assert list(by_m) == [str(m) for m in hardware.GEMM_MS] and all(v > 1e6 for v in by_m.values())
-    peaks = dataclasses.asdict(PEAKS)
-    tables = hardware.model_gemm_tables(s, ("int8", "bf16", "fp16"), peaks)
-    assert set(tables) == {"bf16"}  # int8 and fp16 have no per-M calibration in PEAKS
-    assert hardware.model_gemm_tables(s, ("bf16",), peaks) == tables  # read back from the cache
-    assert len(list((tmp_path / "calibration").glob("v6-model-gemm-*.json"))) == 1
-    moe = dataclasses.replace(s, n_experts=8, n_experts_per_token=2, d_ff_expert=64)
-    assert hardware.model_gemm_tables(moe, ("bf16",), peaks) == {}
-    kw = dict(n_prompt=8, n_gen=4, batch=8, compute_dtypes=("bf16",))
-    own = formulas.predicted_fields(s, get_format("bf16"), PEAKS, "tg", gemm_by_m=tables, **kw)
-    assert own["decode_gemm_flop_s"] == pytest.approx(tables["bf16"]["8"])
-    assert own["decode_gemm_source"] == "model matrices"
-    stack = formulas.predicted_fields(s, get_format("bf16"), PEAKS, "tg", **kw)
-    assert stack["decode_gemm_source"] == "2048x2048 stack"
-    assert stack["decode_gemm_flop_s"] == formulas.gemm_flop_s_at(PEAKS, ("bf16", "fp32"), 8)
 
 # --- end to end: the dummy backend through the runner, and real KV bytes at depth on `tiny`
 

@@ -16,10 +16,9 @@ its kernels do, each priced by a quantity of the arithmetic and one fitted coeff
   bandwidth is reported beside the calibrated copy bandwidth, the FLOP rate beside the attention
   kernel measured alone (`Peaks.attn_flop_s`); whichever counterpart is nearer says what bounds it.
 - M(B) = B · 2 · active matmul params (`decode_step_matmul_flops_predicted`) priced at G(B), the
-  FLOP/s the model's own matrices reached on this machine at M = B rows in the format's compute
-  dtype (`hardware.model_gemm_by_m`, every power of two M to 64; else the calibration's 2048² stack,
-  `Peaks.gemm_flop_s_by_m`): at M = 1 that is reading the weights; on an AMX or AVX512 CPU it
-  climbs steeply with M. k_mm is dimensionless: 1 means the framework's matmuls run
+  GEMM FLOP/s this machine's calibration reached at M = B rows for the format's compute dtype
+  (`Peaks.gemm_flop_s_by_m`, every power of two M to 64: at M = 1 that is reading the weights; on an AMX or
+  AVX512 CPU it climbs steeply with M). k_mm is dimensionless: 1 means the framework's matmuls run
   as fast as the calibrated GEMM, the effective rate is G(B) / k_mm. Without a per-M calibration G
   is the flat calibrated peak.
 

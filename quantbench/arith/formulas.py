@@ -581,8 +581,7 @@ def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prom
                      n_gen: int = 0, n_ctx: int = 0, batch: int = 1,
                      kv_bytes_per_elem: float = 2, kv_layout: str | None = None,
                      bits_experts: float | None = None, compute_dtypes: tuple[str, ...] = (),
-                     depth: int = 0, kv_pad: int = 0, kv_cells: int = 0,
-                     gemm_by_m: dict[str, dict[str, float]] | None = None) -> dict:
+                     depth: int = 0, kv_pad: int = 0, kv_cells: int = 0) -> dict:
     """Returns the *_predicted fields for one workload record (pp, tg, ppl or load).
 
     KV cache is for the context the workload holds: depth + n_prompt (pp), depth + n_prompt +
@@ -595,9 +594,7 @@ def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prom
     Prefill (pp, load, TTFT) keeps the last position's logits, as every backend's prefill does;
     ppl scores every position. A decode step's attention FLOPs count the cells its kernel
     iterates (`attended_cells`: kv_pad and kv_cells are the engine's padding and cells per
-    sequence; 0: the tokens held). Its matmuls are priced at G(batch): the model's own matrices'
-    rate (`gemm_by_m`, hardware.model_gemm_tables) where measured for the kernels' dtypes, else
-    the calibration's 2048² stack. The compute peak is the highest of `compute_dtypes`
+    sequence; 0: the tokens held). The compute peak is the highest of `compute_dtypes`
     (formats.compute_dtypes: what the kernels really compute in), else the format's compute_dtype.
     """
     kv_layout = kv_layout or MLA_KV_LAYOUT_BY_BACKEND.get(fmt.backend, "decompressed")
@@ -642,13 +639,8 @@ def predicted_fields(s: ModelShape, fmt: Format, peaks: Peaks, kind: str, n_prom
         out["decode_step_attn_flops_predicted"] = attn / len(ctxs)
         out["decode_step_matmul_flops_predicted"] = batch * 2 * _matmul_params_active(s)
         names = tuple(compute_dtypes or (fmt.compute_dtype,)) + ("fp32",)
-        own = {d: t for d, t in (gemm_by_m or {}).items() if d in names and t}
-        if own:
-            out["decode_gemm_flop_s"] = max(_loglog(t, batch) for t in own.values())
-            out["decode_gemm_source"] = "model matrices"
-        elif (gemm := gemm_flop_s_at(peaks, names, batch)) is not None:
+        if (gemm := gemm_flop_s_at(peaks, names, batch)) is not None:
             out["decode_gemm_flop_s"] = gemm
-            out["decode_gemm_source"] = "2048x2048 stack"
         # the weight stream at this model's width (the size ladder's alternative prices its bytes there)
         if (gemv := gemv_bytes_s_at(peaks, names, s.d_model)) is not None:
             out["decode_gemv_bytes_s"] = gemv

@@ -291,11 +291,6 @@ SCHEMA: dict[str, Field] = {f.name: f for f in [
     _f("decode_gemm_flop_s", "float", "FLOP/s", "calibrated GEMM rate at M = batch rows for the format's "
        "compute dtypes (Peaks.gemm_flop_s_by_m at M = 1, 2, 4 ... 64; log-log between): what the step's "
        "matmuls are priced at"),
-    _f("decode_gemm_source", "str", "", "what decode_gemm_flop_s was measured over: 'model matrices' "
-       "(gemm_flop_s_by_m_model) or the calibration's '2048x2048 stack'"),
-    _f("gemm_flop_s_by_m_model", "dict", "FLOP/s", "the model's own matmuls by M rows, per dtype: one "
-       "layer's matrices stacked past the caches and scaled to every layer, plus lm_head "
-       "(hardware.model_gemm_by_m; CPU variants with a decode sweep)"),
     _f("decode_gemv_bytes_s", "float", "B/s", "calibrated weight stream at M = 1 over matrices as wide "
        "as the model's hidden size, for the format's compute dtypes (Peaks.gemv_bytes_s_by_k, log-log "
        "between K = 512, 1024, 2048, 4096): what the size ladder prices a model's bytes at"),

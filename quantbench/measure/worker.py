@@ -79,10 +79,8 @@ def _reference(v: Variant):
     return None
 
 
-def run_workload(v: Variant, backend, w: Workload, data, shape, energy=None, gemm=None) -> dict:
-    """Returns the measured fields of one workload, with their predicted twins (arith.sol); a
-    decode step's matmuls priced at `gemm` ({dtype: {M: FLOP/s}} of the model's own matrices,
-    model_gemm) where given."""
+def run_workload(v: Variant, backend, w: Workload, data, shape, energy=None) -> dict:
+    """Returns the measured fields of one workload, with their predicted twins (arith.sol)."""
     s = v.suite
 
     def predict(kind: str, peaks: dict | None = v.peaks, **kw) -> dict:
@@ -101,7 +99,7 @@ def run_workload(v: Variant, backend, w: Workload, data, shape, energy=None, gem
         if w.batch > 1 or w.depth:
             out["kv_cache_bytes"] = backend.kv_cache_bytes()
         kw = {"n_prompt": s.gen_prompt_tokens, "n_gen": w.tokens, "batch": w.batch, "depth": w.depth}
-        out.update(predict("tg", gemm_by_m=gemm, **kw))
+        out.update(predict("tg", **kw))
         spec = v.base.get("peaks_spec")  # the datasheet's bandwidth too (GPUs in the table)
         if spec and (twin := predict("tg", spec, **kw)):
             out["decode_tok_s_predicted_spec"] = twin["decode_tok_s_predicted"]
@@ -389,15 +387,13 @@ def measure(v: Variant, backend, load_s: float, out: Writer) -> None:
     shape = _shape(v)
     energy = _energy_meter(v)
     out.base.update(load_s=load_s, weights_bytes=backend.weights_bytes())
-    if gemm := model_gemm(v, shape):
-        out.base["gemm_flop_s_by_m_model"] = gemm
     for w in v.workloads:
         if w.kind == "ppl" and v.random_weights:
             out.write(w, {}, "skipped", f"{v.model_name} has random weights: quality is meaningless")
             continue
         try:
             started, watch = records.instant(), LoadWatch()
-            fields = run_workload(v, backend, w, data, shape, energy, gemm)
+            fields = run_workload(v, backend, w, data, shape, energy)
             fields.update(started_at=started, ended_at=records.instant(),
                           load_avg_1m=round(watch.load_avg_1m, 2),
                           others_busy_pct=round(watch.others_busy_pct(), 1))
@@ -413,19 +409,6 @@ def measure(v: Variant, backend, load_s: float, out: Writer) -> None:
     if backend.probe_kernels():
         restamp(Path(v.partial), {k: backend.info.get(k) for k in ("kernel", "kernel_detail")})
     backend.close()
-
-
-def model_gemm(v: Variant, shape) -> dict[str, dict[str, float]]:
-    """Returns the GEMM rate by M of the model's own matrices for the dtypes the format's kernels
-    compute in (hardware.model_gemm_tables, cached per host), for a CPU variant whose decode is
-    swept over batches or depths (the fit prices its matmuls at them); else {}."""
-    if v.device != "cpu" or not v.peaks or not any(w.kind == "tg" and (w.batch > 1 or w.depth)
-                                                   for w in v.workloads):
-        return {}
-    from quantbench.arith import hardware
-    from quantbench.core.formats import compute_dtypes
-
-    return hardware.model_gemm_tables(shape, compute_dtypes(v.format, v.device) + ("fp32",), v.peaks)
 
 
 def _energy_meter(v: Variant) -> EnergyMeter | None:

@@ -393,7 +393,7 @@ def arith_svgs(rows: list[dict], colors: dict) -> list[tuple[str, list[str]]]:
 ARITH_TEXT = ("Each variant's decode sweep is fitted with t_step = t_fixed + B·t_seq + attention FLOPs ÷ "
               "R_attn + k_mm · matmul FLOPs ÷ G(B): a fixed cost per step, a cost per sequence, attention over "
               "the cached tokens (B · Σ ctx · 4·H·h FLOPs) at a fitted rate, and the batch's matmuls (B · 2 · "
-              "params) priced at G(B), the rate the model's own matrices reached at M = B rows (each power of two to 64; "
+              "params) priced at G(B), the GEMM rate the calibration reached at M = B rows (each power of two to 64; "
               "k_mm = 1: as fast as the calibrated GEMM). One coefficient per term, each ≥ 0, least squares on "
               "relative error; each is shown beside its physical counterpart: R_attn beside the attention "
               "kernel measured alone and, as bytes, beside the calibrated copy bandwidth (BW_kv); the matmuls' "
