@@ -312,19 +312,51 @@ def _per_run_tok_s(steps_s: list[float], steps_per_run: int) -> float | None:
     return float(np.median(rates)) if rates else None
 
 
-def _paired(df, side: str):
-    """Returns {(format, metric): median over rounds of side / reference in the same round}."""
+def _round_ratios(df, side: str) -> dict:
+    """Returns {(format, metric): [side / reference in the same round, one per round]}."""
     p = df.pivot_table(index=["format", "metric", "round"], columns="side", values="value", aggfunc="median")
     if side not in p or "reference" not in p:
         return {}
-    return (p[side] / p["reference"]).dropna().groupby(level=["format", "metric"]).median().to_dict()
+    return {k: list(g) for k, g in (p[side] / p["reference"]).dropna().groupby(level=["format", "metric"])}
+
+
+def _paired(df, side: str):
+    """Returns {(format, metric): median over rounds of side / reference in the same round}."""
+    return {k: float(np.median(v)) for k, v in _round_ratios(df, side).items()}
+
+
+def ratio_ci(ratios: list[float]) -> tuple[float, float] | None:
+    """Returns the 95 % CI of the median of the per-round ratios (order statistics, as a sweep
+    point's: measure.timing.median_ci_ranks), or None under 6 rounds. On a VM whose engine reads
+    10-35 % apart from one process to the next, 7 rounds bound the median only by the extreme
+    rounds; 9 drop one from each end."""
+    from quantbench.measure.timing import median_ci_ranks
+
+    ranks = median_ci_ranks(len(ratios))
+    if ranks is None:
+        return None
+    a = sorted(ratios)
+    return a[ranks[0]], a[ranks[1]]
+
+
+def verdict(metric: str, ratio: float, ci: tuple[float, float] | None) -> str:
+    """Returns 'ok' (the ratio meets the target), 'MISS' (it does not, and its CI, where there is one,
+    does not reach the target either: the sides differ) or 'within noise' (a speed ratio off target
+    whose CI reaches it: the rounds cannot tell; run more)."""
+    target, ok = _target(metric)
+    if ratio == ratio and ok(ratio):
+        return "ok"
+    if ci is not None and metric not in ("ppl", "kld") and ci[0] <= SPEED_MAX and ci[1] >= SPEED_TARGET:
+        return "within noise"
+    return "MISS"
 
 
 def parity_table(measures: list[Measure]):
     """Returns a DataFrame, one row per (format, metric): the median of each side over its rounds,
     ratio = the median over rounds of quantbench / reference in the same round (neighbours in time, so
     the machine's drift between rounds cancels), ratio_per_run the same for llama-bench's estimator,
-    the rounds both sides ran, the target and whether the ratio meets it."""
+    the rounds both sides ran, the target and whether the ratio meets it; for speed, ratio_ci (the 95 %
+    CI of that median over rounds, ratio_ci) and the verdict it allows (verdict)."""
     import pandas as pd
 
     df = pd.DataFrame([m.__dict__ for m in measures])
@@ -338,6 +370,7 @@ def parity_table(measures: list[Measure]):
     paths = {side: df[df.side == side].groupby(["format", "metric"])["path"].first()
              for side in ("quantbench", "reference")}
     paired, paired_runs = _paired(df, "quantbench"), _paired(df, "per_run")
+    per_round = _round_ratios(df, "quantbench")
     rows = []
     for (fmt, metric), r in med.iterrows():
         ref, qb = r.get("reference"), r.get("quantbench")
@@ -359,6 +392,9 @@ def parity_table(measures: list[Measure]):
                      "quantbench": qb, "engine": r.get("engine"), "per_run": r.get("per_run"),
                      "reference": ref, "ratio": ratio, "ratio_per_run": paired_runs.get((fmt, metric)),
                      "target": target, "ok": bool(ok(ratio)),
+                     "ratio_ci": (ci := ratio_ci(per_round.get((fmt, metric), []))
+                                  if metric not in ("ppl", "kld") else None),
+                     "verdict": verdict(metric, ratio, ci),
                      "rounds": int(min(n.loc[(fmt, metric)].get("quantbench", 0),
                                        n.loc[(fmt, metric)].get("reference", 0)))})
     return pd.DataFrame(rows)
@@ -374,9 +410,14 @@ def _num(v: float, metric: str) -> str:
 
 PARITY_HEAD = (Head("format"), Head("metric"), Head("reference"), Head("quantbench", right=True),
                Head("engine only⁵", right=True), Head("reference value", right=True), Head("ratio⁶", right=True),
-               Head("target"), Head(""), Head("per-run rate⁷", right=True), Head("its ratio", right=True),
+               Head("95 % CI⁹"), Head("target"), Head(""), Head("per-run rate⁷", right=True),
+               Head("its ratio", right=True),
                Head("quantbench path⁸"), Head("reference path⁸"), Head("note"))
 PARITY_TITLE = "Parity with the engines' own benchmarks"
+
+
+def _ci_text(ci) -> str:
+    return f"{ci[0]:.3f}–{ci[1]:.3f}" if isinstance(ci, tuple) else "—"
 
 
 def parity_rows(t) -> Table:
@@ -387,7 +428,8 @@ def parity_rows(t) -> Table:
 
     rows = tuple(Row(tuple(Cell(x) for x in (
         r.format, r.metric, r.tool, _num(r.quantbench, r.metric), _num(r.engine, r.metric),
-        _num(r.reference, r.metric), ratio(r.ratio), r.target)) + (Cell("ok" if r.ok else "MISS", bold=not r.ok),
+        _num(r.reference, r.metric), ratio(r.ratio), _ci_text(getattr(r, "ratio_ci", None)), r.target))
+        + (Cell(v := getattr(r, "verdict", None) or ("ok" if r.ok else "MISS"), bold=v == "MISS"),
         Cell(_num(r.per_run, r.metric)), Cell(ratio(r.ratio_per_run)),
         Cell(getattr(r, "quantbench_path", "") or "—"), Cell(getattr(r, "reference_path", "") or "—"),
         Cell(getattr(r, "note", "") or ""))) for r in t.itertuples())
@@ -414,7 +456,10 @@ PARITY_NOTE = ("⁵ quantbench's record of the engine's own time (llama.cpp's pe
                "1 / the median step. ⁸ the kernel path each side ran: llama.cpp's extra buffer types "
                "(repack), threads, the micro-batch a prompt is split into (pp), flash attention, the "
                "cache depth before the timed region and the KV type, from quantbench's record and "
-               "llama-bench's own JSON; a ratio above 1.03 is flagged with where they differ.")
+               "llama-bench's own JSON; a ratio above 1.03 is flagged with where they differ. "
+               "⁹ the 95 % CI of the median ratio over rounds (order statistics; 6 rounds or more): a "
+               "ratio off target whose CI reaches the target reads 'within noise', the rounds cannot "
+               "tell it from parity; MISS, they can.")
 
 
 # -- the driver: `quantbench parity` (nox -s parity) --

@@ -82,6 +82,28 @@ def test_table_medians_over_rounds_ratio_and_targets():
     assert md.count("**MISS**") == 2 and "| gguf-q4_0 | tg64 | llama-bench |" in md
 
 
+def test_a_ratio_off_target_is_judged_against_its_rounds_spread():
+    """Seven rounds: the CI of the median ratio is the extreme rounds' (P(Bin(7, 1/2) <= 0) = 0.8 %);
+    a median off target whose CI reaches 0.97-1.03 is 'within noise', one whose CI does not is a MISS."""
+    assert parity.ratio_ci([1.0] * 5) is None  # under 6 rounds: no CI
+    assert parity.ratio_ci([0.9, 1.1, 1.0, 0.95, 1.2, 0.8, 1.05]) == (0.8, 1.2)
+    assert parity.ratio_ci(list(range(1, 10))) == (2, 8)  # 9 rounds: one dropped from each end
+    ms = []
+    for rnd, (a, b) in enumerate(zip((1.15, 0.89, 1.04, 0.93, 1.05, 1.3, 0.96),  # median 1.04, spans
+                                     (0.90, 0.92, 0.91, 0.93, 0.89, 0.94, 0.90), strict=True), 1):  # 0.91
+        ms += [Measure("gguf-q8_0", "tg64", "reference", rnd, 100.0, "llama-bench"),
+               Measure("gguf-q8_0", "tg64", "quantbench", rnd, 100.0 * a),
+               Measure("gguf-q8_0", "pp512", "reference", rnd, 100.0, "llama-bench"),
+               Measure("gguf-q8_0", "pp512", "quantbench", rnd, 100.0 * b)]
+    t = parity.parity_table(ms).set_index(["format", "metric"])
+    tg, pp = t.loc[("gguf-q8_0", "tg64")], t.loc[("gguf-q8_0", "pp512")]
+    assert math.isclose(tg.ratio, 1.04) and tg.ratio_ci == (0.89, 1.3) and tg.verdict == "within noise"
+    assert math.isclose(pp.ratio, 0.91) and pp.ratio_ci == (0.89, 0.94) and pp.verdict == "MISS"
+    assert not tg.ok and not pp.ok  # neither meets the target: `quantbench parity` exits 1
+    md = parity.parity_markdown(t.reset_index())
+    assert "| 0.890–1.300 |" in md and "within noise" in md and md.count("**MISS**") == 1
+
+
 def test_bench_argv_matches_quantbenchs_protocol(tmp_path):
     argv = parity.BenchRun("m.gguf", 2, 512, 64).argv(tmp_path)
     assert argv[0] == str(tmp_path / "bin" / "llama-bench")

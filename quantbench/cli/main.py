@@ -274,7 +274,7 @@ def cmd_parity(args) -> int:
     missed = t[~t["ok"]]
     if len(missed):
         print(f"parity: {len(missed)} of {len(t)} targets missed: " + "; ".join(
-            f"{r.format} {r.metric} {r.ratio:.3f} (target {r.target})" for r in missed.itertuples()),
+            f"{r.format} {r.metric} {r.ratio:.3f} (target {r.target}: {r.verdict})" for r in missed.itertuples()),
             file=sys.stderr)
         return 1
     print(f"parity: all {len(t)} targets met")
