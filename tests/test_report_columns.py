@@ -109,14 +109,16 @@ def test_parity_rows_feed_the_report_and_the_markdown(tmp_path):
                              Measure("gguf-q4_0", "ppl", "quantbench", 1, 13.9),
                              Measure("gguf-q4_0", "ppl", "reference", 1, 13.9, "llama-perplexity")])
     rows = parity.parity_rows(t)
-    assert [[c.text for c in r.cells][:9] for r in rows.rows] == [
-        ["gguf-q4_0", "ppl", "llama-perplexity", "13.9000", "—", "13.9000", "1.000", "within 0.5%", "ok"],
-        ["gguf-q4_0", "tg64", "llama-bench", "90.0", "—", "100", "0.900", "0.97–1.03", "MISS"]]
-    assert [r.cells[8].bold for r in rows.rows] == [False, True]
+    # one round: no CI of the median ratio ("—"), so an off-target ratio is a MISS
+    assert [[c.text for c in r.cells][:10] for r in rows.rows] == [
+        ["gguf-q4_0", "ppl", "llama-perplexity", "13.9000", "—", "13.9000", "1.000", "—", "within 0.5%", "ok"],
+        ["gguf-q4_0", "tg64", "llama-bench", "90.0", "—", "100", "0.900", "—", "0.97–1.03", "MISS"]]
+    assert [r.cells[9].bold for r in rows.rows] == [False, True]
     md = parity.parity_markdown(t)
-    assert "| gguf-q4_0 | tg64 | llama-bench | 90.0 | — | 100 | 0.900 | 0.97–1.03 | **MISS** |" in md
+    assert "| gguf-q4_0 | tg64 | llama-bench | 90.0 | — | 100 | 0.900 | — | 0.97–1.03 | **MISS** |" in md
     html = render.render_html(records.read_results(*synthetic(tmp_path)), sections=[parity.parity_section(t)])
     sec = html.split("<h2>Parity with the engines&#39; own benchmarks</h2>")[1].split("<h2>")[0]
     assert "<td><b>MISS</b></td>" in sec and "<td>ok</td>" in sec and "|" not in sec
     assert sec.count("<tr>") == 3 and "1 / the median step." in sec
-    assert "a ratio above 1.03 is flagged with where they differ.</p>" in sec
+    assert "a ratio above 1.03 is flagged with where they differ. ⁹ the 95 % CI" in sec
+    assert "MISS, they can.</p>" in sec
