@@ -327,26 +327,21 @@ def _paired(df, side: str):
 
 def ratio_ci(ratios: list[float]) -> tuple[float, float] | None:
     """Returns the 95 % CI of the median of the per-round ratios (order statistics, as a sweep
-    point's: measure.timing.median_ci_ranks), or None under 6 rounds. On a VM whose engine reads
-    10-35 % apart from one process to the next, 7 rounds bound the median only by the extreme
-    rounds; 9 drop one from each end."""
-    from quantbench.measure.timing import median_ci_ranks
+    point's: measure.timing.median_ci), or None under 6 rounds. On a VM whose engine reads 10-35 %
+    apart from one process to the next, 7 rounds bound the median only by the extreme rounds; 9
+    drop one from each end."""
+    from quantbench.measure.timing import median_ci
 
-    ranks = median_ci_ranks(len(ratios))
-    if ranks is None:
-        return None
-    a = sorted(ratios)
-    return a[ranks[0]], a[ranks[1]]
+    return median_ci(ratios)
 
 
 def verdict(metric: str, ratio: float, ci: tuple[float, float] | None) -> str:
     """Returns 'ok' (the ratio meets the target), 'MISS' (it does not, and its CI, where there is one,
     does not reach the target either: the sides differ) or 'within noise' (a speed ratio off target
     whose CI reaches it: the rounds cannot tell; run more)."""
-    target, ok = _target(metric)
-    if ratio == ratio and ok(ratio):
+    if ratio == ratio and _target(metric)[1](ratio):
         return "ok"
-    if ci is not None and metric not in ("ppl", "kld") and ci[0] <= SPEED_MAX and ci[1] >= SPEED_TARGET:
+    if ci is not None and ci[0] <= SPEED_MAX and ci[1] >= SPEED_TARGET:  # only speed rows have a CI
         return "within noise"
     return "MISS"
 
@@ -376,8 +371,10 @@ def parity_table(measures: list[Measure]):
         ref, qb = r.get("reference"), r.get("quantbench")
         if pd.isna(ref) or pd.isna(qb):
             continue
-        target, ok = _target(metric)
+        target = _target(metric)[0]
         ratio = paired.get((fmt, metric), float("nan"))
+        ci = ratio_ci(per_round.get((fmt, metric), [])) if metric not in ("ppl", "kld") else None
+        v = verdict(metric, ratio, ci)
         qp, rp = (paths[side].get((fmt, metric)) or "" for side in ("quantbench", "reference"))
         diff = path_diff(qp, rp)
         note = ""
@@ -391,10 +388,7 @@ def parity_table(measures: list[Measure]):
                      "quantbench_path": qp, "reference_path": rp, "note": note,
                      "quantbench": qb, "engine": r.get("engine"), "per_run": r.get("per_run"),
                      "reference": ref, "ratio": ratio, "ratio_per_run": paired_runs.get((fmt, metric)),
-                     "target": target, "ok": bool(ok(ratio)),
-                     "ratio_ci": (ci := ratio_ci(per_round.get((fmt, metric), []))
-                                  if metric not in ("ppl", "kld") else None),
-                     "verdict": verdict(metric, ratio, ci),
+                     "target": target, "ok": v == "ok", "ratio_ci": ci, "verdict": v,
                      "rounds": int(min(n.loc[(fmt, metric)].get("quantbench", 0),
                                        n.loc[(fmt, metric)].get("reference", 0)))})
     return pd.DataFrame(rows)
@@ -428,8 +422,8 @@ def parity_rows(t) -> Table:
 
     rows = tuple(Row(tuple(Cell(x) for x in (
         r.format, r.metric, r.tool, _num(r.quantbench, r.metric), _num(r.engine, r.metric),
-        _num(r.reference, r.metric), ratio(r.ratio), _ci_text(getattr(r, "ratio_ci", None)), r.target))
-        + (Cell(v := getattr(r, "verdict", None) or ("ok" if r.ok else "MISS"), bold=v == "MISS"),
+        _num(r.reference, r.metric), ratio(r.ratio), _ci_text(r.ratio_ci), r.target))
+        + (Cell(r.verdict, bold=r.verdict == "MISS"),
         Cell(_num(r.per_run, r.metric)), Cell(ratio(r.ratio_per_run)),
         Cell(getattr(r, "quantbench_path", "") or "—"), Cell(getattr(r, "reference_path", "") or "—"),
         Cell(getattr(r, "note", "") or ""))) for r in t.itertuples())

@@ -411,6 +411,8 @@ def test_kv_bytes_at_depth_equal_the_prediction(tiny, fmt):
         assert b.kv_cache_bytes() == predicted(217, 3)
         # the same greedy token whether the prompt came at once or on top of a filled cache
         assert tok == b.prefill(ids[:232])
+        if f.backend == "gguf":  # back on the main context: its cells again
+            assert b.info["kv_cells_per_seq"] == b.llm.n_ctx()
     finally:
         b.close()
 

@@ -428,7 +428,7 @@ class GGUFBackend(Backend):
         # what its attention iterates (arith.attended_cells): n_kv, padded, per sequence of the
         # context in use (the batched context's, while a batch runs: _use_ctx)
         self.info["kv_attend_pad"] = LLAMA_CPP_KV_PAD
-        self._use_ctx(self.llm.ctx)
+        self.info["kv_cells_per_seq"] = self.main_cells = int(llama_cpp.llama_n_ctx_seq(self.llm.ctx))
         if self.kv_logged:  # llama.cpp's own account, beside the arithmetic's per-token figure
             self.info["kv_cache_bytes_per_token"] = self.kv_logged[0] / self.kv_logged[1]
 
@@ -487,13 +487,10 @@ class GGUFBackend(Backend):
         row = self.llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
         return int(np.ctypeslib.as_array(row, shape=(self.n_vocab,)).argmax())
 
-    def _use_ctx(self, ctx) -> None:
-        """Records the cache cells per sequence of the context the next workload runs in."""
-        self.info["kv_cells_per_seq"] = int(self.llama_cpp.llama_n_ctx_seq(ctx))
-
     def prefill(self, ids: list[int]) -> int:
+        if self.batched:  # back from a batched context: records name the main context's cells again
+            self.info["kv_cells_per_seq"] = self.main_cells
         lc, self.batched = self.llama_cpp, False
-        self._use_ctx(self.llm.ctx)
         lc.llama_memory_clear(lc.llama_get_memory(self.llm.ctx), True)
         return self._decode(ids)
 
@@ -525,8 +522,11 @@ class GGUFBackend(Backend):
                 raise RuntimeError(f"llama.cpp could not make a context for {batch} sequences")
             self.bctx_batch = batch
             self.batch_buf = lc.llama_batch_init(p.n_batch, 0, batch)
+            self.batch_cells = int(lc.llama_n_ctx_seq(self.bctx))
+            self.batched = False  # a new context: name its cells below
+        if not self.batched:  # the cells per sequence its attention iterates: the batched context's
+            self.info["kv_cells_per_seq"] = self.batch_cells
         lc.llama_memory_clear(lc.llama_get_memory(self.bctx), True)
-        self._use_ctx(self.bctx)
         self.bpos, self.batched = len(ids), True
         return self._decode_seqs([(seq, pos, t) for seq in range(batch) for pos, t in enumerate(ids)])
 

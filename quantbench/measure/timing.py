@@ -38,17 +38,23 @@ def median_ci_ranks(n: int, level: float = CI_LEVEL) -> tuple[int, int] | None:
     return None if k < 0 else (k, n - 1 - k)
 
 
+def median_ci(samples) -> tuple[float, float] | None:
+    """Returns the median's 95 % CI (lower, upper) from the sorted samples (median_ci_ranks); None
+    with too few samples."""
+    ranks = median_ci_ranks(len(samples))
+    if ranks is None:
+        return None
+    a = np.sort(np.asarray(samples, float))
+    return float(a[ranks[0]]), float(a[ranks[1]])
+
+
 def median_ci_rel(samples_s) -> float | None:
     """Returns the half-width of the median's 95 % CI relative to the median: the larger of
     (median − lower) and (upper − median), over the median; None with too few samples."""
-    ranks = median_ci_ranks(len(samples_s))
-    if ranks is None:
+    ci, med = median_ci(samples_s), float(np.median(samples_s)) if len(samples_s) else 0.0
+    if ci is None or med <= 0:
         return None
-    a = np.sort(np.asarray(samples_s, float))
-    med = float(np.median(a))
-    if med <= 0:
-        return None
-    return float(max(med - a[ranks[0]], a[ranks[1]] - med) / med)
+    return max(med - ci[0], ci[1] - med) / med
 
 
 class Stopper:
